@@ -1,0 +1,69 @@
+"""The aiohttp application factory: wires config → services → broker → routes."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from coordinator.broker import Broker
+from coordinator.config import CoordinatorConfig
+from coordinator.images import ImageStore
+from coordinator.middleware import horde_errors
+from coordinator.routes import ENDPOINTS
+from coordinator.routes.http import BROKER
+from coordinator.services import Services
+from coordinator.storage import open_database
+from coordinator.tokens import Tokens, load_or_create_secret
+from protocol.keys import Identity
+
+log = logging.getLogger("horde.coordinator")
+
+
+async def open_services(config: CoordinatorConfig) -> Services:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    database = await open_database(config.database_url)
+    return Services(
+        config=config,
+        database=database,
+        images=ImageStore(config.image_root),
+        identity=Identity.load_or_create(config.key_path),
+        tokens=Tokens(load_or_create_secret(config.secret_path)),
+    )
+
+
+def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.Application:
+    app = web.Application(middlewares=[horde_errors], client_max_size=config.max_body_bytes)
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, "/api" + endpoint.path, endpoint.handler)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        services = await open_services(config)
+        broker = Broker.build(services)
+        app[BROKER] = broker
+        await services.database.listen(_relay(broker))
+        upkeep = asyncio.create_task(broker.upkeep.run_forever()) if run_upkeep else None
+        log.info("coordinator ready", extra={"public_key": services.identity.public_key.text()})
+        yield
+        if upkeep is not None:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+        services.hub.wake_all_nodes()
+        await services.database.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _relay(broker: Broker):
+    """Feed other processes' announcements into this process's wake-ups."""
+
+    def on_event(channel: str, payload: str) -> None:
+        if channel == "jobs":
+            broker.services.hub.wake_all_nodes()
+        elif channel == "request":
+            broker.services.hub.request_changed(payload)
+
+    return on_event

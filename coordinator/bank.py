@@ -1,0 +1,101 @@
+"""Accounts and kudos: registration, transfers, operator grants, and the ledger audit.
+
+Every balance change is a ledger entry written in the same transaction as the cached
+balance it touches; the audit re-walks the chain and compares.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+
+from coordinator.errors import HordeError, bad_request, not_found
+from coordinator.services import Services
+from coordinator.storage import NameTaken, NotEnoughKudos
+from coordinator.storage.records import Account
+from coordinator.storage.sql import ledger_balances_from_rows
+from coordinator.tokens import new_apikey
+from protocol.errors import RC
+from protocol.ledger import LedgerEntry, LedgerHead, sign_head, verify_chain
+
+
+@dataclass
+class AuditReport:
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problems: list[str] = field(default_factory=list)
+
+
+class Bank:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def open_account(self, username: str, public_key: str | None = None) -> tuple[Account, str]:
+        """A new account and its apikey, which is shown once and stored only as a keyed hash."""
+        apikey = new_apikey()
+        try:
+            async with self.services.database.transaction() as tx:
+                account = await tx.create_account(
+                    username, self.services.tokens.apikey_hash(apikey), public_key, self.services.clock()
+                )
+        except NameTaken as error:
+            raise HordeError(400, RC.NAME_EXISTS, f"The username or key {username} is already registered.") from error
+        return account, apikey
+
+    async def find(self, column: str, value: object) -> Account:
+        async with self.services.database.reader() as tx:
+            account = await tx.account_by(column, value)
+        if account is None:
+            raise not_found("user", RC.USER_NOT_FOUND)
+        return account
+
+    async def transfer(self, source: Account, username: str, amount: float, idempotency_key: str | None) -> float:
+        target = await self.find("username", username.split("#", 1)[0])
+        if target.id == source.id:
+            raise bad_request(RC.KUDOS_TRANSFER_TO_SELF, "You cannot send kudos to yourself.")
+        reference = f"transfer:{idempotency_key or uuid.uuid4()}"
+        try:
+            async with self.services.database.transaction() as tx:
+                if idempotency_key and (done := await tx.transfer_by_key(source.id, idempotency_key)):
+                    return float(done["amount"])
+                entry = await tx.move_kudos(
+                    "transfer", source.id, target.id, amount, reference, self.services.clock(), require_funds=True
+                )
+                if idempotency_key:
+                    await tx.remember_transfer(source.id, idempotency_key, entry.seq, entry.amount)
+        except NotEnoughKudos as error:
+            raise bad_request(RC.KUDOS_TRANSFER_NOT_ENOUGH, "Not enough kudos for this transfer.") from error
+        return entry.amount
+
+    async def grant(self, account_id: int, amount: float, reference: str = "operator grant") -> LedgerEntry:
+        async with self.services.database.transaction() as tx:
+            if amount >= 0:
+                return await tx.move_kudos("admin", None, account_id, amount, reference, self.services.clock())
+            return await tx.move_kudos("admin", account_id, None, -amount, reference, self.services.clock())
+
+    async def ledger_page(self, after: int, limit: int) -> list[LedgerEntry]:
+        async with self.services.database.reader() as tx:
+            return await tx.ledger_entries(after, limit)
+
+    async def recent_entries(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
+        async with self.services.database.reader() as tx:
+            return await tx.account_ledger(account_id, limit)
+
+    async def signed_head(self) -> LedgerHead:
+        async with self.services.database.reader() as tx:
+            seq, digest = await tx.ledger_head()
+        return sign_head(self.services.identity, seq, digest, int(self.services.clock()))
+
+    async def audit(self) -> AuditReport:
+        """Re-walk the whole chain, then check every cached balance against the ledger's sums."""
+        rows = [row async for batch in self.services.database.iterate_ledger() for row in batch]
+        report = verify_chain(LedgerEntry(**row) for row in rows)
+        problems = list(report.problems)
+        derived = ledger_balances_from_rows(rows)
+        async with self.services.database.reader() as tx:
+            cached = await tx.cached_balances()
+        for account_id, balance in cached.items():
+            expected = derived.get(account_id, 0.0)
+            if abs(expected - balance) > 0.005:
+                problems.append(f"account {account_id}: cached balance {balance} but the ledger says {expected}")
+        return AuditReport(not problems, report.checked, report.head_seq, report.head_hash, problems)

@@ -1,0 +1,164 @@
+"""`horde-coordinator`: run a coordinator and administer it.
+
+    horde-coordinator serve [--host H] [--port P] [--data-dir D] [--db PATH|postgresql://...]
+    horde-coordinator user add NAME [--kudos N]
+    horde-coordinator grant USER AMOUNT
+    horde-coordinator trust WORKER [--revoke]
+    horde-coordinator audit
+
+Every `serve` flag also reads a `HORDE_*` environment variable (flags win).
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from coordinator.app import create_app, open_services
+from coordinator.bank import Bank
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import HordeError
+from coordinator.logs import configure_logging
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"HORDE_{name}", default)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="horde-coordinator", description="Run a Horde Network coordinator.")
+    root.add_argument("--data-dir", default=env("DATA_DIR", "horde-data"), help="database, images and keys")
+    root.add_argument("--db", default=env("DB"), help="SQLite file or postgresql:// URL (default: DATA_DIR/horde.db)")
+    root.add_argument("--log-level", default=env("LOG_LEVEL", "warning"))
+    root.add_argument("--log-format", choices=("text", "json"), default=env("LOG_FORMAT", "text"))
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=int(env("PORT", "7001") or 7001), help="0 picks a free port")
+    serve.add_argument("--port-file", help="write the bound port here once listening")
+    serve.add_argument("--images", default=env("IMAGES_DIR"), help="image folder (default DATA_DIR/images)")
+    serve.add_argument("--public-url", default=env("PUBLIC_URL"), help="how clients reach this coordinator")
+    serve.add_argument("--retention-hours", type=float, default=float(env("RETENTION_HOURS", "24") or 24))
+    serve.add_argument("--max-body-mb", type=float, default=float(env("MAX_BODY_MB", "20") or 20))
+    serve.add_argument("--uptime-kudos", type=float, default=float(env("UPTIME_KUDOS", "50") or 50),
+                       help="kudos per 10 minutes online (0: off)")
+    serve.add_argument("--closed-registration", action="store_true", default=env("CLOSED_REGISTRATION") == "1")
+    serve.add_argument("--no-rate-limits", action="store_true", default=env("NO_RATE_LIMITS") == "1")
+    serve.add_argument("--trust-proxy", action="store_true", default=env("TRUST_PROXY") == "1",
+                       help="believe X-Forwarded-For (only behind your own reverse proxy)")
+
+    user = commands.add_parser("user", help="manage accounts").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="create an account and print its apikey")
+    add.add_argument("name")
+    add.add_argument("--kudos", type=float, default=0.0)
+
+    grant = commands.add_parser("grant", help="grant (or, negative, remove) kudos")
+    grant.add_argument("user")
+    grant.add_argument("amount", type=float)
+
+    trust = commands.add_parser("trust", help="mark a worker (by name) as trusted")
+    trust.add_argument("worker")
+    trust.add_argument("--revoke", action="store_true")
+
+    commands.add_parser("audit", help="re-walk the ledger chain and check every balance")
+    return root
+
+
+def config_from(args: argparse.Namespace) -> CoordinatorConfig:
+    config = CoordinatorConfig(data_dir=Path(args.data_dir), database=args.db)
+    if args.command == "serve":
+        config.images_dir = Path(args.images) if args.images else None
+        config.public_url = args.public_url
+        config.retention_hours = args.retention_hours
+        config.max_body_bytes = int(args.max_body_mb * 1024 * 1024)
+        config.uptime_kudos_per_10_minutes = args.uptime_kudos
+        config.open_registration = not args.closed_registration
+        config.rate_limiting = not args.no_rate_limits
+        config.trust_forwarded_for = args.trust_proxy
+    return config
+
+
+async def serve(config: CoordinatorConfig, host: str, port: int, port_file: str | None) -> None:
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    bound = sock.getsockname()[1]
+    if port_file:
+        await asyncio.to_thread(Path(port_file).write_text, str(bound))
+    print(f"horde-coordinator listening on http://{host}:{bound}/api/ (data in {config.data_dir})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+async def admin(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    services = await open_services(config)
+    bank = Bank(services)
+    try:
+        if args.command == "user":
+            account, apikey = await bank.open_account(args.name)
+            if args.kudos:
+                await bank.grant(account.id, args.kudos)
+            print(f"created {account.display_name}\napikey: {apikey}")
+        elif args.command == "grant":
+            account = await bank.find("username", args.user.split("#", 1)[0])
+            entry = await bank.grant(account.id, args.amount)
+            print(f"ledger entry {entry.seq}: {args.amount:+} kudos for {account.display_name}")
+        elif args.command == "trust":
+            return await set_trust(services, args.worker, not args.revoke)
+        elif args.command == "audit":
+            report = await bank.audit()
+            print(f"checked {report.entries} ledger entries; head {report.head_seq} {report.head_hash}")
+            for problem in report.problems:
+                print(f"PROBLEM: {problem}")
+            print("ledger OK" if report.ok else "ledger FAILED")
+            return 0 if report.ok else 1
+        return 0
+    finally:
+        await services.database.close()
+
+
+async def set_trust(services, name: str, trusted: bool) -> int:
+    async with services.database.transaction() as tx:
+        worker = await tx.worker_by("name", name)
+        if worker is None:
+            print(f"error: no worker named {name}", file=sys.stderr)
+            return 1
+        worker.trusted = trusted
+        await tx.save_worker(worker)
+    print(f"worker {name} is {'trusted' if trusted else 'not trusted'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format == "json")
+    config = config_from(args)
+    try:
+        if args.command == "serve":
+            asyncio.run(serve(config, args.host, args.port, args.port_file))
+            return 0
+        return asyncio.run(admin(args, config))
+    except HordeError as error:
+        print(f"error: {error.message} ({error.rc})", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

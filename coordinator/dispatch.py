@@ -1,0 +1,175 @@
+"""The node's side of the broker: hand out jobs (pop), take uploads, take results (submit)."""
+
+import json
+import time
+from typing import Any
+
+from coordinator.auth import Caller
+from coordinator.roster import Roster, caps_of
+from coordinator.services import Services
+from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
+from coordinator.storage.sql import Tx
+from protocol.generation import GenerationRequest
+from protocol.jobs import JobPayload, PopRequest, PopResponse, SignedJob
+from protocol.kudos import job_time_limit
+from protocol.provenance import JobDocument, sign_job
+
+# How far down the queue an empty pop looks to explain itself in `skipped`.
+SKIPPED_SAMPLE = 500
+UPLOAD_TOKEN_GRACE = 60.0
+
+
+def job_payload(body: GenerationRequest, seed: str, n_iter: int) -> dict[str, Any]:
+    params = body.params
+    return JobPayload(
+        prompt=body.positive_prompt, negative_prompt=body.negative_prompt, ddim_steps=params.steps,
+        n_iter=n_iter, width=params.width, height=params.height, seed=seed,
+        sampler_name=params.sampler_name, cfg_scale=params.cfg_scale, karras=params.karras,
+        denoising_strength=params.denoising_strength if body.source_image else None,
+        clip_skip=params.clip_skip, tiling=params.tiling, hires_fix=params.hires_fix, loras=params.loras,
+        post_processing=params.post_processing, use_nsfw_censor=body.censor_nsfw,
+    ).model_dump(exclude_none=True)  # fmt: skip
+
+
+def _worker_filter_allows(row: dict[str, Any], caps: WorkerCaps) -> bool:
+    if not row["workers"]:
+        return True
+    listed = set(json.loads(row["workers"]))
+    named = caps.worker_id in listed or caps.worker_name in listed
+    return not named if row["worker_blacklist"] else named
+
+
+def _skip_reason(row: dict[str, Any], caps: WorkerCaps) -> str | None:
+    checks = (
+        ("models", row["model"] != "" and row["model"] not in caps.models),
+        ("max_pixels", row["pixels"] > caps.max_pixels),
+        ("nsfw", row["nsfw"] and not caps.nsfw),
+        ("img2img", row["img2img"] and not caps.img2img),
+        ("painting", row["painting"] and not caps.painting),
+        ("lora", row["lora"] and not caps.lora),
+        ("post-processing", row["post_processing"] and not caps.post_processing),
+        ("untrusted", row["trusted_only"] and not caps.trusted),
+        ("worker_id", not _worker_filter_allows(row, caps)),
+    )
+    return next((name for name, failed in checks if failed), None)
+
+
+class Dispatcher:
+    def __init__(self, services: Services, roster: Roster) -> None:
+        self.services = services
+        self.roster = roster
+
+    async def pop(self, caller: Caller, pop: PopRequest, base_url: str) -> PopResponse:
+        worker = await self.roster.register(caller, pop)
+        if worker.maintenance:
+            return PopResponse()
+        caps = caps_of(worker, pop)
+        deadline = time.monotonic() + pop.wait
+        while True:
+            claimed = await self._claim(caps, worker, pop.amount)
+            if claimed is not None:
+                return self._response(*claimed, base_url)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self.services.hub.wait_for_job(caps, remaining):
+                return PopResponse(skipped=await self._skipped(caps))
+
+    async def _claim(
+        self, caps: WorkerCaps, worker: Worker, amount: int
+    ) -> tuple[RequestRecord, list[JobRecord]] | None:
+        async with self.services.database.transaction() as tx:
+            rows = await tx.queue_candidates(caps)
+            rows.sort(key=lambda row: (row["tier"], row["rank"]), reverse=True)
+            tried: set[str] = set()
+            for row in rows:
+                if row["job_id"] in tried or not _worker_filter_allows(row, caps):
+                    continue
+                tried.add(row["job_id"])
+                request = await tx.get_request(row["request_id"])
+                if request is None or self._blacklisted(request, caps):
+                    continue
+                model = row["model"] or (caps.models[0] if caps.models else "stable_diffusion")
+                jobs = await self._claim_batch(tx, request, row["job_id"], worker, model, amount)
+                if jobs:
+                    return request, jobs
+        return None
+
+    @staticmethod
+    def _blacklisted(request: RequestRecord, caps: WorkerCaps) -> bool:
+        prompt = str(request.body.get("prompt", "")).lower()
+        return any(word and word in prompt for word in caps.blacklist)
+
+    async def _claim_batch(
+        self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int
+    ) -> list[JobRecord]:
+        """The chosen job plus, when the node asks for more, the next images of the same request."""
+        first = await tx.get_job(first_id)
+        if first is None or first.state != "waiting":
+            return []
+        batch = [first]
+        if amount > 1:
+            rows = await tx.waiting_of_request(request.id, 50)
+            siblings = {job.index: job for job in await tx.jobs_by_ids([r["job_id"] for r in rows])}
+            while len(batch) < amount and (batch[-1].index + 1) in siblings:
+                batch.append(siblings[batch[-1].index + 1])
+        body = GenerationRequest.model_validate(request.body)
+        claimed = []
+        for job in batch:
+            self._assign(job, request, body, worker, model)
+            if await tx.claim_job(job):
+                claimed.append(job)
+            elif not claimed:
+                return []
+            else:
+                break
+        return claimed
+
+    def _assign(
+        self, job: JobRecord, request: RequestRecord, body: GenerationRequest, worker: Worker, model: str
+    ) -> None:
+        now = self.services.clock()
+        params = body.params
+        ttl = job_time_limit(width=params.width, height=params.height, steps=params.steps)
+        document = JobDocument(
+            job_id=job.id, request_id=request.id, model=model, payload=job_payload(body, job.seed, 1),
+            source_image_sha256=request.source_image_sha256, source_mask_sha256=request.source_mask_sha256,
+            ttl=ttl, worker_id=worker.id, issued_at=int(now),
+        )  # fmt: skip
+        job.state, job.model, job.worker_id, job.worker_name = "processing", model, worker.id, worker.name
+        job.assigned_at, job.deadline = now, now + ttl
+        job.job_document = document.model_dump(mode="json")
+        job.job_signature = sign_job(self.services.identity, document)
+
+    def _response(self, request: RequestRecord, jobs: list[JobRecord], base_url: str) -> PopResponse:
+        body = GenerationRequest.model_validate(request.body)
+        uploads = [self._upload_url(job, base_url) for job in jobs]
+        first = jobs[0]
+        return PopResponse(
+            id=first.id, ids=[job.id for job in jobs], payload=job_payload(body, first.seed, len(jobs)),
+            model=first.model, ttl=(first.job_document or {}).get("ttl"), skipped={},
+            source_image=self._source_url(request.source_image, base_url),
+            source_processing=body.source_processing if request.source_image else "txt2img",
+            source_mask=self._source_url(request.source_mask, base_url),
+            r2_upload=uploads[0], r2_uploads=uploads,
+            jobs=[SignedJob(document=job.job_document or {}, signature=job.job_signature or "") for job in jobs],
+        )  # fmt: skip
+
+    def _upload_url(self, job: JobRecord, base_url: str) -> str:
+        lifetime = (job.deadline or self.services.clock()) - self.services.clock() + UPLOAD_TOKEN_GRACE
+        return f"{base_url}/api/v2/upload/{job.id}?token={self.services.tokens.upload_token(job.id, lifetime)}"
+
+    @staticmethod
+    def _source_url(name: str | None, base_url: str) -> str | None:
+        return f"{base_url}/api/v2/sources/{name}" if name else None
+
+    async def _skipped(self, caps: WorkerCaps) -> dict[str, int]:
+        async with self.services.database.reader() as tx:
+            rows = await tx.queue_head(SKIPPED_SAMPLE)
+        reasons: dict[str, set[str]] = {}
+        servable: set[str] = set()
+        for row in rows:
+            reason = _skip_reason(row, caps)
+            if reason is None:
+                servable.add(row["job_id"])
+            else:
+                reasons.setdefault(reason, set()).add(row["job_id"])
+        return {reason: len(ids - servable) for reason, ids in reasons.items() if ids - servable}

@@ -1,0 +1,61 @@
+"""Transitions of a job after it leaves a node: back to the queue, faulted, or settled.
+
+Used inside a transaction by both the submit handler (a node reports a fault) and the
+upkeep loop (a node missed its deadline), so the retry rule exists once.
+"""
+
+from coordinator.queueing import queue_entry
+from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
+from coordinator.storage.sql import Tx
+from protocol.generation import GenerationRequest
+
+
+async def requeue_or_fault(
+    tx: Tx, job: JobRecord, request: RequestRecord, max_faults: int, now: float, reason: str
+) -> QueueEntry | None:
+    """Count a fault against the job; requeue it, or fault the whole request after too many.
+
+    Returns the queue entry when the job went back to the queue, so the caller can wake nodes.
+    """
+    job.faults += 1
+    job.restarts += 1
+    if job.worker_id:
+        job.previous_workers.append(job.worker_id)
+    job.worker_id, job.deadline, job.assigned_at = None, None, None
+    if job.faults >= max_faults:
+        job.state = "faulted"
+        await tx.save_job(job)
+        await fault_request(tx, request, now, reason)
+        return None
+    job.state = "waiting"
+    await tx.save_job(job)
+    entry = requeue_entry(job, request)
+    await tx.enqueue([entry])
+    request.updated = now
+    await tx.update_request(request)
+    return entry
+
+
+def requeue_entry(job: JobRecord, request: RequestRecord) -> QueueEntry:
+    body = GenerationRequest.model_validate(request.body)
+    return queue_entry(job.id, request.id, body, request.tier, request.rank)
+
+
+async def fault_request(tx: Tx, request: RequestRecord, now: float, reason: str) -> None:
+    await tx.dequeue_request(request.id)
+    for other in await tx.jobs_of(request.id):
+        if other.state == "waiting":
+            other.state = "cancelled"
+            await tx.save_job(other)
+    request.state, request.updated, request.message = "faulted", now, reason
+    await tx.update_request(request)
+
+
+async def settle_if_complete(tx: Tx, request: RequestRecord, now: float) -> None:
+    """Mark an active request done once none of its images is waiting or being made."""
+    request.updated = now
+    if request.state == "active":
+        jobs = await tx.jobs_of(request.id)
+        if all(job.state not in ("waiting", "processing") for job in jobs):
+            request.state = "done"
+    await tx.update_request(request)

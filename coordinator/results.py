@@ -1,0 +1,186 @@
+"""Taking a node's result: who may submit it, checking the image and its signature, then
+storing it and paying for it in one transaction (image file first, so a committed result
+always has its image)."""
+
+import base64
+import binascii
+import contextlib
+import os
+
+from coordinator.auth import Caller, require_account
+from coordinator.errors import HordeError, bad_request, not_found
+from coordinator.lifecycle import requeue_or_fault, settle_if_complete
+from coordinator.services import Services
+from coordinator.sources import check_image
+from coordinator.storage.records import JobRecord, RequestRecord, Worker
+from coordinator.storage.sql import Tx
+from protocol.errors import RC
+from protocol.jobs import SubmitRequest, SubmitResult
+from protocol.keys import KeyFormatError, PublicKey
+from protocol.provenance import ResultDocument, sha256_hex, verify_result
+
+PAID_STATES = ("ok", "censored")
+
+
+def upload_name(job_id: str) -> str:
+    return f"{job_id}.upload"
+
+
+def result_name(job_id: str) -> str:
+    return f"{job_id}.webp"
+
+
+class Aborted(HordeError):
+    def __init__(self) -> None:
+        super().__init__(400, RC.ABORTED_GEN, "This job is no longer yours: its time ran out or it was cancelled.")
+
+
+class ResultIntake:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def accept_upload(self, job_id: str, token: str, data: bytes) -> None:
+        if not self.services.tokens.upload_token_valid(job_id, token):
+            raise HordeError(403, RC.UPLOAD_TOKEN_INVALID, "The upload URL is invalid or has expired.")
+        async with self.services.database.reader() as tx:
+            job = await tx.get_job(job_id)
+        if job is None or job.state != "processing":
+            raise Aborted()
+        check_image(data, "upload")
+        await self.services.images.write(upload_name(job_id), data)
+
+    async def submit(self, caller: Caller, body: SubmitRequest) -> SubmitResult:
+        account = require_account(caller, RC.ANON_FORBIDDEN_WORKER)
+        async with self.services.database.reader() as tx:
+            job = await tx.get_job(body.id)
+            if job is None:
+                raise not_found("job", RC.INVALID_JOB_ID)
+            worker = await tx.worker_by("id", job.worker_id) if job.worker_id else None
+            previous = [w for w in [await tx.worker_by("id", i) for i in job.previous_workers] if w]
+        self._check_submitter(caller, account.id, job, worker, previous)
+        assert worker is not None
+        image = await self._image(body) if body.state in PAID_STATES else None
+        self._check_signature(caller, worker, body, image)
+        if body.state == "faulted":
+            await self._fault(job.id, worker, body)
+            return SubmitResult(reward=0)
+        return SubmitResult(reward=await self._store(job.id, worker, body, image))
+
+    def _check_submitter(
+        self, caller: Caller, account_id: int, job: JobRecord, assigned: Worker | None, previous: list[Worker]
+    ) -> None:
+        def ours(worker: Worker | None) -> bool:
+            return worker is not None and worker.owner_id == account_id and (
+                caller.worker is None or caller.worker.id == worker.id
+            )
+
+        if ours(assigned):
+            if job.state == "done":
+                raise HordeError(400, RC.DUPLICATE_GEN, "This job was already submitted; no further reward.")
+            late = job.deadline is not None and self.services.clock() > job.deadline
+            if job.state != "processing" or late:
+                raise Aborted()
+            return
+        if any(ours(worker) for worker in previous):
+            raise Aborted()
+        raise HordeError(403, RC.WRONG_CREDENTIALS, "This job is not assigned to your node.")
+
+    async def _image(self, body: SubmitRequest) -> bytes:
+        if body.generation == "R2":
+            data = await self.services.images.read(upload_name(body.id))
+            if data is None:
+                raise bad_request(RC.UPLOAD_MISSING, "generation is 'R2' but nothing was uploaded for this job.")
+            return data
+        try:
+            data = base64.b64decode(body.generation, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise bad_request(RC.IMAGE_VALIDATION_FAILED, "generation is not valid base64.") from error
+        check_image(data, "generation")
+        return data
+
+    @staticmethod
+    def _check_signature(caller: Caller, worker: Worker, body: SubmitRequest, image: bytes | None) -> None:
+        """A signed node must sign its result; an apikey-only worker's result is marked unsigned."""
+        if body.signature is None and caller.key is None:
+            return
+        document = ResultDocument(
+            job_id=body.id, image_sha256=sha256_hex(image) if image else None, seed=body.seed, state=body.state
+        )
+        try:
+            key = PublicKey.from_text(worker.public_key or "")
+        except KeyFormatError:
+            key = None
+        if key is None or body.signature is None or not verify_result(key, document, body.signature):
+            raise HordeError(
+                403, "InvalidResultSignature", "The result's signature does not verify against this node's key."
+            )
+
+    async def _fault(self, job_id: str, worker: Worker, body: SubmitRequest) -> None:
+        now = self.services.clock()
+        reason = next((entry.ref or entry.value for entry in body.gen_metadata), "the node reported a fault")
+        async with self.services.database.transaction() as tx:
+            job, request = await self._current(tx, job_id, worker)
+            entry = await requeue_or_fault(tx, job, request, self.services.config.max_job_faults, now, reason)
+        if entry is not None:
+            self.services.hub.jobs_queued([entry])
+            await self.services.database.announce("jobs", request.id)
+        self.services.hub.request_changed(request.id)
+        await self.services.database.announce("request", request.id)
+
+    async def _current(self, tx: Tx, job_id: str, worker: Worker) -> tuple[JobRecord, RequestRecord]:
+        """The job and request as they are now, inside the transaction; still ours or aborted."""
+        job = await tx.get_job(job_id)
+        request = await tx.get_request(job.request_id) if job else None
+        if job is None or request is None or job.state != "processing" or job.worker_id != worker.id:
+            raise Aborted()
+        return job, request
+
+    async def _store(self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None) -> float:
+        now = self.services.clock()
+        if image is not None:
+            await self.services.images.write(result_name(job_id), image)
+        async with self.services.database.transaction() as tx:
+            job, request = await self._current(tx, job_id, worker)
+            reward = request.kudos_per_image if body.state in PAID_STATES else 0.0
+            self._record_result(job, worker, body, image, reward, now)
+            await tx.save_job(job)
+            await self._pay(tx, job, request, worker, reward, now)
+            await settle_if_complete(tx, request, now)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.services.images.path(upload_name(job_id)))
+        self.services.hub.request_changed(request.id)
+        await self.services.database.announce("request", request.id)
+        return reward
+
+    @staticmethod
+    def _record_result(
+        job: JobRecord, worker: Worker, body: SubmitRequest, image: bytes | None, reward: float, now: float
+    ) -> None:
+        job.state, job.result_state, job.censored = "done", body.state, body.censored or body.state == "censored"
+        job.image = result_name(job.id) if image is not None else None
+        job.image_sha256 = sha256_hex(image) if image is not None else None
+        job.gen_metadata = [entry.model_dump(exclude_none=True) for entry in body.gen_metadata]
+        job.signature, job.worker_key = body.signature, worker.public_key if body.signature else None
+        job.reward, job.finished_at = reward, now
+
+    async def _pay(
+        self, tx: Tx, job: JobRecord, request: RequestRecord, worker: Worker, reward: float, now: float
+    ) -> None:
+        """Reward the node's owner and charge the requester for one delivered image."""
+        current = await tx.worker_by("id", worker.id) or worker
+        payload = (job.job_document or {}).get("payload", {})
+        megapixelsteps = payload.get("width", 0) * payload.get("height", 0) * payload.get("ddim_steps", 0) / 1e6
+        elapsed = max(now - (job.assigned_at or now), 1e-3)
+        if megapixelsteps / elapsed > self.services.config.suspicious_mps_per_second:
+            current.suspicion += 1
+        current.requests_fulfilled += 1
+        current.kudos_rewards = round(current.kudos_rewards + reward, 2)
+        current.megapixelsteps += megapixelsteps
+        current.missed_deadlines = 0
+        await tx.save_worker(current)
+        await tx.record_stats(int(now // 60), 1, megapixelsteps)
+        if reward <= 0:
+            return
+        await tx.move_kudos("reward", None, current.owner_id, reward, job.id, now)
+        if request.account_id:
+            await tx.move_kudos("spend", request.account_id, None, reward, job.id, now)

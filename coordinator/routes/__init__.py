@@ -1,0 +1,13 @@
+"""HTTP handlers, one module per area of the API. Each module lists its endpoints in
+`ENDPOINTS`; the app registers them and the OpenAPI document is generated from them."""
+
+from coordinator.routes import accounts, generate, jobs, status, workers
+from coordinator.routes.endpoint import Endpoint
+
+ENDPOINTS: list[Endpoint] = [
+    *generate.ENDPOINTS,
+    *jobs.ENDPOINTS,
+    *accounts.ENDPOINTS,
+    *workers.ENDPOINTS,
+    *status.ENDPOINTS,
+]

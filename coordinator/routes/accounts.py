@@ -1,0 +1,91 @@
+"""Accounts, kudos and the public ledger."""
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from coordinator.auth import require_account
+from coordinator.errors import HordeError, bad_request, unauthorized
+from coordinator.routes.endpoint import Endpoint
+from coordinator.routes.http import broker, caller, client_ip, int_query, parse, reply
+from coordinator.storage.records import Account
+from protocol.accounts import AccountCreate, AccountCreated, KudosTransfer, KudosTransferred, UserDetails
+from protocol.errors import RC
+from protocol.ledger import LedgerEntry, LedgerHead
+
+LEDGER_PAGE = 1000
+
+
+class LedgerPage(BaseModel):
+    entries: list[LedgerEntry]
+    next_after: int | None
+
+
+async def create_account(request: web.Request) -> web.Response:
+    config = broker(request).services.config
+    if not config.open_registration:
+        raise HordeError(403, RC.REGISTRATION_CLOSED, "Open registration is switched off on this coordinator.")
+    body = await parse(request, AccountCreate)
+    who = await caller(request, allow_new_key=True)
+    if body.public_key is not None and who.key_text != body.public_key:
+        raise unauthorized(
+            "KeyNotProven", "Registering a public key needs a request signed with that key (proof of possession)."
+        )
+    broker(request).registration_limiter.check("register", client_ip(request))
+    account, apikey = await broker(request).bank.open_account(body.username, body.public_key)
+    return reply(AccountCreated(id=account.id, username=account.display_name, apikey=apikey,
+                                public_key=account.public_key))
+
+
+async def user_details(request: web.Request, account: Account) -> UserDetails:
+    workers = [w for w in await broker(request).roster.online() if w.owner_id == account.id]
+    return UserDetails(
+        username=account.display_name, id=account.id, kudos=account.kudos, worker_count=len(workers),
+        worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
+    )  # fmt: skip
+
+
+async def find_user(request: web.Request) -> web.Response:
+    account = require_account(await caller(request))
+    return reply(await user_details(request, account))
+
+
+async def get_user(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise bad_request(RC.VALIDATION, "A user id is a number.")
+    return reply(await user_details(request, await broker(request).bank.find("id", int(raw))))
+
+
+async def transfer(request: web.Request) -> web.Response:
+    who = await caller(request)
+    body = await parse(request, KudosTransfer)
+    account = require_account(who, RC.KUDOS_TRANSFER_TO_ANON)
+    key = request.headers.get("Idempotency-Key")
+    moved = await broker(request).bank.transfer(account, body.username, body.amount, key)
+    return reply(KudosTransferred(transferred=moved))
+
+
+async def ledger(request: web.Request) -> web.Response:
+    after = int_query(request, "after", 0, 2**62)
+    limit = int_query(request, "limit", LEDGER_PAGE, LEDGER_PAGE) or LEDGER_PAGE
+    entries = await broker(request).bank.ledger_page(after, limit)
+    return reply(LedgerPage(entries=entries, next_after=entries[-1].seq if len(entries) == limit else None))
+
+
+async def ledger_head(request: web.Request) -> web.Response:
+    return reply(await broker(request).bank.signed_head())
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/v2/accounts", create_account, "Register an account; the apikey is shown once.",
+             body=AccountCreate, response=AccountCreated, auth="none", example={"username": "alice"}),
+    Endpoint("GET", "/v2/find_user", find_user, "The calling account.", response=UserDetails, auth="required"),
+    Endpoint("GET", "/v2/users/{id}", get_user, "An account by id.", response=UserDetails),
+    Endpoint("POST", "/v2/kudos/transfer", transfer, "Send kudos (honours Idempotency-Key).",
+             body=KudosTransfer, response=KudosTransferred, auth="required",
+             example={"username": "bob", "amount": 10}),
+    Endpoint("GET", "/v2/ledger", ledger, "The public kudos ledger, a page at a time.", response=LedgerPage,
+             query={"after": "sequence number to start after", "limit": "entries per page (≤1000)"}),
+    Endpoint("GET", "/v2/ledger/head", ledger_head, "The ledger's head, signed by the coordinator.",
+             response=LedgerHead),
+]

@@ -1,0 +1,61 @@
+"""Requester endpoints: /v2/generate/async, /check, /status."""
+
+from aiohttp import web
+
+from coordinator.routes.endpoint import Endpoint
+from coordinator.routes.http import (
+    base_url,
+    broker,
+    caller,
+    client_agent,
+    float_query,
+    parse,
+    rate_key,
+    reply,
+)
+from protocol.generation import GenerationRequest, RequestAccepted, RequestCheck, RequestStatus
+from protocol.jobs import MAX_LONG_POLL_SECONDS
+
+
+async def generate_async(request: web.Request) -> web.Response:
+    who = await caller(request)
+    body = await parse(request, GenerationRequest)
+    broker(request).limiter.check("generate", rate_key(request, who))
+    result = await broker(request).requests.submit(who, body, client_agent(request))
+    return reply(result, 200 if body.dry_run else 202)
+
+
+async def check(request: web.Request) -> web.Response:
+    wait = float_query(request, "wait", 0.0, MAX_LONG_POLL_SECONDS)
+    known = request.query.get("finished")
+    known_finished = int(known) if known and known.isdigit() else None
+    report = await broker(request).requests.check(request.match_info["id"], wait, known_finished)
+    return reply(report)
+
+
+async def status(request: web.Request) -> web.Response:
+    return reply(await broker(request).requests.status(request.match_info["id"], base_url(request)))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    who = await caller(request)
+    return reply(await broker(request).requests.cancel(who, request.match_info["id"], base_url(request)))
+
+
+ENDPOINTS = [
+    Endpoint(
+        "POST", "/v2/generate/async", generate_async, "Request images (202), or price them with dry_run (200).",
+        body=GenerationRequest, response=RequestAccepted, status=202,
+        example={"prompt": "a lighthouse at dusk ### blurry", "params": {"width": 512, "height": 512, "n": 2}},
+    ),
+    Endpoint(
+        "GET", "/v2/generate/check/{id}", check, "Progress of a request, without images.",
+        response=RequestCheck,
+        query={"wait": "seconds (≤30) to hold the answer until the request changes",
+               "finished": "the finished count you already know; wait returns at once if it differs"},
+    ),
+    Endpoint("GET", "/v2/generate/status/{id}", status, "Progress plus the images made so far.",
+             response=RequestStatus),
+    Endpoint("DELETE", "/v2/generate/status/{id}", cancel, "Cancel a request (its owner only).",
+             response=RequestStatus, auth="required"),
+]

@@ -1,0 +1,92 @@
+"""Network status: heartbeat, models, performance, totals, the coordinator's identity, OpenAPI."""
+
+from aiohttp import web
+
+from coordinator.routes.endpoint import Endpoint
+from coordinator.routes.http import broker, reply
+from protocol.accounts import (
+    CoordinatorInfo,
+    Heartbeat,
+    ImageTotals,
+    ModelStatus,
+    Performance,
+    PeriodTotals,
+)
+
+FEATURES = ["long-poll-pop", "long-poll-check", "signed-requests", "signed-jobs", "signed-results",
+            "signed-ledger-head", "uploads"]
+PERIOD_MINUTES = {"minute": 1, "hour": 60, "day": 60 * 24, "month": 60 * 24 * 30, "total": 10**9}
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    return reply(Heartbeat(version=broker(request).services.config.version))
+
+
+async def coordinator_info(request: web.Request) -> web.Response:
+    services = broker(request).services
+    return reply(CoordinatorInfo(
+        public_key=services.identity.public_key.text(), version=services.config.version, features=FEATURES,
+    ))
+
+
+async def models(request: web.Request) -> web.Response:
+    workers = await broker(request).roster.online()
+    async with broker(request).services.database.reader() as tx:
+        queued = {row["model"]: row for row in await tx.queue_by_model()}
+    names = sorted({model for worker in workers for model in worker.models} | (set(queued) - {""}))
+    answer = []
+    for name in names:
+        serving = [w for w in workers if name in w.models]
+        row = queued.get(name, {"jobs": 0, "pixels": 0})
+        threads = sum(w.threads for w in serving)
+        answer.append(ModelStatus(
+            name=name, count=len(serving), performance=float(threads), queued=float(row["pixels"] or 0),
+            jobs=int(row["jobs"] or 0), eta=int(row["jobs"] or 0) // max(threads, 1) * 10 if serving else 0,
+        ))
+    return reply(answer)
+
+
+async def performance(request: web.Request) -> web.Response:
+    services = broker(request).services
+    workers = await broker(request).roster.online()
+    now_minute = int(services.clock() // 60)
+    async with services.database.reader() as tx:
+        queued_requests = await tx.queued_requests()
+        rows = await tx.queue_by_model()
+        _, past_minute = await tx.stats_since(now_minute - 1)
+    return reply(Performance(
+        queued_requests=queued_requests,
+        queued_megapixelsteps=round(sum((row["pixels"] or 0) for row in rows) / 1e6, 2),
+        past_minute_megapixelsteps=round(past_minute, 2),
+        worker_count=len(workers), thread_count=sum(w.threads for w in workers),
+    ))
+
+
+async def totals(request: web.Request) -> web.Response:
+    services = broker(request).services
+    now_minute = int(services.clock() // 60)
+    periods = {}
+    async with services.database.reader() as tx:
+        for name, minutes in PERIOD_MINUTES.items():
+            images, ps = await tx.stats_since(now_minute - minutes + 1)
+            periods[name] = PeriodTotals(images=images, ps=int(ps))
+    return reply(ImageTotals(**periods))
+
+
+async def swagger(request: web.Request) -> web.Response:
+    from coordinator.openapi import openapi_document
+
+    return web.json_response(openapi_document(broker(request).services.config.version))
+
+
+ENDPOINTS = [
+    Endpoint("GET", "/v2/status/heartbeat", heartbeat, "Is the coordinator up.", response=Heartbeat, auth="none"),
+    Endpoint("GET", "/v2/status/models", models, "Models online nodes serve, with queue and ETA.",
+             response=ModelStatus, auth="none"),
+    Endpoint("GET", "/v2/status/performance", performance, "Queue size and throughput.", response=Performance,
+             auth="none"),
+    Endpoint("GET", "/v2/stats/img/totals", totals, "Images made per period.", response=ImageTotals, auth="none"),
+    Endpoint("GET", "/v2/coordinator", coordinator_info, "This coordinator's public key, version and features.",
+             response=CoordinatorInfo, auth="none"),
+    Endpoint("GET", "/swagger.json", swagger, "This OpenAPI document.", auth="none"),
+]

@@ -1,0 +1,155 @@
+"""The rows the broker works with, independent of the engine that stores them."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+NETWORK = None  # the ledger's name for "minted" (as source) or "burned" (as target)
+
+
+@dataclass
+class Account:
+    id: int
+    username: str
+    public_key: str | None
+    kudos: float
+    trusted: bool
+    created: float
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.username}#{self.id}"
+
+
+@dataclass
+class Worker:
+    id: str
+    name: str
+    owner_id: int
+    public_key: str | None
+    models: list[str]
+    max_pixels: int
+    nsfw: bool
+    threads: int
+    img2img: bool
+    painting: bool
+    lora: bool
+    post_processing: bool
+    bridge_agent: str
+    created: float
+    last_seen: float
+    maintenance: bool = False
+    maintenance_msg: str | None = None
+    info: str | None = None
+    trusted: bool = False
+    suspicion: int = 0
+    missed_deadlines: int = 0
+    requests_fulfilled: int = 0
+    kudos_rewards: float = 0.0
+    megapixelsteps: float = 0.0
+    uptime: int = 0
+    last_uptime_award: float = 0.0
+
+
+@dataclass
+class QueueEntry:
+    """What a waiting job demands of a node: the columns the pop query filters on."""
+
+    job_id: str
+    request_id: str
+    models: list[str]
+    tier: int
+    rank: float
+    pixels: int
+    nsfw: bool
+    img2img: bool
+    painting: bool
+    lora: bool
+    post_processing: bool
+    trusted_only: bool
+    workers: list[str] = field(default_factory=list)
+    worker_blacklist: bool = False
+
+
+@dataclass
+class RequestRecord:
+    id: str
+    account_id: int
+    created: float
+    updated: float
+    state: str  # active | done | faulted | cancelled
+    n: int
+    kudos_per_image: float
+    body: dict[str, Any]  # the GenerationRequest, without the source images
+    source_image: str | None = None  # file name in the image store
+    source_mask: str | None = None
+    source_image_sha256: str | None = None
+    source_mask_sha256: str | None = None
+    client_agent: str = ""
+    message: str | None = None
+    tier: int = 1
+    rank: float = 0.0
+
+
+@dataclass
+class JobRecord:
+    id: str
+    request_id: str
+    index: int
+    seed: str
+    state: str  # waiting | processing | done | faulted | cancelled
+    model: str | None = None
+    worker_id: str | None = None
+    assigned_at: float | None = None
+    deadline: float | None = None
+    faults: int = 0
+    restarts: int = 0
+    image: str | None = None  # file name in the image store
+    image_sha256: str | None = None
+    result_state: str | None = None
+    censored: bool = False
+    gen_metadata: list[dict[str, Any]] = field(default_factory=list)
+    signature: str | None = None
+    worker_key: str | None = None
+    job_document: dict[str, Any] | None = None
+    job_signature: str | None = None
+    reward: float = 0.0
+    finished_at: float | None = None
+    worker_name: str | None = None
+    previous_workers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerCaps:
+    """What a popping node can do, as the queue query needs it."""
+
+    worker_id: str
+    models: list[str]
+    max_pixels: int
+    nsfw: bool
+    img2img: bool
+    painting: bool
+    lora: bool
+    post_processing: bool
+    trusted: bool
+    blacklist: list[str] = field(default_factory=list)
+    worker_name: str = ""
+
+
+@dataclass
+class ResultToStore:
+    job_id: str
+    worker_id: str
+    result_state: str
+    image: str | None
+    image_sha256: str | None
+    censored: bool
+    gen_metadata: list[dict[str, Any]]
+    signature: str | None
+    worker_key: str | None
+    reward: float
+    charge: float
+    requester_id: int | None  # None: anonymous, not charged
+    owner_id: int
+    megapixelsteps: float
+    finished_at: float
+    suspicious: bool

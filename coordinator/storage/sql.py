@@ -1,0 +1,370 @@
+"""The SQL primitives both engines share. Every statement uses `?` placeholders; the
+PostgreSQL driver rewrites them. Rules (who may do what, prices, retries) live in the
+broker; this module only reads and writes rows.
+"""
+
+import json
+from dataclasses import asdict, fields
+from typing import Any
+
+from coordinator.storage.base import Driver, NameTaken, NotEnoughKudos, Row
+from coordinator.storage.records import Account, JobRecord, QueueEntry, RequestRecord, Worker, WorkerCaps
+from protocol.ledger import GENESIS_HASH, LedgerEntry, entry_hash, round_kudos
+
+QUEUE_COLUMNS = (
+    "job_id, request_id, model, tier, rank, pixels, nsfw, img2img, painting, lora, post_processing, "
+    "trusted_only, workers, worker_blacklist"
+)
+# Candidates fetched per model before filtering in Python for the rarer constraints.
+CANDIDATES_PER_MODEL = 8
+
+
+def _account(row: Row) -> Account:
+    return Account(
+        id=row["id"],
+        username=row["username"],
+        public_key=row["public_key"],
+        kudos=row["kudos"],
+        trusted=bool(row["trusted"]),
+        created=row["created"],
+    )
+
+
+def _split(record: Any, columns: tuple[str, ...]) -> tuple[list[Any], str]:
+    """Values for the indexed columns, and the rest of the record as JSON."""
+    data = asdict(record)
+    info = {key: value for key, value in data.items() if key not in columns}
+    return [data[column] for column in columns], json.dumps(info)
+
+
+def _join(cls: type, row: Row, columns: tuple[str, ...]) -> Any:
+    data = json.loads(row["info"])
+    data.update({column: row[column] for column in columns})
+    known = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in known})
+
+
+WORKER_COLUMNS = ("id", "name", "owner_id", "public_key")
+REQUEST_COLUMNS = ("id", "account_id", "created", "updated", "state")
+JOB_COLUMNS = ("id", "request_id", "state", "worker_id", "deadline")
+
+
+class Tx:
+    """One unit of work on one connection."""
+
+    def __init__(self, driver: Driver, dialect: str) -> None:
+        self.driver = driver
+        self.dialect = dialect
+
+    async def lock_ledger(self) -> None:
+        """Serialize ledger appends across processes (SQLite's write lock already does)."""
+        if self.dialect == "postgresql":
+            await self.driver.execute("SELECT pg_advisory_xact_lock(7301)")
+
+    # --- accounts -------------------------------------------------------------------
+    async def create_account(
+        self, username: str, apikey_hash: str, public_key: str | None, now: float
+    ) -> Account:
+        taken = await self.driver.fetchone(
+            "SELECT id FROM accounts WHERE lower(username) = lower(?) OR public_key = ?",
+            (username, public_key),
+        )
+        if taken:
+            raise NameTaken(username)
+        row = await self.driver.fetchone(
+            "INSERT INTO accounts (username, apikey_hash, public_key, kudos, trusted, created) "
+            "VALUES (?, ?, ?, 0, 0, ?) RETURNING *",
+            (username, apikey_hash, public_key, now),
+        )
+        assert row is not None
+        return _account(row)
+
+    async def account_by(self, column: str, value: Any) -> Account | None:
+        assert column in ("id", "apikey_hash", "public_key", "username")
+        where = "lower(username) = lower(?)" if column == "username" else f"{column} = ?"
+        row = await self.driver.fetchone(f"SELECT * FROM accounts WHERE {where}", (value,))
+        return _account(row) if row else None
+
+    async def set_account_trusted(self, account_id: int, trusted: bool) -> None:
+        await self.driver.execute("UPDATE accounts SET trusted = ? WHERE id = ?", (int(trusted), account_id))
+
+    async def cached_balances(self) -> dict[int, float]:
+        rows = await self.driver.fetchall("SELECT id, kudos FROM accounts")
+        return {row["id"]: row["kudos"] for row in rows}
+
+    # --- ledger ---------------------------------------------------------------------
+    async def ledger_head(self) -> tuple[int, str]:
+        row = await self.driver.fetchone("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+        return (row["seq"], row["hash"]) if row else (0, GENESIS_HASH)
+
+    async def move_kudos(
+        self,
+        kind: str,
+        source: int | None,
+        target: int | None,
+        amount: float,
+        reference: str,
+        now: float,
+        *,
+        require_funds: bool = False,
+    ) -> LedgerEntry:
+        """Append one ledger entry and update the cached balances it touches, atomically."""
+        amount = round_kudos(amount)
+        await self.lock_ledger()
+        if source is not None:
+            guard = " AND kudos >= ?" if require_funds else ""
+            args: tuple[Any, ...] = (amount, source, amount) if require_funds else (amount, source)
+            if await self.driver.execute(f"UPDATE accounts SET kudos = kudos - ? WHERE id = ?{guard}", args) != 1:
+                raise NotEnoughKudos(source)
+        if target is not None:
+            await self.driver.execute("UPDATE accounts SET kudos = kudos + ? WHERE id = ?", (amount, target))
+        seq, prev_hash = await self.ledger_head()
+        fields_ = {
+            "seq": seq + 1, "created": now, "kind": kind, "source": source, "target": target,
+            "amount": amount, "reference": reference, "prev_hash": prev_hash,
+        }
+        entry = LedgerEntry(**fields_, hash=entry_hash(**fields_))
+        await self.driver.execute(
+            "INSERT INTO ledger (seq, created, kind, source, target, amount, reference, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (entry.seq, entry.created, entry.kind, entry.source, entry.target, entry.amount, entry.reference,
+             entry.prev_hash, entry.hash),
+        )
+        return entry
+
+    async def ledger_entries(self, after: int, limit: int) -> list[LedgerEntry]:
+        rows = await self.driver.fetchall(
+            "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [LedgerEntry(**row) for row in rows]
+
+    async def account_ledger(self, account_id: int, limit: int) -> list[LedgerEntry]:
+        rows = await self.driver.fetchall(
+            "SELECT * FROM ledger WHERE source = ? OR target = ? ORDER BY seq DESC LIMIT ?",
+            (account_id, account_id, limit),
+        )
+        return [LedgerEntry(**row) for row in rows]
+
+    async def transfer_by_key(self, source: int, key: str) -> Row | None:
+        return await self.driver.fetchone(
+            "SELECT * FROM transfers WHERE source = ? AND idempotency_key = ?", (source, key)
+        )
+
+    async def remember_transfer(self, source: int, key: str, seq: int, amount: float) -> None:
+        await self.driver.execute(
+            "INSERT INTO transfers (source, idempotency_key, ledger_seq, amount) VALUES (?, ?, ?, ?)",
+            (source, key, seq, amount),
+        )
+
+    # --- workers --------------------------------------------------------------------
+    async def worker_by(self, column: str, value: Any) -> Worker | None:
+        assert column in ("id", "name", "public_key")
+        where = "lower(name) = lower(?)" if column == "name" else f"{column} = ?"
+        row = await self.driver.fetchone(f"SELECT * FROM workers WHERE {where}", (value,))
+        return _join(Worker, row, WORKER_COLUMNS) if row else None
+
+    async def save_worker(self, worker: Worker) -> None:
+        clash = await self.driver.fetchone(
+            "SELECT id FROM workers WHERE id <> ? AND (lower(name) = lower(?) OR public_key = ?)",
+            (worker.id, worker.name, worker.public_key),
+        )
+        if clash:
+            raise NameTaken(worker.name)
+        values, info = _split(worker, WORKER_COLUMNS)
+        await self.driver.execute(
+            "INSERT INTO workers (id, name, owner_id, public_key, info) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, public_key = excluded.public_key, "
+            "info = excluded.info",
+            (*values, info),
+        )
+
+    async def list_workers(self) -> list[Worker]:
+        rows = await self.driver.fetchall("SELECT * FROM workers ORDER BY name")
+        return [_join(Worker, row, WORKER_COLUMNS) for row in rows]
+
+    async def delete_worker(self, worker_id: str) -> None:
+        await self.driver.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    # --- requests and jobs ------------------------------------------------------------
+    async def insert_request(self, request: RequestRecord) -> None:
+        values, info = _split(request, REQUEST_COLUMNS)
+        await self.driver.execute(
+            "INSERT INTO requests (id, account_id, created, updated, state, info) VALUES (?, ?, ?, ?, ?, ?)",
+            (*values, info),
+        )
+
+    async def update_request(self, request: RequestRecord) -> None:
+        _values, info = _split(request, REQUEST_COLUMNS)
+        await self.driver.execute(
+            "UPDATE requests SET updated = ?, state = ?, info = ? WHERE id = ?",
+            (request.updated, request.state, info, request.id),
+        )
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        row = await self.driver.fetchone("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return _join(RequestRecord, row, REQUEST_COLUMNS) if row else None
+
+    async def insert_jobs(self, jobs: list[JobRecord]) -> None:
+        rows = []
+        for job in jobs:
+            values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+            rows.append((*values, info))
+        await self.driver.executemany(
+            "INSERT INTO jobs (id, request_id, idx, state, worker_id, deadline, info) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    async def save_job(self, job: JobRecord) -> None:
+        _values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+        await self.driver.execute(
+            "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ?",
+            (job.state, job.worker_id, job.deadline, info, job.id),
+        )
+
+    async def claim_job(self, job: JobRecord) -> bool:
+        """Move a waiting job to its worker; False when another pop got there first."""
+        _values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+        claimed = await self.driver.execute(
+            "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ? AND state = 'waiting'",
+            (job.state, job.worker_id, job.deadline, info, job.id),
+        )
+        if claimed:
+            await self.driver.execute("DELETE FROM queue WHERE job_id = ?", (job.id,))
+        return claimed == 1
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        row = await self.driver.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._job(row) if row else None
+
+    async def jobs_of(self, request_id: str) -> list[JobRecord]:
+        rows = await self.driver.fetchall("SELECT * FROM jobs WHERE request_id = ? ORDER BY idx", (request_id,))
+        return [self._job(row) for row in rows]
+
+    async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        rows = await self.driver.fetchall(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY idx", job_ids)
+        return [self._job(row) for row in rows]
+
+    async def overdue_jobs(self, now: float, limit: int = 500) -> list[JobRecord]:
+        rows = await self.driver.fetchall(
+            "SELECT * FROM jobs WHERE state = 'processing' AND deadline < ? LIMIT ?", (now, limit)
+        )
+        return [self._job(row) for row in rows]
+
+    @staticmethod
+    def _job(row: Row) -> JobRecord:
+        row = dict(row)
+        row["index"] = row.pop("idx")
+        return _join(JobRecord, row, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+
+    async def stale_requests(self, before: float, limit: int = 500) -> list[RequestRecord]:
+        rows = await self.driver.fetchall(
+            "SELECT * FROM requests WHERE state = 'active' AND updated < ? LIMIT ?", (before, limit)
+        )
+        return [_join(RequestRecord, row, REQUEST_COLUMNS) for row in rows]
+
+    async def finished_requests(self, before: float, limit: int = 500) -> list[RequestRecord]:
+        rows = await self.driver.fetchall(
+            "SELECT * FROM requests WHERE state <> 'active' AND updated < ? LIMIT ?", (before, limit)
+        )
+        return [_join(RequestRecord, row, REQUEST_COLUMNS) for row in rows]
+
+    async def delete_request(self, request_id: str) -> None:
+        await self.driver.execute("DELETE FROM queue WHERE request_id = ?", (request_id,))
+        await self.driver.execute("DELETE FROM jobs WHERE request_id = ?", (request_id,))
+        await self.driver.execute("DELETE FROM requests WHERE id = ?", (request_id,))
+
+    # --- the queue ------------------------------------------------------------------
+    async def enqueue(self, entries: list[QueueEntry]) -> None:
+        rows = [
+            (e.job_id, e.request_id, model, e.tier, e.rank, e.pixels, int(e.nsfw), int(e.img2img),
+             int(e.painting), int(e.lora), int(e.post_processing), int(e.trusted_only),
+             json.dumps(e.workers) if e.workers else None, int(e.worker_blacklist))
+            for e in entries
+            for model in (e.models or [""])
+        ]
+        await self.driver.executemany(
+            f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            rows,
+        )
+
+    async def dequeue_request(self, request_id: str) -> None:
+        await self.driver.execute("DELETE FROM queue WHERE request_id = ?", (request_id,))
+
+    async def queue_candidates(self, caps: WorkerCaps, per_model: int = CANDIDATES_PER_MODEL) -> list[Row]:
+        """The best waiting rows for each model the node serves, filtered by what indexes can check."""
+        models = [*caps.models, ""]
+        filters = "pixels <= ?" + "".join(
+            f" AND {column} = 0"
+            for column, allowed in (
+                ("nsfw", caps.nsfw), ("img2img", caps.img2img), ("painting", caps.painting),
+                ("lora", caps.lora), ("post_processing", caps.post_processing), ("trusted_only", caps.trusted),
+            )
+            if not allowed
+        )
+        one = f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} " \
+              "ORDER BY tier DESC, rank DESC LIMIT ?) AS m"
+        sql = " UNION ALL ".join([one] * len(models))
+        args: list[Any] = []
+        for model in models:
+            args += [model, caps.max_pixels, per_model]
+        return await self.driver.fetchall(sql, args)
+
+    async def queue_head(self, limit: int) -> list[Row]:
+        return await self.driver.fetchall(
+            f"SELECT {QUEUE_COLUMNS} FROM queue ORDER BY tier DESC, rank DESC LIMIT ?", (limit,)
+        )
+
+    async def waiting_of_request(self, request_id: str, limit: int) -> list[Row]:
+        return await self.driver.fetchall(
+            "SELECT DISTINCT job_id FROM queue WHERE request_id = ? LIMIT ?", (request_id, limit)
+        )
+
+    async def queue_position(self, tier: int, rank: float) -> int:
+        row = await self.driver.fetchone(
+            "SELECT COUNT(DISTINCT job_id) AS ahead FROM queue WHERE tier > ? OR (tier = ? AND rank > ?)",
+            (tier, tier, rank),
+        )
+        return int(row["ahead"]) if row else 0
+
+    async def best_waiting_rank(self, request_id: str) -> Row | None:
+        return await self.driver.fetchone(
+            "SELECT tier, rank FROM queue WHERE request_id = ? ORDER BY tier DESC, rank DESC LIMIT 1",
+            (request_id,),
+        )
+
+    async def queue_by_model(self) -> list[Row]:
+        return await self.driver.fetchall(
+            "SELECT model, COUNT(*) AS jobs, SUM(pixels) AS pixels FROM queue GROUP BY model"
+        )
+
+    async def queued_requests(self) -> int:
+        row = await self.driver.fetchone("SELECT COUNT(DISTINCT request_id) AS n FROM queue")
+        return int(row["n"]) if row else 0
+
+    async def record_stats(self, minute: int, images: int, pixelsteps: float) -> None:
+        await self.driver.execute(
+            "INSERT INTO stats (minute, images, ps) VALUES (?, ?, ?) ON CONFLICT (minute) DO UPDATE SET "
+            "images = stats.images + excluded.images, ps = stats.ps + excluded.ps",
+            (minute, images, pixelsteps),
+        )
+
+    async def stats_since(self, minute: int) -> tuple[int, float]:
+        row = await self.driver.fetchone(
+            "SELECT COALESCE(SUM(images), 0) AS images, COALESCE(SUM(ps), 0) AS ps FROM stats WHERE minute >= ?",
+            (minute,),
+        )
+        return (int(row["images"]), float(row["ps"])) if row else (0, 0.0)
+
+
+def ledger_balances_from_rows(rows: list[Row]) -> dict[int, float]:
+    totals: dict[int, float] = {}
+    for row in rows:
+        if row["source"] is not None:
+            totals[row["source"]] = totals.get(row["source"], 0.0) - row["amount"]
+        if row["target"] is not None:
+            totals[row["target"]] = totals.get(row["target"], 0.0) + row["amount"]
+    return {account: round_kudos(value) for account, value in totals.items()}

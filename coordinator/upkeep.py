@@ -1,0 +1,115 @@
+"""The coordinator's periodic chores: reissue overdue jobs, expire abandoned requests,
+pay uptime kudos, and prune old requests and images (never the ledger)."""
+
+import asyncio
+import logging
+
+from coordinator.lifecycle import fault_request, requeue_or_fault
+from coordinator.results import result_name, upload_name
+from coordinator.services import Services
+from coordinator.storage import StorageUnavailable
+from coordinator.storage.records import QueueEntry
+
+log = logging.getLogger("horde.coordinator.upkeep")
+UPTIME_PERIOD = 600.0
+
+
+class Upkeep:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except StorageUnavailable as error:
+                log.warning("upkeep skipped: %s", error)
+            except Exception:
+                log.exception("upkeep failed; retrying next round")
+            await asyncio.sleep(self.services.config.maintenance_interval)
+
+    async def run_once(self) -> None:
+        await self.reissue_overdue()
+        await self.expire_abandoned()
+        await self.pay_uptime()
+        await self.prune()
+
+    async def reissue_overdue(self) -> int:
+        """Jobs whose node missed the time limit go back to the queue for another node."""
+        now = self.services.clock()
+        config = self.services.config
+        requeued: list[QueueEntry] = []
+        touched: set[str] = set()
+        async with self.services.database.transaction() as tx:
+            for job in await tx.overdue_jobs(now):
+                request = await tx.get_request(job.request_id)
+                worker = await tx.worker_by("id", job.worker_id) if job.worker_id else None
+                if request is None:
+                    continue
+                entry = await requeue_or_fault(tx, job, request, config.max_job_faults, now, "time limit exceeded")
+                requeued += [entry] if entry else []
+                touched.add(request.id)
+                if worker is not None:
+                    worker.missed_deadlines += 1
+                    if worker.missed_deadlines >= config.max_missed_deadlines:
+                        worker.maintenance = True
+                        worker.maintenance_msg = f"missed {worker.missed_deadlines} job deadlines in a row"
+                    await tx.save_worker(worker)
+        await self._announce(requeued, touched)
+        return len(touched)
+
+    async def expire_abandoned(self) -> None:
+        """A request nobody picks up for `request_expiry_seconds` is faulted as expired."""
+        now = self.services.clock()
+        touched: set[str] = set()
+        async with self.services.database.transaction() as tx:
+            for request in await tx.stale_requests(now - self.services.config.request_expiry_seconds):
+                jobs = await tx.jobs_of(request.id)
+                if any(job.state == "processing" for job in jobs):
+                    continue
+                await fault_request(tx, request, now, "expired: no node picked it up in time")
+                touched.add(request.id)
+        await self._announce([], touched)
+
+    async def pay_uptime(self) -> None:
+        per_period = self.services.config.uptime_kudos_per_10_minutes
+        if per_period <= 0:
+            return
+        now = self.services.clock()
+        async with self.services.database.transaction() as tx:
+            for worker in await tx.list_workers():
+                online = now - worker.last_seen < self.services.config.worker_online_seconds
+                if not online or worker.maintenance:
+                    continue
+                if worker.last_uptime_award == 0:
+                    worker.last_uptime_award = now
+                elif now - worker.last_uptime_award >= UPTIME_PERIOD:
+                    await tx.move_kudos("uptime", None, worker.owner_id, per_period, f"uptime:{worker.id}", now)
+                    worker.last_uptime_award = now
+                    worker.uptime += int(UPTIME_PERIOD)
+                else:
+                    continue
+                await tx.save_worker(worker)
+
+    async def prune(self) -> int:
+        cutoff = self.services.clock() - self.services.config.retention_hours * 3600
+        doomed: list[str | None] = []
+        async with self.services.database.transaction() as tx:
+            requests = await tx.finished_requests(cutoff)
+            for request in requests:
+                for job in await tx.jobs_of(request.id):
+                    doomed += [job.image, upload_name(job.id), result_name(job.id)]
+                doomed += [request.source_image, request.source_mask]
+                await tx.delete_request(request.id)
+        # Files go only after the rows that name them are gone, so no record loses its image.
+        for name in doomed:
+            self.services.images.delete(name)
+        return len(requests)
+
+    async def _announce(self, requeued: list[QueueEntry], touched: set[str]) -> None:
+        if requeued:
+            self.services.hub.jobs_queued(requeued)
+            await self.services.database.announce("jobs", "requeued")
+        for request_id in touched:
+            self.services.hub.request_changed(request_id)
+            await self.services.database.announce("request", request_id)

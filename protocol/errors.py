@@ -1,0 +1,59 @@
+"""The error body every API failure returns, and the return codes (`rc`) we use.
+
+The codes are AI Horde's where AI Horde has one, so existing clients that branch on `rc`
+keep working; codes we added (signatures, rate limits, storage) are marked below.
+"""
+
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    message: str
+    rc: str
+    errors: dict[str, str] | None = None
+
+
+class RC:
+    """Return codes, as plain strings so handlers and clients compare them directly."""
+
+    # AI Horde's own codes.
+    MISSING_PROMPT = "MissingPrompt"
+    VALIDATION = "ValidationError"
+    INVALID_SIZE = "InvalidSize"
+    TOO_MANY_STEPS = "TooManySteps"
+    IMAGE_VALIDATION_FAILED = "ImageValidationFailed"
+    SOURCE_IMAGE_UNREADABLE = "SourceImageUnreadable"
+    INPAINTING_MISSING_MASK = "InpaintingMissingMask"
+    INVALID_API_KEY = "InvalidAPIKey"
+    WRONG_CREDENTIALS = "WrongCredentials"
+    NOT_OWNER = "NotOwner"
+    NOT_ADMIN = "NotAdmin"
+    ANON_FORBIDDEN = "AnonForbidden"
+    ANON_FORBIDDEN_WORKER = "AnonForbiddenWorker"
+    WORKER_MAINTENANCE = "WorkerMaintenance"
+    WORKER_NAME_EXISTS = "WorkerNameAlreadyExists"
+    NAME_EXISTS = "NameAlreadyExists"
+    KUDOS_UPFRONT = "KudosUpfront"
+    INVALID_JOB_ID = "InvalidJobID"
+    REQUEST_NOT_FOUND = "RequestNotFound"
+    WORKER_NOT_FOUND = "WorkerNotFound"
+    USER_NOT_FOUND = "UserNotFound"
+    DUPLICATE_GEN = "DuplicateGen"
+    ABORTED_GEN = "AbortedGen"
+    REQUEST_EXPIRED = "RequestExpired"
+    KUDOS_TRANSFER_TO_ANON = "KudosTransferToAnon"
+    KUDOS_TRANSFER_TO_SELF = "KudosTransferToSelf"
+    KUDOS_TRANSFER_NOT_ENOUGH = "KudosTransferNotEnough"
+    KUDOS_VALIDATION = "KudosValidationError"
+    TOO_LONG_USER_NAME = "TooLongUserName"
+    # Ours.
+    NOT_FOUND = "NotFound"
+    METHOD_NOT_ALLOWED = "MethodNotAllowed"
+    BODY_TOO_LARGE = "BodyTooLarge"
+    INVALID_JSON = "InvalidJSON"
+    RATE_LIMITED = "RateLimited"
+    REGISTRATION_CLOSED = "RegistrationClosed"
+    UPLOAD_TOKEN_INVALID = "UploadTokenInvalid"
+    UPLOAD_MISSING = "UploadMissing"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
+    INTERNAL = "InternalServerError"

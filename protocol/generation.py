@@ -1,0 +1,167 @@
+"""Requester-side models of the AI Horde v2 image API (`/v2/generate/async|check|status`).
+
+Field names, defaults and bounds are AI Horde's, so existing clients work unchanged.
+Unknown fields are ignored rather than rejected, as AI Horde does; `None` for an optional
+field means "use the default", because clients such as horde_sdk send explicit nulls.
+"""
+
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocol.samplers import SamplerName, SourceProcessing
+
+LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class LoraEntry(BaseModel):
+    model_config = LENIENT
+
+    name: str = Field(min_length=1, max_length=255)
+    model: float = Field(default=1.0, ge=-5, le=5)
+    clip: float = Field(default=1.0, ge=-5, le=5)
+
+
+class GenerationParams(BaseModel):
+    model_config = LENIENT
+
+    sampler_name: SamplerName = "k_euler_a"
+    cfg_scale: float = Field(default=7.5, ge=0, le=100)
+    denoising_strength: float = Field(default=0.75, ge=0.01, le=1)
+    seed: str | None = Field(default=None, max_length=256)
+    seed_variation: int | None = Field(default=None, ge=1, le=1000)
+    width: int = Field(default=512, ge=64, le=3072, multiple_of=64)
+    height: int = Field(default=512, ge=64, le=3072, multiple_of=64)
+    steps: int = Field(default=30, ge=1, le=500, validation_alias=AliasChoices("steps", "ddim_steps"))
+    n: int = Field(default=1, ge=1, le=20, validation_alias=AliasChoices("n", "n_iter"))
+    karras: bool = False
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    tiling: bool = False
+    hires_fix: bool = False
+    loras: list[LoraEntry] = Field(default_factory=list, max_length=5)
+    post_processing: list[str] = Field(default_factory=list, max_length=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None or key == "seed"}
+        return data
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def seed_as_string(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+
+class GenerationRequest(BaseModel):
+    """`POST /v2/generate/async` body (AI Horde's `GenerationInputStable`)."""
+
+    model_config = LENIENT
+
+    prompt: str = Field(min_length=1, max_length=20000)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    models: list[str] = Field(default_factory=list, max_length=100)
+    nsfw: bool = False
+    censor_nsfw: bool = False
+    trusted_workers: bool = False
+    slow_workers: bool = True
+    workers: list[str] = Field(default_factory=list, max_length=20)
+    worker_blacklist: bool = False
+    source_image: str | None = None
+    source_processing: SourceProcessing = "img2img"
+    source_mask: str | None = None
+    r2: bool = True
+    shared: bool = False
+    dry_run: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @property
+    def positive_prompt(self) -> str:
+        return self.prompt.split("###", 1)[0].strip()
+
+    @property
+    def negative_prompt(self) -> str | None:
+        parts = self.prompt.split("###", 1)
+        return parts[1].strip() if len(parts) == 2 and parts[1].strip() else None
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.source_image is not None and self.source_processing == "img2img"
+
+    @property
+    def is_painting(self) -> bool:
+        return self.source_image is not None and self.source_processing in ("inpainting", "outpainting")
+
+
+class RequestWarning(BaseModel):
+    code: str
+    message: str
+
+
+class RequestAccepted(BaseModel):
+    """202 answer to `POST /v2/generate/async`."""
+
+    id: str
+    kudos: float
+    message: str | None = None
+    warnings: list[RequestWarning] = Field(default_factory=list)
+
+
+class DryRunResult(BaseModel):
+    kudos: float
+
+
+class RequestCheck(BaseModel):
+    """`GET /v2/generate/check/{id}`: progress without the images."""
+
+    finished: int
+    processing: int
+    restarted: int
+    waiting: int
+    done: bool
+    faulted: bool
+    wait_time: int
+    queue_position: int
+    kudos: float
+    is_possible: bool
+
+
+class GenMetadataEntry(BaseModel):
+    model_config = LENIENT
+
+    type: str
+    value: str
+    ref: str | None = None
+
+
+class Generation(BaseModel):
+    """One delivered image, with the signatures that prove where it came from (our extension)."""
+
+    id: str
+    img: str
+    seed: str
+    worker_id: str
+    worker_name: str
+    model: str
+    state: str
+    censored: bool
+    gen_metadata: list[GenMetadataEntry] = Field(default_factory=list)
+    worker_key: str | None = None
+    signature: str | None = None
+    image_sha256: str | None = None
+    job: dict[str, Any] | None = None
+    job_signature: str | None = None
+
+
+class RequestStatus(RequestCheck):
+    """`GET|DELETE /v2/generate/status/{id}`: progress plus the images made so far."""
+
+    generations: list[Generation] = Field(default_factory=list)
+    shared: bool = False

@@ -1,0 +1,140 @@
+"""Node-side models of the AI Horde v2 image API (`/v2/generate/pop|submit`)."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocol.generation import GenMetadataEntry, LoraEntry
+
+LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
+MAX_LONG_POLL_SECONDS = 30.0
+
+
+class PopRequest(BaseModel):
+    """`POST /v2/generate/pop` body. `wait` (long-poll) is our extension."""
+
+    model_config = LENIENT
+
+    name: str = Field(min_length=1, max_length=100)
+    models: list[str] = Field(default_factory=list, max_length=500)
+    max_pixels: int = Field(default=512 * 512, ge=64 * 64)
+    nsfw: bool = False
+    threads: int = Field(default=1, ge=1, le=50)
+    amount: int = Field(default=1, ge=1, le=20)
+    bridge_agent: str = Field(default="unknown:0:unknown", max_length=1000)
+    blacklist: list[str] = Field(default_factory=list)
+    allow_img2img: bool = True
+    allow_painting: bool = True
+    allow_post_processing: bool = True
+    allow_lora: bool = False
+    require_upfront_kudos: bool = False
+    extra_slow_worker: bool = False
+    priority_usernames: list[str] = Field(default_factory=list)
+    wait: float = Field(default=0.0, ge=0, le=MAX_LONG_POLL_SECONDS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class JobPayload(BaseModel):
+    """What a node needs to make the image(s) of one pop (AI Horde's `ModelPayloadStable`)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    ddim_steps: int
+    n_iter: int = 1
+    width: int
+    height: int
+    seed: str
+    sampler_name: str
+    cfg_scale: float
+    karras: bool = False
+    denoising_strength: float | None = None
+    clip_skip: int = 1
+    tiling: bool = False
+    hires_fix: bool = False
+    loras: list[LoraEntry] = Field(default_factory=list)
+    post_processing: list[str] = Field(default_factory=list)
+    use_nsfw_censor: bool = False
+
+
+class SkippedReasons(BaseModel):
+    """Why waiting requests were passed over for this node (counted over the queue's head)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    models: int = 0
+    max_pixels: int = 0
+    nsfw: int = 0
+    img2img: int = 0
+    painting: int = 0
+    lora: int = 0
+    blacklist: int = 0
+    worker_id: int = 0
+    untrusted: int = 0
+    kudos: int = 0
+    post_processing: int = Field(default=0, alias="post-processing")
+
+    def nonzero(self) -> dict[str, int]:
+        return {key: value for key, value in self.model_dump(by_alias=True).items() if value}
+
+
+class SignedJob(BaseModel):
+    """A job document and the coordinator's signature over its canonical JSON (our extension)."""
+
+    document: dict[str, Any]
+    signature: str
+
+
+class PopResponse(BaseModel):
+    id: str | None = None
+    ids: list[str] = Field(default_factory=list)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = None
+    ttl: int | None = None
+    skipped: dict[str, int] = Field(default_factory=dict)
+    source_image: str | None = None
+    source_processing: str = "txt2img"
+    source_mask: str | None = None
+    r2_upload: str | None = None
+    r2_uploads: list[str] | None = None
+    jobs: list[SignedJob] = Field(default_factory=list)
+
+
+class SubmitRequest(BaseModel):
+    """`POST /v2/generate/submit`. `signature` (the node's, over the result document) is ours."""
+
+    model_config = LENIENT
+
+    id: str = Field(min_length=1, max_length=64)
+    generation: str = ""
+    state: str = "ok"
+    seed: str = "0"
+    censored: bool = False
+    gen_metadata: list[GenMetadataEntry] = Field(default_factory=list)
+    signature: str | None = None
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def seed_as_string(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("gen_metadata", mode="before")
+    @classmethod
+    def null_metadata(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @field_validator("state")
+    @classmethod
+    def known_state(cls, value: str) -> str:
+        if value not in ("ok", "censored", "faulted", "csam"):
+            raise ValueError("state must be one of ok, censored, faulted, csam")
+        return value
+
+
+class SubmitResult(BaseModel):
+    reward: float
