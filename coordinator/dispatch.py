@@ -65,13 +65,17 @@ class Dispatcher:
             return PopResponse()
         caps = caps_of(worker, pop)
         deadline = time.monotonic() + pop.wait
-        while True:
-            claimed = await self._claim(caps, worker, pop.amount)
-            if claimed is not None:
-                return self._response(*claimed, base_url)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self.services.hub.wait_for_job(caps, remaining):
-                return PopResponse(skipped=await self._skipped(caps))
+        with self.services.hub.job_waiter(caps) as waiter:
+            while True:
+                waiter.woken.clear()
+                claimed = await self._claim(caps, worker, pop.amount)
+                if claimed is not None:
+                    if waiter.woken.is_set():
+                        self.services.hub.pass_on(caps)
+                    return self._response(*claimed, base_url)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await waiter.wait(remaining):
+                    return PopResponse(skipped=await self._skipped(caps))
 
     async def _claim(
         self, caps: WorkerCaps, worker: Worker, amount: int

@@ -1,12 +1,15 @@
 """In-process wake-ups for long-polls: a node waiting for a job, a requester waiting for
 a request to change. Engines that span processes (PostgreSQL) feed the same hub from
 their notifications, so a job queued on one process wakes a node waiting on another.
+
+A waiter registers *before* it looks at the database, so a change that lands between its
+look and its wait still wakes it.
 """
 
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from coordinator.storage.records import QueueEntry, WorkerCaps
@@ -26,24 +29,38 @@ def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
 
 
 @dataclass(eq=False)
-class _JobWaiter:
+class JobWaiter:
     caps: WorkerCaps
     woken: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: bool = False  # True while parked in wait(); such waiters are woken first
+
+    async def wait(self, timeout: float) -> bool:
+        self.idle = True
+        try:
+            return await wait_for(self.woken, timeout)
+        finally:
+            self.idle = False
 
 
 class EventHub:
     def __init__(self) -> None:
-        self._job_waiters: list[_JobWaiter] = []
+        self._job_waiters: list[JobWaiter] = []
         self._request_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
 
     def jobs_queued(self, entries: list[QueueEntry]) -> None:
-        """Wake one idle node per new job among those that can serve it, oldest waiter first."""
+        """Wake one node per new job among those that can serve it, idle and oldest first."""
         for entry in entries:
-            waiter = next(
-                (w for w in self._job_waiters if not w.woken.is_set() and can_serve(w.caps, entry)), None
-            )
-            if waiter is not None:
-                waiter.woken.set()
+            self._wake_one(lambda waiter, entry=entry: can_serve(waiter.caps, entry))
+
+    def pass_on(self, caps: WorkerCaps) -> None:
+        """A woken waiter took other work: hand its wake-up to another node with a shared model."""
+        self._wake_one(lambda waiter: bool(set(waiter.caps.models) & set(caps.models)) or not caps.models)
+
+    def _wake_one(self, matches: Callable[[JobWaiter], bool]) -> None:
+        candidates = [w for w in self._job_waiters if not w.woken.is_set() and matches(w)]
+        chosen = next((w for w in candidates if w.idle), candidates[0] if candidates else None)
+        if chosen is not None:
+            chosen.woken.set()
 
     def wake_all_nodes(self) -> None:
         for waiter in self._job_waiters:
@@ -53,19 +70,21 @@ class EventHub:
         for event in self._request_waiters.get(request_id, ()):
             event.set()
 
-    async def wait_for_job(self, caps: WorkerCaps, timeout: float) -> bool:
-        waiter = _JobWaiter(caps)
+    @contextlib.contextmanager
+    def job_waiter(self, caps: WorkerCaps) -> Iterator[JobWaiter]:
+        waiter = JobWaiter(caps)
         self._job_waiters.append(waiter)
         try:
-            return await _wait(waiter.woken, timeout)
+            yield waiter
         finally:
             self._job_waiters.remove(waiter)
 
-    async def wait_for_request(self, request_id: str, timeout: float) -> bool:
+    @contextlib.contextmanager
+    def request_waiter(self, request_id: str) -> Iterator[asyncio.Event]:
         event = asyncio.Event()
         self._request_waiters[request_id].add(event)
         try:
-            return await _wait(event, timeout)
+            yield event
         finally:
             waiters = self._request_waiters[request_id]
             waiters.discard(event)
@@ -74,13 +93,10 @@ class EventHub:
 
     @property
     def idle_nodes(self) -> int:
-        return len(self._job_waiters)
+        return sum(1 for waiter in self._job_waiters if waiter.idle)
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
+async def wait_for(event: asyncio.Event, timeout: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
     return event.is_set()
-
-
-Clock = Callable[[], float]

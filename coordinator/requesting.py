@@ -6,6 +6,7 @@ import uuid
 from coordinator.auth import Caller
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
 from coordinator.estimates import able_workers, wait_seconds
+from coordinator.events import wait_for
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
@@ -127,14 +128,15 @@ class RequestDesk:
         return request, jobs
 
     async def check(self, request_id: str, wait: float = 0.0, known_finished: int | None = None) -> RequestCheck:
-        request, jobs = await self.load(request_id)
-        report = await self._check(request, jobs)
-        unchanged = known_finished is None or known_finished == report.finished
-        if wait > 0 and unchanged and request.state == "active":
-            await self.services.hub.wait_for_request(request_id, wait)
+        """The request's progress; with `wait`, held until it changes (or the client is behind)."""
+        with self.services.hub.request_waiter(request_id) as changed:
             request, jobs = await self.load(request_id)
             report = await self._check(request, jobs)
-        return report
+            behind = known_finished is not None and known_finished != report.finished
+            if wait <= 0 or behind or request.state != "active" or not await wait_for(changed, wait):
+                return report
+        request, jobs = await self.load(request_id)
+        return await self._check(request, jobs)
 
     async def _check(self, request: RequestRecord, jobs: list[JobRecord]) -> RequestCheck:
         counts = {state: sum(1 for job in jobs if job.state == state) for state in ("waiting", "processing", "done")}

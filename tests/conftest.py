@@ -120,6 +120,10 @@ async def coordinator(tmp_path: Path, database_url: str | None) -> AsyncIterator
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline model: the one `make test` built with `horde-node make-tiny-model`, else a fresh one."""
+    prebuilt = os.environ.get("HORDE_TINY_MODEL_DIR")
+    if prebuilt and (Path(prebuilt) / "model_index.json").exists():
+        return Path(prebuilt)
     from node.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
