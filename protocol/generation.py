@@ -110,7 +110,7 @@ class RequestAccepted(BaseModel):
 
     id: str
     kudos: float
-    message: str | None = None
+    message: str = ""  # a string, never null: horde_sdk's RequestAsync model rejects null
     warnings: list[RequestWarning] = Field(default_factory=list)
 
 

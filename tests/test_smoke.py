@@ -1,6 +1,6 @@
+from protocol.keys import Identity
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api, SimWorker
-from protocol.keys import Identity
 
 
 async def test_generate_pop_submit_status(coordinator: RunningCoordinator) -> None:

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from coordinator.routes.endpoint import Endpoint
-from coordinator.routes.http import broker, reply
+from coordinator.routes.http import broker, int_query, reply
 from protocol.accounts import (
     CoordinatorInfo,
     Heartbeat,
@@ -29,7 +29,7 @@ async def coordinator_info(request: web.Request) -> web.Response:
     ))
 
 
-async def models(request: web.Request) -> web.Response:
+async def model_statuses(request: web.Request) -> list[ModelStatus]:
     workers = await broker(request).roster.online()
     async with broker(request).services.database.reader() as tx:
         queued = {row["model"]: row for row in await tx.queue_by_model()}
@@ -43,7 +43,21 @@ async def models(request: web.Request) -> web.Response:
             name=name, count=len(serving), performance=float(threads), queued=float(row["pixels"] or 0),
             jobs=int(row["jobs"] or 0), eta=int(row["jobs"] or 0) // max(threads, 1) * 10 if serving else 0,
         ))
-    return reply(answer)
+    return answer
+
+
+async def models(request: web.Request) -> web.Response:
+    """AI Horde's filters: `type` (image models only here), `min_count`, `max_count`."""
+    if request.query.get("type", "image") not in ("image", "all"):
+        return reply([])
+    least = int_query(request, "min_count", 0, 10**6)
+    most = int_query(request, "max_count", 10**6, 10**6)
+    return reply([model for model in await model_statuses(request) if least <= model.count <= most])
+
+
+async def single_model(request: web.Request) -> web.Response:
+    name = request.match_info["model_name"]
+    return reply([model for model in await model_statuses(request) if model.name == name])
 
 
 async def performance(request: web.Request) -> web.Response:
@@ -81,7 +95,11 @@ async def swagger(request: web.Request) -> web.Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/v2/status/heartbeat", heartbeat, "Is the coordinator up.", response=Heartbeat, auth="none"),
-    Endpoint("GET", "/v2/status/models", models, "Models online nodes serve, with queue and ETA.",
+    Endpoint("GET", "/v2/status/models", models, "Models online nodes serve, with queue and ETA (a list).",
+             response=ModelStatus, auth="none",
+             query={"type": "image (default) or all; text gives []", "min_count": "only models served by at least "
+                    "this many nodes", "max_count": "only models served by at most this many nodes"}),
+    Endpoint("GET", "/v2/status/models/{model_name}", single_model, "One model's status (a list of 0 or 1).",
              response=ModelStatus, auth="none"),
     Endpoint("GET", "/v2/status/performance", performance, "Queue size and throughput.", response=Performance,
              auth="none"),

@@ -4,7 +4,7 @@ broker; this module only reads and writes rows.
 """
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 from coordinator.storage.base import Driver, NameTaken, NotEnoughKudos, Row
@@ -17,6 +17,7 @@ QUEUE_COLUMNS = (
 )
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
+MODELS_PER_STATEMENT = 250
 
 
 def _account(row: Row) -> Account:
@@ -32,7 +33,8 @@ def _account(row: Row) -> Account:
 
 def _split(record: Any, columns: tuple[str, ...]) -> tuple[list[Any], str]:
     """Values for the indexed columns, and the rest of the record as JSON."""
-    data = asdict(record)
+    # A shallow copy: json.dumps walks nested dicts and lists itself; `asdict` deep-copied them first (5× slower).
+    data = {f.name: getattr(record, f.name) for f in fields(record)}
     info = {key: value for key, value in data.items() if key not in columns}
     return [data[column] for column in columns], json.dumps(info)
 
@@ -224,12 +226,14 @@ class Tx:
     async def claim_job(self, job: JobRecord) -> bool:
         """Move a waiting job to its worker; False when another pop got there first."""
         _values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+        # Queue rows before the job row: cancelling and faulting also go queue → jobs, so on
+        # PostgreSQL the two wait for each other instead of deadlocking. A job that is not
+        # waiting has no business in the queue, so the delete is right even if the claim fails.
+        await self.driver.execute("DELETE FROM queue WHERE job_id = ?", (job.id,))
         claimed = await self.driver.execute(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ? AND state = 'waiting'",
             (job.state, job.worker_id, job.deadline, info, job.id),
         )
-        if claimed:
-            await self.driver.execute("DELETE FROM queue WHERE job_id = ?", (job.id,))
         return claimed == 1
 
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -307,11 +311,15 @@ class Tx:
         )
         one = f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} " \
               "ORDER BY tier DESC, rank DESC LIMIT ?) AS m"
-        sql = " UNION ALL ".join([one] * len(models))
-        args: list[Any] = []
-        for model in models:
-            args += [model, caps.max_pixels, per_model]
-        return await self.driver.fetchall(sql, args)
+        rows: list[Row] = []
+        # SQLite caps a compound SELECT at 500 terms; a node may serve more models than that.
+        for start in range(0, len(models), MODELS_PER_STATEMENT):
+            chunk = models[start : start + MODELS_PER_STATEMENT]
+            args: list[Any] = []
+            for model in chunk:
+                args += [model, caps.max_pixels, per_model]
+            rows += await self.driver.fetchall(" UNION ALL ".join([one] * len(chunk)), args)
+        return rows
 
     async def queue_head(self, limit: int) -> list[Row]:
         return await self.driver.fetchall(

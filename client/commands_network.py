@@ -1,0 +1,54 @@
+"""`horde workers` and `horde models`: what the network has online now."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from client.context import Context
+from client.progress import format_seconds
+
+
+async def workers(ctx: Context) -> int:
+    async with ctx.client() as client:
+        found = await client.workers()
+    if ctx.output.json:
+        ctx.output.emit_json([worker.model_dump(mode="json") for worker in found])
+        return 0
+    if not found:
+        ctx.output.line("no workers are registered")
+        return 0
+    table = Table("name", "id", "online", "models", "performance", "done", "max size", box=None)
+    for worker in sorted(found, key=lambda item: (not item.online, item.name.lower())):
+        table.add_row(
+            worker.name,
+            worker.id,
+            "yes" if worker.online else "no",
+            ", ".join(worker.models) or "-",
+            worker.performance,
+            str(worker.requests_fulfilled),
+            f"{worker.max_pixels} px",
+        )
+    ctx.output.out.print(table)
+    return 0
+
+
+async def models(ctx: Context) -> int:
+    async with ctx.client() as client:
+        found = await client.models()
+    if ctx.output.json:
+        ctx.output.emit_json([model.model_dump(mode="json") for model in found])
+        return 0
+    if not found:
+        ctx.output.line("no model is being served right now")
+        return 0
+    table = Table("model", "workers", "queued jobs", "queued MPS", "ETA", box=None)
+    for model in sorted(found, key=lambda item: (-item.count, item.name.lower())):
+        table.add_row(
+            model.name,
+            str(model.count),
+            str(model.jobs),
+            f"{model.queued:g}",
+            format_seconds(model.eta),
+        )
+    ctx.output.out.print(table)
+    return 0

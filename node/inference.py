@@ -1,0 +1,528 @@
+"""The node's one inference entry point: an AI Horde job in, images (or a reason they're missing) out.
+
+Pure: no HTTP and no coordinator knowledge. The daemon builds a JobSpec from a pop response, calls
+Generator.run from a worker thread and submits what comes back. Three kinds of failure are kept apart:
+JobRejected (the node can't honour the payload; raised before anything runs), InferenceFailed (it
+broke while running, including out-of-memory) and InferenceAborted (should_abort asked it to stop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import USE_PEFT_BACKEND
+from PIL import Image, ImageOps
+
+from node.catalog import ModelSpec, UnknownModel
+from node.pipelines import MODULE_BUILD_LOCK, LeaseAbandoned, PipelineCache, PipelineKind
+from node.samplers import UnsupportedSampler, check_sampler, make_scheduler
+
+SOURCE_PROCESSINGS: tuple[str, ...] = ("txt2img", "img2img", "inpainting", "outpainting")
+NEGATIVE_SEPARATOR = "###"
+SEED_MODULUS = 2**32
+DEFAULT_IMG2IMG_STRENGTH = 0.75
+StepCallback = Callable[[int, int], None]
+AbortCheck = Callable[[], bool]
+Tensors = dict[str, Any]
+
+
+class JobRejected(Exception):
+    """The node cannot honour this payload; nothing was run. Submit the job as faulted with `.reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InferenceFailed(RuntimeError):
+    """Inference started but broke (out of memory, a model error); `.reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InferenceAborted(Exception):
+    """should_abort returned True (watchdog or shutdown); the partial job is discarded."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    name: str
+    model_strength: float = 1.0
+    clip_strength: float = 1.0
+
+
+@dataclass
+class JobSpec:
+    """Everything one AI Horde image job asks for, already parsed and typed."""
+
+    model: str
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    seeds: list[int]
+    sampler_name: str = "k_euler"
+    karras: bool = False
+    clip_skip: int = 1
+    denoising_strength: float | None = None
+    source_image: Image.Image | None = None
+    source_mask: Image.Image | None = None
+    source_processing: str = "txt2img"
+    loras: list[LoraSpec] = field(default_factory=list)
+    tiling: bool = False
+
+    @classmethod
+    def from_payload(
+        cls,
+        model: str,
+        payload: Mapping[str, Any],
+        source_image: Image.Image | None = None,
+        source_mask: Image.Image | None = None,
+        source_processing: str = "txt2img",
+    ) -> JobSpec:
+        """Parse an AI Horde pop `payload` dict; malformed values raise JobRejected."""
+        try:
+            get = _Reader(payload)
+            prompt, negative = split_prompt(str(get("prompt", "")), payload.get("negative_prompt"))
+            return cls(
+                model=model,
+                prompt=prompt,
+                negative_prompt=negative,
+                width=int(get("width", 512)),
+                height=int(get("height", 512)),
+                steps=int(get("ddim_steps", 30)),
+                cfg_scale=float(get("cfg_scale", 7.5)),
+                seeds=_payload_seeds(get),
+                sampler_name=str(get("sampler_name", "k_euler")),
+                karras=bool(get("karras", False)),
+                clip_skip=int(get("clip_skip", 1)),
+                denoising_strength=_optional_float(payload.get("denoising_strength")),
+                source_image=source_image,
+                source_mask=source_mask,
+                source_processing=source_processing or "txt2img",
+                loras=[_lora(_Reader(entry)) for entry in get("loras", [])],
+                tiling=bool(get("tiling", False)),
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise JobRejected(f"malformed payload: {error!r}") from error
+
+
+class _Reader:
+    """Payload values with defaults; an explicit null counts as absent, as the AI Horde sends them."""
+
+    def __init__(self, mapping: Mapping[str, Any]) -> None:
+        self.mapping = mapping
+
+    def __call__(self, key: str, default: Any) -> Any:
+        value = self.mapping.get(key)
+        return default if value is None else value
+
+    def required(self, key: str) -> Any:
+        value = self.mapping.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+
+@dataclass
+class GeneratedImage:
+    """One image of a job: `image` is None when that image faulted, with `faulted_reason` saying why."""
+
+    image: Image.Image | None
+    seed: int
+    faulted_reason: str | None = None
+
+
+def split_prompt(prompt: str, negative_prompt: object = None) -> tuple[str, str | None]:
+    """AI Horde prompts carry the negative after '###'; an explicit negative_prompt is appended to it."""
+    positive, _, inline_negative = prompt.partition(NEGATIVE_SEPARATOR)
+    parts = [inline_negative.strip(), str(negative_prompt or "").strip()]
+    negative = ", ".join(part for part in parts if part)
+    return positive.strip(), negative or None
+
+
+def seed_from_string(seed: object) -> int:
+    """A numeric seed as itself (mod 2**32); any other string hashed stably; nothing → a random seed."""
+    text = str(seed).strip() if seed is not None else ""
+    if not text:
+        return secrets.randbelow(SEED_MODULUS)
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text) % SEED_MODULUS
+    # sha256, not hash(): Python salts str hashes per process, and the seed must be reproducible.
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def _payload_seeds(get: _Reader) -> list[int]:
+    explicit = get.mapping.get("seeds")
+    if explicit:
+        return [seed_from_string(seed) for seed in explicit]
+    base = seed_from_string(get.mapping.get("seed"))
+    return [(base + i) % SEED_MODULUS for i in range(int(get("n_iter", 1)))]
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _lora(get: _Reader) -> LoraSpec:
+    return LoraSpec(
+        name=str(get.required("name")),
+        model_strength=float(get("model", 1.0)),
+        clip_strength=float(get("clip", 1.0)),
+    )
+
+
+def encode_image(image: Image.Image, fmt: str = "webp", quality: int = 95, lossless: bool = False) -> bytes:
+    """The image as `fmt` bytes (webp by default, as the AI Horde submits)."""
+    fmt = fmt.upper()
+    options: dict[str, Any] = {}
+    if fmt == "WEBP":
+        options = {"quality": quality, "lossless": lossless}
+    elif fmt in ("JPEG", "JPG"):
+        fmt, options, image = "JPEG", {"quality": quality}, image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a validated job resolves to, computed before anything runs."""
+
+    spec: ModelSpec
+    kind: PipelineKind
+    strength: float | None
+    lora_files: list[tuple[LoraSpec, Path]]
+
+
+class Generator:
+    """Runs JobSpecs on pipelines from a PipelineCache.
+
+    Several Generators (one per worker thread) may share one cache: a job leases its model for its
+    whole run, since its sampler, LoRAs and seamless tiling patch the cached modules in place.
+    """
+
+    def __init__(
+        self,
+        cache: PipelineCache,
+        device: torch.device,
+        lora_dir: Path | None = None,
+        allow_lora: bool = False,
+    ) -> None:
+        self.cache = cache
+        self.device = device
+        self.lora_dir = lora_dir
+        self.allow_lora = allow_lora
+
+    def run(
+        self,
+        job: JobSpec,
+        on_step: StepCallback | None = None,
+        should_abort: AbortCheck | None = None,
+    ) -> list[GeneratedImage]:
+        """Generate one image per seed. `on_step(done, total)` counts denoising steps over the whole job."""
+        plan = self._plan(job)
+        try:
+            with self.cache.lease(plan.spec, plan.kind, should_abort) as pipe:
+                _check_clip_skip(pipe, job.clip_skip)
+                with _sampler(pipe, job), self._loras(pipe, plan.lora_files), _seamless(pipe, job.tiling):
+                    return self._images(pipe, job, plan, on_step, should_abort)
+        except (InferenceAborted, JobRejected):
+            raise
+        except LeaseAbandoned as error:
+            raise InferenceAborted(str(error)) from error
+        except torch.OutOfMemoryError as error:
+            self._free_device_memory()
+            raise InferenceFailed(f"out of memory on {self.device}: {error}") from error
+        except Exception as error:
+            raise InferenceFailed(f"{type(error).__name__}: {error}") from error
+
+    def _plan(self, job: JobSpec) -> _Plan:
+        try:
+            spec = self.cache.catalog.resolve(job.model)
+        except UnknownModel:
+            raise JobRejected(f"model {job.model!r} is not served by this node") from None
+        _check_shape(job)
+        try:
+            check_sampler(job.sampler_name)
+        except UnsupportedSampler as error:
+            raise JobRejected(str(error)) from None
+        kind = _pipeline_kind(job)
+        strength = _strength(job, kind)
+        return _Plan(spec=spec, kind=kind, strength=strength, lora_files=self._lora_files(job.loras))
+
+    def _lora_files(self, loras: list[LoraSpec]) -> list[tuple[LoraSpec, Path]]:
+        if not loras:
+            return []
+        if not self.allow_lora or self.lora_dir is None:
+            raise JobRejected("this node does not serve LoRAs")
+        files = []
+        root = self.lora_dir.resolve()
+        for lora in loras:
+            path = (root / f"{lora.name}.safetensors").resolve()
+            # The name comes from the network: it must not climb out of the LoRA folder.
+            if path.parent != root or not path.is_file():
+                raise JobRejected(f"LoRA {lora.name!r} is not available on this node")
+            files.append((lora, path))
+        if not USE_PEFT_BACKEND:
+            raise JobRejected("this node cannot apply LoRAs: a recent peft package is not installed")
+        return files
+
+    def _images(
+        self,
+        pipe: DiffusionPipeline,
+        job: JobSpec,
+        plan: _Plan,
+        on_step: StepCallback | None,
+        should_abort: AbortCheck | None,
+    ) -> list[GeneratedImage]:
+        inputs = {**_pipeline_inputs(job, plan), **_prompt_inputs(pipe, job, plan)}
+        results = []
+        for index, seed in enumerate(job.seeds):
+            if should_abort and should_abort():
+                raise InferenceAborted(f"aborted before image {index + 1} of {len(job.seeds)}")
+            callback = _step_callback(index, len(job.seeds), on_step, should_abort)
+            results.append(self._image(pipe, job, inputs, seed, callback))
+        return results
+
+    def _image(
+        self,
+        pipe: DiffusionPipeline,
+        job: JobSpec,
+        inputs: dict[str, Any],
+        seed: int,
+        callback: Callable[..., Tensors],
+    ) -> GeneratedImage:
+        # A CPU generator draws the same noise on every device, so a seed reproduces across GPUs, MPS and CPU.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        output = pipe(
+            num_inference_steps=job.steps,
+            guidance_scale=job.cfg_scale,
+            generator=generator,
+            output_type="np",
+            callback_on_step_end=callback,
+            **inputs,
+        )
+        pixels = np.asarray(output.images[0])
+        if not np.isfinite(pixels).all():
+            return GeneratedImage(None, seed, "the model produced NaN values (try another sampler or model)")
+        image = pipe.numpy_to_pil(pixels[None])[0]
+        if "mask_image" in inputs:
+            # The VAE round trip blurs what should stay untouched: paste the original back outside the mask.
+            image = pipe.image_processor.apply_overlay(inputs["mask_image"], inputs["image"], image)
+        return GeneratedImage(image, seed)
+
+    @contextmanager
+    def _loras(self, pipe: DiffusionPipeline, lora_files: list[tuple[LoraSpec, Path]]) -> Iterator[None]:
+        if not lora_files:
+            yield
+            return
+        names = [f"horde_lora_{i}" for i in range(len(lora_files))]
+        try:
+            for name, (lora, path) in zip(names, lora_files, strict=True):
+                _load_lora(pipe, lora, path, name)
+            pipe.set_adapters(names, adapter_weights=_lora_weights(pipe, names, lora_files))
+            yield
+        finally:
+            # The modules are shared with the cache: the next job must see the model without this job's LoRAs.
+            pipe.unload_lora_weights()
+
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _check_shape(job: JobSpec) -> None:
+    for label, size in (("width", job.width), ("height", job.height)):
+        if size <= 0 or size % 8:
+            raise JobRejected(f"{label} {size} is not a positive multiple of 8")
+    if job.steps < 1:
+        raise JobRejected(f"ddim_steps must be at least 1, not {job.steps}")
+    if not job.seeds:
+        raise JobRejected("the job asks for no images")
+    if not math.isfinite(job.cfg_scale):
+        raise JobRejected(f"cfg_scale {job.cfg_scale} is not a number")
+    if any(not 0 <= seed < 2**64 for seed in job.seeds):
+        raise JobRejected("seeds must be between 0 and 2**64 - 1")
+
+
+def _pipeline_kind(job: JobSpec) -> PipelineKind:
+    processing = job.source_processing
+    if processing not in SOURCE_PROCESSINGS:
+        raise JobRejected(f"source_processing {processing!r} is not supported by this node")
+    if processing == "txt2img":
+        return "txt2img"
+    if job.source_image is None:
+        raise JobRejected(f"{processing} needs a source image")
+    if processing == "img2img":
+        return "img2img"
+    if job.source_mask is None and "A" not in job.source_image.getbands():
+        raise JobRejected(f"{processing} needs a source mask or a source image with transparency")
+    return "inpaint"
+
+
+def _strength(job: JobSpec, kind: PipelineKind) -> float | None:
+    if kind == "txt2img":
+        return None
+    default = DEFAULT_IMG2IMG_STRENGTH if kind == "img2img" else 1.0
+    strength = default if job.denoising_strength is None else job.denoising_strength
+    if not 0.0 < strength <= 1.0:
+        raise JobRejected(f"denoising_strength {strength} is outside (0, 1]")
+    if int(job.steps * strength) < 1:
+        raise JobRejected(f"{job.steps} steps at denoising_strength {strength} leave no step to run")
+    return strength
+
+
+def _check_clip_skip(pipe: DiffusionPipeline, clip_skip: int) -> None:
+    layers = pipe.text_encoder.config.num_hidden_layers
+    if not 1 <= clip_skip <= layers:
+        raise JobRejected(f"clip_skip {clip_skip} is outside 1..{layers} for this model")
+
+
+def _pipeline_inputs(job: JobSpec, plan: _Plan) -> dict[str, Any]:
+    size = (job.width, job.height)
+    if plan.kind == "txt2img":
+        return {"width": job.width, "height": job.height}
+    assert job.source_image is not None  # _pipeline_kind guarantees it
+    image = _fit(job.source_image, size)
+    if plan.kind == "img2img":
+        return {"image": image.convert("RGB"), "strength": plan.strength}
+    return {
+        "image": image.convert("RGB"),
+        "mask_image": _repaint_mask(image, job.source_mask, size),
+        "strength": plan.strength,
+        "width": job.width,
+        "height": job.height,
+    }
+
+
+def _prompt_inputs(pipe: DiffusionPipeline, job: JobSpec, plan: _Plan) -> dict[str, Any]:
+    """The prompt arguments; AI Horde's clip_skip 1 means no skip, diffusers counts skipped layers."""
+    skip = job.clip_skip - 1
+    if skip == 0 or plan.spec.baseline == "stable_diffusion_xl":
+        return {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "clip_skip": skip or None}
+    # diffusers' SD 1/2 clip_skip path reads text_encoder.text_model, which transformers 5 removed
+    # (diffusers issue #14124), so the skipped-layer embeddings are computed here the same way.
+    return {
+        "prompt_embeds": _clip_skip_embeddings(pipe, job.prompt, skip),
+        "negative_prompt_embeds": _clip_skip_embeddings(pipe, job.negative_prompt or "", skip),
+    }
+
+
+@torch.no_grad()
+def _clip_skip_embeddings(pipe: DiffusionPipeline, text: str, skip: int) -> torch.Tensor:
+    """CLIP hidden states `skip` layers before the last, through the final layer norm (as A1111 does)."""
+    encoder = pipe.text_encoder
+    tokens = pipe.tokenizer(
+        text,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    mask = tokens.attention_mask.to(encoder.device) if getattr(encoder.config, "use_attention_mask", False) else None
+    output = encoder(tokens.input_ids.to(encoder.device), attention_mask=mask, output_hidden_states=True)
+    final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+    return final_layer_norm(output.hidden_states[-(skip + 1)]).to(dtype=encoder.dtype)
+
+
+def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def _repaint_mask(image: Image.Image, mask: Image.Image | None, size: tuple[int, int]) -> Image.Image:
+    """White where the model repaints: the given mask, else the source's transparent pixels."""
+    if mask is not None:
+        return _fit(mask.convert("L"), size)
+    return ImageOps.invert(image.getchannel("A"))
+
+
+def _step_callback(
+    index: int, count: int, on_step: StepCallback | None, should_abort: AbortCheck | None
+) -> Callable[..., Tensors]:
+    def callback(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: Tensors) -> Tensors:
+        if should_abort and should_abort():
+            raise InferenceAborted(f"aborted at step {step + 1} of image {index + 1}")
+        if on_step:
+            # num_timesteps counts model evaluations, which second-order samplers double.
+            per_image = pipe.num_timesteps
+            on_step(index * per_image + step + 1, count * per_image)
+        return tensors
+
+    return callback
+
+
+def _load_lora(pipe: DiffusionPipeline, lora: LoraSpec, path: Path, adapter_name: str) -> None:
+    try:
+        with MODULE_BUILD_LOCK:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+    except Exception as error:
+        raise JobRejected(f"LoRA {lora.name!r} cannot be applied to this model: {error}") from error
+
+
+def _lora_weights(
+    pipe: DiffusionPipeline, names: list[str], lora_files: list[tuple[LoraSpec, Path]]
+) -> list[dict[str, float]]:
+    # Per-component weights: the UNet takes the model strength, the text encoders the clip strength.
+    components = pipe.get_list_adapters()
+    weights = []
+    for name, (lora, _) in zip(names, lora_files, strict=True):
+        strengths = {}
+        for component, adapters in components.items():
+            if name in adapters:
+                strengths[component] = lora.model_strength if component == "unet" else lora.clip_strength
+        weights.append(strengths)
+    return weights
+
+
+@contextmanager
+def _sampler(pipe: DiffusionPipeline, job: JobSpec) -> Iterator[None]:
+    """The job's sampler on the cached pipeline, then the model's own scheduler back.
+
+    Schedulers are stateful, and every job's sampler is built from the model's original scheduler
+    config, which must not pick up the previous job's overrides.
+    """
+    original = pipe.scheduler
+    pipe.scheduler = make_scheduler(job.sampler_name, job.karras, original.config)
+    try:
+        yield
+    finally:
+        pipe.scheduler = original
+
+
+@contextmanager
+def _seamless(pipe: DiffusionPipeline, enabled: bool) -> Iterator[None]:
+    """Circular padding in every convolution makes the image tile seamlessly; undone afterwards."""
+    if not enabled:
+        yield
+        return
+    convs = [
+        module
+        for component in (pipe.unet, pipe.vae)
+        for module in component.modules()
+        if isinstance(module, torch.nn.Conv2d)
+    ]
+    original = [conv.padding_mode for conv in convs]
+    try:
+        for conv in convs:
+            conv.padding_mode = "circular"
+        yield
+    finally:
+        for conv, mode in zip(convs, original, strict=True):
+            conv.padding_mode = mode
