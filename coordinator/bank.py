@@ -14,7 +14,7 @@ from coordinator.storage.records import Account
 from coordinator.storage.sql import ledger_balances_from_rows
 from coordinator.tokens import new_apikey
 from protocol.errors import RC
-from protocol.ledger import LedgerEntry, LedgerHead, sign_head, verify_chain
+from protocol.ledger import LedgerEntry, LedgerHead, round_kudos, sign_head, verify_chain
 
 
 @dataclass
@@ -50,12 +50,18 @@ class Bank:
         return account
 
     async def transfer(self, source: Account, username: str, amount: float, idempotency_key: str | None) -> float:
+        amount = round_kudos(amount)
+        if amount <= 0:
+            raise bad_request(RC.KUDOS_VALIDATION, "Kudos move in hundredths; this amount rounds to nothing.")
         target = await self.find("username", username.split("#", 1)[0])
         if target.id == source.id:
             raise bad_request(RC.KUDOS_TRANSFER_TO_SELF, "You cannot send kudos to yourself.")
         reference = f"transfer:{idempotency_key or uuid.uuid4()}"
         try:
             async with self.services.database.transaction() as tx:
+                # Take the ledger's lock before looking up the key, so a concurrent replay waits and then
+                # finds this transfer instead of making (and failing on) a second one.
+                await tx.lock_ledger()
                 if idempotency_key and (done := await tx.transfer_by_key(source.id, idempotency_key)):
                     return float(done["amount"])
                 entry = await tx.move_kudos(

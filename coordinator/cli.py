@@ -85,7 +85,8 @@ def config_from(args: argparse.Namespace) -> CoordinatorConfig:
 
 
 async def serve(config: CoordinatorConfig, host: str, port: int, port_file: str | None) -> None:
-    runner = web.AppRunner(create_app(config), access_log=None)
+    # Cancel a handler whose client went away, so an abandoned long-poll frees its slot at once.
+    runner = web.AppRunner(create_app(config), access_log=None, handler_cancellation=True)
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

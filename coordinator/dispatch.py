@@ -2,13 +2,14 @@
 
 import json
 import time
+from collections import Counter
 from typing import Any
 
 from coordinator.auth import Caller
 from coordinator.roster import Roster, caps_of
 from coordinator.services import Services
 from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
-from coordinator.storage.sql import Tx
+from coordinator.storage.sql import CANDIDATES_PER_MODEL, Tx
 from protocol.generation import GenerationRequest
 from protocol.jobs import JobPayload, PopRequest, PopResponse, SignedJob
 from protocol.kudos import job_time_limit
@@ -17,6 +18,8 @@ from protocol.provenance import JobDocument, sign_job
 # How far down the queue an empty pop looks to explain itself in `skipped`.
 SKIPPED_SAMPLE = 500
 UPLOAD_TOKEN_GRACE = 60.0
+# How deep a pop looks when the head of the queue is all reserved for other nodes (per model served).
+MAX_CANDIDATES_PER_MODEL = 4096
 
 
 def job_payload(body: GenerationRequest, seed: str, n_iter: int) -> dict[str, Any]:
@@ -81,21 +84,27 @@ class Dispatcher:
         self, caps: WorkerCaps, worker: Worker, amount: int
     ) -> tuple[RequestRecord, list[JobRecord]] | None:
         async with self.services.database.transaction() as tx:
-            rows = await tx.queue_candidates(caps)
-            rows.sort(key=lambda row: (row["tier"], row["rank"]), reverse=True)
             tried: set[str] = set()
-            for row in rows:
-                if row["job_id"] in tried or not _worker_filter_allows(row, caps):
-                    continue
-                tried.add(row["job_id"])
-                request = await tx.get_request(row["request_id"])
-                if request is None or self._blacklisted(request, caps):
-                    continue
-                model = row["model"] or (caps.models[0] if caps.models else "stable_diffusion")
-                jobs = await self._claim_batch(tx, request, row["job_id"], worker, model, amount)
-                if jobs:
-                    return request, jobs
-        return None
+            per_model = CANDIDATES_PER_MODEL
+            while True:
+                rows = await tx.queue_candidates(caps, per_model)
+                rows.sort(key=lambda row: (row["tier"], row["rank"]), reverse=True)
+                for row in rows:
+                    if row["job_id"] in tried or not _worker_filter_allows(row, caps):
+                        continue
+                    tried.add(row["job_id"])
+                    request = await tx.get_request(row["request_id"])
+                    if request is None or self._blacklisted(request, caps):
+                        continue
+                    model = row["model"] or (caps.models[0] if caps.models else "stable_diffusion")
+                    jobs = await self._claim_batch(tx, request, row["job_id"], worker, model, amount)
+                    if jobs:
+                        return request, jobs
+                # Everything fetched was for other nodes; look deeper if a model's list was cut short.
+                fetched = Counter(row["model"] for row in rows)
+                if per_model >= MAX_CANDIDATES_PER_MODEL or all(n < per_model for n in fetched.values()):
+                    return None
+                per_model *= 8
 
     @staticmethod
     def _blacklisted(request: RequestRecord, caps: WorkerCaps) -> bool:
@@ -159,7 +168,8 @@ class Dispatcher:
 
     def _upload_url(self, job: JobRecord, base_url: str) -> str:
         lifetime = (job.deadline or self.services.clock()) - self.services.clock() + UPLOAD_TOKEN_GRACE
-        return f"{base_url}/api/v2/upload/{job.id}?token={self.services.tokens.upload_token(job.id, lifetime)}"
+        token = self.services.tokens.upload_token(job.id, job.worker_id or "", lifetime)
+        return f"{base_url}/api/v2/upload/{job.id}?token={token}"
 
     @staticmethod
     def _source_url(name: str | None, base_url: str) -> str | None:

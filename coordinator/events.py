@@ -16,7 +16,9 @@ from coordinator.storage.records import QueueEntry, WorkerCaps
 
 
 def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
-    """The cheap checks a wake-up uses; the pop query makes the final decision."""
+    """The cheap checks a wake-up uses; the pop query makes the final decision. Only one node is woken
+    per job, so every check the pop makes on the entry's columns must be here too, or the wake-up goes
+    to a node that cannot take the job while one that can sleeps on."""
     return (
         (not entry.models or any(model in caps.models for model in entry.models))
         and entry.pixels <= caps.max_pixels
@@ -24,8 +26,17 @@ def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
         and (caps.img2img or not entry.img2img)
         and (caps.painting or not entry.painting)
         and (caps.lora or not entry.lora)
+        and (caps.post_processing or not entry.post_processing)
         and (caps.trusted or not entry.trusted_only)
+        and _named_allows(caps, entry)
     )
+
+
+def _named_allows(caps: WorkerCaps, entry: QueueEntry) -> bool:
+    if not entry.workers:
+        return True
+    named = caps.worker_id in entry.workers or caps.worker_name in entry.workers
+    return not named if entry.worker_blacklist else named
 
 
 @dataclass(eq=False)

@@ -29,7 +29,8 @@ class ImageStore:
 
     @staticmethod
     def _write_durably(path: Path, data: bytes) -> None:
-        temporary = path.with_name(f".{path.name}.tmp")
+        # A temporary name of its own, so two writers of one name never rename each other's file away.
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         with open(temporary, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -22,6 +22,11 @@ async def requeue_or_fault(
     if job.worker_id:
         job.previous_workers.append(job.worker_id)
     job.worker_id, job.deadline, job.assigned_at = None, None, None
+    if request.state != "active":
+        # Cancelled or faulted while this image was being made: nobody wants it any more.
+        job.state = "cancelled"
+        await tx.save_job(job)
+        return None
     if job.faults >= max_faults:
         job.state = "faulted"
         await tx.save_job(job)

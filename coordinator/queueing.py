@@ -30,7 +30,7 @@ def base_seed(seed: str | None) -> int:
     if seed is None or not seed.strip():
         return secrets.randbelow(SEED_SPACE)
     text = seed.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit() alone accepts "²", which int() refuses
         return int(text) % SEED_SPACE
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 

@@ -189,6 +189,7 @@ class RequestDesk:
     async def cancel(self, caller: Caller, request_id: str, base_url: str) -> RequestStatus:
         """Stop the request's waiting images; images already made, or being made, are kept."""
         async with self.services.database.transaction() as tx:
+            await tx.lock_ledger()  # not while one of its results is stored (results._current), which settles it
             request = await tx.get_request(request_id)
             if request is None:
                 raise not_found("request")

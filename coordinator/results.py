@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import os
+import secrets
 
 from coordinator.auth import Caller, require_account
 from coordinator.errors import HordeError, bad_request, not_found
@@ -26,8 +27,8 @@ def upload_name(job_id: str) -> str:
     return f"{job_id}.upload"
 
 
-def result_name(job_id: str) -> str:
-    return f"{job_id}.webp"
+def result_name(job_id: str, tag: str = "") -> str:
+    return f"{job_id}.{tag}.webp" if tag else f"{job_id}.webp"
 
 
 class Aborted(HordeError):
@@ -40,11 +41,13 @@ class ResultIntake:
         self.services = services
 
     async def accept_upload(self, job_id: str, token: str, data: bytes) -> None:
-        if not self.services.tokens.upload_token_valid(job_id, token):
-            raise HordeError(403, RC.UPLOAD_TOKEN_INVALID, "The upload URL is invalid or has expired.")
         async with self.services.database.reader() as tx:
             job = await tx.get_job(job_id)
-        if job is None or job.state != "processing":
+        # The token names the node the job was given to, so a node whose job was reissued can't overwrite
+        # the new node's upload.
+        if job is None or not self.services.tokens.upload_token_valid(job_id, job.worker_id or "", token):
+            raise HordeError(403, RC.UPLOAD_TOKEN_INVALID, "The upload URL is invalid or has expired.")
+        if job.state != "processing":
             raise Aborted()
         check_image(data, "upload")
         await self.services.images.write(upload_name(job_id), data)
@@ -129,6 +132,10 @@ class ResultIntake:
 
     async def _current(self, tx: Tx, job_id: str, worker: Worker) -> tuple[JobRecord, RequestRecord]:
         """The job and request as they are now, inside the transaction; still ours or aborted."""
+        # Results and reissues of a job must not interleave: at PostgreSQL's READ COMMITTED two of them
+        # could both read "processing" and both pay. The ledger's lock (SQLite's write lock already)
+        # makes each wait for the other's commit, and then read what it wrote.
+        await tx.lock_ledger()
         job = await tx.get_job(job_id)
         request = await tx.get_request(job.request_id) if job else None
         if job is None or request is None or job.state != "processing" or job.worker_id != worker.id:
@@ -137,15 +144,22 @@ class ResultIntake:
 
     async def _store(self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None) -> float:
         now = self.services.clock()
-        if image is not None:
-            await self.services.images.write(result_name(job_id), image)
-        async with self.services.database.transaction() as tx:
-            job, request = await self._current(tx, job_id, worker)
-            reward = request.kudos_per_image if body.state in PAID_STATES else 0.0
-            self._record_result(job, worker, body, image, reward, now)
-            await tx.save_job(job)
-            await self._pay(tx, job, request, worker, reward, now)
-            await settle_if_complete(tx, request, now)
+        # Each submission writes its own file, so a concurrent repeat can't replace the image the winner
+        # recorded (and signed) under the same name; the losers' files are removed.
+        name = result_name(job_id, secrets.token_hex(6)) if image is not None else None
+        if image is not None and name is not None:
+            await self.services.images.write(name, image)
+        try:
+            async with self.services.database.transaction() as tx:
+                job, request = await self._current(tx, job_id, worker)
+                reward = request.kudos_per_image if body.state in PAID_STATES else 0.0
+                self._record_result(job, worker, body, image, name, reward, now)
+                await tx.save_job(job)
+                await self._pay(tx, job, request, worker, reward, now)
+                await settle_if_complete(tx, request, now)
+        except BaseException:
+            self.services.images.delete(name)
+            raise
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.services.images.path(upload_name(job_id)))
         self.services.hub.request_changed(request.id)
@@ -154,13 +168,16 @@ class ResultIntake:
 
     @staticmethod
     def _record_result(
-        job: JobRecord, worker: Worker, body: SubmitRequest, image: bytes | None, reward: float, now: float
+        job: JobRecord, worker: Worker, body: SubmitRequest, image: bytes | None, name: str | None, reward: float,
+        now: float,
     ) -> None:
         job.state, job.result_state, job.censored = "done", body.state, body.censored or body.state == "censored"
-        job.image = result_name(job.id) if image is not None else None
+        job.image = name
         job.image_sha256 = sha256_hex(image) if image is not None else None
         job.gen_metadata = [entry.model_dump(exclude_none=True) for entry in body.gen_metadata]
         job.signature, job.worker_key = body.signature, worker.public_key if body.signature else None
+        # The seed the node reports (and signed), as AI Horde shows it; the job document keeps the one asked for.
+        job.seed = body.seed
         job.reward, job.finished_at = reward, now
 
     async def _pay(

@@ -15,6 +15,8 @@ from protocol.jobs import PopRequest
 ROSTER_REFRESH_SECONDS = 2.0
 # A pop refreshes `last_seen`; writing it on every pop would cost a write per pop.
 LAST_SEEN_WRITE_INTERVAL = 15.0
+# Far above any request (3072×3072), and within a 32-bit database integer, whatever a node claims.
+MAX_NODE_PIXELS = 2**31 - 1
 
 
 def wrong_credentials(message: str) -> HordeError:
@@ -30,12 +32,24 @@ class Roster:
     async def register(self, caller: Caller, pop: PopRequest) -> Worker:
         """The worker behind this pop, created or updated from what the pop says it can do."""
         account = require_account(caller, RC.ANON_FORBIDDEN_WORKER)
+        try:
+            return await self._register(caller, account.id, pop)
+        except NameTaken:
+            # A concurrent first pop of the same new node may have just registered it: look again.
+            try:
+                return await self._register(caller, account.id, pop)
+            except NameTaken as error:
+                raise HordeError(403, RC.WORKER_NAME_EXISTS, f"Worker name {pop.name} is taken.") from error
+
+    async def _register(self, caller: Caller, account_id: int, pop: PopRequest) -> Worker:
         now = self.services.clock()
         async with self.services.database.reader() as tx:
             existing = await tx.worker_by("name", pop.name)
         if existing is not None:
-            self._check_ownership(existing, caller, account.id)
-        worker = self._updated(existing, caller, account.id, pop, now)
+            self._check_ownership(existing, caller, account_id)
+        elif caller.worker is not None:
+            raise wrong_credentials(f"This key belongs to worker {caller.worker.name}, not to {pop.name}.")
+        worker = self._updated(existing, caller, account_id, pop, now)
         if existing is None or worker != replace(existing, last_seen=worker.last_seen) or (
             now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL
         ):
@@ -62,7 +76,7 @@ class Roster:
             base,
             public_key=base.public_key or caller.key_text,
             models=list(dict.fromkeys(pop.models)),
-            max_pixels=pop.max_pixels,
+            max_pixels=min(pop.max_pixels, MAX_NODE_PIXELS),
             nsfw=pop.nsfw,
             threads=pop.threads,
             img2img=pop.allow_img2img,
@@ -74,11 +88,8 @@ class Roster:
         )
 
     async def _save(self, worker: Worker) -> None:
-        try:
-            async with self.services.database.transaction() as tx:
-                await tx.save_worker(worker)
-        except NameTaken as error:
-            raise HordeError(403, RC.WORKER_NAME_EXISTS, f"Worker name {worker.name} is taken.") from error
+        async with self.services.database.transaction() as tx:
+            await tx.save_worker(worker)
         self._loaded_at = float("-inf")
 
     async def online(self) -> list[Worker]:

@@ -4,6 +4,7 @@ Apikeys are long random strings, so a keyed SHA-256 (HMAC) is as strong as a slo
 them, and it lets the database index the hash for an O(1) lookup.
 """
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -15,14 +16,21 @@ ANONYMOUS_APIKEY = "0000000000"
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(secret.hex() + "\n")
-    return secret
+    """The coordinator's secret, created on first start. The file is written in full under a
+    temporary name and linked into place, so a replica starting at the same moment either
+    finds the complete file or creates the one both then use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_bytes(32).hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+        temporary.unlink()
+    return bytes.fromhex(path.read_text().strip())
 
 
 def new_apikey() -> str:
@@ -39,12 +47,13 @@ class Tokens:
     def apikey_hash(self, apikey: str) -> str:
         return self._mac("apikey", apikey)
 
-    def upload_token(self, job_id: str, lifetime: float) -> str:
+    def upload_token(self, job_id: str, worker_id: str, lifetime: float) -> str:
+        """A token for one assignment: it stops working once the job is handed to another node."""
         expires = str(int(time.time() + lifetime))
-        return f"{expires}.{self._mac('upload', job_id, expires)[:32]}"
+        return f"{expires}.{self._mac('upload', job_id, worker_id, expires)[:32]}"
 
-    def upload_token_valid(self, job_id: str, token: str) -> bool:
+    def upload_token_valid(self, job_id: str, worker_id: str, token: str) -> bool:
         expires, _, mac = token.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
             return False
-        return hmac.compare_digest(mac, self._mac("upload", job_id, expires)[:32])
+        return hmac.compare_digest(mac, self._mac("upload", job_id, worker_id, expires)[:32])

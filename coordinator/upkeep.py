@@ -41,6 +41,7 @@ class Upkeep:
         requeued: list[QueueEntry] = []
         touched: set[str] = set()
         async with self.services.database.transaction() as tx:
+            await tx.lock_ledger()  # not while a result for one of these jobs is being stored (results._current)
             for job in await tx.overdue_jobs(now):
                 request = await tx.get_request(job.request_id)
                 worker = await tx.worker_by("id", job.worker_id) if job.worker_id else None

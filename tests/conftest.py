@@ -77,7 +77,7 @@ def free_port() -> int:
 
 async def start_coordinator(config: CoordinatorConfig, port: int | None = None) -> RunningCoordinator:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     port = port or free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

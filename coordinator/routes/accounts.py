@@ -4,7 +4,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from coordinator.auth import require_account
-from coordinator.errors import HordeError, bad_request, unauthorized
+from coordinator.errors import HordeError, bad_request, not_found, unauthorized
 from coordinator.routes.endpoint import Endpoint
 from coordinator.routes.http import broker, caller, client_ip, int_query, parse, reply
 from coordinator.storage.records import Account
@@ -13,6 +13,7 @@ from protocol.errors import RC
 from protocol.ledger import LedgerEntry, LedgerHead
 
 LEDGER_PAGE = 1000
+MAX_ACCOUNT_ID = 2**63 - 1
 
 
 class LedgerPage(BaseModel):
@@ -51,8 +52,10 @@ async def find_user(request: web.Request) -> web.Response:
 
 async def get_user(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise bad_request(RC.VALIDATION, "A user id is a number.")
+    if int(raw) > MAX_ACCOUNT_ID:  # beyond what the database's integer column can even be asked about
+        raise not_found("user", RC.USER_NOT_FOUND)
     return reply(await user_details(request, await broker(request).bank.find("id", int(raw))))
 
 

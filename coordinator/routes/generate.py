@@ -28,7 +28,7 @@ async def generate_async(request: web.Request) -> web.Response:
 async def check(request: web.Request) -> web.Response:
     wait = float_query(request, "wait", 0.0, MAX_LONG_POLL_SECONDS)
     known = request.query.get("finished")
-    known_finished = int(known) if known and known.isdigit() else None
+    known_finished = int(known) if known and known.isascii() and known.isdigit() else None
     report = await broker(request).requests.check(request.match_info["id"], wait, known_finished)
     return reply(report)
 

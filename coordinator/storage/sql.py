@@ -25,7 +25,7 @@ def _account(row: Row) -> Account:
         id=row["id"],
         username=row["username"],
         public_key=row["public_key"],
-        kudos=row["kudos"],
+        kudos=round(row["kudos"], 2),  # the cache adds floats; kudos are counted in hundredths
         trusted=bool(row["trusted"]),
         created=row["created"],
     )
@@ -92,7 +92,7 @@ class Tx:
 
     async def cached_balances(self) -> dict[int, float]:
         rows = await self.driver.fetchall("SELECT id, kudos FROM accounts")
-        return {row["id"]: row["kudos"] for row in rows}
+        return {row["id"]: round(row["kudos"], 2) for row in rows}
 
     # --- ledger ---------------------------------------------------------------------
     async def ledger_head(self) -> tuple[int, str]:
@@ -114,7 +114,7 @@ class Tx:
         amount = round_kudos(amount)
         await self.lock_ledger()
         if source is not None:
-            guard = " AND kudos >= ?" if require_funds else ""
+            guard = " AND kudos >= ? - 0.005" if require_funds else ""  # float drift in the cache
             args: tuple[Any, ...] = (amount, source, amount) if require_funds else (amount, source)
             if await self.driver.execute(f"UPDATE accounts SET kudos = kudos - ? WHERE id = ?{guard}", args) != 1:
                 raise NotEnoughKudos(source)

@@ -40,14 +40,15 @@ class SqliteDriver:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self.connection.executemany(sql, rows)
 
+    # A read runs and is read to the end in one call on the connection's thread: a cursor left open across an
+    # await would hold the shared reader's snapshot, so other reads on it would miss newer commits (a request just
+    # accepted answered 404); it also takes one thread hop instead of three.
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        async with self.connection.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return dict(row) if row is not None else None
+        rows = await self.connection.execute_fetchall(sql, args)
+        return dict(rows[0]) if rows else None
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self.connection.execute(sql, args) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.connection.execute_fetchall(sql, args)
         return [dict(row) for row in rows]
 
 
