@@ -129,9 +129,9 @@ def _add_transfer(sub: Parser) -> None:
 def _add_demo(sub: Parser) -> None:
     sub.add_argument("prompt")
     sub.add_argument("--out", default="demo-output", metavar="DIR", help="output folder (default demo-output)")
-    sub.add_argument("-n", type=int, default=1, help="number of images (default 1)")
+    sub.add_argument("-n", type=int, default=2, help="number of images (default 2)")
     sub.add_argument("--steps", type=int, default=8, help="sampling steps (default 8)")
-    sub.add_argument("--size", default="256x256", metavar="WxH", help="image size (default 256x256)")
+    sub.add_argument("--size", default="128x128", metavar="WxH", help="image size (default 128x128)")
     sub.add_argument("--format", choices=("webp", "png"), default="webp", help="saved image format")
     sub.add_argument("--keep-temp", action="store_true", help="keep the logs and data folder (for debugging)")
 

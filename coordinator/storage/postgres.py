@@ -1,8 +1,8 @@
 """The shared engine: PostgreSQL through an asyncpg pool, for several coordinator processes
 on one database.
 
-Write transactions run at READ COMMITTED. That is enough because the shared SQL never
-trusts a read for a decision another process could race: a job is claimed with
+Write transactions run at READ COMMITTED. The decisions processes race for are settled by
+the database itself, not by an earlier read: a job is claimed with
 `UPDATE ... WHERE state = 'waiting'` (the loser sees 0 rows), funds are debited with
 `UPDATE ... WHERE kudos >= ?`, and ledger appends hold a transaction-scoped advisory lock
 (`Tx.lock_ledger`), so the hash chain has one writer at a time.
