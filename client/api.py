@@ -187,6 +187,11 @@ class HordeClient:
                 return
             cursor = page.next_after
 
+    async def user_ledger(self, user_id: int, limit: int = 20) -> list[LedgerEntry]:
+        """An account's most recent ledger entries, newest first."""
+        page = await self._call(LedgerPage, "GET", f"/users/{int(user_id)}/ledger", params={"limit": limit})
+        return page.entries
+
     async def ledger_head(self) -> LedgerHead:
         return await self._call(LedgerHead, "GET", "/ledger/head")
 

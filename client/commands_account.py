@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections import deque
 
 from client.api import HordeClient
 from client.context import Context
@@ -14,14 +13,10 @@ from protocol.ledger import LedgerEntry
 
 
 async def recent_entries(client: HordeClient, account_id: int, limit: int) -> list[LedgerEntry]:
-    """The account's last `limit` ledger entries, newest first, read from the public ledger."""
+    """The account's last `limit` ledger entries, newest first."""
     if limit <= 0:
         return []
-    recent: deque[LedgerEntry] = deque(maxlen=limit)
-    async for entry in client.ledger():
-        if account_id in (entry.source, entry.target):
-            recent.append(entry)
-    return list(reversed(recent))
+    return await client.user_ledger(account_id, limit)
 
 
 def signed_amount(entry: LedgerEntry, account_id: int) -> float:

@@ -219,3 +219,18 @@ async def test_audit_passes_then_catches_an_edited_ledger_row(coordinator: Runni
     # The public copy of the ledger shows the break to anyone who re-walks it.
     entries = [LedgerEntry(**e) for e in (await Api(coordinator.url).get("/v2/ledger")).body["entries"]]
     assert not verify_chain(entries).ok
+
+
+async def test_an_accounts_recent_ledger_entries_newest_first(coordinator: RunningCoordinator) -> None:
+    alice = await coordinator.create_account("alice", kudos=50)
+    bob = await coordinator.create_account("bob", kudos=5)
+    api = requester(coordinator, alice)
+    assert (await api.post("/v2/kudos/transfer", {"username": "bob", "amount": 7})).status == 200
+    answer = await Api(coordinator.url).get(f"/v2/users/{alice.id}/ledger?limit=5")
+    assert answer.status == 200, answer.body
+    entries = [LedgerEntry(**entry) for entry in answer.body["entries"]]
+    assert [entry.kind for entry in entries] == ["transfer", "admin"]
+    assert entries[0].source == alice.id and entries[0].target == bob.id and entries[0].amount == 7
+    assert all(alice.id in (entry.source, entry.target) for entry in entries)
+    missing = await Api(coordinator.url).get("/v2/users/999999/ledger")
+    assert (missing.status, missing.rc) == (404, "UserNotFound")

@@ -50,13 +50,17 @@ async def find_user(request: web.Request) -> web.Response:
     return reply(await user_details(request, account))
 
 
-async def get_user(request: web.Request) -> web.Response:
-    raw = request.match_info["id"]
+def parse_user_id(raw: str) -> int:
     if not (raw.isascii() and raw.isdigit()):
         raise bad_request(RC.VALIDATION, "A user id is a number.")
     if int(raw) > MAX_ACCOUNT_ID:  # beyond what the database's integer column can even be asked about
         raise not_found("user", RC.USER_NOT_FOUND)
-    return reply(await user_details(request, await broker(request).bank.find("id", int(raw))))
+    return int(raw)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    account = await broker(request).bank.find("id", parse_user_id(request.match_info["id"]))
+    return reply(await user_details(request, account))
 
 
 async def transfer(request: web.Request) -> web.Response:
@@ -75,6 +79,13 @@ async def ledger(request: web.Request) -> web.Response:
     return reply(LedgerPage(entries=entries, next_after=entries[-1].seq if len(entries) == limit else None))
 
 
+async def user_ledger(request: web.Request) -> web.Response:
+    """An account's most recent ledger entries, newest first: a balance's story without the whole ledger."""
+    account = await broker(request).bank.find("id", parse_user_id(request.match_info["id"]))
+    limit = int_query(request, "limit", 20, LEDGER_PAGE) or 20
+    return reply(LedgerPage(entries=await broker(request).bank.recent_entries(account.id, limit), next_after=None))
+
+
 async def ledger_head(request: web.Request) -> web.Response:
     return reply(await broker(request).bank.signed_head())
 
@@ -89,6 +100,8 @@ ENDPOINTS = [
              example={"username": "bob", "amount": 10}),
     Endpoint("GET", "/v2/ledger", ledger, "The public kudos ledger, a page at a time.", response=LedgerPage,
              query={"after": "sequence number to start after", "limit": "entries per page (≤1000)"}),
+    Endpoint("GET", "/v2/users/{id}/ledger", user_ledger, "An account's recent ledger entries, newest first.",
+             response=LedgerPage, query={"limit": "entries (≤1000, default 20)"}),
     Endpoint("GET", "/v2/ledger/head", ledger_head, "The ledger's head, signed by the coordinator.",
              response=LedgerHead),
 ]
