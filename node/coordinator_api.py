@@ -1,0 +1,200 @@
+"""The node's HTTP client for the coordinator's v2 API.
+
+Every API request carries the owner's `apikey` (when configured) and, in signed mode, an RFC 9421
+signature by the node key over the exact bytes sent. Failures are split in two: `Unreachable`
+(connection errors, timeouts, 5xx, 429 — worth retrying later) and `ApiError` (the coordinator
+answered and said no).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from protocol.accounts import AccountCreated, CoordinatorInfo, UserDetails
+from protocol.errors import RC
+from protocol.httpsig import sign_request
+from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
+from protocol.keys import Identity
+
+log = logging.getLogger(__name__)
+
+AGENT = "horde-node:0.1.0:https://github.com/horde-network"
+# Answers to a submit that settle the job for good: resubmitting can never succeed.
+FINAL_SUBMIT_CODES = frozenset({RC.DUPLICATE_GEN, RC.ABORTED_GEN})
+_RETRYABLE_STATUS = frozenset({408, 425, 429})
+_SLACK_SECONDS = 15.0
+
+
+class CoordinatorError(Exception):
+    pass
+
+
+class Unreachable(CoordinatorError):
+    """No usable answer (network down, timeout, 5xx, rate limited): try again later."""
+
+
+class ApiError(CoordinatorError):
+    """The coordinator answered with an error it means."""
+
+    def __init__(self, status: int, rc: str, message: str) -> None:
+        super().__init__(f"{status} {rc}: {message}")
+        self.status, self.rc, self.message = status, rc, message
+
+    @property
+    def is_final_submit(self) -> bool:
+        return self.status == 400 and self.rc in FINAL_SUBMIT_CODES
+
+    @property
+    def is_auth(self) -> bool:
+        return self.status in (401, 403) and self.rc != RC.WORKER_MAINTENANCE
+
+
+def api_root(coordinator_url: str) -> str:
+    """`http://host:port` or `http://host:port/api/` → `http://host:port/api/`."""
+    root = coordinator_url.rstrip("/")
+    if not root.endswith("/api"):
+        root += "/api"
+    return root + "/"
+
+
+class CoordinatorClient:
+    """One aiohttp session to one coordinator. Use as an async context manager."""
+
+    def __init__(
+        self,
+        coordinator_url: str,
+        *,
+        apikey: str | None = None,
+        identity: Identity | None = None,
+        agent: str = AGENT,
+        timeout: float = 30.0,
+    ) -> None:
+        self.root = api_root(coordinator_url)
+        self.apikey = apikey
+        self.identity = identity
+        self.agent = agent
+        self.timeout = timeout
+        # Off in apikey-only mode: nothing is signed even when a key exists.
+        self.signing = identity is not None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> CoordinatorClient:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("CoordinatorClient used outside `async with`")
+        return self._session
+
+    # -- endpoints ---------------------------------------------------------------------------------
+
+    async def coordinator_info(self) -> CoordinatorInfo | None:
+        """Our coordinators describe themselves; None means a plain AI Horde (apikey-only mode)."""
+        try:
+            data = await self._call("GET", "v2/coordinator", auth=False)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return CoordinatorInfo.model_validate(data)
+
+    async def create_account(self, username: str) -> AccountCreated:
+        data = await self._call("POST", "v2/accounts", {"username": username}, auth=False)
+        return AccountCreated.model_validate(data)
+
+    async def find_user(self) -> UserDetails:
+        return UserDetails.model_validate(await self._call("GET", "v2/find_user"))
+
+    async def pop(self, request: PopRequest) -> PopResponse:
+        body = request.model_dump(mode="json", by_alias=True)
+        data = await self._call("POST", "v2/generate/pop", body, limit_s=request.wait + _SLACK_SECONDS)
+        return PopResponse.model_validate(data)
+
+    async def submit(self, request: SubmitRequest) -> float:
+        """The kudos reward; raises ApiError (see `is_final_submit`) or Unreachable."""
+        body = request.model_dump(mode="json", exclude_none=True)
+        return SubmitResult.model_validate(await self._call("POST", "v2/generate/submit", body)).reward
+
+    async def upload(self, url: str, data: bytes, content_type: str) -> None:
+        """PUT to a pre-authorized upload URL. No apikey: the URL may belong to a storage service."""
+        await self._send("PUT", url, data, {"Content-Type": content_type}, self.timeout)
+
+    async def download(self, url: str) -> bytes:
+        return await self._send("GET", url, b"", {}, self.timeout, raw=True)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        auth: bool = True,
+        limit_s: float | None = None,
+    ) -> Any:
+        url = self.root + path
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers = {"Client-Agent": self.agent, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if auth and self.apikey:
+            headers["apikey"] = self.apikey
+        if auth and self.signing and self.identity is not None:
+            headers.update(sign_request(self.identity, method, url, data))
+        return await self._send(method, url, data, headers, limit_s or self.timeout)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        data: bytes,
+        headers: dict[str, str],
+        limit_s: float,
+        *,
+        raw: bool = False,
+    ) -> Any:
+        try:
+            # encoded=True: the URL must go out byte-for-byte as signed.
+            async with self.session.request(
+                method,
+                URL(url, encoded=True),
+                data=data or None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=limit_s),
+            ) as response:
+                payload = await response.read()
+                if response.status >= 400:
+                    raise _error(response.status, payload, method, url)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        if raw:
+            return payload
+        return json.loads(payload) if payload else {}
+
+
+def _error(status: int, payload: bytes, method: str, url: str) -> CoordinatorError:
+    rc, message = "", payload[:200].decode("utf-8", "replace")
+    try:
+        body = json.loads(payload)
+        rc, message = str(body.get("rc", "")), str(body.get("message", message))
+    except (ValueError, AttributeError):
+        pass
+    if status >= 500 or status in _RETRYABLE_STATUS:
+        return Unreachable(f"{method} {url}: {status} {rc} {message}".rstrip())
+    return ApiError(status, rc, message)

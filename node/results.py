@@ -1,0 +1,85 @@
+"""Where every job ends: spooled (durably) and queued for delivery, with the counters and the console told.
+
+The one rule: a job leaves `unfinished` only once its result is on disk, so a crash, a second
+signal or a coordinator outage at any moment loses nothing that was done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from node.console import Console
+from node.delivery import Delivery, NodeStats
+from node.jobs import ImageJob, fault_entry, ok_entry
+from node.spool import Spool, SpoolEntry
+from protocol.keys import Identity
+
+log = logging.getLogger(__name__)
+
+
+class Results:
+    """Records outcomes; after `max_faults` node faults in a row it calls `on_unhealthy(reason)`."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        delivery: Delivery,
+        stats: NodeStats,
+        console: Console,
+        *,
+        max_faults: int,
+        on_unhealthy: Callable[[str], None],
+    ) -> None:
+        self.spool, self.delivery, self.stats, self.console = spool, delivery, stats, console
+        self.signer: Identity | None = None  # set once the coordinator handshake chose signed mode
+        self.unfinished: dict[str, ImageJob] = {}
+        self._max_faults = max_faults
+        self._on_unhealthy = on_unhealthy
+        self._faults_in_a_row = 0
+
+    def taken(self, jobs: Iterable[ImageJob]) -> None:
+        self.unfinished.update((job.job_id, job) for job in jobs)
+
+    def ok(self, job: ImageJob, image: bytes, seed: int | str, seconds: float) -> None:
+        self._finish(job, ok_entry(job, image, seed, self.signer), image)
+        self.stats.jobs_done += 1
+        self._faults_in_a_row = 0
+        self.console.event("job_done", job=job.job_id, seconds=seconds, bytes=len(image))
+
+    def fault(
+        self,
+        job: ImageJob,
+        reason: str,
+        *,
+        node_fault: bool = True,
+        kind: str = "information",
+        value: str = "see_ref",
+    ) -> None:
+        """Submit as faulted. `node_fault=False` for the request's own problems, which say nothing
+        about this node's health and so don't count toward the pause."""
+        self._finish(job, fault_entry(job, reason, self.signer, kind=kind, value=value), None)
+        self.stats.jobs_faulted += 1
+        self.console.event("job_faulted", logging.WARNING, job=job.job_id, reason=reason)
+        if not node_fault:
+            return
+        self._faults_in_a_row += 1
+        if self._faults_in_a_row >= self._max_faults:
+            self._faults_in_a_row = 0
+            self._on_unhealthy(f"{self._max_faults} faults in a row")
+
+    def refuse(self, job: ImageJob, reason: str) -> None:
+        """A job the coordinator's signature does not vouch for: never run, loudly reported."""
+        self.stats.jobs_refused += 1
+        log.error("refused job %s: %s", job.job_id, reason)
+        self.console.event("job_refused", logging.ERROR, job=job.job_id, reason=reason)
+        self.fault(job, f"refused by the node: {reason}", node_fault=False)
+
+    def abandon_all(self, reason: str) -> None:
+        for job in list(self.unfinished.values()):
+            self.fault(job, reason, node_fault=False)
+
+    def _finish(self, job: ImageJob, entry: SpoolEntry, image: bytes | None) -> None:
+        self.spool.put(entry, image)
+        self.unfinished.pop(job.job_id, None)
+        self.delivery.enqueue(entry)

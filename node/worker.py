@@ -1,0 +1,132 @@
+"""A worker: takes pops off the queue and runs their jobs on its inference slot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from PIL import Image
+
+from node.config import NodeConfig
+from node.console import Console
+from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
+from node.inference import GeneratedImage, InferenceAborted, InferenceFailed, JobRejected, JobSpec, encode_image
+from node.jobs import ImageJob, PopUnit, inline_source, open_image, refusal, source_mismatch
+from node.results import Results
+from node.runner import Progress, Slot, Stalled, free_memory
+from protocol.keys import PublicKey
+
+log = logging.getLogger(__name__)
+
+STEP_REPORT_SECONDS = 5.0
+
+
+class Worker:
+    """`verify_key` None means job signatures are not checked (a coordinator that doesn't sign)."""
+
+    def __init__(
+        self,
+        slot: Slot,
+        client: CoordinatorClient,
+        config: NodeConfig,
+        console: Console,
+        results: Results,
+        verify_key: PublicKey | None,
+        model_locks: dict[str, asyncio.Lock],
+    ) -> None:
+        self.slot, self.client, self.config, self.console = slot, client, config, console
+        self.results, self.verify_key, self.model_locks = results, verify_key, model_locks
+
+    async def run(self, queue: asyncio.Queue[PopUnit | None], done: Callable[[], None]) -> None:
+        """Until a None arrives on the queue."""
+        while (unit := await queue.get()) is not None:
+            try:
+                await self.run_unit(unit)
+            except Exception as exc:  # a bug here must cost this pop's jobs, not the worker
+                log.exception("unexpected error while running a pop")
+                for job in unit.jobs:
+                    if job.job_id in self.results.unfinished:
+                        self.results.fault(job, f"node error: {type(exc).__name__}: {exc}")
+            finally:
+                done()
+
+    async def run_unit(self, unit: PopUnit) -> None:
+        try:
+            image, mask = await fetch_sources(self.client, unit)
+        except (ValueError, OSError, Unreachable, ApiError) as exc:
+            for job in unit.jobs:
+                reason = f"could not fetch the source: {exc}"
+                self.results.fault(job, reason, kind="source_image", value="download_failed")
+            return
+        for job in unit.jobs:
+            reason = self._refusal(job, image, mask)
+            if reason:
+                self.results.refuse(job, reason)
+                continue
+            await self.run_job(job, open_image(image) if image else None, open_image(mask) if mask else None)
+
+    def _refusal(self, job: ImageJob, image: bytes | None, mask: bytes | None) -> str | None:
+        if self.verify_key is None:
+            return None
+        return refusal(job, self.verify_key) or source_mismatch(job, image, mask)
+
+    async def run_job(self, job: ImageJob, image: Image.Image | None, mask: Image.Image | None) -> None:
+        try:
+            spec = JobSpec.from_payload(job.model, job.payload, image, mask, job.source_processing)
+        except JobRejected as exc:
+            self.results.fault(job, exc.reason, node_fault=False)
+            return
+        self.console.event("job_started", **job.describe())
+        started = time.monotonic()
+        # A model's pipeline (and its scheduler, LoRAs) is shared by the slots: one job on it at a time.
+        async with self.model_locks.setdefault(job.model, asyncio.Lock()):
+            progress = Progress()
+            try:
+                images = await self.slot.run(spec, progress, self.config.step_timeout, _StepReporter(self.console, job))
+            except JobRejected as exc:
+                self.results.fault(job, exc.reason, node_fault=False)
+            except InferenceAborted as exc:
+                self.results.fault(job, progress.abort_reason or str(exc) or "aborted")
+            except (Stalled, InferenceFailed) as exc:
+                self.results.fault(job, str(exc))
+                free_memory()
+            except Exception as exc:
+                log.exception("inference error in job %s", job.job_id)
+                self.results.fault(job, f"{type(exc).__name__}: {exc}")
+                free_memory()
+            else:
+                await self._encode(job, images[0], time.monotonic() - started)
+
+    async def _encode(self, job: ImageJob, generated: GeneratedImage, seconds: float) -> None:
+        if generated.image is None:
+            self.results.fault(job, generated.faulted_reason or "no image was produced")
+            return
+        config = self.config
+        data = await asyncio.to_thread(
+            encode_image, generated.image, config.image_format, config.image_quality, config.image_lossless
+        )
+        self.results.ok(job, data, generated.seed, seconds)
+
+
+async def fetch_sources(client: CoordinatorClient, unit: PopUnit) -> tuple[bytes | None, bytes | None]:
+    """The pop's source image and mask bytes (inline base64 or fetched by URL); raises on failure."""
+    fetched: list[bytes | None] = []
+    for value in (unit.source_image, unit.source_mask):
+        data = inline_source(value) if value else None
+        fetched.append(await client.download(value) if value and data is None else data)
+    return fetched[0], fetched[1]
+
+
+class _StepReporter:
+    """Step progress on the console, at most every few seconds per job."""
+
+    def __init__(self, console: Console, job: ImageJob) -> None:
+        self.console, self.job, self._at, self._step = console, job, time.monotonic(), 0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.step != self._step and now - self._at >= STEP_REPORT_SECONDS:
+            self._at, self._step = now, progress.step
+            self.console.event("job_step", job=self.job.job_id, step=progress.step, total=progress.total)
