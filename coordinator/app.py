@@ -9,7 +9,7 @@ from aiohttp import web
 
 from coordinator.broker import Broker
 from coordinator.config import CoordinatorConfig
-from coordinator.images import ImageStore
+from coordinator.images import open_images
 from coordinator.middleware import horde_errors
 from coordinator.routes import ENDPOINTS
 from coordinator.routes.http import BROKER
@@ -24,13 +24,14 @@ log = logging.getLogger("horde.coordinator")
 async def open_services(config: CoordinatorConfig) -> Services:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     database = await open_database(config.database_url)
-    return Services(
-        config=config,
-        database=database,
-        images=ImageStore(config.image_root),
-        identity=Identity.load_or_create(config.key_path),
-        tokens=Tokens(load_or_create_secret(config.secret_path)),
-    )
+    try:
+        images = await open_images(config)
+        identity = Identity.load_or_create(config.key_path)
+        tokens = Tokens(load_or_create_secret(config.secret_path))
+    except BaseException:
+        await database.close()
+        raise
+    return Services(config=config, database=database, images=images, identity=identity, tokens=tokens)
 
 
 def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.Application:
@@ -40,6 +41,11 @@ def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.App
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
+        if config.trust_forwarded_for and not config.public_url:
+            # Not fatal (a proxy may pass Host and the scheme through), but usually a mistake: behind a TLS
+            # proxy, image and upload URLs would say http:// and clients' signatures (over https://) fail.
+            log.warning("HORDE_TRUST_PROXY is on but HORDE_PUBLIC_URL is not set: URLs and signature checks "
+                        "use the address the proxy forwards to")
         broker = Broker.build(services)
         app[BROKER] = broker
         await services.database.listen(_relay(broker))
@@ -51,7 +57,7 @@ def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.App
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
         services.hub.wake_all_nodes()
-        await services.database.close()
+        await services.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from coordinator.errors import HordeError, unauthorized
-from coordinator.nonces import NonceCache
 from coordinator.storage import Database
 from coordinator.storage.records import Account, Worker
 from coordinator.tokens import ANONYMOUS_APIKEY, Tokens
 from protocol import httpsig
 from protocol.errors import RC
 from protocol.keys import PublicKey
+
+# How far a signature's `created` may be from our clock. A signature verifies for up to twice this
+# after it is first seen, so nonces are remembered that long (NonceCache, signature_nonces).
+CLOCK_WINDOW = 300
 
 
 @dataclass
@@ -32,10 +35,9 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, database: Database, tokens: Tokens, nonces: NonceCache, public_url: str | None) -> None:
+    def __init__(self, database: Database, tokens: Tokens, public_url: str | None) -> None:
         self.database = database
         self.tokens = tokens
-        self.nonces = nonces
         self.public_url = public_url.rstrip("/") if public_url else None
 
     async def identify(self, request: web.Request, body: bytes, *, allow_new_key: bool = False) -> Caller:
@@ -64,11 +66,15 @@ class Authenticator:
         self, request: web.Request, body: bytes, by_key: Account | None, allow_new_key: bool
     ) -> Caller:
         try:
-            signed = httpsig.verify_request(request.method, self.target_uri(request), request.headers, body)
+            signed = httpsig.verify_request(
+                request.method, self.target_uri(request), request.headers, body, max_skew=CLOCK_WINDOW
+            )
         except httpsig.SignatureError as error:
             raise unauthorized(error.rc, str(error) or error.message) from error
         caller = await self._resolve_key(signed.key, by_key, allow_new_key)
-        if not self.nonces.first_use(signed.key.text(), signed.nonce, time.time()):
+        # Asked of the database: with several coordinator processes, one that accepted a request
+        # must make the others refuse its replay.
+        if not await self.database.first_use(signed.key.text(), signed.nonce, time.time(), CLOCK_WINDOW):
             raise unauthorized(httpsig.SignatureReplay.rc, httpsig.SignatureReplay.message)
         return caller
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from coordinator.auth import Authenticator
 from coordinator.bank import Bank
 from coordinator.dispatch import Dispatcher
-from coordinator.nonces import NonceCache
 from coordinator.ratelimit import RateLimiter
 from coordinator.requesting import RequestDesk
 from coordinator.results import ResultIntake
@@ -36,7 +35,7 @@ class Broker:
         roster = Roster(services)
         return cls(
             services=services,
-            auth=Authenticator(services.database, services.tokens, NonceCache(), config.public_url),
+            auth=Authenticator(services.database, services.tokens, config.public_url),
             limiter=RateLimiter(config.rate_limits, config.rate_limiting),
             registration_limiter=RateLimiter({"register": config.registration_limit}, config.rate_limiting),
             roster=roster,

@@ -23,7 +23,9 @@ from coordinator.app import create_app, open_services
 from coordinator.bank import Bank
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import HordeError
+from coordinator.images import parse_s3_url
 from coordinator.logs import configure_logging
+from coordinator.storage import StorageUnavailable
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -42,7 +44,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=int(env("PORT", "7001") or 7001), help="0 picks a free port")
     serve.add_argument("--port-file", help="write the bound port here once listening")
-    serve.add_argument("--images", default=env("IMAGES_DIR"), help="image folder (default DATA_DIR/images)")
+    serve.add_argument("--images", default=env("IMAGES_DIR"),
+                       help="image folder (default DATA_DIR/images), or s3://BUCKET/PREFIX for S3-compatible storage")
+    serve.add_argument("--s3-endpoint-url", default=env("S3_ENDPOINT_URL"),
+                       help="the S3 API address when not AWS (MinIO, R2, Garage...); credentials from AWS_*")
+    serve.add_argument("--s3-public-url", default=env("S3_PUBLIC_URL"),
+                       help="the S3 address clients use in presigned URLs, if not the endpoint URL")
     serve.add_argument("--public-url", default=env("PUBLIC_URL"), help="how clients reach this coordinator")
     serve.add_argument("--retention-hours", type=float, default=float(env("RETENTION_HOURS", "24") or 24))
     serve.add_argument("--max-body-mb", type=float, default=float(env("MAX_BODY_MB", "20") or 20))
@@ -73,7 +80,13 @@ def parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> CoordinatorConfig:
     config = CoordinatorConfig(data_dir=Path(args.data_dir), database=args.db)
     if args.command == "serve":
-        config.images_dir = Path(args.images) if args.images else None
+        if args.images and args.images.startswith("s3://"):
+            parse_s3_url(args.images)  # a malformed URL stops the command here
+            config.images_bucket = args.images
+        else:
+            config.images_dir = Path(args.images) if args.images else None
+        config.s3_endpoint_url = args.s3_endpoint_url
+        config.s3_public_url = args.s3_public_url
         config.public_url = args.public_url
         config.retention_hours = args.retention_hours
         config.max_body_bytes = int(args.max_body_mb * 1024 * 1024)
@@ -129,7 +142,7 @@ async def admin(args: argparse.Namespace, config: CoordinatorConfig) -> int:
             return 0 if report.ok else 1
         return 0
     finally:
-        await services.database.close()
+        await services.close()
 
 
 async def set_trust(services, name: str, trusted: bool) -> int:
@@ -145,9 +158,13 @@ async def set_trust(services, name: str, trusted: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    args = root.parse_args(argv)
     configure_logging(args.log_level, args.log_format == "json")
-    config = config_from(args)
+    try:
+        config = config_from(args)
+    except ValueError as error:
+        root.error(str(error))
     try:
         if args.command == "serve":
             asyncio.run(serve(config, args.host, args.port, args.port_file))
@@ -155,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(admin(args, config))
     except HordeError as error:
         print(f"error: {error.message} ({error.rc})", file=sys.stderr)
+        return 1
+    except StorageUnavailable as error:  # the database (or the image store) is down: no traceback
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,6 +17,11 @@ class CoordinatorConfig:
     data_dir: Path = Path("horde-data")
     database: str | None = None  # a SQLite path or a postgresql:// URL; default: data_dir/horde.db
     images_dir: Path | None = None  # default: data_dir/images
+    # s3://bucket/prefix: images in an S3-compatible bucket instead of images_dir (the `s3` extra);
+    # credentials and region come from the usual AWS_* variables.
+    images_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # the store's API, when not AWS (MinIO, R2, Garage...)
+    s3_public_url: str | None = None  # the store's address in presigned URLs, when clients reach it elsewhere
     public_url: str | None = None  # how clients reach us, for image and upload URLs
     retention_hours: float = 24.0
     request_expiry_seconds: float = 20 * 60

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from coordinator.auth import Caller
+from coordinator.results import upload_name
 from coordinator.roster import Roster, caps_of
 from coordinator.services import Services
 from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
@@ -17,6 +18,7 @@ from protocol.provenance import JobDocument, sign_job
 
 # How far down the queue an empty pop looks to explain itself in `skipped`.
 SKIPPED_SAMPLE = 500
+# Upload and source URLs outlive the job's deadline by this much, for clocks that disagree.
 UPLOAD_TOKEN_GRACE = 60.0
 # How deep a pop looks when the head of the queue is all reserved for other nodes (per model served).
 MAX_CANDIDATES_PER_MODEL = 4096
@@ -75,7 +77,7 @@ class Dispatcher:
                 if claimed is not None:
                     if waiter.woken.is_set():
                         self.services.hub.pass_on(caps)
-                    return self._response(*claimed, base_url)
+                    return await self._response(*claimed, base_url)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await waiter.wait(remaining):
                     return PopResponse(skipped=await self._skipped(caps))
@@ -152,28 +154,40 @@ class Dispatcher:
         job.job_document = document.model_dump(mode="json")
         job.job_signature = sign_job(self.services.identity, document)
 
-    def _response(self, request: RequestRecord, jobs: list[JobRecord], base_url: str) -> PopResponse:
+    async def _response(self, request: RequestRecord, jobs: list[JobRecord], base_url: str) -> PopResponse:
         body = GenerationRequest.model_validate(request.body)
-        uploads = [self._upload_url(job, base_url) for job in jobs]
+        uploads = [await self._upload_url(job, base_url) for job in jobs]
         first = jobs[0]
         return PopResponse(
             id=first.id, ids=[job.id for job in jobs], payload=job_payload(body, first.seed, len(jobs)),
             model=first.model, ttl=(first.job_document or {}).get("ttl"), skipped={},
-            source_image=self._source_url(request.source_image, base_url),
+            source_image=await self._source_url(request.source_image, first, base_url),
             source_processing=body.source_processing if request.source_image else "txt2img",
-            source_mask=self._source_url(request.source_mask, base_url),
+            source_mask=await self._source_url(request.source_mask, first, base_url),
             r2_upload=uploads[0], r2_uploads=uploads,
             jobs=[SignedJob(document=job.job_document or {}, signature=job.job_signature or "") for job in jobs],
         )  # fmt: skip
 
-    def _upload_url(self, job: JobRecord, base_url: str) -> str:
-        lifetime = (job.deadline or self.services.clock()) - self.services.clock() + UPLOAD_TOKEN_GRACE
+    def _url_lifetime(self, job: JobRecord) -> float:
+        now = self.services.clock()
+        return (job.deadline or now) - now + UPLOAD_TOKEN_GRACE
+
+    async def _upload_url(self, job: JobRecord, base_url: str) -> str:
+        """Straight to the bucket when the image store can presign; else our own upload endpoint,
+        with a token bound to this job and this node."""
+        lifetime = self._url_lifetime(job)
+        name = upload_name(job.id, job.worker_id or "")  # per node, so a node that lost the job can't overwrite it
+        presigned = await self.services.images.presigned_put(name, lifetime)
+        if presigned is not None:
+            return presigned
         token = self.services.tokens.upload_token(job.id, job.worker_id or "", lifetime)
         return f"{base_url}/api/v2/upload/{job.id}?token={token}"
 
-    @staticmethod
-    def _source_url(name: str | None, base_url: str) -> str | None:
-        return f"{base_url}/api/v2/sources/{name}" if name else None
+    async def _source_url(self, name: str | None, job: JobRecord, base_url: str) -> str | None:
+        if not name:
+            return None
+        presigned = await self.services.images.presigned_get(name, self._url_lifetime(job))
+        return presigned or f"{base_url}/api/v2/sources/{name}"
 
     async def _skipped(self, caps: WorkerCaps) -> dict[str, int]:
         async with self.services.database.reader() as tx:

@@ -1,6 +1,11 @@
-"""Images on local disk: results, uploads and source images, each a file named by a random id.
+"""Where images live: results, uploads and source images, each named by a random id.
 
-Files are written to a temporary name, flushed to disk and renamed, so a crash never
+`Images` is the one interface the broker uses. `ImageStore` (this module, the default) keeps
+them as files in a folder; `objectstore.S3ImageStore` keeps them in an S3-compatible bucket,
+for coordinators on several hosts, and can hand out presigned URLs so nodes and requesters
+move image bytes straight to and from the bucket. `open_images` picks one from the config.
+
+Folder files are written to a temporary name, flushed to disk and renamed, so a crash never
 leaves a half-written image under a name the database points to.
 """
 
@@ -8,21 +13,80 @@ import asyncio
 import os
 import secrets
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from coordinator.config import CoordinatorConfig
+from coordinator.storage import StorageUnavailable
+
+
+class Images(Protocol):
+    async def open(self) -> "Images": ...
+
+    async def close(self) -> None: ...
+
+    def new_name(self, suffix: str = "webp") -> str: ...
+
+    async def write(self, name: str, data: bytes) -> None: ...
+
+    async def read(self, name: str) -> bytes | None:
+        """The image's bytes, or None when there is none."""
+
+    async def size(self, name: str) -> int | None:
+        """Bytes in the image, or None when there is none (check an upload before reading it)."""
+
+    async def exists(self, name: str) -> bool: ...
+
+    async def delete(self, name: str | None) -> None:
+        """Remove the image; a missing one (or None) is fine."""
+
+    async def presigned_get(self, name: str, lifetime: float) -> str | None:
+        """A URL anyone holding it may GET the image from for `lifetime` seconds; None when
+        this store cannot make one (clients then get the coordinator's own URL)."""
+
+    async def presigned_put(self, name: str, lifetime: float) -> str | None:
+        """A URL a node may PUT the image to; None when this store cannot make one."""
+
+
+def new_image_name(suffix: str = "webp") -> str:
+    return f"{secrets.token_urlsafe(18)}.{suffix}"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` → ("bucket", "some/prefix/")."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3://bucket[/prefix] URL: {url!r}")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+def check_name(name: str) -> str:
+    """Refuse names that could leave the folder (or the bucket's prefix)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad image name {name!r}")
+    return name
 
 
 class ImageStore:
+    """Images as files in one folder (shared storage, for replicas on one host)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    async def open(self) -> "ImageStore":
+        return self
+
+    async def close(self) -> None:
+        return None
+
     def path(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"bad image name {name!r}")
-        return self.root / name
+        return self.root / check_name(name)
 
     @staticmethod
     def new_name(suffix: str = "webp") -> str:
-        return f"{secrets.token_urlsafe(18)}.{suffix}"
+        return new_image_name(suffix)
 
     async def write(self, name: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_durably, self.path(name), data)
@@ -44,9 +108,39 @@ class ImageStore:
         except FileNotFoundError:
             return None
 
-    def exists(self, name: str) -> bool:
+    # Metadata calls are quick and run inline: no thread hop, and a delete in a cancelled task's
+    # cleanup completes without waiting on anything.
+    async def size(self, name: str) -> int | None:
+        try:
+            return self.path(name).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def exists(self, name: str) -> bool:
         return self.path(name).exists()
 
-    def delete(self, name: str | None) -> None:
+    async def delete(self, name: str | None) -> None:
         if name:
             self.path(name).unlink(missing_ok=True)
+
+    async def presigned_get(self, name: str, lifetime: float) -> str | None:
+        return None
+
+    async def presigned_put(self, name: str, lifetime: float) -> str | None:
+        return None
+
+
+async def open_images(config: CoordinatorConfig) -> Images:
+    """The store the config names: a bucket (`s3://bucket/prefix`) or a folder."""
+    if config.images_bucket:
+        try:  # imported here: aiobotocore is the optional `s3` extra
+            from coordinator.objectstore import S3ImageStore
+        except ImportError as error:
+            hint = "images on S3 need the s3 extra (pip install 'horde-network[s3]')"
+            raise StorageUnavailable(f"{hint}: {error}") from error
+        store: Images = S3ImageStore.from_url(
+            config.images_bucket, endpoint_url=config.s3_endpoint_url, public_endpoint_url=config.s3_public_url
+        )
+    else:
+        store = ImageStore(config.image_root)
+    return await store.open()

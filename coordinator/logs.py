@@ -25,11 +25,17 @@ class StructuredFormatter(logging.Formatter):
         return f"{event['time']} {event['level']:<7} {record.getMessage()} {extra}".rstrip()
 
 
+# Libraries whose records come out in our format too: asyncpg reports the pool's reconnection
+# attempts while PostgreSQL is away (storage/postgres.py shortens them to one line).
+LIBRARIES = ("asyncpg",)
+
+
 def configure_logging(level: str = "warning", as_json: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(StructuredFormatter(as_json))
-    root = logging.getLogger("horde")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    for name in ("horde", *LIBRARIES):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())  # warnings and worse unless asked: quiet by default
+        logger.propagate = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,42 +1,33 @@
 """Images in an S3-compatible bucket (AWS S3, Cloudflare R2, MinIO, Garage...), for
 coordinators on several hosts that cannot share a folder.
 
-The same job as `images.ImageStore` (results, uploads and source images, each an object
-named by a random id), every call async, plus presigned URLs so nodes can upload results
-and requesters can fetch images straight from the bucket instead of through a coordinator.
+The `images.Images` interface (results, uploads and source images, each an object named by
+a random id), plus presigned URLs so nodes can upload results and fetch sources, and
+requesters fetch images, straight from the bucket instead of through a coordinator.
 
 A PUT is atomic on every S3-compatible store: an object is either absent or complete,
 so, as with the folder store's rename, a name the database points to is never half-written.
 """
 
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as EndpointUnreachable
 
+from coordinator.images import check_name, new_image_name, parse_s3_url
 from coordinator.storage import StorageUnavailable
 
 CONTENT_TYPES = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg"}
 MISSING = ("404", "NoSuchKey", "NotFound")
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 
 
 def content_type(name: str) -> str:
     return CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/some/prefix` → ("bucket", "some/prefix/")."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3://bucket[/prefix] URL: {url!r}")
-    prefix = parts.path.strip("/")
-    return parts.netloc, f"{prefix}/" if prefix else ""
 
 
 class S3ImageStore:
@@ -57,11 +48,8 @@ class S3ImageStore:
         it differs from ours (a bucket we reach on a private network)."""
         self.bucket = bucket
         self.prefix = prefix
-        self._settings: dict[str, Any] = {
-            "region_name": region or "us-east-1",
-            "aws_access_key_id": access_key,
-            "aws_secret_access_key": secret_key,
-        }
+        self._region = region
+        self._settings: dict[str, Any] = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
         self._endpoints = (endpoint_url, public_endpoint_url or endpoint_url)
         # Fail in seconds, not minutes, when the store is away: the request gets a 503.
         self._config = AioConfig(
@@ -79,6 +67,8 @@ class S3ImageStore:
 
     async def open(self) -> "S3ImageStore":
         session = get_session()
+        # AWS_DEFAULT_REGION or ~/.aws when not given; us-east-1 suits MinIO, R2 and moto.
+        self._settings["region_name"] = self._region or session.get_config_variable("region") or "us-east-1"
         internal, public = self._endpoints
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=internal, config=self._config, **self._settings)
@@ -94,16 +84,14 @@ class S3ImageStore:
         await self._stack.aclose()
         self._client = self._signer = None
 
-    # --- the ImageStore interface -----------------------------------------------------------
+    # --- the Images interface ----------------------------------------------------------------
     def key(self, name: str) -> str:
         """The object key for an image name; the same names are refused as in ImageStore."""
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"bad image name {name!r}")
-        return self.prefix + name
+        return self.prefix + check_name(name)
 
     @staticmethod
     def new_name(suffix: str = "webp") -> str:
-        return f"{secrets.token_urlsafe(18)}.{suffix}"
+        return new_image_name(suffix)
 
     async def write(self, name: str, data: bytes) -> None:
         async with self._calls():
@@ -146,21 +134,22 @@ class S3ImageStore:
                 await self._client.delete_object(Bucket=self.bucket, Key=key)
 
     # --- presigned URLs -----------------------------------------------------------------------
-    async def presigned_get(self, name: str, expires: int = 3600) -> str:
-        """A URL anyone holding it may GET the image from, for `expires` seconds. It names
+    async def presigned_get(self, name: str, lifetime: float = 3600) -> str:
+        """A URL anyone holding it may GET the image from, for `lifetime` seconds. It names
         the content type, since an object a node uploaded may not carry one."""
-        return await self._presign("get_object", name, expires, ResponseContentType=content_type(name))
+        return await self._presign("get_object", name, lifetime, ResponseContentType=content_type(name))
 
-    async def presigned_put(self, name: str, expires: int = 600) -> str:
-        """A URL a node PUTs its result to (AI Horde's `r2_upload`). Any content type is
-        accepted; the coordinator checks the image when the node submits."""
-        return await self._presign("put_object", name, expires)
+    async def presigned_put(self, name: str, lifetime: float = 600) -> str:
+        """A URL a node PUTs its result to (AI Horde's `r2_upload`). Neither the content type
+        nor the size can be limited: the coordinator checks both when the node submits."""
+        return await self._presign("put_object", name, lifetime)
 
-    async def _presign(self, operation: str, name: str, expires: int, **extra: str) -> str:
+    async def _presign(self, operation: str, name: str, lifetime: float, **extra: str) -> str:
         if self._signer is None:
             raise StorageUnavailable("the image store is closed")
         params = {"Bucket": self.bucket, "Key": self.key(name), **extra}
-        return await self._signer.generate_presigned_url(operation, Params=params, ExpiresIn=int(expires))
+        expires = min(max(int(lifetime), 1), MAX_PRESIGN_SECONDS)
+        return await self._signer.generate_presigned_url(operation, Params=params, ExpiresIn=expires)
 
     @contextlib.asynccontextmanager
     async def _calls(self) -> AsyncIterator[None]:

@@ -51,6 +51,7 @@ def queue_entry(job_id: str, request_id: str, body: GenerationRequest, tier: int
         tier=tier,
         rank=rank,
         pixels=params.width * params.height,
+        steps=params.steps,
         nsfw=body.nsfw,
         img2img=body.is_img2img,
         painting=body.is_painting,

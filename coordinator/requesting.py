@@ -177,7 +177,10 @@ class RequestDesk:
             data = await self.services.images.read(job.image) or b""
             img = base64.b64encode(data).decode()
         else:
-            img = f"{base_url}/api/v2/images/{job.image}"
+            # Until the image is pruned, as our own URL is (a bucket caps presigned URLs at 7 days).
+            lifetime = self.services.config.retention_hours * 3600
+            presigned = await self.services.images.presigned_get(job.image, lifetime)
+            img = presigned or f"{base_url}/api/v2/images/{job.image}"
         return Generation(
             id=job.id, img=img, seed=job.seed, worker_id=job.worker_id or "", worker_name=job.worker_name or "",
             model=job.model or "", state=job.result_state or "ok", censored=job.censored,

@@ -4,8 +4,7 @@ always has its image)."""
 
 import base64
 import binascii
-import contextlib
-import os
+import logging
 import secrets
 
 from coordinator.auth import Caller, require_account
@@ -13,6 +12,7 @@ from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.services import Services
 from coordinator.sources import check_image
+from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, RequestRecord, Worker
 from coordinator.storage.sql import Tx
 from protocol.errors import RC
@@ -20,11 +20,15 @@ from protocol.jobs import SubmitRequest, SubmitResult
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.provenance import ResultDocument, sha256_hex, verify_result
 
+log = logging.getLogger("horde.coordinator.results")
 PAID_STATES = ("ok", "censored")
 
 
-def upload_name(job_id: str) -> str:
-    return f"{job_id}.upload"
+def upload_name(job_id: str, worker_id: str) -> str:
+    """Where a node's upload waits for its submit: one name per node the job was given to, so a
+    node that lost the job cannot replace the upload of the node that has it now (a presigned
+    PUT URL, unlike our upload token, stays valid after the job moved on)."""
+    return f"{job_id}.{worker_id}.upload"
 
 
 def result_name(job_id: str, tag: str = "") -> str:
@@ -50,7 +54,7 @@ class ResultIntake:
         if job.state != "processing":
             raise Aborted()
         check_image(data, "upload")
-        await self.services.images.write(upload_name(job_id), data)
+        await self.services.images.write(upload_name(job_id, job.worker_id or ""), data)
 
     async def submit(self, caller: Caller, body: SubmitRequest) -> SubmitResult:
         account = require_account(caller, RC.ANON_FORBIDDEN_WORKER)
@@ -62,7 +66,7 @@ class ResultIntake:
             previous = [w for w in [await tx.worker_by("id", i) for i in job.previous_workers] if w]
         self._check_submitter(caller, account.id, job, worker, previous)
         assert worker is not None
-        image = await self._image(body) if body.state in PAID_STATES else None
+        image = await self._image(body, worker) if body.state in PAID_STATES else None
         self._check_signature(caller, worker, body, image)
         if body.state == "faulted":
             await self._fault(job.id, worker, body)
@@ -88,17 +92,28 @@ class ResultIntake:
             raise Aborted()
         raise HordeError(403, RC.WRONG_CREDENTIALS, "This job is not assigned to your node.")
 
-    async def _image(self, body: SubmitRequest) -> bytes:
+    async def _image(self, body: SubmitRequest, worker: Worker) -> bytes:
         if body.generation == "R2":
-            data = await self.services.images.read(upload_name(body.id))
-            if data is None:
-                raise bad_request(RC.UPLOAD_MISSING, "generation is 'R2' but nothing was uploaded for this job.")
-            return data
+            return await self._uploaded(body.id, worker)
         try:
             data = base64.b64decode(body.generation, validate=True)
         except (binascii.Error, ValueError) as error:
             raise bad_request(RC.IMAGE_VALIDATION_FAILED, "generation is not valid base64.") from error
         check_image(data, "generation")
+        return data
+
+    async def _uploaded(self, job_id: str, worker: Worker) -> bytes:
+        """The image the node uploaded. A presigned PUT goes straight to the bucket, unchecked
+        and of any size, so it is measured before it is read and checked like a base64 one."""
+        name = upload_name(job_id, worker.id)
+        size, limit = await self.services.images.size(name), self.services.config.max_body_bytes
+        if size is not None and size > limit:
+            await self._forget(name)
+            raise HordeError(413, RC.BODY_TOO_LARGE, f"The upload is larger than {limit} bytes.")
+        data = await self.services.images.read(name) if size is not None else None
+        if data is None:
+            raise bad_request(RC.UPLOAD_MISSING, "generation is 'R2' but nothing was uploaded for this job.")
+        check_image(data, "upload")
         return data
 
     @staticmethod
@@ -158,13 +173,19 @@ class ResultIntake:
                 await self._pay(tx, job, request, worker, reward, now)
                 await settle_if_complete(tx, request, now)
         except BaseException:
-            self.services.images.delete(name)
+            await self._forget(name)
             raise
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.services.images.path(upload_name(job_id)))
+        # The result is committed and paid: a store that fails now only leaves the upload for pruning.
+        await self._forget(upload_name(job_id, worker.id))
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
         return reward
+
+    async def _forget(self, name: str | None) -> None:
+        try:
+            await self.services.images.delete(name)
+        except StorageUnavailable as error:
+            log.warning("could not delete image %s: %s", name, error)
 
     @staticmethod
     def _record_result(

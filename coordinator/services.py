@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from coordinator.config import CoordinatorConfig
 from coordinator.events import EventHub
-from coordinator.images import ImageStore
+from coordinator.images import Images
 from coordinator.storage import Database
 from coordinator.tokens import Tokens
 from protocol.keys import Identity
@@ -16,8 +16,14 @@ from protocol.keys import Identity
 class Services:
     config: CoordinatorConfig
     database: Database
-    images: ImageStore
+    images: Images
     identity: Identity
     tokens: Tokens
     hub: EventHub = field(default_factory=EventHub)
     clock: Callable[[], float] = time.time
+
+    async def close(self) -> None:
+        try:
+            await self.images.close()
+        finally:
+            await self.database.close()

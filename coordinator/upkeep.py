@@ -5,7 +5,7 @@ import asyncio
 import logging
 
 from coordinator.lifecycle import fault_request, requeue_or_fault
-from coordinator.results import result_name, upload_name
+from coordinator.results import upload_name
 from coordinator.services import Services
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import QueueEntry
@@ -99,12 +99,19 @@ class Upkeep:
             requests = await tx.finished_requests(cutoff)
             for request in requests:
                 for job in await tx.jobs_of(request.id):
-                    doomed += [job.image, upload_name(job.id), result_name(job.id)]
+                    nodes = {*job.previous_workers, *([job.worker_id] if job.worker_id else [])}
+                    doomed += [job.image, *(upload_name(job.id, node) for node in nodes)]
                 doomed += [request.source_image, request.source_mask]
                 await tx.delete_request(request.id)
-        # Files go only after the rows that name them are gone, so no record loses its image.
-        for name in doomed:
-            self.services.images.delete(name)
+        # Images go only after the rows that name them are gone, so no record loses its image.
+        for index, name in enumerate(doomed):
+            try:
+                await self.services.images.delete(name)
+            except StorageUnavailable as error:
+                # Not one timeout per image while the store is away: the other chores wait behind this.
+                # The rows are gone, so these stay behind (a bucket's lifecycle rule is the backstop).
+                log.warning("image store unavailable; left %d images behind: %s", len(doomed) - index, error)
+                break
         return len(requests)
 
     async def _announce(self, requeued: list[QueueEntry], touched: set[str]) -> None:

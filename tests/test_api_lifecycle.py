@@ -1,22 +1,26 @@
 """Jobs and requests over time: reissue after a missed deadline, expiry, pruning, and a hard restart."""
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from coordinator import app, cli
 from coordinator.app import open_services
 from coordinator.bank import Bank
 from coordinator.config import CoordinatorConfig
+from coordinator.logs import LIBRARIES, StructuredFormatter, configure_logging
+from coordinator.storage import StorageUnavailable
 from tests.api_support import (
     balance,
     count,
@@ -153,7 +157,7 @@ async def test_pruning_removes_old_requests_and_images_but_not_the_ledger(
         old_status = (await api.get(f"/v2/generate/status/{old_id}")).body
         image_url = old_status["generations"][0]["img"]
         image_name = image_url.rsplit("/", 1)[1]
-        assert coordinator.broker.services.images.exists(image_name)
+        assert await coordinator.broker.services.images.exists(image_name)
         ledger_before = await ledger_rows(coordinator)
         # Age the first request past the retention period.
         services = coordinator.broker.services
@@ -162,7 +166,7 @@ async def test_pruning_removes_old_requests_and_images_but_not_the_ledger(
                                     (services.clock() - 7200, old_id))
         assert await coordinator.broker.upkeep.prune() == 1
         assert (await api.get(f"/v2/generate/status/{old_id}")).rc == "RequestNotFound"
-        assert not services.images.exists(image_name)
+        assert not await services.images.exists(image_name)
         async with aiohttp.ClientSession() as session, session.get(image_url) as response:
             assert response.status == 404
         assert (await api.get(f"/v2/generate/status/{recent_id}")).body["done"] is True
@@ -286,3 +290,66 @@ async def test_restart_after_kill_loses_nothing(tmp_path: Path, database_url: st
     report = await offline(data_dir, database_url, lambda bank: bank.audit())
     assert report.ok, report.problems
 
+
+
+# --- starting up -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`cli.main` configures the process's loggers; put them back for the tests that follow."""
+    loggers = [logging.getLogger(name) for name in ("horde", *LIBRARIES)]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+@pytest.mark.parametrize("command", [["audit"], ["serve", "--host", "127.0.0.1", "--port", "0"]])
+def test_an_unreachable_database_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str], restore_logging: None,
+                                                     command: list[str]) -> None:
+    async def unreachable(config: CoordinatorConfig) -> None:
+        raise StorageUnavailable("cannot reach PostgreSQL: connection refused")
+
+    monkeypatch.setattr(cli, "open_services", unreachable)  # admin commands
+    monkeypatch.setattr(app, "open_services", unreachable)  # serve
+    assert cli.main(["--data-dir", str(tmp_path), *command]) == 1
+    assert capsys.readouterr().err == "error: cannot reach PostgreSQL: connection refused\n"
+
+
+def test_logging_formats_asyncpg_too(restore_logging: None) -> None:
+    configure_logging("warning", as_json=True)
+    asyncpg_logger = logging.getLogger("asyncpg")
+    assert asyncpg_logger.level == logging.WARNING and not asyncpg_logger.propagate
+    assert [type(handler.formatter) for handler in asyncpg_logger.handlers] == [StructuredFormatter]
+
+
+def test_images_setting_names_a_folder_or_a_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+    folder = cli.config_from(cli.parser().parse_args(["serve", "--images", str(tmp_path / "images")]))
+    assert (folder.images_dir, folder.images_bucket) == (tmp_path / "images", None)
+    monkeypatch.setenv("HORDE_IMAGES_DIR", "s3://bucket/horde")
+    monkeypatch.setenv("HORDE_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("HORDE_S3_PUBLIC_URL", "https://images.example.org")
+    bucket = cli.config_from(cli.parser().parse_args(["serve"]))
+    assert (bucket.images_dir, bucket.images_bucket) == (None, "s3://bucket/horde")
+    assert (bucket.s3_endpoint_url, bucket.s3_public_url) == ("http://minio:9000", "https://images.example.org")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--data-dir", str(tmp_path), "serve", "--images", "s3:///no-bucket"])
+    assert stopped.value.code == 2 and "not an s3://bucket[/prefix] URL" in capsys.readouterr().err
+
+
+async def test_trusting_a_proxy_without_a_public_url_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("horde.coordinator")
+    logger.addHandler(caplog.handler)  # whatever an earlier test did to propagation
+    try:
+        async with custom_coordinator(tmp_path / "a", None, trust_forwarded_for=True):
+            pass
+        assert any("HORDE_PUBLIC_URL is not set" in record.getMessage() for record in caplog.records)
+        caplog.clear()
+        async with custom_coordinator(tmp_path / "b", None, trust_forwarded_for=True, public_url="https://h.example"):
+            pass
+        assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    finally:
+        logger.removeHandler(caplog.handler)

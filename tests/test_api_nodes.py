@@ -6,6 +6,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from coordinator.results import upload_name
 from tests.api_support import (
     MODEL,
     b64,
@@ -270,8 +271,9 @@ async def test_upload_with_a_bad_token_is_refused(coordinator: RunningCoordinato
         async with session.put(first_url, data=b"not an image") as response:
             assert response.status == 400
             assert (await response.json())["rc"] == "ImageValidationFailed"
-    for job_id in popped.body["ids"]:
-        assert not coordinator.broker.services.images.exists(f"{job_id}.upload")
+    for job in popped.body["jobs"]:
+        name = upload_name(job["document"]["job_id"], job["document"]["worker_id"])
+        assert not await coordinator.broker.services.images.exists(name)
 
 
 async def test_late_upload_by_the_previous_node_does_not_reach_the_new_one(coordinator: RunningCoordinator) -> None:

@@ -3,10 +3,13 @@
 import base64
 import json
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from protocol.httpsig import sign_request
 from protocol.keys import Identity, PublicKey
 from protocol.provenance import JobDocument, ResultDocument, sha256_hex, sign_result, verify_job, verify_provenance
 from tests.api_support import (
@@ -23,8 +26,9 @@ from tests.api_support import (
     small,
     snapshot,
 )
-from tests.conftest import RunningCoordinator
+from tests.conftest import POSTGRES_DSN, RunningCoordinator, coordinator_config, start_coordinator
 from tests.helpers import Api, SimWorker, tiny_webp
+from tests.pg import fresh_database
 
 GENERATE = "/v2/generate/async"
 
@@ -95,6 +99,31 @@ async def test_replayed_nonce_is_refused(coordinator: RunningCoordinator) -> Non
                                 nonce=headers["Signature-Input"].split('nonce="')[1].split('"')[0])
     assert (await raw_call(coordinator, "POST", GENERATE, body, same_nonce)).rc == "SignatureReplay"
     assert await snapshot(coordinator) == before
+
+
+@pytest.mark.skipif(not POSTGRES_DSN, reason="several processes share PostgreSQL only: set HORDE_TEST_POSTGRES_DSN")
+async def test_a_nonce_used_on_one_process_is_refused_by_another(tmp_path: Path) -> None:
+    """Two coordinator processes on one database behind one public URL, as the compose replicas run."""
+    public_url = "https://horde.example.org"
+    async with fresh_database(POSTGRES_DSN or "") as url:
+        config = replace(coordinator_config(tmp_path / "shared", url), public_url=public_url)
+        first = await start_coordinator(config)
+        second = await start_coordinator(config)
+        try:
+            owner = await first.create_account("owner")
+            identity = Identity.generate()
+
+            def signed() -> dict[str, str]:
+                return {"apikey": owner.apikey, **sign_request(identity, "GET", f"{public_url}/api/v2/find_user", b"")}
+
+            headers = signed()
+            assert (await raw_call(first, "GET", "/v2/find_user", b"", headers)).status == 200
+            replay = await raw_call(second, "GET", "/v2/find_user", b"", headers)
+            assert (replay.status, replay.rc) == (401, "SignatureReplay")
+            assert (await raw_call(second, "GET", "/v2/find_user", b"", signed())).status == 200
+        finally:
+            await second.stop()
+            await first.stop()
 
 
 async def test_registration_must_prove_the_key(coordinator: RunningCoordinator) -> None:

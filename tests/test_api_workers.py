@@ -82,6 +82,21 @@ async def test_status_endpoints(coordinator: RunningCoordinator) -> None:
     assert (await api.get("/v2/status/performance")).body["queued_requests"] == 1
 
 
+async def test_queued_work_is_pixels_times_steps(coordinator: RunningCoordinator) -> None:
+    alice = await coordinator.create_account("alice", kudos=100)
+    api = requester(coordinator, alice)
+    await generate(api, small(n=2, width=512, height=512, steps=30))
+    await generate(api, small(models=["tiny-sd", "other"], width=512, height=768, steps=20))
+    await generate(api, small(models=[], steps=4))  # any model: 64×64
+    square, tall, tiny = 512 * 512 * 30, 512 * 768 * 20, 64 * 64 * 4
+    performance = (await Api(coordinator.url).get("/v2/status/performance")).body
+    # Each job once, though the second request's job waits for two models.
+    assert performance["queued_megapixelsteps"] == round((2 * square + tall + tiny) / 1e6, 2) == 23.61
+    models = {m["name"]: m for m in (await Api(coordinator.url).get("/v2/status/models")).body}
+    assert (models["tiny-sd"]["queued"], models["tiny-sd"]["jobs"]) == (2 * square + tall, 3)
+    assert (models["other"]["queued"], models["other"]["jobs"]) == (tall, 1)
+
+
 async def test_openapi_lists_every_route_with_schemas(coordinator: RunningCoordinator) -> None:
     reply = await Api(coordinator.url).get("/swagger.json")
     assert reply.status == 200

@@ -454,9 +454,13 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path, stub_commands:
 # -- env examples ----------------------------------------------------------------------------------
 
 
+# The S3 client's standard variables (botocore reads them for images in a bucket).
+AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+
+
 @pytest.mark.parametrize("name", ["coordinator.env.example", "coordinator-single-host.env.example"])
 def test_coordinator_env_examples_only_set_known_variables(name: str) -> None:
-    known = coordinator_env_names()
+    known = coordinator_env_names() | AWS_VARIABLES
     path = DEPLOY / "env" / name
     for key in {**read_env_file(path), **read_env_file(path, commented=True)}:
         assert key in known, f"{name}: the coordinator reads no {key}"

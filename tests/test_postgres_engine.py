@@ -59,7 +59,7 @@ def queue_entry(job_id: str, request_id: str, models: list[str], **demands: bool
     flags = {name: demands.get(name, False)
              for name in ("nsfw", "img2img", "painting", "lora", "post_processing", "trusted_only")}  # fmt: skip
     return QueueEntry(job_id=job_id, request_id=request_id, models=models, tier=1, rank=-5000.0,
-                      pixels=64 * 64, **flags)  # fmt: skip
+                      pixels=64 * 64, steps=4, **flags)  # fmt: skip
 
 
 def caps(models: list[str], **allowed: bool) -> WorkerCaps:
@@ -141,8 +141,9 @@ async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) 
         assert {row["job_id"] for row in await tx.queue_candidates(caps(["m9"], nsfw=True))} == {"j1"}
         assert await tx.queue_position(1, -6000.0) == 3
         assert await tx.queued_requests() == 1
-        assert sorted((r["model"], r["jobs"], r["pixels"]) for r in await tx.queue_by_model()) == [
-            ("", 1, 4096), ("m1", 2, 8192), ("m2", 1, 4096)]
+        assert sorted((r["model"], r["jobs"], r["pixelsteps"]) for r in await tx.queue_by_model()) == [
+            ("", 1, 4096 * 4), ("m1", 2, 8192 * 4), ("m2", 1, 4096 * 4)]
+        assert await tx.queued_pixelsteps() == 3 * 4096 * 4  # j0 waits for two models; it counts once
         assert (await tx.best_waiting_rank("r1"))["tier"] == 1
         assert len(await tx.waiting_of_request("r1", 10)) == 3
         first = await tx.get_job("j0")

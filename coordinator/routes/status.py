@@ -37,10 +37,10 @@ async def model_statuses(request: web.Request) -> list[ModelStatus]:
     answer = []
     for name in names:
         serving = [w for w in workers if name in w.models]
-        row = queued.get(name, {"jobs": 0, "pixels": 0})
+        row = queued.get(name, {"jobs": 0, "pixelsteps": 0})
         threads = sum(w.threads for w in serving)
         answer.append(ModelStatus(
-            name=name, count=len(serving), performance=float(threads), queued=float(row["pixels"] or 0),
+            name=name, count=len(serving), performance=float(threads), queued=float(row["pixelsteps"] or 0),
             jobs=int(row["jobs"] or 0), eta=int(row["jobs"] or 0) // max(threads, 1) * 10 if serving else 0,
         ))
     return answer
@@ -66,11 +66,11 @@ async def performance(request: web.Request) -> web.Response:
     now_minute = int(services.clock() // 60)
     async with services.database.reader() as tx:
         queued_requests = await tx.queued_requests()
-        rows = await tx.queue_by_model()
+        pixelsteps = await tx.queued_pixelsteps()
         _, past_minute = await tx.stats_since(now_minute - 1)
     return reply(Performance(
         queued_requests=queued_requests,
-        queued_megapixelsteps=round(sum((row["pixels"] or 0) for row in rows) / 1e6, 2),
+        queued_megapixelsteps=round(pixelsteps / 1e6, 2),
         past_minute_megapixelsteps=round(past_minute, 2),
         worker_count=len(workers), thread_count=sum(w.threads for w in workers),
     ))

@@ -5,6 +5,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from coordinator.nonces import NonceCache
+
 
 class NameTaken(Exception):
     """A unique name (username, worker name, key) is already in use."""
@@ -40,6 +42,7 @@ class Database(ABC):
     """An open database: write transactions, read snapshots, and cross-process events."""
 
     dialect: str
+    _nonces: NonceCache | None = None
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -62,6 +65,14 @@ class Database(ABC):
     async def listen(self, listener: Listener) -> None:
         """Receive other processes' announcements (no-op for a single process)."""
         return None
+
+    async def first_use(self, signer: str, nonce: str, now: float, window: float) -> bool:
+        """True the first time a signed request's (signer, nonce) is seen within the `window`
+        its `created` time must fall in. This process's memory is enough for an engine that
+        only one process opens; an engine several processes share must remember them itself."""
+        if self._nonces is None:
+            self._nonces = NonceCache(window)
+        return self._nonces.first_use(signer, nonce, now)
 
     async def iterate_ledger(self, batch: int = 1000) -> AsyncIterator[list[Row]]:
         after = 0

@@ -60,6 +60,7 @@ class QueueEntry:
     tier: int
     rank: float
     pixels: int
+    steps: int
     nsfw: bool
     img2img: bool
     painting: bool

@@ -12,9 +12,10 @@ from coordinator.storage.records import Account, JobRecord, QueueEntry, RequestR
 from protocol.ledger import GENESIS_HASH, LedgerEntry, entry_hash, round_kudos
 
 QUEUE_COLUMNS = (
-    "job_id, request_id, model, tier, rank, pixels, nsfw, img2img, painting, lora, post_processing, "
+    "job_id, request_id, model, tier, rank, pixels, steps, nsfw, img2img, painting, lora, post_processing, "
     "trusted_only, workers, worker_blacklist"
 )
+PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
@@ -283,14 +284,14 @@ class Tx:
     # --- the queue ------------------------------------------------------------------
     async def enqueue(self, entries: list[QueueEntry]) -> None:
         rows = [
-            (e.job_id, e.request_id, model, e.tier, e.rank, e.pixels, int(e.nsfw), int(e.img2img),
+            (e.job_id, e.request_id, model, e.tier, e.rank, e.pixels, e.steps, int(e.nsfw), int(e.img2img),
              int(e.painting), int(e.lora), int(e.post_processing), int(e.trusted_only),
              json.dumps(e.workers) if e.workers else None, int(e.worker_blacklist))
             for e in entries
             for model in (e.models or [""])
         ]
         await self.driver.executemany(
-            f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             rows,
         )
@@ -345,9 +346,18 @@ class Tx:
         )
 
     async def queue_by_model(self) -> list[Row]:
+        """Per model: waiting jobs and their pixel-steps (a job that may run on several models counts
+        for each). A float product: pixels × steps can pass PostgreSQL's 32-bit INTEGER."""
         return await self.driver.fetchall(
-            "SELECT model, COUNT(*) AS jobs, SUM(pixels) AS pixels FROM queue GROUP BY model"
+            f"SELECT model, COUNT(*) AS jobs, SUM({PIXELSTEPS}) AS pixelsteps FROM queue GROUP BY model"
         )
+
+    async def queued_pixelsteps(self) -> float:
+        """Pixel-steps of every waiting job, each counted once whatever the number of its models."""
+        row = await self.driver.fetchone(
+            f"SELECT SUM({PIXELSTEPS}) AS pixelsteps FROM (SELECT DISTINCT job_id, pixels, steps FROM queue) AS waiting"
+        )
+        return float(row["pixelsteps"] or 0) if row else 0.0
 
     async def queued_requests(self) -> int:
         row = await self.driver.fetchone("SELECT COUNT(DISTINCT request_id) AS n FROM queue")

@@ -7,7 +7,7 @@
 #
 # Settings come from HORDE_* variables (see `horde-coordinator serve --help`). /var/lib/horde holds
 # coordinator.key and secret.key (back them up!), plus the SQLite database and the images unless
-# HORDE_DB / HORDE_IMAGES_DIR point elsewhere.
+# HORDE_DB / HORDE_IMAGES_DIR point elsewhere (HORDE_IMAGES_DIR may be an s3://bucket/prefix).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,9 +16,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # coordinator.Dockerfile.dockerignore lets only the project's sources into the context.
 COPY . .
-# No extras: the coordinator needs neither torch nor diffusers.
+# Only the s3 extra (images in a bucket, HORDE_IMAGES_DIR=s3://...): no torch, no diffusers.
 RUN python -m venv /opt/horde \
- && /opt/horde/bin/pip install . \
+ && /opt/horde/bin/pip install .[s3] \
  && ! /opt/horde/bin/python -c "import torch" 2>/dev/null
 
 FROM ${PYTHON_IMAGE}

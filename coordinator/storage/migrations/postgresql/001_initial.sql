@@ -78,6 +78,7 @@ CREATE TABLE queue (
     tier INTEGER NOT NULL,
     rank DOUBLE PRECISION NOT NULL,
     pixels INTEGER NOT NULL,
+    steps INTEGER NOT NULL,  -- pixels × steps is the job's work, for the queue's figures
     nsfw INTEGER NOT NULL,
     img2img INTEGER NOT NULL,
     painting INTEGER NOT NULL,
