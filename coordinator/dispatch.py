@@ -1,11 +1,13 @@
 """The node's side of the broker: hand out jobs (pop), take uploads, take results (submit)."""
 
+import asyncio
 import json
 import time
 from collections import Counter
 from typing import Any
 
 from coordinator.auth import Caller
+from coordinator.lifecycle import release_job
 from coordinator.results import upload_name
 from coordinator.roster import Roster, caps_of
 from coordinator.services import Services
@@ -73,14 +75,45 @@ class Dispatcher:
         with self.services.hub.job_waiter(caps) as waiter:
             while True:
                 waiter.woken.clear()
-                claimed = await self._claim(caps, worker, pop.amount)
-                if claimed is not None:
+                answer = await self._claim_for_connection(caps, worker, pop.amount, base_url)
+                if answer is not None:
                     if waiter.woken.is_set():
                         self.services.hub.pass_on(caps)
-                    return await self._response(*claimed, base_url)
+                    return answer
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await waiter.wait(remaining):
                     return PopResponse(skipped=await self._skipped(caps))
+
+    async def _claim_for_connection(
+        self, caps: WorkerCaps, worker: Worker, amount: int, base_url: str
+    ) -> PopResponse | None:
+        """Claim jobs and build the answer; if the node hangs up meanwhile, the jobs go back.
+
+        The claim runs shielded: a cancelled handler (the node's connection dropped) must not
+        leave jobs assigned to a node that will never hear of them until their time limit.
+        """
+
+        async def claim_and_answer() -> tuple[PopResponse, RequestRecord, list[JobRecord]] | None:
+            claimed = await self._claim(caps, worker, amount)
+            return None if claimed is None else (await self._response(*claimed, base_url), *claimed)
+
+        work = asyncio.ensure_future(claim_and_answer())
+        try:
+            result = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            result = await work
+            if result is not None:
+                await self._release(result[1], result[2])
+            raise
+        return None if result is None else result[0]
+
+    async def _release(self, request: RequestRecord, jobs: list[JobRecord]) -> None:
+        async with self.services.database.transaction() as tx:
+            await tx.lock_ledger()  # serializes job-state changes across processes, as submit and upkeep do
+            entries = [entry for job in jobs if (entry := await release_job(tx, job, request))]
+        if entries:
+            self.services.hub.jobs_queued(entries)
+            await self.services.database.announce("jobs", request.id)
 
     async def _claim(
         self, caps: WorkerCaps, worker: Worker, amount: int

@@ -41,6 +41,27 @@ async def requeue_or_fault(
     return entry
 
 
+async def release_job(tx: Tx, job: JobRecord, request: RequestRecord) -> QueueEntry | None:
+    """Give a job back to the queue as if it had never been handed out (its node never got it).
+
+    No fault is counted. Returns the queue entry, or None when the job moved on meanwhile.
+    """
+    current = await tx.get_job(job.id)
+    if current is None or current.state != "processing" or current.worker_id != job.worker_id:
+        return None
+    current.worker_id, current.worker_name, current.deadline, current.assigned_at = None, None, None, None
+    current.model, current.job_document, current.job_signature = None, None, None
+    if request.state != "active":
+        current.state = "cancelled"
+        await tx.save_job(current)
+        return None
+    current.state = "waiting"
+    await tx.save_job(current)
+    entry = requeue_entry(current, request)
+    await tx.enqueue([entry])
+    return entry
+
+
 def requeue_entry(job: JobRecord, request: RequestRecord) -> QueueEntry:
     body = GenerationRequest.model_validate(request.body)
     return queue_entry(job.id, request.id, body, request.tier, request.rank)

@@ -1,6 +1,7 @@
 """The node's API end to end: pop (incl. long-poll and concurrency), uploads, submit and its refusals."""
 
 import asyncio
+import json
 from collections import Counter
 
 import aiohttp
@@ -13,6 +14,7 @@ from tests.api_support import (
     balance,
     count,
     expire_job,
+    fetch_one,
     generate,
     job_state,
     node,
@@ -447,3 +449,32 @@ async def test_concurrent_submits_of_one_job_store_one_consistent_result(coordin
     from protocol.provenance import sha256_hex
 
     assert sha256_hex(stored) == generation["image_sha256"]
+
+
+async def test_a_pop_abandoned_by_its_node_gives_its_job_back(
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that hangs up while its pop is being answered must not take the job with it."""
+    owner = await coordinator.create_account("owner")
+    alice = await coordinator.create_account("alice", kudos=100)
+    hasty, patient = node(coordinator, owner, "hasty"), node(coordinator, owner, "patient")
+    assert (await hasty.pop()).body["ids"] == [] and (await patient.pop()).body["ids"] == []
+    await generate(requester(coordinator, alice), small())
+    dispatcher = coordinator.broker.dispatcher
+    answer = dispatcher._response
+
+    # The job is claimed, then the node gives up before it hears of it.
+    async def slow_answer(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(1.0)
+        return await answer(*args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "_response", slow_answer)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(hasty.pop(), 0.3)
+    monkeypatch.setattr(dispatcher, "_response", answer)
+    popped = await patient.pop(wait=5)
+    assert len(popped.body["ids"]) == 1, popped.body
+    job = await fetch_one(coordinator, "SELECT state, worker_id FROM jobs WHERE id = ?", popped.body["ids"][0])
+    assert job["state"] == "processing"
+    info = await fetch_one(coordinator, "SELECT info FROM jobs WHERE id = ?", popped.body["ids"][0])
+    assert json.loads(info["info"])["faults"] == 0  # handing a job back is not the node's fault
