@@ -1,0 +1,1 @@
+"""Benchmarks for the coordinator and the node; see bench/README.md."""
