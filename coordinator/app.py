@@ -56,10 +56,14 @@ def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.App
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
-        services.hub.wake_all_nodes()
         await services.close()
 
+    async def end_long_polls(app: web.Application) -> None:
+        # Shutdown waits for open handlers; long-polls would hold it up to 30 s for nothing.
+        app[BROKER].services.hub.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_long_polls)
     return app
 
 

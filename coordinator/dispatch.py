@@ -81,7 +81,7 @@ class Dispatcher:
                         self.services.hub.pass_on(caps)
                     return answer
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await waiter.wait(remaining):
+                if remaining <= 0 or self.services.hub.closing or not await waiter.wait(remaining):
                     return PopResponse(skipped=await self._skipped(caps))
 
     async def _claim_for_connection(

@@ -46,6 +46,8 @@ class JobWaiter:
     idle: bool = False  # True while parked in wait(); such waiters are woken first
 
     async def wait(self, timeout: float) -> bool:
+        if self.woken.is_set():
+            return True
         self.idle = True
         try:
             return await wait_for(self.woken, timeout)
@@ -55,6 +57,7 @@ class JobWaiter:
 
 class EventHub:
     def __init__(self) -> None:
+        self.closing = False  # set at shutdown: every long-poll answers now, and new ones do not wait
         self._job_waiters: list[JobWaiter] = []
         self._request_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
 
@@ -76,6 +79,13 @@ class EventHub:
     def wake_all_nodes(self) -> None:
         for waiter in self._job_waiters:
             waiter.woken.set()
+
+    def close(self) -> None:
+        self.closing = True
+        self.wake_all_nodes()
+        for events in self._request_waiters.values():
+            for event in events:
+                event.set()
 
     def request_changed(self, request_id: str) -> None:
         for event in self._request_waiters.get(request_id, ()):

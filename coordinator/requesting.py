@@ -133,7 +133,8 @@ class RequestDesk:
             request, jobs = await self.load(request_id)
             report = await self._check(request, jobs)
             behind = known_finished is not None and known_finished != report.finished
-            if wait <= 0 or behind or request.state != "active" or not await wait_for(changed, wait):
+            worth_waiting = wait > 0 and not behind and request.state == "active" and not self.services.hub.closing
+            if not worth_waiting or not await wait_for(changed, wait):
                 return report
         request, jobs = await self.load(request_id)
         return await self._check(request, jobs)

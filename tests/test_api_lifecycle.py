@@ -36,7 +36,7 @@ from tests.api_support import (
     seed_of,
     small,
 )
-from tests.conftest import RunningCoordinator
+from tests.conftest import RunningCoordinator, coordinator_config, start_coordinator
 from tests.helpers import Api, SimWorker, tiny_webp
 
 
@@ -353,3 +353,23 @@ async def test_trusting_a_proxy_without_a_public_url_warns(tmp_path: Path, caplo
         assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
     finally:
         logger.removeHandler(caplog.handler)
+
+
+async def test_shutdown_answers_open_long_polls_at_once(tmp_path: Path) -> None:
+    """Stopping the coordinator does not wait out a node's or a requester's 30 s long-poll."""
+    running = await start_coordinator(coordinator_config(tmp_path / "c"))
+    owner = await running.create_account("owner")
+    alice = await running.create_account("alice", kudos=50)
+    request_id = await generate(requester(running, alice), small(models=["other-model"]))
+    worker = node(running, owner, "n1")
+    assert (await worker.pop()).status == 200
+    pop = asyncio.create_task(worker.pop(wait=30))
+    check = asyncio.create_task(requester(running, alice).get(f"/v2/generate/check/{request_id}?wait=30"))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    # Well under the 30 s the long-polls asked for: shutdown must not wait them out.
+    await asyncio.wait_for(running.stop(), 10)
+    await asyncio.wait_for(asyncio.gather(pop, check, return_exceptions=True), 5)
+    print(f"shutdown with two open long-polls took {time.monotonic() - started:.2f} s")
+    assert pop.result().status == 200 and pop.result().body["ids"] == []
+    assert check.result().status == 200 and check.result().body["waiting"] == 1
