@@ -9,7 +9,7 @@ from typing import Any
 from coordinator.auth import Caller
 from coordinator.lifecycle import release_job
 from coordinator.results import upload_name
-from coordinator.roster import Roster, caps_of
+from coordinator.roster import Roster
 from coordinator.services import Services
 from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
 from coordinator.storage.sql import CANDIDATES_PER_MODEL, Tx
@@ -70,7 +70,7 @@ class Dispatcher:
         worker = await self.roster.register(caller, pop)
         if worker.maintenance:
             return PopResponse()
-        caps = caps_of(worker, pop)
+        caps = WorkerCaps.of(worker, pop.blacklist)
         deadline = time.monotonic() + pop.wait
         with self.services.hub.job_waiter(caps) as waiter:
             while True:

@@ -7,16 +7,8 @@ from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
 DEFAULT_SPEED_MPS = 1.0
 
 
-def caps_from_worker(worker: Worker) -> WorkerCaps:
-    return WorkerCaps(
-        worker_id=worker.id, models=worker.models, max_pixels=worker.max_pixels, nsfw=worker.nsfw,
-        img2img=worker.img2img, painting=worker.painting, lora=worker.lora,
-        post_processing=worker.post_processing, trusted=worker.trusted, worker_name=worker.name,
-    )  # fmt: skip
-
-
 def able_workers(entry: QueueEntry, workers: list[Worker]) -> list[Worker]:
-    able = [w for w in workers if can_serve(caps_from_worker(w), entry)]
+    able = [w for w in workers if can_serve(WorkerCaps.of(w), entry)]
     if entry.workers:
         wanted = set(entry.workers)
         chosen = [w for w in able if w.id in wanted or w.name in wanted]

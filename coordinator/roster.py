@@ -8,7 +8,7 @@ from coordinator.auth import Caller, require_account
 from coordinator.errors import HordeError
 from coordinator.services import Services
 from coordinator.storage import NameTaken
-from coordinator.storage.records import Worker, WorkerCaps
+from coordinator.storage.records import Worker
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
@@ -101,19 +101,3 @@ class Roster:
             self._online = [w for w in workers if w.last_seen >= cutoff and not w.maintenance]
             self._loaded_at = now
         return self._online
-
-
-def caps_of(worker: Worker, pop: PopRequest) -> WorkerCaps:
-    return WorkerCaps(
-        worker_id=worker.id,
-        worker_name=worker.name,
-        models=worker.models,
-        max_pixels=worker.max_pixels,
-        nsfw=worker.nsfw,
-        img2img=worker.img2img,
-        painting=worker.painting,
-        lora=worker.lora,
-        post_processing=worker.post_processing,
-        trusted=worker.trusted,
-        blacklist=[word.lower() for word in pop.blacklist],
-    )

@@ -6,7 +6,7 @@ PostgreSQL when HORDE_TEST_POSTGRES_DSN is set (each test gets its own fresh dat
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,20 @@ async def coordinator(tmp_path: Path, database_url: str | None) -> AsyncIterator
         yield running
     finally:
         await running.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto) on a loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

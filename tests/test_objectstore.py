@@ -1,11 +1,10 @@
 """The S3 image store against a real S3 API: moto's server on a loopback port."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiobotocore.session import get_session
-from moto.server import ThreadedMotoServer
 
 from coordinator.objectstore import S3ImageStore, parse_s3_url
 from coordinator.storage import StorageUnavailable
@@ -13,17 +12,6 @@ from tests.conftest import free_port
 from tests.helpers import tiny_webp
 
 CREDENTIALS = {"access_key": "test-key", "secret_key": "test-secret", "region": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

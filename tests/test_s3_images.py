@@ -3,7 +3,7 @@ to presigned PUT URLs and fetch sources from presigned GET URLs, requesters fetc
 presigned GET URLs, and pruning deletes the objects. On both engines, like the API tests."""
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiobotocore.session import get_session
-from moto.server import ThreadedMotoServer
 
 from coordinator.results import upload_name
 from protocol.provenance import sha256_hex
@@ -22,17 +21,6 @@ from tests.helpers import tiny_webp
 PREFIX = "horde"
 # The standard variables: the coordinator has no S3 credential settings of its own.
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

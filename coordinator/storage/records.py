@@ -135,6 +135,15 @@ class WorkerCaps:
     blacklist: list[str] = field(default_factory=list)
     worker_name: str = ""
 
+    @classmethod
+    def of(cls, worker: Worker, blacklist: list[str] | None = None) -> "WorkerCaps":
+        return cls(
+            worker_id=worker.id, worker_name=worker.name, models=worker.models, max_pixels=worker.max_pixels,
+            nsfw=worker.nsfw, img2img=worker.img2img, painting=worker.painting, lora=worker.lora,
+            post_processing=worker.post_processing, trusted=worker.trusted,
+            blacklist=[word.lower() for word in blacklist or []],
+        )  # fmt: skip
+
 
 @dataclass
 class ResultToStore:
