@@ -139,7 +139,7 @@ async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) 
         candidates = await tx.queue_candidates(caps(["m1"]))
         assert sorted((row["job_id"], row["model"]) for row in candidates) == [("j0", "m1"), ("j2", "m1")]
         assert {row["job_id"] for row in await tx.queue_candidates(caps(["m9"], nsfw=True))} == {"j1"}
-        assert await tx.queue_position(1, -6000.0) == 3
+        assert await tx.queue_position(1, -6000.0) == 4  # rows ahead: j0 waits on two models and counts twice
         assert await tx.queued_requests() == 1
         assert sorted((r["model"], r["jobs"], r["pixelsteps"]) for r in await tx.queue_by_model()) == [
             ("", 1, 4096 * 4), ("m1", 2, 8192 * 4), ("m2", 1, 4096 * 4)]

@@ -333,11 +333,16 @@ class Tx:
         )
 
     async def queue_position(self, tier: int, rank: float) -> int:
-        row = await self.driver.fetchone(
-            "SELECT COUNT(DISTINCT job_id) AS ahead FROM queue WHERE tier > ? OR (tier = ? AND rank > ?)",
-            (tier, tier, rank),
+        """Queue rows ahead of (tier, rank): two covering-index range counts.
+
+        A job that may run on several models has a row per model and counts once for each;
+        counting distinct jobs instead would sort every row ahead (450 ms at 100k waiting).
+        """
+        higher = await self.driver.fetchone("SELECT COUNT(*) AS n FROM queue WHERE tier > ?", (tier,))
+        same = await self.driver.fetchone(
+            "SELECT COUNT(*) AS n FROM queue WHERE tier = ? AND rank > ?", (tier, rank)
         )
-        return int(row["ahead"]) if row else 0
+        return sum(int(row["n"]) for row in (higher, same) if row)
 
     async def best_waiting_rank(self, request_id: str) -> Row | None:
         return await self.driver.fetchone(

@@ -1,18 +1,24 @@
-"""The embedded engine: one SQLite file in WAL mode.
+"""The embedded engine: one SQLite file in WAL mode, used from the event loop's own thread.
 
-One connection writes (transactions are serialized by an asyncio lock, as SQLite
-serializes writers anyway) and a second one reads committed data, so long status
-queries never wait behind a write.
+Every statement the coordinator runs is an indexed lookup or a short range scan that takes
+microseconds to a few milliseconds: less than a hop to a worker thread and back (which is
+what aiosqlite would cost per statement), and a write transaction that never waits on
+another thread never holds the write lock while other requests queue behind it. So both
+connections are plain `sqlite3` connections called directly:
+
+- the writer runs one transaction at a time (an asyncio lock; SQLite serializes writers
+  anyway) and never checkpoints the WAL itself, since that would fsync on the loop;
+- the reader (query-only) sees every committed write, never an open transaction's;
+- a background thread checkpoints the WAL every second.
 """
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from coordinator.storage.base import Database, Row, StorageUnavailable
 from coordinator.storage.migrations import migration_scripts
@@ -24,32 +30,40 @@ PRAGMAS = (
     # or power loss can drop the last transactions.
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
     "PRAGMA cache_size=-65536",
+    # Another process (an admin command) may hold the write lock for a moment; waiting
+    # happens on the loop, so briefly, and a longer wait answers 503.
+    "PRAGMA busy_timeout=2000",
 )
+CHECKPOINT_INTERVAL = 1.0
 
 
-class SqliteDriver:
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+class LoopDriver:
+    """Statements on a plain sqlite3 connection, run where they are called: the event loop."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        cursor = await self.connection.execute(sql, args)
-        return cursor.rowcount
+        return self.connection.execute(sql, args).rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.connection.executemany(sql, rows)
+        self.connection.executemany(sql, rows)
 
-    # A read runs and is read to the end in one call on the connection's thread: a cursor left open across an
-    # await would hold the shared reader's snapshot, so other reads on it would miss newer commits (a request just
-    # accepted answered 404); it also takes one thread hop instead of three.
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        rows = await self.connection.execute_fetchall(sql, args)
-        return dict(rows[0]) if rows else None
+        row = self.connection.execute(sql, args).fetchone()
+        return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        rows = await self.connection.execute_fetchall(sql, args)
-        return [dict(row) for row in rows]
+        return [dict(row) for row in self.connection.execute(sql, args).fetchall()]
+
+
+def connect(path: Path, *pragmas: str, same_thread: bool = True) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=same_thread)
+    connection.row_factory = sqlite3.Row
+    for pragma in (*PRAGMAS, *pragmas):
+        connection.execute(pragma)
+    return connection
 
 
 class SqliteDatabase(Database):
@@ -57,55 +71,64 @@ class SqliteDatabase(Database):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        self._writer = connect(self.path)
+        self._migrate(self._writer)
+        self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        self._reader = connect(self.path, "PRAGMA query_only=ON")
+        self._checkpointer = asyncio.create_task(self._checkpoint_forever())
 
-    async def _connect(self) -> aiosqlite.Connection:
-        connection = await aiosqlite.connect(self.path, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        for pragma in PRAGMAS:
-            await connection.execute(pragma)
-        return connection
-
-    async def _migrate(self, connection: aiosqlite.Connection) -> None:
-        await connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
-        async with connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cursor:
-            row = await cursor.fetchone()
-        current = row[0] if row else 0
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        current = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
         for version, script in migration_scripts("sqlite"):
             if version > current:
-                await connection.executescript(
-                    f"BEGIN;\n{script}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;"
-                )
+                connection.executescript(f"BEGIN;\n{script}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;")
+
+    async def _checkpoint_forever(self) -> None:
+        connection = await asyncio.to_thread(connect, self.path, same_thread=False)
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_INTERVAL)
+                with contextlib.suppress(sqlite3.OperationalError):  # busy: the next round will do
+                    await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            connection.close()
 
     async def close(self) -> None:
-        for connection in (self._writer, self._reader):
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+        for connection in (self._reader, self._writer):
             if connection is not None:
-                await connection.close()
-        self._writer = self._reader = None
+                connection.close()  # the last connection to close checkpoints the WAL
+        self._writer = self._reader = self._checkpointer = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        if self._writer is None:
-            raise StorageUnavailable("database is closed")
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            if self._writer is None:
+                raise StorageUnavailable("database is closed")
             try:
-                yield Tx(SqliteDriver(self._writer), self.dialect)
+                self._writer.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:  # another process holds the write lock
+                raise StorageUnavailable(str(error)) from error
+            try:
+                yield Tx(LoopDriver(self._writer), self.dialect)
             except BaseException:
-                await self._writer.rollback()
+                self._writer.rollback()
                 raise
-            await self._writer.commit()
+            self._writer.commit()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Tx]:
         if self._reader is None:
             raise StorageUnavailable("database is closed")
-        yield Tx(SqliteDriver(self._reader), self.dialect)
+        yield Tx(LoopDriver(self._reader), self.dialect)
