@@ -157,7 +157,7 @@ def pipeline_cache(config: Any) -> Any:
 
 def generator_loop(config: Any, cache: Any, images: int, width: int, steps: int) -> dict[str, Any]:
     """(a'): the node's own Generator (sampler set-up, prompt handling, seeds) in a loop, no network."""
-    from node.inference import JobSpec
+    from node.jobspec import JobSpec
     from node.startup import default_generator_factory
 
     generator = default_generator_factory(config)(cache)

@@ -112,10 +112,6 @@ class EventHub:
             if not waiters:
                 del self._request_waiters[request_id]
 
-    @property
-    def idle_nodes(self) -> int:
-        return sum(1 for waiter in self._job_waiters if waiter.idle)
-
 
 async def wait_for(event: asyncio.Event, timeout: float) -> bool:
     with contextlib.suppress(TimeoutError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 from pydantic import ValidationError
 
-from node.inference import SEED_MODULUS, seed_from_string
+from node.jobspec import SEED_MODULUS, seed_from_string
 from node.spool import SpoolEntry
 from protocol.jobs import PopResponse
 from protocol.keys import Identity, PublicKey

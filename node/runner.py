@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from node.inference import GeneratedImage, JobSpec
+from node.jobspec import GeneratedImage, JobSpec
 
 log = logging.getLogger(__name__)
 

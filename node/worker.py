@@ -12,8 +12,9 @@ from PIL import Image
 from node.config import NodeConfig
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
-from node.inference import GeneratedImage, InferenceAborted, InferenceFailed, JobRejected, JobSpec, encode_image
+from node.inference import encode_image
 from node.jobs import ImageJob, PopUnit, inline_source, open_image, refusal, source_mismatch
+from node.jobspec import GeneratedImage, InferenceAborted, InferenceFailed, JobRejected, JobSpec
 from node.results import Results
 from node.runner import Progress, Slot, Stalled, free_memory
 from protocol.keys import PublicKey

@@ -61,7 +61,3 @@ def needs_upfront_kudos(*, width: int, height: int, steps: int) -> bool:
 def job_time_limit(*, width: int, height: int, steps: int) -> int:
     """Seconds a node has for one image before it is reissued (AI Horde's rule, at least 150 s)."""
     return max(150, int(30 + 2 * steps * (width * height / REFERENCE_PIXELS)))
-
-
-def uptime_kudos(minutes: float, per_ten_minutes: float) -> float:
-    return round(minutes / 10 * per_ten_minutes, 2)

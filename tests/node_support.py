@@ -16,7 +16,8 @@ import torch
 from node.config import NodeConfig, build_config
 from node.console import Console
 from node.daemon import NodeDaemon
-from node.inference import Generator, InferenceAborted
+from node.inference import Generator
+from node.jobspec import InferenceAborted
 from node.pipelines import PipelineCache
 from tests.helpers import Api
 

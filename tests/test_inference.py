@@ -19,16 +19,14 @@ from safetensors.torch import save_file
 
 from node.catalog import BUILTIN_MODELS, Catalog, ModelSpec, UnknownModel
 from node.devices import pick_device, pick_dtype
-from node.inference import (
+from node.inference import Generator, _clip_skip_embeddings, encode_image
+from node.jobspec import (
     GeneratedImage,
-    Generator,
     InferenceAborted,
     InferenceFailed,
     JobRejected,
     JobSpec,
     LoraSpec,
-    _clip_skip_embeddings,
-    encode_image,
     seed_from_string,
     split_prompt,
 )

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from node.daemon import EXIT_FORCED, EXIT_OK, NodeDaemon
-from node.inference import InferenceFailed
+from node.jobspec import InferenceFailed
 from protocol.keys import Identity, PublicKey
 from protocol.provenance import JobDocument, ResultDocument, verify_provenance
 from tests.conftest import RunningCoordinator

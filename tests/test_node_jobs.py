@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from node.inference import GeneratedImage, InferenceAborted
 from node.jobs import fault_entry, inline_source, ok_entry, refusal, source_mismatch, split_pop
+from node.jobspec import GeneratedImage, InferenceAborted
 from node.runner import Progress, Slot, Stalled
 from protocol.jobs import PopResponse
 from protocol.keys import Identity

@@ -1,0 +1,170 @@
+"""What a job asks of the node: the JobSpec parsed from an AI Horde pop payload, and how a job can fail.
+
+JobRejected: the node can't honour the payload (raised before anything runs); InferenceFailed: it broke
+while running, including out-of-memory; InferenceAborted: should_abort asked it to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+SOURCE_PROCESSINGS: tuple[str, ...] = ("txt2img", "img2img", "inpainting", "outpainting")
+NEGATIVE_SEPARATOR = "###"
+SEED_MODULUS = 2**32
+
+
+class JobRejected(Exception):
+    """The node cannot honour this payload; nothing was run. Submit the job as faulted with `.reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InferenceFailed(RuntimeError):
+    """Inference started but broke (out of memory, a model error); `.reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InferenceAborted(Exception):
+    """should_abort returned True (watchdog or shutdown); the partial job is discarded."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    name: str
+    model_strength: float = 1.0
+    clip_strength: float = 1.0
+
+
+@dataclass
+class JobSpec:
+    """Everything one AI Horde image job asks for, already parsed and typed."""
+
+    model: str
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    seeds: list[int]
+    sampler_name: str = "k_euler"
+    karras: bool = False
+    clip_skip: int = 1
+    denoising_strength: float | None = None
+    source_image: Image.Image | None = None
+    source_mask: Image.Image | None = None
+    source_processing: str = "txt2img"
+    loras: list[LoraSpec] = field(default_factory=list)
+    tiling: bool = False
+
+    @classmethod
+    def from_payload(
+        cls,
+        model: str,
+        payload: Mapping[str, Any],
+        source_image: Image.Image | None = None,
+        source_mask: Image.Image | None = None,
+        source_processing: str = "txt2img",
+    ) -> JobSpec:
+        """Parse an AI Horde pop `payload` dict; malformed values raise JobRejected."""
+        try:
+            get = _Reader(payload)
+            prompt, negative = split_prompt(str(get("prompt", "")), payload.get("negative_prompt"))
+            return cls(
+                model=model,
+                prompt=prompt,
+                negative_prompt=negative,
+                width=int(get("width", 512)),
+                height=int(get("height", 512)),
+                steps=int(get("ddim_steps", 30)),
+                cfg_scale=float(get("cfg_scale", 7.5)),
+                seeds=_payload_seeds(get),
+                sampler_name=str(get("sampler_name", "k_euler")),
+                karras=bool(get("karras", False)),
+                clip_skip=int(get("clip_skip", 1)),
+                denoising_strength=_optional_float(payload.get("denoising_strength")),
+                source_image=source_image,
+                source_mask=source_mask,
+                source_processing=source_processing or "txt2img",
+                loras=[_lora(_Reader(entry)) for entry in get("loras", [])],
+                tiling=bool(get("tiling", False)),
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise JobRejected(f"malformed payload: {error!r}") from error
+
+
+class _Reader:
+    """Payload values with defaults; an explicit null counts as absent, as the AI Horde sends them."""
+
+    def __init__(self, mapping: Mapping[str, Any]) -> None:
+        self.mapping = mapping
+
+    def __call__(self, key: str, default: Any) -> Any:
+        value = self.mapping.get(key)
+        return default if value is None else value
+
+    def required(self, key: str) -> Any:
+        value = self.mapping.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+
+@dataclass
+class GeneratedImage:
+    """One image of a job: `image` is None when that image faulted, with `faulted_reason` saying why."""
+
+    image: Image.Image | None
+    seed: int
+    faulted_reason: str | None = None
+
+
+def split_prompt(prompt: str, negative_prompt: object = None) -> tuple[str, str | None]:
+    """AI Horde prompts carry the negative after '###'; an explicit negative_prompt is appended to it."""
+    positive, _, inline_negative = prompt.partition(NEGATIVE_SEPARATOR)
+    parts = [inline_negative.strip(), str(negative_prompt or "").strip()]
+    negative = ", ".join(part for part in parts if part)
+    return positive.strip(), negative or None
+
+
+def seed_from_string(seed: object) -> int:
+    """A numeric seed as itself (mod 2**32); any other string hashed stably; nothing → a random seed."""
+    text = str(seed).strip() if seed is not None else ""
+    if not text:
+        return secrets.randbelow(SEED_MODULUS)
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text) % SEED_MODULUS
+    # sha256, not hash(): Python salts str hashes per process, and the seed must be reproducible.
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def _payload_seeds(get: _Reader) -> list[int]:
+    explicit = get.mapping.get("seeds")
+    if explicit:
+        return [seed_from_string(seed) for seed in explicit]
+    base = seed_from_string(get.mapping.get("seed"))
+    return [(base + i) % SEED_MODULUS for i in range(int(get("n_iter", 1)))]
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _lora(get: _Reader) -> LoraSpec:
+    return LoraSpec(
+        name=str(get.required("name")),
+        model_strength=float(get("model", 1.0)),
+        clip_strength=float(get("clip", 1.0)),
+    )
