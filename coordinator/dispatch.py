@@ -70,7 +70,9 @@ class Dispatcher:
         worker = await self.roster.register(caller, pop)
         if worker.maintenance:
             return PopResponse()
-        caps = WorkerCaps.of(worker, pop.blacklist)
+        caps = WorkerCaps.of(
+            worker, pop.blacklist, require_upfront_kudos=pop.require_upfront_kudos, extra_slow=pop.extra_slow_worker
+        )
         deadline = time.monotonic() + pop.wait
         with self.services.hub.job_waiter(caps) as waiter:
             while True:
@@ -129,7 +131,9 @@ class Dispatcher:
                         continue
                     tried.add(row["job_id"])
                     request = await tx.get_request(row["request_id"])
-                    if request is None or self._blacklisted(request, caps):
+                    if request is None or self._refused(request, caps):
+                        continue
+                    if caps.require_upfront_kudos and not await self._funded(tx, request):
                         continue
                     model = row["model"] or (caps.models[0] if caps.models else "stable_diffusion")
                     jobs = await self._claim_batch(tx, request, row["job_id"], worker, model, amount)
@@ -142,9 +146,17 @@ class Dispatcher:
                 per_model *= 8
 
     @staticmethod
-    def _blacklisted(request: RequestRecord, caps: WorkerCaps) -> bool:
+    async def _funded(tx: Tx, request: RequestRecord) -> bool:
+        """Whether the requester holds the image's price now (for nodes that ask for it)."""
+        account = await tx.account_by("id", request.account_id) if request.account_id else None
+        return account is not None and account.kudos >= request.kudos_per_image
+
+    @staticmethod
+    def _refused(request: RequestRecord, caps: WorkerCaps) -> bool:
+        """The node's own word blacklist, or a self-declared extra-slow node and a request that wants no slow ones."""
         prompt = str(request.body.get("prompt", "")).lower()
-        return any(word and word in prompt for word in caps.blacklist)
+        too_slow = caps.extra_slow and request.body.get("slow_workers") is False
+        return too_slow or any(word and word in prompt for word in caps.blacklist)
 
     async def _claim_batch(
         self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int
@@ -225,12 +237,22 @@ class Dispatcher:
     async def _skipped(self, caps: WorkerCaps) -> dict[str, int]:
         async with self.services.database.reader() as tx:
             rows = await tx.queue_head(SKIPPED_SAMPLE)
+            unfunded = await self._unfunded(tx, rows, caps) if caps.require_upfront_kudos else set()
         reasons: dict[str, set[str]] = {}
         servable: set[str] = set()
         for row in rows:
-            reason = _skip_reason(row, caps)
+            reason = _skip_reason(row, caps) or ("kudos" if row["request_id"] in unfunded else None)
             if reason is None:
                 servable.add(row["job_id"])
             else:
                 reasons.setdefault(reason, set()).add(row["job_id"])
         return {reason: len(ids - servable) for reason, ids in reasons.items() if ids - servable}
+
+    async def _unfunded(self, tx: Tx, rows: list[dict[str, Any]], caps: WorkerCaps) -> set[str]:
+        """Requests among `rows` whose requester cannot pay an image up front."""
+        unfunded = set()
+        for request_id in {row["request_id"] for row in rows if _skip_reason(row, caps) is None}:
+            request = await tx.get_request(request_id)
+            if request is not None and not await self._funded(tx, request):
+                unfunded.add(request_id)
+        return unfunded

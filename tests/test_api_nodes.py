@@ -478,3 +478,34 @@ async def test_a_pop_abandoned_by_its_node_gives_its_job_back(
     assert job["state"] == "processing"
     info = await fetch_one(coordinator, "SELECT info FROM jobs WHERE id = ?", popped.body["ids"][0])
     assert json.loads(info["info"])["faults"] == 0  # handing a job back is not the node's fault
+
+
+async def test_require_upfront_kudos_takes_only_requests_their_requesters_can_pay(
+    coordinator: RunningCoordinator,
+) -> None:
+    owner = await coordinator.create_account("owner")
+    broke = await coordinator.create_account("broke")  # registered, but 0 kudos
+    rich = await coordinator.create_account("rich", kudos=100)
+    careful = node(coordinator, owner, "careful", extra={"require_upfront_kudos": True})
+    assert (await careful.pop()).body["ids"] == []
+    await generate(requester(coordinator, broke), small())
+    await generate(Api(coordinator.url, apikey="0000000000"), small())
+    empty = await careful.pop()
+    assert empty.body["ids"] == [] and empty.body["skipped"].get("kudos") == 2, empty.body
+    paid = await generate(requester(coordinator, rich), small())
+    popped = await pop_job(careful)
+    assert popped.body["jobs"][0]["document"]["request_id"] == paid
+    anyone = node(coordinator, owner, "anyone")  # without the flag, the unfunded requests are served
+    assert len((await pop_job(anyone)).body["ids"]) == 1
+
+
+async def test_an_extra_slow_node_gets_no_request_that_refuses_slow_workers(coordinator: RunningCoordinator) -> None:
+    owner = await coordinator.create_account("owner")
+    alice = await coordinator.create_account("alice", kudos=100)
+    slow = node(coordinator, owner, "slow", extra={"extra_slow_worker": True})
+    assert (await slow.pop()).body["ids"] == []
+    hurried = await generate(requester(coordinator, alice), {**small(), "slow_workers": False})
+    assert (await slow.pop()).body["ids"] == []
+    relaxed = await generate(requester(coordinator, alice), small())
+    assert (await pop_job(slow)).body["jobs"][0]["document"]["request_id"] == relaxed
+    assert (await pop_job(node(coordinator, owner, "fast"))).body["jobs"][0]["document"]["request_id"] == hurried

@@ -134,14 +134,23 @@ class WorkerCaps:
     trusted: bool
     blacklist: list[str] = field(default_factory=list)
     worker_name: str = ""
+    require_upfront_kudos: bool = False  # only requests whose requester can pay now
+    extra_slow: bool = False  # never given requests that asked for no slow workers
 
     @classmethod
-    def of(cls, worker: Worker, blacklist: list[str] | None = None) -> "WorkerCaps":
+    def of(
+        cls,
+        worker: Worker,
+        blacklist: list[str] | None = None,
+        require_upfront_kudos: bool = False,
+        extra_slow: bool = False,
+    ) -> "WorkerCaps":
         return cls(
             worker_id=worker.id, worker_name=worker.name, models=worker.models, max_pixels=worker.max_pixels,
             nsfw=worker.nsfw, img2img=worker.img2img, painting=worker.painting, lora=worker.lora,
             post_processing=worker.post_processing, trusted=worker.trusted,
-            blacklist=[word.lower() for word in blacklist or []],
+            blacklist=[word.lower() for word in blacklist or []], require_upfront_kudos=require_upfront_kudos,
+            extra_slow=extra_slow,
         )  # fmt: skip
 
 
