@@ -134,10 +134,17 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny offline model: the one `make test` built with `horde-node make-tiny-model`, else a fresh one."""
-    prebuilt = os.environ.get("HORDE_TINY_MODEL_DIR")
-    if prebuilt and (Path(prebuilt) / "model_index.json").exists():
-        return Path(prebuilt)
-    from node.tiny_model import build_tiny_model
+    """The tiny offline model: the one `make test` built with `horde-node make-tiny-model`, else one built now."""
+    from tests.fixtures_models import tiny_model_dir as prepared
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return prepared(tmp_path_factory)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model runs fastest on one CPU thread: on a busy machine, extra OpenMP threads spin and make each
+    image many times slower. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    from tests.fixtures_models import single_torch_thread
+
+    with single_torch_thread():
+        yield

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import pytest
-import torch
 
 from node.config import NodeConfig, build_config
 from node.console import Console
@@ -20,16 +17,6 @@ from node.inference import Generator
 from node.jobspec import InferenceAborted
 from node.pipelines import PipelineCache
 from tests.helpers import Api
-
-
-@pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model runs fastest on one CPU thread; on a busy machine extra OpenMP threads spin and
-    make each image ten times slower. Use with `pytestmark = pytest.mark.usefixtures(...)`."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class RecordingConsole(Console):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from fixtures_models import single_torch_thread, tiny_catalog, tiny_model_dir, tiny_spec
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -34,25 +32,18 @@ from node.pipelines import PipelineCache, load_pipeline, pipeline_bytes
 from node.samplers import SAMPLERS, NumpyLMSDiscreteScheduler, UnsupportedSampler, make_scheduler
 from node.tiny_model import TINY_MODEL_NAME
 from protocol.samplers import SamplerName
+from tests.fixtures_models import tiny_catalog, tiny_spec
 
 PROMPT = "a photo of a cat sitting on a red chair, highly detailed"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_model: Path) -> PipelineCache:
-    return PipelineCache(tiny_catalog(tiny_model), CPU)
+def cache(tiny_model_dir: Path) -> PipelineCache:
+    return PipelineCache(tiny_catalog(tiny_model_dir), CPU)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +156,8 @@ def test_karras_changes_the_sigma_schedule(generator: Generator) -> None:
     assert plain.tobytes() != karras.tobytes()
 
 
-def test_karras_flag_reaches_the_scheduler(cache: PipelineCache, tiny_model: Path) -> None:
-    base = cache.get(tiny_spec(tiny_model)).scheduler.config
+def test_karras_flag_reaches_the_scheduler(cache: PipelineCache, tiny_model_dir: Path) -> None:
+    base = cache.get(tiny_spec(tiny_model_dir)).scheduler.config
     assert make_scheduler("k_euler", True, base).config.use_karras_sigmas is True
     assert make_scheduler("k_euler", False, {**base, "use_karras_sigmas": True}).config.use_karras_sigmas is False
 
@@ -412,20 +403,20 @@ class CountingLoader:
         return load_pipeline(spec, dtype)
 
 
-def test_cache_loads_a_model_once(tiny_model: Path) -> None:
+def test_cache_loads_a_model_once(tiny_model_dir: Path) -> None:
     loader = CountingLoader()
-    cache = PipelineCache(tiny_catalog(tiny_model), CPU, loader=loader)
-    spec = tiny_spec(tiny_model)
+    cache = PipelineCache(tiny_catalog(tiny_model_dir), CPU, loader=loader)
+    spec = tiny_spec(tiny_model_dir)
     first = cache.get(spec)
     assert cache.get(spec) is first
     assert loader.loads == [TINY_MODEL_NAME]
     assert first.safety_checker is None and first.dtype == torch.float32
 
 
-def test_img2img_and_inpaint_share_the_loaded_weights(tiny_model: Path) -> None:
+def test_img2img_and_inpaint_share_the_loaded_weights(tiny_model_dir: Path) -> None:
     loader = CountingLoader()
-    cache = PipelineCache(tiny_catalog(tiny_model), CPU, loader=loader)
-    spec = tiny_spec(tiny_model)
+    cache = PipelineCache(tiny_catalog(tiny_model_dir), CPU, loader=loader)
+    spec = tiny_spec(tiny_model_dir)
     txt2img, img2img, inpaint = (cache.get(spec, kind) for kind in ("txt2img", "img2img", "inpaint"))
     assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
     assert type(inpaint).__name__ == "StableDiffusionInpaintPipeline"
@@ -434,9 +425,9 @@ def test_img2img_and_inpaint_share_the_loaded_weights(tiny_model: Path) -> None:
     assert loader.loads == [TINY_MODEL_NAME]
 
 
-def test_cache_evicts_when_the_budget_is_tiny(tiny_model: Path) -> None:
+def test_cache_evicts_when_the_budget_is_tiny(tiny_model_dir: Path) -> None:
     loader = CountingLoader()
-    cache = PipelineCache(tiny_catalog(tiny_model, "alias"), CPU, budget_bytes=1, loader=loader)
+    cache = PipelineCache(tiny_catalog(tiny_model_dir, "alias"), CPU, budget_bytes=1, loader=loader)
     first = cache.get(cache.catalog.resolve(TINY_MODEL_NAME))
     cache.get(cache.catalog.resolve("alias"))
     assert cache.loaded() == ["alias"]
@@ -444,8 +435,8 @@ def test_cache_evicts_when_the_budget_is_tiny(tiny_model: Path) -> None:
     assert loader.loads == [TINY_MODEL_NAME, "alias", TINY_MODEL_NAME]
 
 
-def test_cache_evicts_the_least_recently_used(tiny_model: Path) -> None:
-    catalog = tiny_catalog(tiny_model, "b", "c")
+def test_cache_evicts_the_least_recently_used(tiny_model_dir: Path) -> None:
+    catalog = tiny_catalog(tiny_model_dir, "b", "c")
     size = pipeline_bytes(load_pipeline(catalog.resolve(TINY_MODEL_NAME), torch.float32))
     cache = PipelineCache(catalog, CPU, budget_bytes=2 * size + size // 2)
     for name in (TINY_MODEL_NAME, "b", TINY_MODEL_NAME, "c"):
@@ -454,9 +445,9 @@ def test_cache_evicts_the_least_recently_used(tiny_model: Path) -> None:
     assert cache.used_bytes() == 2 * size
 
 
-def test_models_load_safely_on_several_threads_at_once(tiny_model: Path) -> None:
+def test_models_load_safely_on_several_threads_at_once(tiny_model_dir: Path) -> None:
     # Unguarded, parallel from_pretrained calls leave modules on the meta device, for good.
-    caches = [PipelineCache(tiny_catalog(tiny_model), CPU) for _ in range(3)]
+    caches = [PipelineCache(tiny_catalog(tiny_model_dir), CPU) for _ in range(3)]
     failures: list[dict[str, str]] = []
     threads = [threading.Thread(target=lambda c=c: failures.append(c.preload([TINY_MODEL_NAME]))) for c in caches]
     for thread in threads:
@@ -467,8 +458,8 @@ def test_models_load_safely_on_several_threads_at_once(tiny_model: Path) -> None
     assert torch.nn.Linear(2, 2).weight.device == CPU
 
 
-def test_preload_reports_progress_and_failures(tiny_model: Path) -> None:
-    cache = PipelineCache(tiny_catalog(tiny_model), CPU)
+def test_preload_reports_progress_and_failures(tiny_model_dir: Path) -> None:
+    cache = PipelineCache(tiny_catalog(tiny_model_dir), CPU)
     seen: list[tuple[str, float]] = []
     failed = cache.preload([TINY_MODEL_NAME, "nope"], lambda name, fraction: seen.append((name, fraction)))
     assert seen == [(TINY_MODEL_NAME, 0.0), (TINY_MODEL_NAME, 1.0), ("nope", 0.0), ("nope", 1.0)]
@@ -535,10 +526,10 @@ def test_explicit_nulls_take_the_defaults() -> None:
 # -- catalog, devices, encoding -------------------------------------------------------------------
 
 
-def test_catalog_resolves_builtin_and_configured_models(tiny_model: Path) -> None:
+def test_catalog_resolves_builtin_and_configured_models(tiny_model_dir: Path) -> None:
     catalog = Catalog.from_config(
         {
-            "mine": {"source": str(tiny_model), "baseline": "stable_diffusion_1"},
+            "mine": {"source": str(tiny_model_dir), "baseline": "stable_diffusion_1"},
             "sd-turbo": {"source": "/models/turbo.safetensors", "baseline": "stable_diffusion_2"},
         }
     )

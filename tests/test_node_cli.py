@@ -18,7 +18,6 @@ from tests.node_support import (
     Gate,
     RecordingConsole,
     node_config,
-    one_torch_thread,  # noqa: F401
     request_images,
 )
 

@@ -13,7 +13,6 @@ from tests.node_support import (
     RecordingConsole,
     finished,
     node_config,
-    one_torch_thread,  # noqa: F401
     request_images,
     running,
     until,

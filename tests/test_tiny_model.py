@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-from fixtures_models import single_torch_thread, tiny_model_dir
 from PIL import Image
 
 from node.catalog import MODEL_INFO_FILE, ModelSpec
@@ -20,20 +18,12 @@ from node.tiny_model import TINY_MODEL_NAME, build_tiny_model
 PROMPT = "a photo of a cat sitting on a red chair, highly detailed digital painting"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model: Path) -> StableDiffusionPipeline:
-    loaded = StableDiffusionPipeline.from_pretrained(tiny_model)
+def pipe(tiny_model_dir: Path) -> StableDiffusionPipeline:
+    loaded = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     loaded.set_progress_bar_config(disable=True)
     return loaded
 
@@ -42,31 +32,31 @@ def _folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def test_model_is_small_safetensors(tiny_model: Path) -> None:
-    assert _folder_bytes(tiny_model) < 20 * 1024 * 1024
-    assert list(tiny_model.rglob("*.safetensors"))
-    assert not list(tiny_model.rglob("*.bin"))
+def test_model_is_small_safetensors(tiny_model_dir: Path) -> None:
+    assert _folder_bytes(tiny_model_dir) < 20 * 1024 * 1024
+    assert list(tiny_model_dir.rglob("*.safetensors"))
+    assert not list(tiny_model_dir.rglob("*.bin"))
 
 
-def test_model_describes_itself(tiny_model: Path) -> None:
-    info = json.loads((tiny_model / MODEL_INFO_FILE).read_text())
+def test_model_describes_itself(tiny_model_dir: Path) -> None:
+    info = json.loads((tiny_model_dir / MODEL_INFO_FILE).read_text())
     assert info == {"name": TINY_MODEL_NAME, "baseline": "stable_diffusion_1"}
-    spec = ModelSpec.from_model_dir(tiny_model)
-    assert (spec.name, spec.baseline, spec.source) == (TINY_MODEL_NAME, "stable_diffusion_1", str(tiny_model))
+    spec = ModelSpec.from_model_dir(tiny_model_dir)
+    assert (spec.name, spec.baseline, spec.source) == (TINY_MODEL_NAME, "stable_diffusion_1", str(tiny_model_dir))
 
 
-def test_loads_quickly_without_safety_checker(tiny_model: Path) -> None:
+def test_loads_quickly_without_safety_checker(tiny_model_dir: Path) -> None:
     started = time.perf_counter()
-    loaded = StableDiffusionPipeline.from_pretrained(tiny_model)
+    loaded = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     # "Well under a second" on a laptop; the bound leaves room for a loaded CI machine.
     assert time.perf_counter() - started < 5.0
     assert loaded.safety_checker is None
 
 
-def test_same_build_gives_same_weights(tiny_model: Path, tmp_path: Path) -> None:
+def test_same_build_gives_same_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
     again = build_tiny_model(tmp_path / "again")
     for name in ("unet", "vae", "text_encoder"):
-        first = next((tiny_model / name).glob("*.safetensors")).read_bytes()
+        first = next((tiny_model_dir / name).glob("*.safetensors")).read_bytes()
         second = next((again / name).glob("*.safetensors")).read_bytes()
         assert first == second, name
 
@@ -113,8 +103,8 @@ def test_txt2img_64px_4_steps(pipe: StableDiffusionPipeline) -> None:
     assert 20 < pixels.std() and 30 < pixels.mean() < 225
 
 
-def test_runs_the_inpaint_pipeline(tiny_model: Path) -> None:
-    inpaint = StableDiffusionInpaintPipeline.from_pretrained(tiny_model)
+def test_runs_the_inpaint_pipeline(tiny_model_dir: Path) -> None:
+    inpaint = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_dir)
     inpaint.set_progress_bar_config(disable=True)
     assert inpaint.unet.config.in_channels == 4  # diffusers' latent-blending inpaint mode
     source = Image.new("RGB", (64, 64), (200, 40, 40))
