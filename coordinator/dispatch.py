@@ -171,7 +171,7 @@ class Dispatcher:
             siblings = {job.index: job for job in await tx.jobs_by_ids([r["job_id"] for r in rows])}
             while len(batch) < amount and (batch[-1].index + 1) in siblings:
                 batch.append(siblings[batch[-1].index + 1])
-        body = GenerationRequest.model_validate(request.body)
+        body = request.generation
         claimed = []
         for job in batch:
             self._assign(job, request, body, worker, model)
@@ -200,7 +200,7 @@ class Dispatcher:
         job.job_signature = sign_job(self.services.identity, document)
 
     async def _response(self, request: RequestRecord, jobs: list[JobRecord], base_url: str) -> PopResponse:
-        body = GenerationRequest.model_validate(request.body)
+        body = request.generation
         uploads = [await self._upload_url(job, base_url) for job in jobs]
         first = jobs[0]
         return PopResponse(

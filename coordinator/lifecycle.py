@@ -7,7 +7,6 @@ upkeep loop (a node missed its deadline), so the retry rule exists once.
 from coordinator.queueing import queue_entry
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
 from coordinator.storage.sql import Tx
-from protocol.generation import GenerationRequest
 
 
 async def requeue_or_fault(
@@ -63,7 +62,7 @@ async def release_job(tx: Tx, job: JobRecord, request: RequestRecord) -> QueueEn
 
 
 def requeue_entry(job: JobRecord, request: RequestRecord) -> QueueEntry:
-    body = GenerationRequest.model_validate(request.body)
+    body = request.generation
     return queue_entry(job.id, request.id, body, request.tier, request.rank)
 
 

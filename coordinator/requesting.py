@@ -141,10 +141,9 @@ class RequestDesk:
 
     async def _check(self, request: RequestRecord, jobs: list[JobRecord]) -> RequestCheck:
         counts = {state: sum(1 for job in jobs if job.state == state) for state in ("waiting", "processing", "done")}
-        position, possible = 0, True
-        body = GenerationRequest.model_validate(request.body)
-        wait_time = 0
+        position, possible, wait_time = 0, True, 0
         if counts["waiting"]:
+            body = request.generation
             async with self.services.database.reader() as tx:
                 best = await tx.best_waiting_rank(request.id)
                 position = await tx.queue_position(best["tier"], best["rank"]) if best else 0

@@ -1,7 +1,10 @@
 """The rows the broker works with, independent of the engine that stores them."""
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+from protocol.generation import GenerationRequest
 
 NETWORK = None  # the ledger's name for "minted" (as source) or "burned" (as target)
 
@@ -89,6 +92,11 @@ class RequestRecord:
     message: str | None = None
     tier: int = 1
     rank: float = 0.0
+
+    @cached_property
+    def generation(self) -> GenerationRequest:
+        """`body` parsed once per loaded record (a pop or a check would otherwise parse it again and again)."""
+        return GenerationRequest.model_validate(self.body)
 
 
 @dataclass
