@@ -79,16 +79,18 @@ class Authenticator:
         return caller
 
     async def _resolve_key(self, key: PublicKey, by_key: Account | None, allow_new_key: bool) -> Caller:
+        # Nodes sign two calls per image (pop, submit), so their keys are looked up first; a node
+        # that also sends its owner's apikey (as most do) needs no second lookup for the owner.
         async with self.database.reader() as tx:
+            worker = await tx.worker_by("public_key", key.text())
+            if worker is not None:
+                if by_key is not None and by_key.id != worker.owner_id:
+                    raise unauthorized(RC.WRONG_CREDENTIALS, "This node key belongs to another account.")
+                owner = by_key or await tx.account_by("id", worker.owner_id)
+                return Caller(account=owner, key=key, worker=worker)
             account = await tx.account_by("public_key", key.text())
             if account is not None:
                 return Caller(account=account, key=key)
-            worker = await tx.worker_by("public_key", key.text())
-            if worker is not None:
-                owner = await tx.account_by("id", worker.owner_id)
-                if by_key is not None and owner is not None and by_key.id != owner.id:
-                    raise unauthorized(RC.WRONG_CREDENTIALS, "This node key belongs to another account.")
-                return Caller(account=owner, key=key, worker=worker)
         if by_key is not None or allow_new_key:
             # A node's first signed request: the apikey names the owner; pop binds the key.
             return Caller(account=by_key, key=key)

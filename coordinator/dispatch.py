@@ -120,6 +120,11 @@ class Dispatcher:
     async def _claim(
         self, caps: WorkerCaps, worker: Worker, amount: int
     ) -> tuple[RequestRecord, list[JobRecord]] | None:
+        # Most pops of a busy network find the queue empty (nodes wait for work): look without
+        # taking the write lock first.
+        async with self.services.database.reader() as tx:
+            if not await tx.queue_candidates(caps, 1):
+                return None
         async with self.services.database.transaction() as tx:
             tried: set[str] = set()
             per_model = CANDIDATES_PER_MODEL

@@ -79,8 +79,6 @@ async def fault_request(tx: Tx, request: RequestRecord, now: float, reason: str)
 async def settle_if_complete(tx: Tx, request: RequestRecord, now: float) -> None:
     """Mark an active request done once none of its images is waiting or being made."""
     request.updated = now
-    if request.state == "active":
-        jobs = await tx.jobs_of(request.id)
-        if all(job.state not in ("waiting", "processing") for job in jobs):
-            request.state = "done"
+    if request.state == "active" and not await tx.unfinished_jobs(request.id):
+        request.state = "done"
     await tx.update_request(request)

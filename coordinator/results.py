@@ -62,7 +62,7 @@ class ResultIntake:
             job = await tx.get_job(body.id)
             if job is None:
                 raise not_found("job", RC.INVALID_JOB_ID)
-            worker = await tx.worker_by("id", job.worker_id) if job.worker_id else None
+            worker = await self._assigned(tx, caller, job)
             previous = [w for w in [await tx.worker_by("id", i) for i in job.previous_workers] if w]
         self._check_submitter(caller, account.id, job, worker, previous)
         assert worker is not None
@@ -72,6 +72,13 @@ class ResultIntake:
             await self._fault(job.id, worker, body)
             return SubmitResult(reward=0)
         return SubmitResult(reward=await self._store(job.id, worker, body, image))
+
+    @staticmethod
+    async def _assigned(tx: Tx, caller: Caller, job: JobRecord) -> Worker | None:
+        """The node the job is assigned to (a signed node's own record was just read by its key)."""
+        if caller.worker is not None and caller.worker.id == job.worker_id:
+            return caller.worker
+        return await tx.worker_by("id", job.worker_id) if job.worker_id else None
 
     def _check_submitter(
         self, caller: Caller, account_id: int, job: JobRecord, assigned: Worker | None, previous: list[Worker]
@@ -215,7 +222,7 @@ class ResultIntake:
         current.kudos_rewards = round(current.kudos_rewards + reward, 2)
         current.megapixelsteps += megapixelsteps
         current.missed_deadlines = 0
-        await tx.save_worker(current)
+        await tx.save_worker_state(current)
         await tx.record_stats(int(now // 60), 1, megapixelsteps)
         if reward <= 0:
             return

@@ -43,8 +43,10 @@ class Roster:
 
     async def _register(self, caller: Caller, account_id: int, pop: PopRequest) -> Worker:
         now = self.services.clock()
-        async with self.services.database.reader() as tx:
-            existing = await tx.worker_by("name", pop.name)
+        existing = caller.worker  # a signed node: just read by its key
+        if existing is None or existing.name.lower() != pop.name.lower():
+            async with self.services.database.reader() as tx:
+                existing = await tx.worker_by("name", pop.name)
         if existing is not None:
             self._check_ownership(existing, caller, account_id)
         elif caller.worker is not None:

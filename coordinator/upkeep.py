@@ -55,7 +55,7 @@ class Upkeep:
                     if worker.missed_deadlines >= config.max_missed_deadlines:
                         worker.maintenance = True
                         worker.maintenance_msg = f"missed {worker.missed_deadlines} job deadlines in a row"
-                    await tx.save_worker(worker)
+                    await tx.save_worker_state(worker)
         await self._announce(requeued, touched)
         return len(touched)
 
@@ -90,7 +90,7 @@ class Upkeep:
                     worker.uptime += int(UPTIME_PERIOD)
                 else:
                     continue
-                await tx.save_worker(worker)
+                await tx.save_worker_state(worker)
 
     async def prune(self) -> int:
         cutoff = self.services.clock() - self.services.config.retention_hours * 3600

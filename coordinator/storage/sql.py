@@ -58,6 +58,9 @@ class Tx:
     def __init__(self, driver: Driver, dialect: str) -> None:
         self.driver = driver
         self.dialect = dialect
+        # The ledger's head as this transaction last wrote it: a second append (a result pays the
+        # node and charges the requester) needs no second read, since the lock is held until commit.
+        self._ledger_head: tuple[int, str] | None = None
 
     async def lock_ledger(self) -> None:
         """Serialize ledger appends across processes (SQLite's write lock already does)."""
@@ -121,7 +124,7 @@ class Tx:
                 raise NotEnoughKudos(source)
         if target is not None:
             await self.driver.execute("UPDATE accounts SET kudos = kudos + ? WHERE id = ?", (amount, target))
-        seq, prev_hash = await self.ledger_head()
+        seq, prev_hash = self._ledger_head or await self.ledger_head()
         fields_ = {
             "seq": seq + 1, "created": now, "kind": kind, "source": source, "target": target,
             "amount": amount, "reference": reference, "prev_hash": prev_hash,
@@ -133,6 +136,7 @@ class Tx:
             (entry.seq, entry.created, entry.kind, entry.source, entry.target, entry.amount, entry.reference,
              entry.prev_hash, entry.hash),
         )
+        self._ledger_head = (entry.seq, entry.hash)
         return entry
 
     async def ledger_entries(self, after: int, limit: int) -> list[LedgerEntry]:
@@ -180,6 +184,12 @@ class Tx:
             "info = excluded.info",
             (*values, info),
         )
+
+    async def save_worker_state(self, worker: Worker) -> None:
+        """Save what changes as a node works (counters, maintenance), never its name or key:
+        no uniqueness to check, unlike `save_worker`."""
+        _values, info = _split(worker, WORKER_COLUMNS)
+        await self.driver.execute("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
 
     async def list_workers(self) -> list[Worker]:
         rows = await self.driver.fetchall("SELECT * FROM workers ORDER BY name")
@@ -244,6 +254,13 @@ class Tx:
     async def jobs_of(self, request_id: str) -> list[JobRecord]:
         rows = await self.driver.fetchall("SELECT * FROM jobs WHERE request_id = ? ORDER BY idx", (request_id,))
         return [self._job(row) for row in rows]
+
+    async def unfinished_jobs(self, request_id: str) -> int:
+        row = await self.driver.fetchone(
+            "SELECT COUNT(*) AS n FROM jobs WHERE request_id = ? AND state IN ('waiting', 'processing')",
+            (request_id,),
+        )
+        return row["n"] if row else 0
 
     async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
         if not job_ids:
