@@ -106,8 +106,15 @@ class ImageStore:
         process but not a power cut, and the image needs no more than the row naming it.
         """
         # A temporary name of its own, so two writers of one name never rename each other's file away.
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        temporary.write_bytes(data)
+        # (os calls rather than pathlib's: this runs on the event loop for every result.)
+        temporary = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            remaining = memoryview(data)
+            while remaining:
+                remaining = remaining[os.write(descriptor, remaining) :]
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
 
     async def read(self, name: str) -> bytes | None:

@@ -81,4 +81,4 @@ async def settle_if_complete(tx: Tx, request: RequestRecord, now: float) -> None
     request.updated = now
     if request.state == "active" and not await tx.unfinished_jobs(request.id):
         request.state = "done"
-    await tx.update_request(request)
+    await tx.set_request_state(request)

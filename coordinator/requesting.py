@@ -5,7 +5,7 @@ import uuid
 
 from coordinator.auth import Caller
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
-from coordinator.estimates import able_workers, wait_seconds
+from coordinator.estimates import wait_seconds
 from coordinator.events import wait_for
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
@@ -114,7 +114,7 @@ class RequestDesk:
             setattr(request, f"{field}_sha256", sha256_hex(data))
 
     async def _warnings(self, entry: QueueEntry) -> list[RequestWarning]:
-        if able_workers(entry, await self.roster.online()):
+        if await self.roster.able(entry):
             return []
         return [RequestWarning(code="NoAvailableWorker", message="No online node can serve this request yet.")]
 
@@ -148,7 +148,7 @@ class RequestDesk:
                 best = await tx.best_waiting_rank(request.id)
                 position = await tx.queue_position(best["tier"], best["rank"]) if best else 0
             entry = queue_entry("", request.id, body, 0, 0.0)
-            able = able_workers(entry, await self.roster.online())
+            able = await self.roster.able(entry)
             possible = bool(able)
             megapixelsteps = body.params.width * body.params.height * body.params.steps / 1e6
             wait_time = wait_seconds(position, megapixelsteps * counts["waiting"], able)

@@ -11,7 +11,7 @@ from coordinator.auth import Caller, require_account
 from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.services import Services
-from coordinator.sources import check_image
+from coordinator.sources import RESULT_FORMATS, check_image
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, RequestRecord, Worker
 from coordinator.storage.sql import Tx
@@ -53,7 +53,7 @@ class ResultIntake:
             raise HordeError(403, RC.UPLOAD_TOKEN_INVALID, "The upload URL is invalid or has expired.")
         if job.state != "processing":
             raise Aborted()
-        check_image(data, "upload")
+        check_image(data, "upload", formats=RESULT_FORMATS)
         await self.services.images.write(upload_name(job_id, job.worker_id or ""), data)
 
     async def submit(self, caller: Caller, body: SubmitRequest) -> SubmitResult:
@@ -106,7 +106,7 @@ class ResultIntake:
             data = base64.b64decode(body.generation, validate=True)
         except (binascii.Error, ValueError) as error:
             raise bad_request(RC.IMAGE_VALIDATION_FAILED, "generation is not valid base64.") from error
-        check_image(data, "generation")
+        check_image(data, "generation", formats=RESULT_FORMATS)
         return data
 
     async def _uploaded(self, job_id: str, worker: Worker) -> bytes:
@@ -120,7 +120,7 @@ class ResultIntake:
         data = await self.services.images.read(name) if size is not None else None
         if data is None:
             raise bad_request(RC.UPLOAD_MISSING, "generation is 'R2' but nothing was uploaded for this job.")
-        check_image(data, "upload")
+        check_image(data, "upload", formats=RESULT_FORMATS)
         return data
 
     @staticmethod
@@ -183,7 +183,8 @@ class ResultIntake:
             await self._forget(name)
             raise
         # The result is committed and paid: a store that fails now only leaves the upload for pruning.
-        await self._forget(upload_name(job_id, worker.id))
+        if body.generation == "R2":
+            await self._forget(upload_name(job_id, worker.id))
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
         return reward

@@ -6,9 +6,10 @@ from dataclasses import replace
 
 from coordinator.auth import Caller, require_account
 from coordinator.errors import HordeError
+from coordinator.events import can_serve
 from coordinator.services import Services
 from coordinator.storage import NameTaken
-from coordinator.storage.records import Worker
+from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
@@ -27,6 +28,7 @@ class Roster:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._online: list[Worker] = []
+        self._online_caps: list[tuple[Worker, WorkerCaps]] = []
         self._loaded_at = float("-inf")
 
     async def register(self, caller: Caller, pop: PopRequest) -> Worker:
@@ -101,5 +103,11 @@ class Roster:
                 workers = await tx.list_workers()
             cutoff = now - self.services.config.worker_online_seconds
             self._online = [w for w in workers if w.last_seen >= cutoff and not w.maintenance]
+            self._online_caps = [(worker, WorkerCaps.of(worker)) for worker in self._online]
             self._loaded_at = now
         return self._online
+
+    async def able(self, entry: QueueEntry) -> list[Worker]:
+        """The online nodes that could serve `entry` (for warnings, `is_possible` and ETAs)."""
+        await self.online()
+        return [worker for worker, caps in self._online_caps if can_serve(caps, entry)]

@@ -213,6 +213,12 @@ class Tx:
             (request.updated, request.state, info, request.id),
         )
 
+    async def set_request_state(self, request: RequestRecord) -> None:
+        """Save only the request's state and time (its body and the rest are unchanged)."""
+        await self.driver.execute(
+            "UPDATE requests SET updated = ?, state = ? WHERE id = ?", (request.updated, request.state, request.id)
+        )
+
     async def get_request(self, request_id: str) -> RequestRecord | None:
         row = await self.driver.fetchone("SELECT * FROM requests WHERE id = ?", (request_id,))
         return _join(RequestRecord, row, REQUEST_COLUMNS) if row else None
