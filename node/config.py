@@ -77,6 +77,9 @@ class NodeConfig(BaseModel):
     allow_lora: bool = Field(False, description="Accept requests with LoRAs.")
     lora_dir: str = Field("loras", description="Folder of LoRA files.")
     device: str = Field("auto", description='Torch device: "auto", "cuda", "cuda:1", "mps" or "cpu".')
+    torch_threads: int = Field(
+        0, ge=0, le=1024, description="CPU threads for torch; 0 = auto (on the CPU: every core but one)."
+    )
     memory_budget: str = Field("auto", description='Memory for loaded models, e.g. "6GiB"; "auto" = pick.')
     # Output
     image_format: Literal["webp", "png", "jpeg"] = Field("webp", description="Format of returned images.")

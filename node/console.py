@@ -30,7 +30,7 @@ MESSAGES: dict[str, str] = {
     "reachable": "coordinator reachable again",
     "model_loading": "loading model {model} … {percent:.0f}%",
     "model_failed": "model {model} could not be loaded: {reason}",
-    "models_ready": "serving {models}",
+    "models_ready": "serving {models} on {device} ({threads} CPU threads)",
     "spool_replay": "{count} finished result(s) in the spool from an earlier run; resubmitting",
     "idle": "no jobs for this node: {reasons}",
     "job_started": "job {job} · {model} · {width}×{height} · {steps} steps · {processing}",

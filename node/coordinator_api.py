@@ -130,6 +130,10 @@ class CoordinatorClient:
         body = request.model_dump(mode="json", exclude_none=True)
         return SubmitResult.model_validate(await self._call("POST", "v2/generate/submit", body)).reward
 
+    def is_own_url(self, url: str) -> bool:
+        """Whether `url` points at this coordinator (same scheme, host and port)."""
+        return URL(url).origin() == URL(self.root).origin()
+
     async def upload(self, url: str, data: bytes, content_type: str) -> None:
         """PUT to a pre-authorized upload URL. No apikey: the URL may belong to a storage service."""
         await self._send("PUT", url, data, {"Content-Type": content_type}, self.timeout)

@@ -148,7 +148,10 @@ class Delivery:
 
     async def _image_field(self, entry: SpoolEntry) -> str:
         image = self.spool.image(entry)
-        if entry.r2_upload and not entry.uploaded:
+        # The coordinator's own upload endpoint exists for AI Horde workers; sending the image inline
+        # saves a round trip, and the coordinator a file it would write only to read back. An upload
+        # URL elsewhere (a bucket) takes the bytes off the coordinator, so it is used.
+        if entry.r2_upload and not entry.uploaded and not self.client.is_own_url(entry.r2_upload):
             try:
                 await self.client.upload(entry.r2_upload, image, self.content_type)
             except ApiError as exc:

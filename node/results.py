@@ -6,6 +6,7 @@ signal or a coordinator outage at any moment loses nothing that was done.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
@@ -41,11 +42,21 @@ class Results:
     def taken(self, jobs: Iterable[ImageJob]) -> None:
         self.unfinished.update((job.job_id, job) for job in jobs)
 
-    def ok(self, job: ImageJob, image: bytes, seed: int | str, seconds: float) -> None:
-        self._finish(job, ok_entry(job, image, seed, self.signer), image)
+    async def ok(self, job: ImageJob, encode: Callable[[], bytes], seed: int | str, seconds: float) -> None:
+        """Encode, sign and spool the image in one trip off the event loop (the spool fsyncs, and
+        each hop back to the loop takes the GIL from inference), then queue it for delivery."""
+
+        def store() -> tuple[SpoolEntry, int]:
+            image = encode()
+            entry = ok_entry(job, image, seed, self.signer)
+            self.spool.put(entry, image)
+            return entry, len(image)
+
+        entry, size = await asyncio.to_thread(store)
+        self._spooled(job, entry)
         self.stats.jobs_done += 1
         self._faults_in_a_row = 0
-        self.console.event("job_done", job=job.job_id, seconds=seconds, bytes=len(image))
+        self.console.event("job_done", job=job.job_id, seconds=seconds, bytes=size)
 
     def fault(
         self,
@@ -58,7 +69,9 @@ class Results:
     ) -> None:
         """Submit as faulted. `node_fault=False` for the request's own problems, which say nothing
         about this node's health and so don't count toward the pause."""
-        self._finish(job, fault_entry(job, reason, self.signer, kind=kind, value=value), None)
+        entry = fault_entry(job, reason, self.signer, kind=kind, value=value)
+        self.spool.put(entry, None)  # a small JSON file; faults are rare, so written where they happen
+        self._spooled(job, entry)
         self.stats.jobs_faulted += 1
         self.console.event("job_faulted", logging.WARNING, job=job.job_id, reason=reason)
         if not node_fault:
@@ -79,7 +92,6 @@ class Results:
         for job in list(self.unfinished.values()):
             self.fault(job, reason, node_fault=False)
 
-    def _finish(self, job: ImageJob, entry: SpoolEntry, image: bytes | None) -> None:
-        self.spool.put(entry, image)
+    def _spooled(self, job: ImageJob, entry: SpoolEntry) -> None:
         self.unfinished.pop(job.job_id, None)
         self.delivery.enqueue(entry)

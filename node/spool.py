@@ -76,7 +76,9 @@ class Spool:
         if entry.has_image:
             if image is None or hashlib.sha256(image).hexdigest() != entry.image_sha256:
                 raise ValueError(f"job {entry.job_id}: image bytes do not match the entry's image_sha256")
-            _write_durably(self._image_path(entry), image)
+            # Straight to its own new name (keys are unique): until the entry's JSON commits it, it is
+            # debris that opening the spool sweeps. The JSON's directory sync makes both names durable.
+            _write_synced(self._image_path(entry), image, exclusive=True)
         self._write_entry(entry)
 
     def mark_uploaded(self, entry: SpoolEntry) -> None:
@@ -97,10 +99,11 @@ class Spool:
         return sorted(entries, key=lambda entry: entry.created_at)
 
     def remove(self, entry: SpoolEntry) -> None:
+        """Forget a settled result. Not synced: an entry a crash brings back is submitted again and
+        settled at once (the coordinator answers DuplicateGen or AbortedGen)."""
         for path in (self._entry_path(entry), self._image_path(entry)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        _fsync_dir(self.folder)
 
     def set_aside(self, entry: SpoolEntry) -> Path:
         """Move an entry the coordinator refused for good out of the queue, keeping it for inspection."""
@@ -164,13 +167,18 @@ class Spool:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
+    """Replace `path` atomically and durably (a temporary file, synced, renamed; then the folder)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    _write_synced(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_synced(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    with open(path, "xb" if exclusive else "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+import torch
+
 from node.catalog import Catalog
 from node.config import NodeConfig
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
 from node.delivery import Backoff
-from node.devices import pick_device
+from node.devices import pick_device, torch_threads
 from node.inference import Generator
 from node.pipelines import PipelineCache
 from node.runner import GeneratorLike
@@ -116,6 +118,10 @@ async def preload(
     except ValueError as exc:
         return f"catalog: {exc}"
 
+    threads = torch_threads(cache.device, config.torch_threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
     def progress(name: str, fraction: float) -> None:
         console.event("model_loading", model=name, percent=fraction * 100)
 
@@ -135,7 +141,7 @@ async def preload(
     ready = [name for name in config.models if name not in failed]
     if not ready:
         return "none of the configured models could be loaded"
-    console.event("models_ready", models=", ".join(ready), device=str(cache.device))
+    console.event("models_ready", models=", ".join(ready), device=str(cache.device), threads=torch.get_num_threads())
     return cache, ready
 
 

@@ -39,19 +39,27 @@ class Worker:
     ) -> None:
         self.slot, self.client, self.config, self.console = slot, client, config, console
         self.results, self.verify_key, self.model_locks = results, verify_key, model_locks
+        # Images being encoded, signed and spooled while the slot already runs the next job.
+        self._finishing: set[asyncio.Task[None]] = set()
 
     async def run(self, queue: asyncio.Queue[PopUnit | None], done: Callable[[], None]) -> None:
-        """Until a None arrives on the queue."""
-        while (unit := await queue.get()) is not None:
-            try:
-                await self.run_unit(unit)
-            except Exception as exc:  # a bug here must cost this pop's jobs, not the worker
-                log.exception("unexpected error while running a pop")
-                for job in unit.jobs:
-                    if job.job_id in self.results.unfinished:
-                        self.results.fault(job, f"node error: {type(exc).__name__}: {exc}")
-            finally:
-                done()
+        """Until a None arrives on the queue; returns once every image made is spooled."""
+        try:
+            while (unit := await queue.get()) is not None:
+                try:
+                    await self.run_unit(unit)
+                except Exception as exc:  # a bug here must cost this pop's jobs, not the worker
+                    log.exception("unexpected error while running a pop")
+                    for job in unit.jobs:
+                        if job.job_id in self.results.unfinished:
+                            self.results.fault(job, f"node error: {type(exc).__name__}: {exc}")
+                finally:
+                    done()
+            await asyncio.gather(*self._finishing)
+        except asyncio.CancelledError:
+            for task in self._finishing:
+                task.cancel()
+            raise
 
     async def run_unit(self, unit: PopUnit) -> None:
         try:
@@ -98,17 +106,30 @@ class Worker:
                 self.results.fault(job, f"{type(exc).__name__}: {exc}")
                 free_memory()
             else:
-                await self._encode(job, images[0], time.monotonic() - started)
+                self._finish_later(job, images[0], time.monotonic() - started)
 
-    async def _encode(self, job: ImageJob, generated: GeneratedImage, seconds: float) -> None:
+    def _finish_later(self, job: ImageJob, generated: GeneratedImage, seconds: float) -> None:
+        """Encode, sign and spool the image while the slot goes on to the next job: on a node
+        kept busy by prefetching, that work would otherwise leave the accelerator idle."""
+        task = asyncio.create_task(self._finish(job, generated, seconds))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, job: ImageJob, generated: GeneratedImage, seconds: float) -> None:
         if generated.image is None:
             self.results.fault(job, generated.faulted_reason or "no image was produced")
             return
-        config = self.config
-        data = await asyncio.to_thread(
-            encode_image, generated.image, config.image_format, config.image_quality, config.image_lossless
-        )
-        self.results.ok(job, data, generated.seed, seconds)
+        config, image = self.config, generated.image
+        try:
+            await self.results.ok(
+                job,
+                lambda: encode_image(image, config.image_format, config.image_quality, config.image_lossless),
+                generated.seed,
+                seconds,
+            )
+        except Exception as exc:  # the disk is full, say: the job is faulted, not lost
+            log.exception("could not encode or spool the image of job %s", job.job_id)
+            self.results.fault(job, f"{type(exc).__name__}: {exc}")
 
 
 async def fetch_sources(client: CoordinatorClient, unit: PopUnit) -> tuple[bytes | None, bytes | None]:

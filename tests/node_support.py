@@ -115,3 +115,18 @@ async def finished(api: Api, request_id: str, timeout: float = 30) -> dict[str, 
         if check.body.get("done"):
             return (await api.get(f"/v2/generate/status/{request_id}")).body
         assert asyncio.get_running_loop().time() < deadline, f"request not done: {check.body}"
+
+
+def record_uploads(monkeypatch: Any) -> list[str]:
+    """The URLs the node PUTs result images to (the real upload still runs)."""
+    from node.coordinator_api import CoordinatorClient
+
+    urls: list[str] = []
+    original = CoordinatorClient.upload
+
+    async def upload(self: CoordinatorClient, url: str, data: bytes, content_type: str) -> None:
+        urls.append(url)
+        await original(self, url, data, content_type)
+
+    monkeypatch.setattr(CoordinatorClient, "upload", upload)
+    return urls

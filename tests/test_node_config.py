@@ -1,10 +1,12 @@
 """Node settings: precedence (flags > env > file > defaults), the TOML template, paths and sizes."""
 
+import os
 import stat
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from node.cli import build_parser, flag_layer
 from node.config import (
@@ -19,6 +21,7 @@ from node.config import (
     resolve_config_path,
     write_config,
 )
+from node.devices import torch_threads
 
 
 def write(path: Path, text: str) -> Path:
@@ -125,3 +128,11 @@ def test_env_layer_ignores_unrelated_variables() -> None:
 )
 def test_sizes(text: str, expected: int | None) -> None:
     assert parse_size(text) == expected
+
+
+def test_torch_threads_leave_a_core_to_the_node_on_the_cpu() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert torch_threads(torch.device("cpu")) == max(1, cores - 1)
+    assert torch_threads(torch.device("cpu"), configured=3) == 3
+    assert torch_threads(torch.device("cuda")) is None  # torch's own default
+    assert torch_threads(torch.device("cuda"), configured=2) == 2

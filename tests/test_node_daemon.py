@@ -3,15 +3,17 @@
 import asyncio
 import base64
 import json
+import os
 from pathlib import Path
 
 import aiohttp
 import pytest
+import torch
 
 from node.daemon import EXIT_FORCED, EXIT_OK, NodeDaemon
 from node.jobspec import InferenceFailed
 from protocol.keys import Identity, PublicKey
-from protocol.provenance import JobDocument, ResultDocument, verify_provenance
+from protocol.provenance import JobDocument, ResultDocument, sha256_hex, verify_provenance
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api, tiny_webp
 from tests.node_support import (
@@ -19,6 +21,7 @@ from tests.node_support import (
     RecordingConsole,
     finished,
     node_config,
+    record_uploads,
     request_images,
     running,
     until,
@@ -74,8 +77,27 @@ async def test_txt2img_end_to_end_with_verifiable_provenance(
     kinds = [record["event"] for record in records]
     for kind in ("coordinator", "model_loading", "models_ready", "job_started", "job_done", "submitted", "stopped"):
         assert kind in kinds, kind
+    ready = next(record for record in records if record["event"] == "models_ready")
+    # On the CPU the node leaves a core to its own work (node.devices.torch_threads).
+    assert ready["threads"] == torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
     started = next(record for record in records if record["event"] == "job_started")
     assert (started["model"], started["width"], started["steps"]) == ("tiny-sd", 64, 3)
+
+
+async def test_images_go_inline_to_the_coordinators_own_upload_url(
+    coordinator: RunningCoordinator, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pop offers the coordinator's own r2_upload URL (for AI Horde workers); our node saves
+    the round trip and submits the image inline."""
+    uploads = record_uploads(monkeypatch)
+    api, apikey = await setup(coordinator)
+    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, apikey, tiny_model_dir), console=RecordingConsole())
+    async with running(daemon):
+        status = await finished(api, await request_images(api))
+    [generation] = status["generations"]
+    assert generation["state"] == "ok" and generation["image_sha256"]
+    assert uploads == []
+    assert sha256_hex(await fetch_image(generation["img"])) == generation["image_sha256"]
 
 
 async def test_a_batch_of_four_gives_four_distinct_images(

@@ -32,6 +32,9 @@ class FakeCoordinator:
             raise outcome
         return float(outcome)  # type: ignore[arg-type]
 
+    def is_own_url(self, url: str) -> bool:
+        return url.startswith("http://coordinator/")
+
     async def upload(self, url: str, data: bytes, content_type: str) -> None:
         if self.upload_error:
             raise self.upload_error

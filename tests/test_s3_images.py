@@ -13,10 +13,12 @@ import pytest
 from aiobotocore.session import get_session
 
 from coordinator.results import upload_name
+from node.daemon import NodeDaemon
 from protocol.provenance import sha256_hex
 from tests.api_support import b64, expire_job, generate, node, png, pop_job, requester, seed_of, small
 from tests.conftest import RunningCoordinator, coordinator_config, free_port, start_coordinator
 from tests.helpers import tiny_webp
+from tests.node_support import RecordingConsole, finished, node_config, record_uploads, request_images, running
 
 PREFIX = "horde"
 # The standard variables: the coordinator has no S3 credential settings of its own.
@@ -97,6 +99,28 @@ async def test_results_go_through_presigned_urls(s3_coordinator: RunningCoordina
     # Our own image URL still works: it reads from the bucket.
     name = result.rsplit("/", 1)[1]
     assert await get_bytes(f"{s3_coordinator.api_url}v2/images/{name}") == (200, image)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+async def test_the_node_uploads_its_result_to_the_bucket(
+    s3_coordinator: RunningCoordinator, s3_endpoint: str, bucket: str, tiny_model_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A presigned URL points at the bucket, not the coordinator: the real node PUTs the image there."""
+    uploads = record_uploads(monkeypatch)
+    api = requester(s3_coordinator, await s3_coordinator.create_account("alice", kudos=100))
+    owner = await s3_coordinator.create_account("owner")
+    daemon = NodeDaemon(node_config(tmp_path / "node", s3_coordinator.url, owner.apikey, tiny_model_dir),
+                        console=RecordingConsole())  # fmt: skip
+    async with running(daemon):
+        status = await finished(api, await request_images(api))
+    [generation] = status["generations"]
+    [upload] = uploads
+    assert upload.startswith(f"{s3_endpoint}/{bucket}/{PREFIX}/"), upload
+    status_code, image = await get_bytes(generation["img"])
+    assert status_code == 200 and sha256_hex(image) == generation["image_sha256"]
+    [result] = await objects(s3_endpoint, bucket)  # the upload was consumed
+    assert generation["img"].split("?", 1)[0].endswith(result)
 
 
 async def test_img2img_source_is_fetched_from_the_bucket(s3_coordinator: RunningCoordinator, s3_endpoint: str,
