@@ -144,9 +144,9 @@ class RequestDesk:
         position, possible, wait_time = 0, True, 0
         if counts["waiting"]:
             body = request.generation
+            # Every queue row of a request carries the request's own tier and rank.
             async with self.services.database.reader() as tx:
-                best = await tx.best_waiting_rank(request.id)
-                position = await tx.queue_position(best["tier"], best["rank"]) if best else 0
+                position = await tx.queue_position(request.tier, request.rank)
             entry = queue_entry("", request.id, body, 0, 0.0)
             able = await self.roster.able(entry)
             possible = bool(able)

@@ -144,7 +144,7 @@ async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) 
         assert sorted((r["model"], r["jobs"], r["pixelsteps"]) for r in await tx.queue_by_model()) == [
             ("", 1, 4096 * 4), ("m1", 2, 8192 * 4), ("m2", 1, 4096 * 4)]
         assert await tx.queued_pixelsteps() == 3 * 4096 * 4  # j0 waits for two models; it counts once
-        assert (await tx.best_waiting_rank("r1"))["tier"] == 1
+        assert (await tx.unfinished_jobs("r1")) == 3
         assert len(await tx.waiting_of_request("r1", 10)) == 3
         first = await tx.get_job("j0")
         first.state, first.worker_id, first.deadline = "processing", "w1", 50.0

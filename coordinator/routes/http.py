@@ -66,11 +66,11 @@ def validation_failed(error: ValidationError) -> HordeError:
 
 def reply(model: BaseModel | list[Any] | dict[str, Any], status: int = 200) -> web.Response:
     if isinstance(model, BaseModel):
-        data: Any = model.model_dump(mode="json", by_alias=True)
-    elif isinstance(model, list):
+        # pydantic's own serializer: one pass, without building the dict that json.dumps would walk.
+        return web.Response(body=model.model_dump_json(by_alias=True), status=status, content_type="application/json")
+    data: Any = model
+    if isinstance(model, list):
         data = [item.model_dump(mode="json", by_alias=True) if isinstance(item, BaseModel) else item for item in model]
-    else:
-        data = model
     return web.json_response(data, status=status)
 
 

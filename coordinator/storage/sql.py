@@ -3,6 +3,7 @@ PostgreSQL driver rewrites them. Rules (who may do what, prices, retries) live i
 broker; this module only reads and writes rows.
 """
 
+import functools
 import json
 from dataclasses import fields
 from typing import Any
@@ -35,7 +36,7 @@ def _account(row: Row) -> Account:
 def _split(record: Any, columns: tuple[str, ...]) -> tuple[list[Any], str]:
     """Values for the indexed columns, and the rest of the record as JSON."""
     # A shallow copy: json.dumps walks nested dicts and lists itself; `asdict` deep-copied them first (5× slower).
-    data = {f.name: getattr(record, f.name) for f in fields(record)}
+    data = {name: getattr(record, name) for name in _field_names(type(record))}
     info = {key: value for key, value in data.items() if key not in columns}
     return [data[column] for column in columns], json.dumps(info)
 
@@ -43,8 +44,13 @@ def _split(record: Any, columns: tuple[str, ...]) -> tuple[list[Any], str]:
 def _join(cls: type, row: Row, columns: tuple[str, ...]) -> Any:
     data = json.loads(row["info"])
     data.update({column: row[column] for column in columns})
-    known = {f.name for f in fields(cls)}
+    known = _field_names(cls)
     return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
 WORKER_COLUMNS = ("id", "name", "owner_id", "public_key")
@@ -366,12 +372,6 @@ class Tx:
             "SELECT COUNT(*) AS n FROM queue WHERE tier = ? AND rank > ?", (tier, rank)
         )
         return sum(int(row["n"]) for row in (higher, same) if row)
-
-    async def best_waiting_rank(self, request_id: str) -> Row | None:
-        return await self.driver.fetchone(
-            "SELECT tier, rank FROM queue WHERE request_id = ? ORDER BY tier DESC, rank DESC LIMIT 1",
-            (request_id,),
-        )
 
     async def queue_by_model(self) -> list[Row]:
         """Per model: waiting jobs and their pixel-steps (a job that may run on several models counts
