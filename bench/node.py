@@ -23,7 +23,6 @@ The tiny model is taken from HORDE_TINY_MODEL_DIR when set, else built into the 
 """
 
 import asyncio
-import contextlib
 import io
 import os
 import sys
@@ -87,19 +86,27 @@ class Timings:
 
 
 def signalling_console() -> Any:
-    """The daemon's console (quiet, JSON), with an event set at each submit: the bench waits on it
-    rather than polling, since every wake-up of the daemon's event loop takes the GIL from inference."""
+    """The daemon's console (quiet, JSON) that wakes the bench once a given number of results were
+    submitted: the bench neither polls nor wakes per image, since every wake-up of the event loop the
+    daemon shares takes the GIL from inference."""
     from node.console import Console
 
     class SignallingConsole(Console):
         def __init__(self) -> None:
             super().__init__(io.StringIO(), "json")
-            self.submitted = asyncio.Event()
+            self.submits, self.target, self.reached = 0, 0, asyncio.Event()
+
+        def expect(self, total: int) -> None:
+            self.target = total
+            if self.submits >= total:
+                self.reached.set()
 
         def event(self, kind: str, level: int = 20, /, **fields: Any) -> None:
             super().event(kind, level, **fields)
             if kind == "submitted":
-                self.submitted.set()
+                self.submits += 1
+                if self.submits >= self.target:
+                    self.reached.set()
 
     return SignallingConsole()
 
@@ -262,13 +269,13 @@ async def networked(args: Any, model_dir: Path, workdir: Path, cache: Any, repor
                                    "sampler_name": "k_euler", "cfg_scale": 7.5}}  # fmt: skip
 
                 async def submitted(count: int, timeout: float) -> None:
-                    deadline = time.monotonic() + timeout
-                    while daemon.stats.jobs_submitted < count:
-                        if task.done() or time.monotonic() > deadline:
-                            raise RuntimeError(f"the node submitted {daemon.stats.jobs_submitted} of {count} images")
-                        console.submitted.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(console.submitted.wait(), 1.0)
+                    console.reached.clear()
+                    console.expect(count)
+                    reached = asyncio.ensure_future(console.reached.wait())
+                    await asyncio.wait({reached, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    reached.cancel()
+                    if daemon.stats.jobs_submitted < count:
+                        raise RuntimeError(f"the node submitted {daemon.stats.jobs_submitted} of {count} images")
 
                 try:
                     await api.call("POST", "/v2/generate/async", body, label="generate", apikey=keys["requester"])
