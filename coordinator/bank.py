@@ -11,7 +11,7 @@ from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.services import Services
 from coordinator.storage import NameTaken, NotEnoughKudos
 from coordinator.storage.records import Account
-from coordinator.storage.sql import ledger_balances_from_rows
+from coordinator.storage.rows import ledger_balances_from_rows
 from coordinator.tokens import new_apikey
 from protocol.errors import RC
 from protocol.ledger import LedgerEntry, LedgerHead, round_kudos, sign_head, verify_chain

@@ -3,13 +3,20 @@ PostgreSQL driver rewrites them. Rules (who may do what, prices, retries) live i
 broker; this module only reads and writes rows.
 """
 
-import functools
 import json
-from dataclasses import fields
 from typing import Any
 
 from coordinator.storage.base import Driver, NameTaken, NotEnoughKudos, Row
 from coordinator.storage.records import Account, JobRecord, QueueEntry, RequestRecord, Worker, WorkerCaps
+from coordinator.storage.rows import (
+    JOB_COLUMNS,
+    REQUEST_COLUMNS,
+    WORKER_COLUMNS,
+    account_from_row,
+    job_from_row,
+    join_record,
+    split_record,
+)
 from protocol.ledger import GENESIS_HASH, LedgerEntry, entry_hash, round_kudos
 
 QUEUE_COLUMNS = (
@@ -20,42 +27,6 @@ PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
-
-
-def _account(row: Row) -> Account:
-    return Account(
-        id=row["id"],
-        username=row["username"],
-        public_key=row["public_key"],
-        kudos=round(row["kudos"], 2),  # the cache adds floats; kudos are counted in hundredths
-        trusted=bool(row["trusted"]),
-        created=row["created"],
-    )
-
-
-def _split(record: Any, columns: tuple[str, ...]) -> tuple[list[Any], str]:
-    """Values for the indexed columns, and the rest of the record as JSON."""
-    # A shallow copy: json.dumps walks nested dicts and lists itself; `asdict` deep-copied them first (5× slower).
-    data = {name: getattr(record, name) for name in _field_names(type(record))}
-    info = {key: value for key, value in data.items() if key not in columns}
-    return [data[column] for column in columns], json.dumps(info)
-
-
-def _join(cls: type, row: Row, columns: tuple[str, ...]) -> Any:
-    data = json.loads(row["info"])
-    data.update({column: row[column] for column in columns})
-    known = _field_names(cls)
-    return cls(**{key: value for key, value in data.items() if key in known})
-
-
-@functools.cache
-def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in fields(cls))
-
-
-WORKER_COLUMNS = ("id", "name", "owner_id", "public_key")
-REQUEST_COLUMNS = ("id", "account_id", "created", "updated", "state")
-JOB_COLUMNS = ("id", "request_id", "state", "worker_id", "deadline")
 
 
 class Tx:
@@ -89,13 +60,13 @@ class Tx:
             (username, apikey_hash, public_key, now),
         )
         assert row is not None
-        return _account(row)
+        return account_from_row(row)
 
     async def account_by(self, column: str, value: Any) -> Account | None:
         assert column in ("id", "apikey_hash", "public_key", "username")
         where = "lower(username) = lower(?)" if column == "username" else f"{column} = ?"
         row = await self.driver.fetchone(f"SELECT * FROM accounts WHERE {where}", (value,))
-        return _account(row) if row else None
+        return account_from_row(row) if row else None
 
     async def set_account_trusted(self, account_id: int, trusted: bool) -> None:
         await self.driver.execute("UPDATE accounts SET trusted = ? WHERE id = ?", (int(trusted), account_id))
@@ -174,7 +145,7 @@ class Tx:
         assert column in ("id", "name", "public_key")
         where = "lower(name) = lower(?)" if column == "name" else f"{column} = ?"
         row = await self.driver.fetchone(f"SELECT * FROM workers WHERE {where}", (value,))
-        return _join(Worker, row, WORKER_COLUMNS) if row else None
+        return join_record(Worker, row, WORKER_COLUMNS) if row else None
 
     async def save_worker(self, worker: Worker) -> None:
         clash = await self.driver.fetchone(
@@ -183,7 +154,7 @@ class Tx:
         )
         if clash:
             raise NameTaken(worker.name)
-        values, info = _split(worker, WORKER_COLUMNS)
+        values, info = split_record(worker, WORKER_COLUMNS)
         await self.driver.execute(
             "INSERT INTO workers (id, name, owner_id, public_key, info) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name, public_key = excluded.public_key, "
@@ -194,26 +165,26 @@ class Tx:
     async def save_worker_state(self, worker: Worker) -> None:
         """Save what changes as a node works (counters, maintenance), never its name or key:
         no uniqueness to check, unlike `save_worker`."""
-        _values, info = _split(worker, WORKER_COLUMNS)
+        _values, info = split_record(worker, WORKER_COLUMNS)
         await self.driver.execute("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
 
     async def list_workers(self) -> list[Worker]:
         rows = await self.driver.fetchall("SELECT * FROM workers ORDER BY name")
-        return [_join(Worker, row, WORKER_COLUMNS) for row in rows]
+        return [join_record(Worker, row, WORKER_COLUMNS) for row in rows]
 
     async def delete_worker(self, worker_id: str) -> None:
         await self.driver.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
     # --- requests and jobs ------------------------------------------------------------
     async def insert_request(self, request: RequestRecord) -> None:
-        values, info = _split(request, REQUEST_COLUMNS)
+        values, info = split_record(request, REQUEST_COLUMNS)
         await self.driver.execute(
             "INSERT INTO requests (id, account_id, created, updated, state, info) VALUES (?, ?, ?, ?, ?, ?)",
             (*values, info),
         )
 
     async def update_request(self, request: RequestRecord) -> None:
-        _values, info = _split(request, REQUEST_COLUMNS)
+        _values, info = split_record(request, REQUEST_COLUMNS)
         await self.driver.execute(
             "UPDATE requests SET updated = ?, state = ?, info = ? WHERE id = ?",
             (request.updated, request.state, info, request.id),
@@ -227,12 +198,12 @@ class Tx:
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         row = await self.driver.fetchone("SELECT * FROM requests WHERE id = ?", (request_id,))
-        return _join(RequestRecord, row, REQUEST_COLUMNS) if row else None
+        return join_record(RequestRecord, row, REQUEST_COLUMNS) if row else None
 
     async def insert_jobs(self, jobs: list[JobRecord]) -> None:
         rows = []
         for job in jobs:
-            values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+            values, info = split_record(job, JOB_COLUMNS)
             rows.append((*values, info))
         await self.driver.executemany(
             "INSERT INTO jobs (id, request_id, idx, state, worker_id, deadline, info) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -240,7 +211,7 @@ class Tx:
         )
 
     async def save_job(self, job: JobRecord) -> None:
-        _values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+        _values, info = split_record(job, JOB_COLUMNS)
         await self.driver.execute(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ?",
             (job.state, job.worker_id, job.deadline, info, job.id),
@@ -248,7 +219,7 @@ class Tx:
 
     async def claim_job(self, job: JobRecord) -> bool:
         """Move a waiting job to its worker; False when another pop got there first."""
-        _values, info = _split(job, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+        _values, info = split_record(job, JOB_COLUMNS)
         # Queue rows before the job row: cancelling and faulting also go queue → jobs, so on
         # PostgreSQL the two wait for each other instead of deadlocking. A job that is not
         # waiting has no business in the queue, so the delete is right even if the claim fails.
@@ -261,11 +232,11 @@ class Tx:
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self.driver.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._job(row) if row else None
+        return job_from_row(row) if row else None
 
     async def jobs_of(self, request_id: str) -> list[JobRecord]:
         rows = await self.driver.fetchall("SELECT * FROM jobs WHERE request_id = ? ORDER BY idx", (request_id,))
-        return [self._job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def unfinished_jobs(self, request_id: str) -> int:
         row = await self.driver.fetchone(
@@ -279,31 +250,25 @@ class Tx:
             return []
         marks = ",".join("?" * len(job_ids))
         rows = await self.driver.fetchall(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY idx", job_ids)
-        return [self._job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def overdue_jobs(self, now: float, limit: int = 500) -> list[JobRecord]:
         rows = await self.driver.fetchall(
             "SELECT * FROM jobs WHERE state = 'processing' AND deadline < ? LIMIT ?", (now, limit)
         )
-        return [self._job(row) for row in rows]
-
-    @staticmethod
-    def _job(row: Row) -> JobRecord:
-        row = dict(row)
-        row["index"] = row.pop("idx")
-        return _join(JobRecord, row, ("id", "request_id", "index", "state", "worker_id", "deadline"))
+        return [job_from_row(row) for row in rows]
 
     async def stale_requests(self, before: float, limit: int = 500) -> list[RequestRecord]:
         rows = await self.driver.fetchall(
             "SELECT * FROM requests WHERE state = 'active' AND updated < ? LIMIT ?", (before, limit)
         )
-        return [_join(RequestRecord, row, REQUEST_COLUMNS) for row in rows]
+        return [join_record(RequestRecord, row, REQUEST_COLUMNS) for row in rows]
 
     async def finished_requests(self, before: float, limit: int = 500) -> list[RequestRecord]:
         rows = await self.driver.fetchall(
             "SELECT * FROM requests WHERE state <> 'active' AND updated < ? LIMIT ?", (before, limit)
         )
-        return [_join(RequestRecord, row, REQUEST_COLUMNS) for row in rows]
+        return [join_record(RequestRecord, row, REQUEST_COLUMNS) for row in rows]
 
     async def delete_request(self, request_id: str) -> None:
         await self.driver.execute("DELETE FROM queue WHERE request_id = ?", (request_id,))
@@ -405,12 +370,3 @@ class Tx:
         )
         return (int(row["images"]), float(row["ps"])) if row else (0, 0.0)
 
-
-def ledger_balances_from_rows(rows: list[Row]) -> dict[int, float]:
-    totals: dict[int, float] = {}
-    for row in rows:
-        if row["source"] is not None:
-            totals[row["source"]] = totals.get(row["source"], 0.0) - row["amount"]
-        if row["target"] is not None:
-            totals[row["target"]] = totals.get(row["target"], 0.0) + row["amount"]
-    return {account: round_kudos(value) for account, value in totals.items()}
