@@ -38,12 +38,12 @@ test: $(VENV)/.installed $(TINY_MODEL)/model_index.json lint
 	HORDE_TINY_MODEL_DIR=$(CURDIR)/$(TINY_MODEL) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench-short: $(VENV)/.installed $(TINY_MODEL)/model_index.json
-	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py; do \
+	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py bench/abuse.py; do \
 		HORDE_TINY_MODEL_DIR=$(CURDIR)/$(TINY_MODEL) $(BIN)/python $$script --short || exit 1; \
 	done
 
 bench: $(VENV)/.installed $(TINY_MODEL)/model_index.json
-	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py; do \
+	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py bench/abuse.py; do \
 		HORDE_TINY_MODEL_DIR=$(CURDIR)/$(TINY_MODEL) $(BIN)/python $$script || exit 1; \
 	done
 

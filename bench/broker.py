@@ -117,7 +117,7 @@ async def requester(api: Api, apikey: str, tally: Tally, n: int, check_poll: flo
 
 async def node(api: Api, name: str, apikey: str, tally: Tally, wait: float, idle_sleep: float) -> None:
     identity = Identity.generate()
-    image = tiny_webp()
+    image = tiny_webp(size=512)  # the jobs' own size: any other is refused (ImageSizeMismatch)
     generation, image_sha = base64.b64encode(image).decode(), sha256_hex(image)
     pop = {"name": name, "models": [MODEL], "max_pixels": 1024 * 1024, "amount": 1, "wait": wait,
            "bridge_agent": "horde-bench:1:local", "threads": 1}  # fmt: skip

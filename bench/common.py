@@ -119,7 +119,8 @@ class Coordinator:
     def command(self, port_file: Path) -> list[str]:
         serve = [
             *self.global_args(), "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-            "--no-rate-limits", "--uptime-kudos", "0", *self.extra_args,
+            # Benchmarks measure the broker, not one account's queue cap (a later --concurrency in extra_args wins).
+            "--no-rate-limits", "--uptime-kudos", "0", "--concurrency", "1000000", *self.extra_args,
         ]  # fmt: skip
         if self.profile == "cprofile":
             return [sys.executable, "-m", "cProfile", "-o", str(self.profile_out), "-m", "coordinator.cli", *serve]

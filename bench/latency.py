@@ -76,7 +76,7 @@ class Shared:
 async def node(api: Api, apikey: str, cadence: Cadence, shared: Shared, gen_seconds: tuple[float, float],
                rng: random.Random) -> None:  # fmt: skip
     identity = Identity.generate()
-    image = tiny_webp()
+    image = tiny_webp(size=512)  # the jobs' own size: any other is refused (ImageSizeMismatch)
     generation, image_sha = base64.b64encode(image).decode(), sha256_hex(image)
     body = {"name": "latency-node", "models": [MODEL], "max_pixels": 1024 * 1024, "amount": 1,
             "wait": cadence.pop_wait, "bridge_agent": "horde-bench:1:latency"}  # fmt: skip

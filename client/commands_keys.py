@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.api import HordeClient
-from client.config import load_identity, write_config_file
+from client.config import BINDING, identity_binding, load_identity, write_config_file
 from client.context import Context
 from client.errors import UserError
 from protocol.keys import Identity
@@ -53,8 +53,14 @@ async def register(ctx: Context) -> int:
     # No stored apikey goes along: it may belong to another account on this or another coordinator.
     async with HordeClient(ctx.settings.url, identity=identity) as client:
         account = await client.register(ctx.args.username)
+    # The binding says which account the key signs for: a different apikey later goes out unsigned.
+    saved = {
+        "url": ctx.settings.url,
+        "apikey": account.apikey,
+        BINDING: identity_binding(identity.public_key, account.apikey),
+    }
     try:
-        write_config_file(ctx.settings.config_file, {"url": ctx.settings.url, "apikey": account.apikey})
+        write_config_file(ctx.settings.config_file, saved)
     except OSError as exc:
         # The apikey is shown only once: losing it here would lose the account's key-less access.
         raise UserError(

@@ -2,10 +2,14 @@
 
 Precedence, highest first: command-line flags, environment (`HORDE_URL`, `HORDE_API_KEY`),
 `config.toml` in the config folder, built-in defaults.
+
+The identity key signs only for the account it was registered to: `horde register` records that
+pair in config.toml (`identity_binding`), and an apikey of any other account goes out alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import UserError
-from protocol.keys import Identity, KeyFormatError
+from protocol.keys import Identity, KeyFormatError, PublicKey
 
 DEFAULT_URL = "http://127.0.0.1:7001"
 ANONYMOUS_APIKEY = "0000000000"
@@ -24,6 +28,7 @@ IDENTITY_FILE = "identity.key"
 ENV_CONFIG_DIR = "HORDE_CONFIG_DIR"
 ENV_URL = "HORDE_URL"
 ENV_APIKEY = "HORDE_API_KEY"
+BINDING = "identity_binding"
 
 Scalar = str | int | float | bool
 
@@ -87,6 +92,7 @@ class Settings:
     url: str
     apikey: str | None
     url_source: str
+    binding: str | None = None  # config.toml's identity_binding: which apikey the identity belongs to
 
     @property
     def config_file(self) -> Path:
@@ -101,6 +107,18 @@ class Settings:
         if not self.identity_file.exists():
             return None
         return load_identity(self.identity_file)
+
+    def signs_for(self, identity: Identity) -> bool:
+        """Whether `identity` may sign requests that carry this apikey. Only for the account it was
+        registered to, so an apikey of another account (a flag, the environment, a hand-edited file)
+        never makes the CLI act as the key's account; with no apikey at all the key speaks alone."""
+        return self.apikey is None or self.binding == identity_binding(identity.public_key, self.apikey)
+
+
+def identity_binding(public_key: PublicKey, apikey: str) -> str:
+    """What `horde register` records: the key with this public key belongs to this apikey's account.
+    A hash of the pair, so the file holds no second copy of the apikey and a replaced key no longer matches."""
+    return "sha256:" + hashlib.sha256(f"{public_key.text()}\n{apikey}".encode()).hexdigest()
 
 
 def load_identity(path: Path) -> Identity:
@@ -130,7 +148,13 @@ def resolve(
     apikey, _ = _first(
         ("--apikey", apikey_flag), (ENV_APIKEY, env.get(ENV_APIKEY)), (CONFIG_FILE, stored.get("apikey"))
     )
-    return Settings(config_dir=folder, url=normalize_url(str(url)), apikey=_str_or_none(apikey), url_source=source)
+    return Settings(
+        config_dir=folder,
+        url=normalize_url(str(url)),
+        apikey=_str_or_none(apikey),
+        url_source=source,
+        binding=_str_or_none(stored.get(BINDING)),
+    )
 
 
 def _first(*candidates: tuple[str, Scalar | None]) -> tuple[Scalar | None, str]:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from coordinator.broker import Broker
 from coordinator.config import CoordinatorConfig
+from coordinator.connections import CONNECTIONS, guard_for, request_limits
 from coordinator.images import open_images
 from coordinator.middleware import horde_errors
 from coordinator.routes import ENDPOINTS
@@ -35,7 +36,9 @@ async def open_services(config: CoordinatorConfig) -> Services:
 
 
 def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.Application:
-    app = web.Application(middlewares=[horde_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[horde_errors, request_limits], client_max_size=config.max_body_bytes)
+    # Serve it with connections.GuardedRunner, which applies these limits to connections too.
+    app[CONNECTIONS] = guard_for(config)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, "/api" + endpoint.path, endpoint.handler)
 

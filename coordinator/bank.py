@@ -7,11 +7,13 @@ balance it touches; the audit re-walks the chain and compares.
 import uuid
 from dataclasses import dataclass, field
 
+from coordinator.economy import requester_key
 from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.services import Services
 from coordinator.storage import NameTaken, NotEnoughKudos
 from coordinator.storage.records import Account
 from coordinator.storage.rows import ledger_balances_from_rows
+from coordinator.storage.sql import Tx
 from coordinator.tokens import new_apikey
 from protocol.errors import RC
 from protocol.ledger import LedgerEntry, LedgerHead, round_kudos, sign_head, verify_chain
@@ -49,11 +51,25 @@ class Bank:
             raise not_found("user", RC.USER_NOT_FOUND)
         return account
 
+    async def recipient(self, username: str) -> Account:
+        """A transfer's target: AI Horde's `name#id`, which must match both (a wrong id is not a typo
+        to guess around: kudos go to exactly the account named), or a bare name."""
+        name, hash_mark, number = username.rpartition("#")
+        if not hash_mark:
+            return await self.find("username", username)
+        account = None
+        if number.isascii() and number.isdigit() and len(number) <= 18:  # within a 64-bit id column
+            async with self.services.database.reader() as tx:
+                account = await tx.account_by("id", int(number))
+        if account is None or account.username.lower() != name.lower():
+            raise not_found(f"user {username} (the name and the id must both match one account)", RC.USER_NOT_FOUND)
+        return account
+
     async def transfer(self, source: Account, username: str, amount: float, idempotency_key: str | None) -> float:
         amount = round_kudos(amount)
         if amount <= 0:
             raise bad_request(RC.KUDOS_VALIDATION, "Kudos move in hundredths; this amount rounds to nothing.")
-        target = await self.find("username", username.split("#", 1)[0])
+        target = await self.recipient(username)
         if target.id == source.id:
             raise bad_request(RC.KUDOS_TRANSFER_TO_SELF, "You cannot send kudos to yourself.")
         reference = f"transfer:{idempotency_key or uuid.uuid4()}"
@@ -64,14 +80,27 @@ class Bank:
                 await tx.lock_ledger()
                 if idempotency_key and (done := await tx.transfer_by_key(source.id, idempotency_key)):
                     return float(done["amount"])
+                await self._check_available(tx, source.id, amount)
                 entry = await tx.move_kudos(
                     "transfer", source.id, target.id, amount, reference, self.services.clock(), require_funds=True
                 )
                 if idempotency_key:
                     await tx.remember_transfer(source.id, idempotency_key, entry.seq, entry.amount)
         except NotEnoughKudos as error:
-            raise bad_request(RC.KUDOS_TRANSFER_NOT_ENOUGH, "Not enough kudos for this transfer.") from error
+            raise bad_request(
+                RC.KUDOS_TRANSFER_NOT_ENOUGH,
+                "Not enough kudos for this transfer (kudos held for your unfinished requests stay with them).",
+            ) from error
         return entry.amount
+
+    @staticmethod
+    async def _check_available(tx: Tx, account_id: int, amount: float) -> None:
+        """Kudos promised to the account's unfinished funded images stay put: a transfer may only move
+        what is available, so a delivered image's charge never overdraws its requester."""
+        _queued, reserved = await tx.requester_load(requester_key(account_id, ""))
+        account = await tx.account_by("id", account_id)
+        if account is None or account.kudos - reserved < amount - 0.005:
+            raise NotEnoughKudos(account_id)
 
     async def grant(self, account_id: int, amount: float, reference: str = "operator grant") -> LedgerEntry:
         async with self.services.database.transaction() as tx:

@@ -15,13 +15,15 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 
 from coordinator.app import create_app, open_services
 from coordinator.bank import Bank
-from coordinator.config import CoordinatorConfig
+from coordinator.config import ConnectionLimits, CoordinatorConfig
+from coordinator.connections import GuardedRunner, raise_open_files_limit
 from coordinator.errors import HordeError
 from coordinator.images import parse_s3_url
 from coordinator.logs import configure_logging
@@ -53,12 +55,30 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", default=env("PUBLIC_URL"), help="how clients reach this coordinator")
     serve.add_argument("--retention-hours", type=float, default=float(env("RETENTION_HOURS", "24") or 24))
     serve.add_argument("--max-body-mb", type=float, default=float(env("MAX_BODY_MB", "20") or 20))
+    serve.add_argument("--max-inline-mb", type=float, default=float(env("MAX_INLINE_MB", "2") or 2),
+                       help="base64 images one status answer carries in all (r2: false); the rest as URLs")
     serve.add_argument("--uptime-kudos", type=float, default=float(env("UPTIME_KUDOS", "50") or 50),
                        help="kudos per 10 minutes online (0: off)")
+    serve.add_argument("--volunteer-kudos", type=float, default=float(env("VOLUNTEER_KUDOS", "50") or 50),
+                       help="the most a node earns per 10 minutes for images nobody pays for (0: nothing)")
+    serve.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "30") or 30),
+                       help="images one account (or anonymous address) may have waiting or in progress")
     serve.add_argument("--closed-registration", action="store_true", default=env("CLOSED_REGISTRATION") == "1")
     serve.add_argument("--no-rate-limits", action="store_true", default=env("NO_RATE_LIMITS") == "1")
     serve.add_argument("--trust-proxy", action="store_true", default=env("TRUST_PROXY") == "1",
                        help="believe X-Forwarded-For (only behind your own reverse proxy)")
+    limits = ConnectionLimits()
+    serve.add_argument("--header-timeout", type=float, default=float(env("HEADER_TIMEOUT") or limits.header_timeout),
+                       help="seconds for a request's headers to arrive (also the idle keep-alive time)")
+    serve.add_argument("--body-timeout", type=float, default=float(env("BODY_TIMEOUT") or limits.body_timeout),
+                       help="seconds for a body to arrive, plus 1 s per 64 KiB it declares")
+    serve.add_argument("--connections-per-ip", type=int, default=int(env("CONNECTIONS_PER_IP") or limits.per_ip),
+                       help="concurrent connections from one address (not applied with --trust-proxy)")
+    serve.add_argument("--long-polls-per-ip", type=int,
+                       default=int(env("LONG_POLLS_PER_IP") or limits.long_polls_per_ip),
+                       help="concurrent pops and checks from one client address")
+    serve.add_argument("--max-connections", type=int, default=int(env("MAX_CONNECTIONS") or limits.total),
+                       help="concurrent connections in all (default: the open-files limit less 256)")
 
     user = commands.add_parser("user", help="manage accounts").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="create an account and print its apikey")
@@ -69,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     grant.add_argument("user")
     grant.add_argument("amount", type=float)
 
-    trust = commands.add_parser("trust", help="mark a worker (by name) as trusted")
+    trust = commands.add_parser("trust", help="mark a worker (by name) as trusted, clearing its suspicion")
     trust.add_argument("worker")
     trust.add_argument("--revoke", action="store_true")
 
@@ -90,16 +110,23 @@ def config_from(args: argparse.Namespace) -> CoordinatorConfig:
         config.public_url = args.public_url
         config.retention_hours = args.retention_hours
         config.max_body_bytes = int(args.max_body_mb * 1024 * 1024)
+        config.max_inline_bytes = int(args.max_inline_mb * 1024 * 1024)
         config.uptime_kudos_per_10_minutes = args.uptime_kudos
+        config.volunteer_kudos_per_10_minutes = args.volunteer_kudos
+        config.concurrency = args.concurrency
         config.open_registration = not args.closed_registration
         config.rate_limiting = not args.no_rate_limits
         config.trust_forwarded_for = args.trust_proxy
+        config.connection_limits = replace(
+            config.connection_limits, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            per_ip=args.connections_per_ip, long_polls_per_ip=args.long_polls_per_ip, total=args.max_connections,
+        )  # fmt: skip
     return config
 
 
 async def serve(config: CoordinatorConfig, host: str, port: int, port_file: str | None) -> None:
-    # Cancel a handler whose client went away, so an abandoned long-poll frees its slot at once.
-    runner = web.AppRunner(create_app(config), access_log=None, handler_cancellation=True)
+    raise_open_files_limit()  # before create_app, which sizes the connection cap from it
+    runner = GuardedRunner(create_app(config))
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -152,6 +179,8 @@ async def set_trust(services, name: str, trusted: bool) -> int:
             print(f"error: no worker named {name}", file=sys.stderr)
             return 1
         worker.trusted = trusted
+        if trusted:
+            worker.suspicion = 0  # the operator vouches for it: withheld rewards resume (coordinator/economy.py)
         await tx.save_worker(worker)
     print(f"worker {name} is {'trusted' if trusted else 'not trusted'}")
     return 0

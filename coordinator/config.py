@@ -12,6 +12,22 @@ class RateLimit:
     burst: int
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client address may hold open, and how long a request may take to arrive
+    (coordinator/connections.py; the reasons for each default are in docs/security.md)."""
+
+    # Seconds for a request's headers to arrive, from the connection or from the previous answer
+    # (so also how long an idle keep-alive connection stays open).
+    header_timeout: float = 20.0
+    # Seconds for a body to arrive, plus one second per `body_min_rate` bytes it declares.
+    body_timeout: float = 20.0
+    body_min_rate: int = 64 * 1024
+    per_ip: int = 256  # concurrent connections from one address (not applied behind a trusted proxy)
+    long_polls_per_ip: int = 128  # concurrent pops and checks from one client address
+    total: int = 0  # concurrent connections in all; 0: the open-files limit less a reserve
+
+
 @dataclass
 class CoordinatorConfig:
     data_dir: Path = Path("horde-data")
@@ -30,7 +46,14 @@ class CoordinatorConfig:
     worker_online_seconds: float = 300.0
     uptime_kudos_per_10_minutes: float = 50.0  # 0 switches uptime rewards off
     suspicious_mps_per_second: float = 20.0
+    # The economy (docs/security.md, "The economy"). Unfunded images (anonymous, or beyond the requester's
+    # balance) earn a node at most this much, refilled evenly over 10 minutes: what uptime pays, no more.
+    volunteer_kudos_per_10_minutes: float = 50.0
+    suspicion_threshold: int = 5  # suspicious results after which a node's rewards are withheld
+    concurrency: int = 30  # images an account (or an anonymous address) may have waiting or in progress
     max_body_bytes: int = 20 * 1024 * 1024
+    # A status answer carries base64 images (`r2: false`) up to this many bytes in all; the rest as URLs.
+    max_inline_bytes: int = 2 * 1024 * 1024
     open_registration: bool = True
     registration_limit: RateLimit = field(default_factory=lambda: RateLimit(rate=1 / 60, burst=5))
     rate_limits: dict[str, RateLimit] = field(
@@ -41,6 +64,7 @@ class CoordinatorConfig:
         }
     )
     rate_limiting: bool = True
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     trust_forwarded_for: bool = False
     maintenance_interval: float = 5.0
     version: str = "0.1.0"

@@ -1,15 +1,15 @@
 """The node's side of the broker: hand out jobs (pop), take uploads, take results (submit)."""
 
 import asyncio
-import json
 import time
 from collections import Counter
 from typing import Any
 
 from coordinator.auth import Caller
-from coordinator.lifecycle import release_job
+from coordinator.lifecycle import excluded, release_job
+from coordinator.queueing import worker_list_allows
 from coordinator.results import upload_name
-from coordinator.roster import Roster
+from coordinator.roster import Roster, in_maintenance, maintenance_refusal
 from coordinator.services import Services
 from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
 from coordinator.storage.sql import CANDIDATES_PER_MODEL, Tx
@@ -24,6 +24,9 @@ SKIPPED_SAMPLE = 500
 UPLOAD_TOKEN_GRACE = 60.0
 # How deep a pop looks when the head of the queue is all reserved for other nodes (per model served).
 MAX_CANDIDATES_PER_MODEL = 4096
+# A job's time limit is its image's times its place in the node's queue, up to this many (one pop's
+# most): a node that hoards jobs cannot keep one from other nodes for longer than 20 time limits.
+MAX_QUEUE_POSITION = 20
 
 
 def job_payload(body: GenerationRequest, seed: str, n_iter: int) -> dict[str, Any]:
@@ -38,15 +41,16 @@ def job_payload(body: GenerationRequest, seed: str, n_iter: int) -> dict[str, An
     ).model_dump(exclude_none=True)  # fmt: skip
 
 
-def _worker_filter_allows(row: dict[str, Any], caps: WorkerCaps) -> bool:
-    if not row["workers"]:
+def _worker_filter_allows(row: dict[str, Any], caps: WorkerCaps, lists: dict[str, list[str]]) -> bool:
+    """A queue row only flags (`named`) that its request has a worker list; `lists` holds the lists
+    (`Tx.worker_lists`), so a row never copies request-sized data."""
+    if not row["named"]:
         return True
-    listed = set(json.loads(row["workers"]))
-    named = caps.worker_id in listed or caps.worker_name in listed
-    return not named if row["worker_blacklist"] else named
+    workers = lists.get(row["request_id"], [])
+    return worker_list_allows(workers, bool(row["worker_blacklist"]), caps.worker_id, caps.worker_name)
 
 
-def _skip_reason(row: dict[str, Any], caps: WorkerCaps) -> str | None:
+def _skip_reason(row: dict[str, Any], caps: WorkerCaps, lists: dict[str, list[str]]) -> str | None:
     checks = (
         ("models", row["model"] != "" and row["model"] not in caps.models),
         ("max_pixels", row["pixels"] > caps.max_pixels),
@@ -56,7 +60,7 @@ def _skip_reason(row: dict[str, Any], caps: WorkerCaps) -> str | None:
         ("lora", row["lora"] and not caps.lora),
         ("post-processing", row["post_processing"] and not caps.post_processing),
         ("untrusted", row["trusted_only"] and not caps.trusted),
-        ("worker_id", not _worker_filter_allows(row, caps)),
+        ("worker_id", not _worker_filter_allows(row, caps, lists)),
     )
     return next((name for name, failed in checks if failed), None)
 
@@ -68,8 +72,8 @@ class Dispatcher:
 
     async def pop(self, caller: Caller, pop: PopRequest, base_url: str) -> PopResponse:
         worker = await self.roster.register(caller, pop)
-        if worker.maintenance:
-            return PopResponse()
+        if in_maintenance(worker, self.services.clock()):
+            raise maintenance_refusal(worker)  # AI Horde's answer, which nodes wait on; never an empty pop
         caps = WorkerCaps.of(
             worker, pop.blacklist, require_upfront_kudos=pop.require_upfront_kudos, extra_slow=pop.extra_slow_worker
         )
@@ -131,8 +135,9 @@ class Dispatcher:
             while True:
                 rows = await tx.queue_candidates(caps, per_model)
                 rows.sort(key=lambda row: (row["tier"], row["rank"]), reverse=True)
+                lists = await tx.worker_lists({row["request_id"] for row in rows if row["named"]})
                 for row in rows:
-                    if row["job_id"] in tried or not _worker_filter_allows(row, caps):
+                    if row["job_id"] in tried or not _worker_filter_allows(row, caps, lists):
                         continue
                     tried.add(row["job_id"])
                     request = await tx.get_request(row["request_id"])
@@ -166,20 +171,25 @@ class Dispatcher:
     async def _claim_batch(
         self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int
     ) -> list[JobRecord]:
-        """The chosen job plus, when the node asks for more, the next images of the same request."""
+        """The chosen job plus, when the node asks for more, the next images of the same request; never
+        a job that failed on this node before (checked here, on the few candidates, not in the query)."""
         first = await tx.get_job(first_id)
-        if first is None or first.state != "waiting":
+        if first is None or first.state != "waiting" or excluded(first, worker.id):
             return []
         batch = [first]
         if amount > 1:
             rows = await tx.waiting_of_request(request.id, 50)
             siblings = {job.index: job for job in await tx.jobs_by_ids([r["job_id"] for r in rows])}
-            while len(batch) < amount and (batch[-1].index + 1) in siblings:
-                batch.append(siblings[batch[-1].index + 1])
+            while len(batch) < amount and (following := siblings.get(batch[-1].index + 1)) is not None:
+                if excluded(following, worker.id):
+                    break
+                batch.append(following)
         body = request.generation
+        sources = await self._signed_source_urls(request)
+        ahead = await tx.jobs_held(worker.id) // max(worker.threads, 1)  # what the node runs before these
         claimed = []
-        for job in batch:
-            self._assign(job, request, body, worker, model)
+        for position, job in enumerate(batch, start=ahead + 1):
+            self._assign(job, request, body, worker, model, sources, min(position, MAX_QUEUE_POSITION))
             if await tx.claim_job(job):
                 claimed.append(job)
             elif not claimed:
@@ -189,15 +199,20 @@ class Dispatcher:
         return claimed
 
     def _assign(
-        self, job: JobRecord, request: RequestRecord, body: GenerationRequest, worker: Worker, model: str
+        self, job: JobRecord, request: RequestRecord, body: GenerationRequest, worker: Worker, model: str,
+        sources: dict[str, str], position: int = 1,
     ) -> None:
+        """Assign a job to the node, signed. The job at `position` in the node's queue (the jobs it holds,
+        per inference thread, then this batch's) waits for the ones before it, so its time limit counts
+        theirs too: a node working through its queue in time keeps every job of it, and none is reissued
+        (and made twice) while the node still has it."""
         now = self.services.clock()
         params = body.params
-        ttl = job_time_limit(width=params.width, height=params.height, steps=params.steps)
+        ttl = position * job_time_limit(width=params.width, height=params.height, steps=params.steps)
         document = JobDocument(
             job_id=job.id, request_id=request.id, model=model, payload=job_payload(body, job.seed, 1),
             source_image_sha256=request.source_image_sha256, source_mask_sha256=request.source_mask_sha256,
-            ttl=ttl, worker_id=worker.id, issued_at=int(now),
+            ttl=ttl, worker_id=worker.id, issued_at=int(now), **sources,
         )  # fmt: skip
         job.state, job.model, job.worker_id, job.worker_name = "processing", model, worker.id, worker.name
         job.assigned_at, job.deadline = now, now + ttl
@@ -211,9 +226,9 @@ class Dispatcher:
         return PopResponse(
             id=first.id, ids=[job.id for job in jobs], payload=job_payload(body, first.seed, len(jobs)),
             model=first.model, ttl=(first.job_document or {}).get("ttl"), skipped={},
-            source_image=await self._source_url(request.source_image, first, base_url),
+            source_image=await self._source_url(request.source_image, first, base_url, "source_image"),
             source_processing=body.source_processing if request.source_image else "txt2img",
-            source_mask=await self._source_url(request.source_mask, first, base_url),
+            source_mask=await self._source_url(request.source_mask, first, base_url, "source_mask"),
             r2_upload=uploads[0], r2_uploads=uploads,
             jobs=[SignedJob(document=job.job_document or {}, signature=job.job_signature or "") for job in jobs],
         )  # fmt: skip
@@ -233,30 +248,51 @@ class Dispatcher:
         token = self.services.tokens.upload_token(job.id, job.worker_id or "", lifetime)
         return f"{base_url}/api/v2/upload/{job.id}?token={token}"
 
-    async def _source_url(self, name: str | None, job: JobRecord, base_url: str) -> str | None:
+    async def _signed_source_urls(self, request: RequestRecord) -> dict[str, str]:
+        """The bucket's presigned URLs for the request's sources, which each job document signs: a node
+        fetches a source only from our own origin or from a URL so signed (docs/security.md). None when
+        the store presigns nothing. They live as long as the job's time limit, like its upload URL."""
+        params = request.generation.params
+        lifetime = job_time_limit(width=params.width, height=params.height, steps=params.steps) + UPLOAD_TOKEN_GRACE
+        urls = {}
+        for field, name in (("source_image", request.source_image), ("source_mask", request.source_mask)):
+            url = await self.services.images.presigned_get(name, lifetime) if name else None
+            if url:
+                urls[f"{field}_url"] = url
+        return urls
+
+    async def _source_url(self, name: str | None, job: JobRecord, base_url: str, field: str) -> str | None:
+        """The URL the job document signs for this source, else our own."""
         if not name:
             return None
-        presigned = await self.services.images.presigned_get(name, self._url_lifetime(job))
-        return presigned or f"{base_url}/api/v2/sources/{name}"
+        return (job.job_document or {}).get(f"{field}_url") or f"{base_url}/api/v2/sources/{name}"
 
     async def _skipped(self, caps: WorkerCaps) -> dict[str, int]:
         async with self.services.database.reader() as tx:
             rows = await tx.queue_head(SKIPPED_SAMPLE)
-            unfunded = await self._unfunded(tx, rows, caps) if caps.require_upfront_kudos else set()
+            lists = await tx.worker_lists({row["request_id"] for row in rows if row["named"]})
+            unfunded = await self._unfunded(tx, rows, caps, lists) if caps.require_upfront_kudos else set()
         reasons: dict[str, set[str]] = {}
         servable: set[str] = set()
         for row in rows:
-            reason = _skip_reason(row, caps) or ("kudos" if row["request_id"] in unfunded else None)
+            reason = _skip_reason(row, caps, lists) or ("kudos" if row["request_id"] in unfunded else None)
             if reason is None:
                 servable.add(row["job_id"])
             else:
                 reasons.setdefault(reason, set()).add(row["job_id"])
+        if servable:  # rare after an empty pop: jobs this node may not take because they failed on it
+            async with self.services.database.reader() as tx:
+                failed = {job.id for job in await tx.jobs_by_ids(sorted(servable)) if excluded(job, caps.worker_id)}
+            servable -= failed
+            reasons["failed_here"] = failed
         return {reason: len(ids - servable) for reason, ids in reasons.items() if ids - servable}
 
-    async def _unfunded(self, tx: Tx, rows: list[dict[str, Any]], caps: WorkerCaps) -> set[str]:
+    async def _unfunded(
+        self, tx: Tx, rows: list[dict[str, Any]], caps: WorkerCaps, lists: dict[str, list[str]]
+    ) -> set[str]:
         """Requests among `rows` whose requester cannot pay an image up front."""
         unfunded = set()
-        for request_id in {row["request_id"] for row in rows if _skip_reason(row, caps) is None}:
+        for request_id in {row["request_id"] for row in rows if _skip_reason(row, caps, lists) is None}:
             request = await tx.get_request(request_id)
             if request is not None and not await self._funded(tx, request):
                 unfunded.add(request_id)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from coordinator.queueing import worker_list_allows
 from coordinator.storage.records import QueueEntry, WorkerCaps
 
 
@@ -29,14 +30,12 @@ def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
         and (caps.post_processing or not entry.post_processing)
         and (caps.trusted or not entry.trusted_only)
         and _named_allows(caps, entry)
+        and caps.worker_id not in entry.excluded
     )
 
 
 def _named_allows(caps: WorkerCaps, entry: QueueEntry) -> bool:
-    if not entry.workers:
-        return True
-    named = caps.worker_id in entry.workers or caps.worker_name in entry.workers
-    return not named if entry.worker_blacklist else named
+    return worker_list_allows(entry.workers, entry.worker_blacklist, caps.worker_id, caps.worker_name)
 
 
 @dataclass(eq=False)

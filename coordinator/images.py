@@ -61,10 +61,18 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, f"{prefix}/" if prefix else ""
 
 
+# A file name is at most 255 bytes (ext4, xfs, APFS); the temporary name a write uses adds 19 (`.NAME.<12 hex>.tmp`).
+# Our own names are ~30 bytes (results, sources) or ~80 (uploads: job id and worker id).
+MAX_NAME_BYTES = 200
+
+
 def check_name(name: str) -> str:
-    """Refuse names that could leave the folder (or the bucket's prefix)."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"bad image name {name!r}")
+    """Refuse names that could leave the folder (or the bucket's prefix), or that no file could have: a name
+    past the file system's limit would raise OSError (ENAMETOOLONG) instead of reading as "no such image"."""
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise ValueError(f"bad image name {name[:80]!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ValueError(f"image name longer than {MAX_NAME_BYTES} bytes")
     return name
 
 

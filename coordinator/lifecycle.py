@@ -12,13 +12,15 @@ from coordinator.storage.sql import Tx
 async def requeue_or_fault(
     tx: Tx, job: JobRecord, request: RequestRecord, max_faults: int, now: float, reason: str
 ) -> QueueEntry | None:
-    """Count a fault against the job; requeue it, or fault the whole request after too many.
+    """Count a fault against the job; requeue it, or fault the whole request once the job failed on
+    `max_faults` different nodes. A node the job failed on never gets it again (`excluded`), so one
+    node cannot fault a request alone, however often it fails, and nobody's poison costs it twice.
 
     Returns the queue entry when the job went back to the queue, so the caller can wake nodes.
     """
     job.faults += 1
     job.restarts += 1
-    if job.worker_id:
+    if job.worker_id and job.worker_id not in job.previous_workers:
         job.previous_workers.append(job.worker_id)
     job.worker_id, job.deadline, job.assigned_at = None, None, None
     if request.state != "active":
@@ -26,10 +28,11 @@ async def requeue_or_fault(
         job.state = "cancelled"
         await tx.save_job(job)
         return None
-    if job.faults >= max_faults:
+    if len(job.previous_workers) >= max_faults:
         job.state = "faulted"
         await tx.save_job(job)
-        await fault_request(tx, request, now, reason)
+        nodes = len(job.previous_workers)
+        await fault_request(tx, request, now, f"an image failed on {nodes} different nodes; the last said: {reason}")
         return None
     job.state = "waiting"
     await tx.save_job(job)
@@ -61,9 +64,16 @@ async def release_job(tx: Tx, job: JobRecord, request: RequestRecord) -> QueueEn
     return entry
 
 
+def excluded(job: JobRecord, worker_id: str) -> bool:
+    """Whether `worker_id` may not be given this job: it faulted it or missed its deadline before."""
+    return worker_id in job.previous_workers
+
+
 def requeue_entry(job: JobRecord, request: RequestRecord) -> QueueEntry:
     body = request.generation
-    return queue_entry(job.id, request.id, body, request.tier, request.rank)
+    entry = queue_entry(job.id, request.id, body, request.tier, request.rank)
+    entry.excluded = list(job.previous_workers)
+    return entry
 
 
 async def fault_request(tx: Tx, request: RequestRecord, now: float, reason: str) -> None:

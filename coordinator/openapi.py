@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from coordinator.routes.endpoint import MAX_PATH_PARAMETER
 from protocol.errors import ErrorBody
 
 REF = "#/components/schemas/{model}"
@@ -15,7 +16,7 @@ def _models() -> list[type[BaseModel]]:
 
     seen: dict[str, type[BaseModel]] = {"ErrorBody": ErrorBody}
     for endpoint in ENDPOINTS:
-        for model in (endpoint.body, endpoint.response):
+        for model in (endpoint.body, endpoint.response, *endpoint.other_responses.values()):
             if model is not None:
                 seen[model.__name__] = model
     return list(seen.values())
@@ -33,8 +34,9 @@ def openapi_document(version: str) -> dict[str, Any]:
             "summary": endpoint.summary,
             "parameters": _parameters(endpoint.path, endpoint.query, endpoint.auth),
             "responses": {
-                str(endpoint.status): _content(ref.get(endpoint.response)) if endpoint.response else {
-                    "description": "OK"},
+                str(endpoint.status): _content(ref[endpoint.response], many=endpoint.many) if endpoint.response
+                else {"description": "OK"},
+                **{str(status): _content(ref[model]) for status, model in endpoint.other_responses.items()},
                 "default": _content(ref[ErrorBody], "An error: {message, rc}"),
             },
         }
@@ -52,13 +54,15 @@ def openapi_document(version: str) -> dict[str, Any]:
     }
 
 
-def _content(ref: str | None, description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+def _content(ref: str, description: str = "OK", *, many: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "array", "items": {"$ref": ref}} if many else {"$ref": ref}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _parameters(path: str, query: dict[str, str], auth: str) -> list[dict[str, Any]]:
     parameters = [
-        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": part[1:-1], "in": "path", "required": True,
+         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PATH_PARAMETER}}
         for part in path.split("/") if part.startswith("{")
     ]
     parameters += [

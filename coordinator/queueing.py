@@ -42,6 +42,14 @@ def image_seeds(seed: str | None, variation: int | None, n: int) -> list[str]:
     return [str((start + index * step) % SEED_SPACE) for index in range(n)]
 
 
+def worker_list_allows(workers: list[str], blacklist: bool, worker_id: str, worker_name: str) -> bool:
+    """A requester's `workers` (ids or names): only those nodes, or with `worker_blacklist`, any but those."""
+    if not workers:
+        return True
+    named = worker_id in workers or worker_name in workers
+    return not named if blacklist else named
+
+
 def queue_entry(job_id: str, request_id: str, body: GenerationRequest, tier: int, rank: float) -> QueueEntry:
     params = body.params
     return QueueEntry(
@@ -58,6 +66,6 @@ def queue_entry(job_id: str, request_id: str, body: GenerationRequest, tier: int
         lora=bool(params.loras),
         post_processing=bool(params.post_processing),
         trusted_only=body.trusted_workers,
-        workers=list(body.workers),
+        workers=list(body.workers),  # for wake-ups only: the queue rows store a flag, not the list
         worker_blacklist=body.worker_blacklist,
     )

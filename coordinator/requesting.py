@@ -1,17 +1,22 @@
 """The requester's side of the broker: accept a request, report on it, cancel it."""
 
+import asyncio
 import base64
+import logging
 import uuid
 
 from coordinator.auth import Caller
+from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
 from coordinator.estimates import wait_seconds
 from coordinator.events import wait_for
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
-from coordinator.sources import decode_base64_image, has_alpha
+from coordinator.sources import read_source
+from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
+from coordinator.storage.sql import Tx
 from protocol.errors import RC
 from protocol.generation import (
     DryRunResult,
@@ -25,8 +30,17 @@ from protocol.generation import (
 from protocol.kudos import image_kudos, needs_upfront_kudos
 from protocol.provenance import sha256_hex
 
+log = logging.getLogger("horde.coordinator.requesting")
 ANONYMOUS_ACCOUNT = 0
 SETTLED = ("done", "faulted", "cancelled")
+
+
+def upfront_refused(total: float, available: float) -> HordeError:
+    return forbidden(
+        RC.KUDOS_UPFRONT,
+        f"Requests over 1024x1024 pixels or 50 steps need {total} kudos up front; you have {available} available "
+        "(your balance, less what your unfinished requests hold).",
+    )
 
 
 def price_per_image(body: GenerationRequest) -> float:
@@ -34,6 +48,7 @@ def price_per_image(body: GenerationRequest) -> float:
     return image_kudos(
         width=params.width, height=params.height, steps=params.steps, sampler_name=params.sampler_name,
         img2img=body.is_img2img, loras=len(params.loras), post_processors=params.post_processing,
+        pinned=bool(body.workers),
     )  # fmt: skip
 
 
@@ -44,50 +59,90 @@ class RequestDesk:
 
     # --- accepting ------------------------------------------------------------------
     async def submit(
-        self, caller: Caller, body: GenerationRequest, client_agent: str
+        self, caller: Caller, body: GenerationRequest, client_agent: str, remote: str = ""
     ) -> RequestAccepted | DryRunResult:
-        sources = self._decode_sources(body)
+        """Accept a request; `remote` is the requester's address (the economy pays nothing for a node's
+        unfunded requests to itself, and caps anonymous requesters per address)."""
+        who = requester_key(caller.account.id if caller.account else None, remote)
+        if not body.dry_run:  # a flood past the cap costs no source decoding (`_admit` decides, exactly)
+            async with self.services.database.reader() as tx:
+                queued, _reserved = await tx.requester_load(who)
+            self._check_cap(caller, queued, body.params.n)
+        sources = await self._decode_sources(body)
         per_image = price_per_image(body)
         total = round(per_image * body.params.n, 2)
         if body.dry_run:
             return DryRunResult(kudos=total)
-        self._check_upfront(caller, body, total)
-        request, jobs, entries = self._build(caller, body, per_image, client_agent)
+        upfront = self._check_upfront(caller, body, total)
+        request, jobs, entries = self._build(caller, body, per_image, client_agent, remote, who)
         await self._store_sources(request, sources)
-        async with self.services.database.transaction() as tx:
-            await tx.insert_request(request)
-            await tx.insert_jobs(jobs)
-            await tx.enqueue(entries)
+        try:
+            async with self.services.database.transaction() as tx:
+                await self._admit(tx, caller, jobs, per_image, upfront)
+                await tx.insert_request(request)
+                await tx.insert_jobs(jobs)
+                await tx.enqueue(entries)
+        except BaseException:
+            await self._forget_sources(request)
+            raise
         self.services.hub.jobs_queued(entries)
         await self.services.database.announce("jobs", request.id)
         return RequestAccepted(id=request.id, kudos=total, warnings=await self._warnings(entries[0]))
 
     @staticmethod
-    def _decode_sources(body: GenerationRequest) -> dict[str, bytes]:
-        sources: dict[str, bytes] = {}
-        if body.source_image:
-            sources["source_image"] = decode_base64_image(body.source_image, "source_image")
-        if body.source_mask and body.source_image:
-            sources["source_mask"] = decode_base64_image(body.source_mask, "source_mask")
-        if body.is_painting and "source_mask" not in sources and not has_alpha(sources["source_image"]):
+    async def _decode_sources(body: GenerationRequest) -> dict[str, bytes]:
+        """The source image and mask as the coordinator re-encodes them (coordinator/sources.py): those
+        bytes, never the requester's, reach nodes. On a thread: a large source takes a second."""
+        texts = {"source_image": body.source_image, "source_mask": body.source_mask if body.source_image else None}
+        sources = {field: await asyncio.to_thread(read_source, text, field) for field, text in texts.items() if text}
+        image = sources.get("source_image")
+        if body.is_painting and "source_mask" not in sources and not (image and image.alpha):
             raise bad_request(
                 RC.INPAINTING_MISSING_MASK, "Inpainting needs a source_mask or an alpha channel in source_image."
             )
-        return sources
+        return {field: source.data for field, source in sources.items()}
 
     @staticmethod
-    def _check_upfront(caller: Caller, body: GenerationRequest, total: float) -> None:
+    def _check_upfront(caller: Caller, body: GenerationRequest, total: float) -> bool:
+        """Whether the request needs its whole price available up front; refused at once when the balance
+        alone is short (`_admit` checks what is available once other requests' reservations are counted)."""
         params = body.params
         if not needs_upfront_kudos(width=params.width, height=params.height, steps=params.steps):
-            return
+            return False
         if caller.account is None or caller.account.kudos < total:
-            raise forbidden(
-                RC.KUDOS_UPFRONT,
-                f"Requests over 1024x1024 pixels or 50 steps need {total} kudos up front.",
-            )
+            raise upfront_refused(total, caller.account.kudos if caller.account else 0.0)
+        return True
+
+    async def _admit(self, tx: Tx, caller: Caller, jobs: list[JobRecord], price: float, upfront: bool) -> None:
+        """Within the request's transaction: the requester's queue cap, then which images its available
+        balance funds (their prices are reserved by the jobs themselves, see `Tx.requester_load`)."""
+        # Balances and reservations read here stay true until commit: every kudos movement, and every other
+        # admission, waits for this lock (SQLite's single writer already serializes them).
+        await tx.lock_ledger()
+        queued, reserved = await tx.requester_load(jobs[0].requester)
+        self._check_cap(caller, queued, len(jobs))
+        if caller.account is None:
+            return
+        account = await tx.account_by("id", caller.account.id)
+        available = round((account.kudos if account else 0.0) - reserved, 2)
+        if upfront and available < round(price * len(jobs), 2):
+            raise upfront_refused(round(price * len(jobs), 2), available)
+        for job in jobs[: funded_images(available, price, len(jobs))]:
+            job.charge = price
+
+    def _check_cap(self, caller: Caller, queued: int, n: int) -> None:
+        """At most `concurrency` images waiting or in progress per account, or per anonymous address."""
+        limit = self.services.config.concurrency
+        if queued + n > limit:
+            who = "This account" if caller.account else "Anonymous requests from your address"
+            raise HordeError(
+                429, RC.TOO_MANY_PROMPTS,
+                f"{who} already has {queued} images waiting or in progress; {n} more would pass the limit of "
+                f"{limit}. Wait for some to finish.",
+            )  # fmt: skip
 
     def _build(
-        self, caller: Caller, body: GenerationRequest, per_image: float, client_agent: str
+        self, caller: Caller, body: GenerationRequest, per_image: float, client_agent: str, remote: str, who: str
     ) -> tuple[RequestRecord, list[JobRecord], list[QueueEntry]]:
         now = self.services.clock()
         tier = priority_tier(caller.account)
@@ -96,13 +151,14 @@ class RequestDesk:
             id=str(uuid.uuid4()), account_id=caller.account.id if caller.account else ANONYMOUS_ACCOUNT,
             created=now, updated=now, state="active", n=body.params.n, kudos_per_image=per_image,
             body=body.model_dump(exclude={"source_image", "source_mask"}), client_agent=client_agent[:200],
-            tier=tier, rank=rank,
+            tier=tier, rank=rank, remote=remote,
         )  # fmt: skip
         seeds = image_seeds(body.params.seed, body.params.seed_variation, body.params.n)
         jobs = [
-            JobRecord(id=str(uuid.uuid4()), request_id=request.id, index=index, seed=seed, state="waiting")
+            JobRecord(id=str(uuid.uuid4()), request_id=request.id, index=index, seed=seed, state="waiting",
+                      requester=who)
             for index, seed in enumerate(seeds)
-        ]
+        ]  # fmt: skip
         entries = [queue_entry(job.id, request.id, body, tier, rank) for job in jobs]
         return request, jobs, entries
 
@@ -112,6 +168,14 @@ class RequestDesk:
             await self.services.images.write(name, data)
             setattr(request, field, name)
             setattr(request, f"{field}_sha256", sha256_hex(data))
+
+    async def _forget_sources(self, request: RequestRecord) -> None:
+        """The sources of a request that was refused (or failed) after they were stored: no row names them."""
+        for name in (request.source_image, request.source_mask):
+            try:
+                await self.services.images.delete(name)
+            except StorageUnavailable as error:
+                log.warning("could not delete source %s of a refused request: %s", name, error)
 
     async def _warnings(self, entry: QueueEntry) -> list[RequestWarning]:
         if await self.roster.able(entry):
@@ -165,17 +229,24 @@ class RequestDesk:
 
     async def _status(self, request: RequestRecord, jobs: list[JobRecord], base_url: str) -> RequestStatus:
         report = await self._check(request, jobs)
-        inline = not request.body.get("r2", True)
-        generations = [
-            await self._generation(job, base_url, inline) for job in jobs if job.state == "done" and job.image
-        ]
+        # `r2: false` asks for base64 images, but one answer carries at most `max_inline_bytes` of them
+        # (anyone may ask for any request's status, as often as they like); the rest come as URLs.
+        budget = 0 if request.body.get("r2", True) else self.services.config.max_inline_bytes
+        generations = []
+        for job in jobs:
+            if job.state == "done" and job.image:
+                generation, budget = await self._generation(job, base_url, budget)
+                generations.append(generation)
         return RequestStatus(**report.model_dump(), generations=generations, shared=request.body.get("shared", False))
 
-    async def _generation(self, job: JobRecord, base_url: str, inline: bool) -> Generation:
+    async def _generation(self, job: JobRecord, base_url: str, inline_budget: int) -> tuple[Generation, int]:
+        """The image inline when its base64 fits in what is left of the answer's budget, else its URL."""
         assert job.image is not None
-        if inline:
+        size = await self.services.images.size(job.image) if inline_budget > 0 else None
+        if size is not None and (size + 2) // 3 * 4 <= inline_budget:  # its length in base64
             data = await self.services.images.read(job.image) or b""
             img = base64.b64encode(data).decode()
+            inline_budget -= len(img)
         else:
             # Until the image is pruned, as our own URL is (a bucket caps presigned URLs at 7 days).
             lifetime = self.services.config.retention_hours * 3600
@@ -186,7 +257,7 @@ class RequestDesk:
             model=job.model or "", state=job.result_state or "ok", censored=job.censored,
             gen_metadata=job.gen_metadata, worker_key=job.worker_key, signature=job.signature,
             image_sha256=job.image_sha256, job=job.job_document, job_signature=job.job_signature,
-        )  # fmt: skip
+        ), inline_budget  # fmt: skip
 
     # --- cancelling -----------------------------------------------------------------
     async def cancel(self, caller: Caller, request_id: str, base_url: str) -> RequestStatus:

@@ -5,9 +5,12 @@ always has its image)."""
 import base64
 import binascii
 import logging
+import math
 import secrets
+from typing import Any
 
 from coordinator.auth import Caller, require_account
+from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.services import Services
@@ -22,6 +25,13 @@ from protocol.provenance import ResultDocument, sha256_hex, verify_result
 
 log = logging.getLogger("horde.coordinator.results")
 PAID_STATES = ("ok", "censored")
+NOT_DELIVERED = Settlement(0.0, 0.0, "not delivered")
+# Post-processors that scale the image, by their factor (AI Horde's upscalers); every other one (face
+# fixers, background removal) keeps the size. A result must have the job's size times these.
+UPSCALE_FACTORS = {
+    "RealESRGAN_x2plus": 2, "RealESRGAN_x4plus": 4, "RealESRGAN_x4plus_anime_6B": 4, "NMKD_Siax": 4,
+    "4x_AnimeSharp": 4,
+}  # fmt: skip
 
 
 def upload_name(job_id: str, worker_id: str) -> str:
@@ -33,6 +43,21 @@ def upload_name(job_id: str, worker_id: str) -> str:
 
 def result_name(job_id: str, tag: str = "") -> str:
     return f"{job_id}.{tag}.webp" if tag else f"{job_id}.webp"
+
+
+def result_size(payload: dict[str, Any]) -> tuple[int, int] | None:
+    """The size a job's image must have: its width × height, scaled by its upscalers; None when the job
+    document names no size (never, for a job handed out by this coordinator)."""
+    width, height = payload.get("width"), payload.get("height")
+    if not isinstance(width, int) or not isinstance(height, int):
+        return None
+    factor = math.prod(UPSCALE_FACTORS.get(name, 1) for name in payload.get("post_processing") or [])
+    return width * factor, height * factor
+
+
+def job_megapixelsteps(job: JobRecord) -> float:
+    payload = (job.job_document or {}).get("payload", {})
+    return payload.get("width", 0) * payload.get("height", 0) * payload.get("ddim_steps", 0) / 1e6
 
 
 class Aborted(HordeError):
@@ -56,7 +81,8 @@ class ResultIntake:
         check_image(data, "upload", formats=RESULT_FORMATS)
         await self.services.images.write(upload_name(job_id, job.worker_id or ""), data)
 
-    async def submit(self, caller: Caller, body: SubmitRequest) -> SubmitResult:
+    async def submit(self, caller: Caller, body: SubmitRequest, remote: str = "") -> SubmitResult:
+        """Take a node's result; `remote` is the address it submits from (see `economy.settle`)."""
         account = require_account(caller, RC.ANON_FORBIDDEN_WORKER)
         async with self.services.database.reader() as tx:
             job = await tx.get_job(body.id)
@@ -66,12 +92,12 @@ class ResultIntake:
             previous = [w for w in [await tx.worker_by("id", i) for i in job.previous_workers] if w]
         self._check_submitter(caller, account.id, job, worker, previous)
         assert worker is not None
-        image = await self._image(body, worker) if body.state in PAID_STATES else None
+        image = await self._image(body, worker, job) if body.state in PAID_STATES else None
         self._check_signature(caller, worker, body, image)
         if body.state == "faulted":
             await self._fault(job.id, worker, body)
             return SubmitResult(reward=0)
-        return SubmitResult(reward=await self._store(job.id, worker, body, image))
+        return SubmitResult(reward=await self._store(job.id, worker, body, image, remote))
 
     @staticmethod
     async def _assigned(tx: Tx, caller: Caller, job: JobRecord) -> Worker | None:
@@ -99,14 +125,24 @@ class ResultIntake:
             raise Aborted()
         raise HordeError(403, RC.WRONG_CREDENTIALS, "This job is not assigned to your node.")
 
-    async def _image(self, body: SubmitRequest, worker: Worker) -> bytes:
+    async def _image(self, body: SubmitRequest, worker: Worker, job: JobRecord) -> bytes:
         if body.generation == "R2":
-            return await self._uploaded(body.id, worker)
-        try:
-            data = base64.b64decode(body.generation, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise bad_request(RC.IMAGE_VALIDATION_FAILED, "generation is not valid base64.") from error
-        check_image(data, "generation", formats=RESULT_FORMATS)
+            data = await self._uploaded(body.id, worker)
+            size = check_image(data, "upload", formats=RESULT_FORMATS)
+        else:
+            try:
+                data = base64.b64decode(body.generation, validate=True)
+            except (binascii.Error, ValueError) as error:
+                raise bad_request(RC.IMAGE_VALIDATION_FAILED, "generation is not valid base64.") from error
+            size = check_image(data, "generation", formats=RESULT_FORMATS)
+        expected = result_size((job.job_document or {}).get("payload", {}))
+        if expected is not None and size != expected:
+            # A 1×1 answer to a 1024² job was paid in full (issue 11): the size is the cheapest proof of work
+            # the coordinator can check. The node may still submit the right image before its deadline.
+            raise bad_request(
+                RC.IMAGE_SIZE_MISMATCH,
+                f"The image is {size[0]}x{size[1]}; this job asked for {expected[0]}x{expected[1]}.",
+            )
         return data
 
     async def _uploaded(self, job_id: str, worker: Worker) -> bytes:
@@ -120,7 +156,6 @@ class ResultIntake:
         data = await self.services.images.read(name) if size is not None else None
         if data is None:
             raise bad_request(RC.UPLOAD_MISSING, "generation is 'R2' but nothing was uploaded for this job.")
-        check_image(data, "upload", formats=RESULT_FORMATS)
         return data
 
     @staticmethod
@@ -164,7 +199,9 @@ class ResultIntake:
             raise Aborted()
         return job, request
 
-    async def _store(self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None) -> float:
+    async def _store(
+        self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None, remote: str
+    ) -> float:
         now = self.services.clock()
         # Each submission writes its own file, so a concurrent repeat can't replace the image the winner
         # recorded (and signed) under the same name; the losers' files are removed.
@@ -174,10 +211,12 @@ class ResultIntake:
         try:
             async with self.services.database.transaction() as tx:
                 job, request = await self._current(tx, job_id, worker)
-                reward = request.kudos_per_image if body.state in PAID_STATES else 0.0
-                self._record_result(job, worker, body, image, name, reward, now)
+                node = await tx.worker_by("id", worker.id) or worker
+                self._count_work(node, job, now)
+                settlement = await self._settle(tx, job, request, node, body.state, remote, now)
+                self._record_result(job, worker, body, image, name, settlement.reward, now)
                 await tx.save_job(job)
-                await self._pay(tx, job, request, worker, reward, now)
+                await self._pay(tx, job, request, node, settlement, now)
                 await settle_if_complete(tx, request, now)
         except BaseException:
             await self._forget(name)
@@ -187,7 +226,7 @@ class ResultIntake:
             await self._forget(upload_name(job_id, worker.id))
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
-        return reward
+        return settlement.reward
 
     async def _forget(self, name: str | None) -> None:
         try:
@@ -209,24 +248,55 @@ class ResultIntake:
         job.seed = body.seed
         job.reward, job.finished_at = reward, now
 
-    async def _pay(
-        self, tx: Tx, job: JobRecord, request: RequestRecord, worker: Worker, reward: float, now: float
-    ) -> None:
-        """Reward the node's owner and charge the requester for one delivered image."""
-        current = await tx.worker_by("id", worker.id) or worker
-        payload = (job.job_document or {}).get("payload", {})
-        megapixelsteps = payload.get("width", 0) * payload.get("height", 0) * payload.get("ddim_steps", 0) / 1e6
+    def _count_work(self, node: Worker, job: JobRecord, now: float) -> None:
+        """The node's counters for one more result, and its suspicion if the result came back faster
+        than any real GPU makes that much work."""
+        megapixelsteps = job_megapixelsteps(job)
         elapsed = max(now - (job.assigned_at or now), 1e-3)
         if megapixelsteps / elapsed > self.services.config.suspicious_mps_per_second:
-            current.suspicion += 1
-        current.requests_fulfilled += 1
-        current.kudos_rewards = round(current.kudos_rewards + reward, 2)
-        current.megapixelsteps += megapixelsteps
-        current.missed_deadlines = 0
-        await tx.save_worker_state(current)
-        await tx.record_stats(int(now // 60), 1, megapixelsteps)
-        if reward <= 0:
-            return
-        await tx.move_kudos("reward", None, current.owner_id, reward, job.id, now)
-        if request.account_id:
-            await tx.move_kudos("spend", request.account_id, None, reward, job.id, now)
+            node.suspicion += 1
+        node.requests_fulfilled += 1
+        node.megapixelsteps += megapixelsteps
+        node.missed_deadlines = 0
+
+    async def _settle(
+        self, tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, state: str, remote: str, now: float
+    ) -> Settlement:
+        """Who pays whom for this result (`economy.settle`), and the node's volunteer allowance after it."""
+        if state not in PAID_STATES:
+            return NOT_DELIVERED
+        config = self.services.config
+        per_period = config.volunteer_kudos_per_10_minutes
+        allowance = volunteer_allowance(node.volunteer_credit, node.volunteer_at or node.created, now, per_period)
+        settlement = settle(
+            price=request.kudos_per_image, charge=await self._payable(tx, job, request),
+            requester_id=request.account_id, requester_address=request.remote, owner_id=node.owner_id,
+            node_address=remote, withheld=node.suspicion >= config.suspicion_threshold, allowance=allowance,
+        )  # fmt: skip
+        node.volunteer_credit, node.volunteer_at = round(allowance - settlement.minted, 4), now
+        return settlement
+
+    @staticmethod
+    async def _payable(tx: Tx, job: JobRecord, request: RequestRecord) -> float:
+        """The price reserved for this image at submit, if the requester still holds it. Reservations keep
+        transfers from spending it, so only an operator's negative grant can have taken it: the image is
+        then unfunded rather than the requester overdrawn (the ledger's lock is held, see `_current`)."""
+        if job.charge <= 0:
+            return 0.0
+        account = await tx.account_by("id", request.account_id)
+        return job.charge if account is not None and account.kudos >= job.charge - 0.005 else 0.0
+
+    @staticmethod
+    async def _pay(
+        tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, settlement: Settlement, now: float
+    ) -> None:
+        """Save the node's counters and move the settlement's kudos: a funded image's spend and reward
+        share the job's id as reference; a volunteer reward (minted) is marked as such."""
+        node.kudos_rewards = round(node.kudos_rewards + settlement.reward, 2)
+        await tx.save_worker_state(node)
+        await tx.record_stats(int(now // 60), 1, job_megapixelsteps(job))
+        if settlement.charge > 0:
+            await tx.move_kudos("spend", request.account_id, None, settlement.charge, job.id, now)
+        if settlement.reward > 0:
+            reference = job.id if settlement.charge > 0 else f"volunteer:{job.id}"
+            await tx.move_kudos("reward", None, node.owner_id, settlement.reward, reference, now)

@@ -1,15 +1,16 @@
-"""The roster of nodes: registration on pop, name and key ownership, and a short-lived
-in-memory view of who is online (for `is_possible`, ETAs and `/status/models`)."""
+"""The roster of nodes: registration on pop, name and key ownership, the maintenance rules, and a
+short-lived in-memory view of who is online (for `is_possible`, ETAs and `/status/models`)."""
 
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from coordinator.auth import Caller, require_account
 from coordinator.errors import HordeError
 from coordinator.events import can_serve
 from coordinator.services import Services
 from coordinator.storage import NameTaken
-from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
+from coordinator.storage.records import Account, QueueEntry, Worker, WorkerCaps
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
@@ -18,6 +19,80 @@ ROSTER_REFRESH_SECONDS = 2.0
 LAST_SEEN_WRITE_INTERVAL = 15.0
 # Far above any request (3072×3072), and within a 32-bit database integer, whatever a node claims.
 MAX_NODE_PIXELS = 2**31 - 1
+# Workers an account may register (AI Horde's numbers): each is stored and listed in /v2/workers,
+# so this bounds what one account adds to that answer. Deleting a worker frees its place.
+WORKERS_PER_ACCOUNT = 3
+WORKERS_PER_TRUSTED_ACCOUNT = 20
+
+
+def worker_limit(account: Account) -> int:
+    return WORKERS_PER_TRUSTED_ACCOUNT if account.trusted else WORKERS_PER_ACCOUNT
+
+
+def too_many_workers(account: Account, limit: int) -> HordeError:
+    kind = "a trusted" if account.trusted else "an untrusted"
+    return HordeError(
+        403, RC.FORBIDDEN,
+        f"To avoid abuse, {kind} account can run at most {limit} workers, and {account.display_name} already has "
+        f"{limit}. Pop with one of their names, or delete one (DELETE /v2/workers/{{id}}) to add another.",
+    )  # fmt: skip
+
+
+# Automatic maintenance. A node that misses `max_missed_deadlines` (3) deadlines in a row, with no
+# delivered image between them, gets no jobs for MAINTENANCE_CLEAN_SECONDS after the last miss; then
+# it is back with a clean count. A node gets no jobs while in maintenance, so it cannot prove itself
+# with successes: a clean period is the only way back that needs nobody. The owner's maintenance
+# (PUT /v2/workers) never lifts by itself.
+MAINTENANCE_CLEAN_SECONDS = 600.0
+
+
+def count_missed_deadline(worker: Worker, assigned_at: float | None, now: float, threshold: int) -> bool:
+    """Count one missed deadline against `worker`; False when it adds nothing. A job the node took
+    before its last counted miss is part of that miss: a crash drops every job the node held, whose
+    deadlines pass one after another (a batch's are staggered) or together, and that is one miss."""
+    if assigned_at is not None and assigned_at <= worker.last_missed_at:
+        return False
+    worker.missed_deadlines += 1
+    worker.last_missed_at = now
+    owners = worker.maintenance and worker.maintenance_until is None
+    if worker.missed_deadlines >= threshold and not owners:
+        worker.maintenance, worker.maintenance_until = True, now + MAINTENANCE_CLEAN_SECONDS
+        worker.maintenance_msg = f"missed {worker.missed_deadlines} job deadlines in a row"
+    return True
+
+
+def maintenance_over(worker: Worker, now: float) -> bool:
+    """Whether the worker's automatic maintenance has run its clean period."""
+    return worker.maintenance and worker.maintenance_until is not None and now >= worker.maintenance_until
+
+
+def in_maintenance(worker: Worker, now: float) -> bool:
+    return worker.maintenance and not maintenance_over(worker, now)
+
+
+def lift_maintenance(worker: Worker) -> None:
+    worker.maintenance, worker.maintenance_until, worker.maintenance_msg = False, None, None
+    worker.missed_deadlines = 0
+
+
+def maintenance_refusal(worker: Worker) -> HordeError:
+    """AI Horde's answer to a pop from a node in maintenance (403 WorkerMaintenance): why, and what to do."""
+    lift_now = f'PUT /v2/workers/{worker.id} {{"maintenance": false}}'
+    if worker.maintenance_until is None:
+        reason = worker.maintenance_msg or "no reason given"
+        message = (
+            f"Worker {worker.name} is in maintenance, set by its owner ({reason}), and gets no jobs until "
+            f"the owner lifts it: {lift_now}."
+        )
+    else:
+        until = datetime.fromtimestamp(worker.maintenance_until, UTC).strftime("%H:%M:%S UTC")
+        message = (
+            f"Worker {worker.name} is in maintenance: it {worker.maintenance_msg} (it crashed, or its jobs ran "
+            f"longer than their time limit). It lifts by itself at {until}, {MAINTENANCE_CLEAN_SECONDS / 60:.0f} "
+            f"minutes after the last miss. Meanwhile make sure the node finishes its jobs in time (on a slow "
+            f"machine: lower max_pixels, max_batch or queue_size); its owner can lift it now: {lift_now}."
+        )
+    return HordeError(403, RC.WORKER_MAINTENANCE, message)
 
 
 def wrong_credentials(message: str) -> HordeError:
@@ -35,16 +110,17 @@ class Roster:
         """The worker behind this pop, created or updated from what the pop says it can do."""
         account = require_account(caller, RC.ANON_FORBIDDEN_WORKER)
         try:
-            return await self._register(caller, account.id, pop)
+            return await self._register(caller, account, pop)
         except NameTaken:
             # A concurrent first pop of the same new node may have just registered it: look again.
             try:
-                return await self._register(caller, account.id, pop)
+                return await self._register(caller, account, pop)
             except NameTaken as error:
                 raise HordeError(403, RC.WORKER_NAME_EXISTS, f"Worker name {pop.name} is taken.") from error
 
-    async def _register(self, caller: Caller, account_id: int, pop: PopRequest) -> Worker:
+    async def _register(self, caller: Caller, account: Account, pop: PopRequest) -> Worker:
         now = self.services.clock()
+        account_id = account.id
         existing = caller.worker  # a signed node: just read by its key
         if existing is None or existing.name.lower() != pop.name.lower():
             async with self.services.database.reader() as tx:
@@ -57,7 +133,7 @@ class Roster:
         if existing is None or worker != replace(existing, last_seen=worker.last_seen) or (
             now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL
         ):
-            await self._save(worker)
+            await self._save(worker, None if existing else account)
         return worker
 
     @staticmethod
@@ -91,8 +167,12 @@ class Roster:
             last_seen=now,
         )
 
-    async def _save(self, worker: Worker) -> None:
+    async def _save(self, worker: Worker, new_for: Account | None = None) -> None:
+        """Save a worker; a new one (`new_for` its owner) only while the owner is under its limit,
+        counted in the same transaction so concurrent first pops cannot pass it together."""
         async with self.services.database.transaction() as tx:
+            if new_for is not None and await tx.count_workers(new_for.id) >= (limit := worker_limit(new_for)):
+                raise too_many_workers(new_for, limit)
             await tx.save_worker(worker)
         self._loaded_at = float("-inf")
 
@@ -102,7 +182,7 @@ class Roster:
             async with self.services.database.reader() as tx:
                 workers = await tx.list_workers()
             cutoff = now - self.services.config.worker_online_seconds
-            self._online = [w for w in workers if w.last_seen >= cutoff and not w.maintenance]
+            self._online = [w for w in workers if w.last_seen >= cutoff and not in_maintenance(w, now)]
             self._online_caps = [(worker, WorkerCaps.of(worker)) for worker in self._online]
             self._loaded_at = now
         return self._online

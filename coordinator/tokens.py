@@ -54,6 +54,6 @@ class Tokens:
 
     def upload_token_valid(self, job_id: str, worker_id: str, token: str) -> bool:
         expires, _, mac = token.partition(".")
-        if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
+        if not (expires.isascii() and expires.isdigit() and len(expires) < 16) or int(expires) < time.time():
             return False
         return hmac.compare_digest(mac, self._mac("upload", job_id, worker_id, expires)[:32])

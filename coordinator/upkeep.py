@@ -1,11 +1,12 @@
-"""The coordinator's periodic chores: reissue overdue jobs, expire abandoned requests,
-pay uptime kudos, and prune old requests and images (never the ledger)."""
+"""The coordinator's periodic chores: reissue overdue jobs, lift automatic maintenance, expire
+abandoned requests, pay uptime kudos, and prune old requests and images (never the ledger)."""
 
 import asyncio
 import logging
 
 from coordinator.lifecycle import fault_request, requeue_or_fault
 from coordinator.results import upload_name
+from coordinator.roster import count_missed_deadline, lift_maintenance, maintenance_over
 from coordinator.services import Services
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import QueueEntry
@@ -30,6 +31,7 @@ class Upkeep:
 
     async def run_once(self) -> None:
         await self.reissue_overdue()
+        await self.end_maintenance()
         await self.expire_abandoned()
         await self.pay_uptime()
         await self.prune()
@@ -38,26 +40,40 @@ class Upkeep:
         """Jobs whose node missed the time limit go back to the queue for another node."""
         now = self.services.clock()
         config = self.services.config
+        misses = config.max_missed_deadlines
         requeued: list[QueueEntry] = []
         touched: set[str] = set()
         async with self.services.database.transaction() as tx:
             await tx.lock_ledger()  # not while a result for one of these jobs is being stored (results._current)
             for job in await tx.overdue_jobs(now):
                 request = await tx.get_request(job.request_id)
+                # Read for each job, so a crash's other overdue jobs in this pass see the miss counted.
                 worker = await tx.worker_by("id", job.worker_id) if job.worker_id else None
                 if request is None:
                     continue
+                assigned_at = job.assigned_at
                 entry = await requeue_or_fault(tx, job, request, config.max_job_faults, now, "time limit exceeded")
                 requeued += [entry] if entry else []
                 touched.add(request.id)
-                if worker is not None:
-                    worker.missed_deadlines += 1
-                    if worker.missed_deadlines >= config.max_missed_deadlines:
-                        worker.maintenance = True
-                        worker.maintenance_msg = f"missed {worker.missed_deadlines} job deadlines in a row"
+                if worker is not None and count_missed_deadline(worker, assigned_at, now, misses):
                     await tx.save_worker_state(worker)
         await self._announce(requeued, touched)
         return len(touched)
+
+    async def end_maintenance(self) -> int:
+        """Lift automatic maintenance whose clean period has passed (pops already ignore it)."""
+        now = self.services.clock()
+        async with self.services.database.reader() as tx:
+            due = [worker.id for worker in await tx.list_workers() if maintenance_over(worker, now)]
+        if not due:
+            return 0  # the usual case: no write transaction
+        async with self.services.database.transaction() as tx:
+            for worker_id in due:
+                worker = await tx.worker_by("id", worker_id)
+                if worker is not None and maintenance_over(worker, now):
+                    lift_maintenance(worker)
+                    await tx.save_worker_state(worker)
+        return len(due)
 
     async def expire_abandoned(self) -> None:
         """A request nobody picks up for `request_expiry_seconds` is faulted as expired."""

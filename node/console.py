@@ -42,6 +42,8 @@ MESSAGES: dict[str, str] = {
     "settled": "job {job} was already settled by the coordinator ({rc})",
     "rejected": "job {job}: the coordinator rejected the result ({error}); kept in {where}",
     "paused": "pausing pops for {seconds:.0f}s: {reason}",
+    "maintenance": "no jobs: the coordinator has this node in maintenance · {reason} · asking again in {seconds:.0f}s",
+    "maintenance_over": "out of maintenance after {minutes:.0f} min: popping again",
     "resumed": "popping again",
     "stopping": "stopping: {reason}",
     "stopped": "stopped · {done} done, {faulted} faulted, {kudos:.2f} kudos · {pending} left in the spool",

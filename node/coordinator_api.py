@@ -38,6 +38,10 @@ class Unreachable(CoordinatorError):
     """No usable answer (network down, timeout, 5xx, rate limited): try again later."""
 
 
+class DownloadFailed(CoordinatorError):
+    """A source could not be fetched. The text says why in our words, never quoting the answer."""
+
+
 class ApiError(CoordinatorError):
     """The coordinator answered with an error it means."""
 
@@ -138,8 +142,25 @@ class CoordinatorClient:
         """PUT to a pre-authorized upload URL. No apikey: the URL may belong to a storage service."""
         await self._send("PUT", url, data, {"Content-Type": content_type}, self.timeout)
 
-    async def download(self, url: str) -> bytes:
-        return await self._send("GET", url, b"", {}, self.timeout, raw=True)
+    async def download(self, url: str, *, max_bytes: int, limit_s: float) -> bytes:
+        """GET a URL a pop named: no credentials, no redirects (they could lead to any host), at most
+        `max_bytes` within `limit_s`, reading no further than the cap. Raises DownloadFailed."""
+        try:
+            async with self.session.get(
+                URL(url, encoded=True), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=limit_s)
+            ) as response:
+                if response.status != 200:
+                    raise DownloadFailed(f"the answer was HTTP {response.status}")
+                if (response.content_length or 0) > max_bytes:
+                    raise DownloadFailed(f"it is more than {max_bytes} bytes")
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > max_bytes:  # leaving the block drops the connection: nothing more is read
+                        raise DownloadFailed(f"it is more than {max_bytes} bytes")
+                return bytes(data)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise DownloadFailed(f"{type(exc).__name__} after at most {limit_s:g} s") from None
 
     # -- plumbing ----------------------------------------------------------------------------------
 

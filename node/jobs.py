@@ -6,12 +6,8 @@ signed, spooled and submitted on its own, so one fault never costs the other ima
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from dataclasses import dataclass, field
 
-from PIL import Image
 from pydantic import ValidationError
 
 from node.jobspec import SEED_MODULUS, seed_from_string
@@ -134,38 +130,23 @@ def refusal(job: ImageJob, key: PublicKey) -> str | None:
     return None
 
 
-def source_mismatch(job: ImageJob, image: bytes | None, mask: bytes | None) -> str | None:
-    """Whether the fetched sources are the ones the signed document names (by hash)."""
+def source_mismatch(job: ImageJob, field: str, data: bytes | None) -> str | None:
+    """Whether a source (`field`: source_image or source_mask) is the one the signed document names by
+    hash: a source it does not sign, or one it signs that the pop lacks, is a mismatch too."""
     if job.document is None:
         return None
-    for label, data, expected in (
-        ("source image", image, job.document.source_image_sha256),
-        ("source mask", mask, job.document.source_mask_sha256),
-    ):
-        if expected is not None and (data is None or sha256_hex(data) != expected.lower()):
-            return f"the {label} is not the one the coordinator signed"
+    expected: str | None = getattr(job.document, f"{field}_sha256")
+    label = field.replace("_", " ")
+    if expected is None:
+        return None if data is None else f"the coordinator signed no {label}"
+    if data is None or sha256_hex(data) != expected.lower():
+        return f"the {label} is not the one the coordinator signed"
     return None
 
 
-# -- sources ----------------------------------------------------------------------------------------
-
-
-def inline_source(value: str) -> bytes | None:
-    """Base64 (optionally a data: URL) → bytes; None when the value is a URL to fetch instead."""
-    if value.startswith(("http://", "https://")):
-        return None
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("the source is neither a URL nor valid base64") from None
-
-
-def open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
+def source_url_signed(job: ImageJob, field: str, url: str) -> bool:
+    """Whether the signed document names `url` as where this source may be fetched from."""
+    return job.document is not None and getattr(job.document, f"{field}_url") == url
 
 
 # -- results ----------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ BRIDGE_AGENT = "horde-network-node:1:https://github.com/horde-network"
 MIN_POP_INTERVAL = 1.0
 IDLE_REPORT_SECONDS = 60.0
 MAINTENANCE_PAUSE = 60.0
+# For a coordinator whose WorkerMaintenance answer says nothing more (ours gives the reason and the remedy).
+MAINTENANCE_REMEDY = 'its owner can lift it: PUT /v2/workers/{id} {"maintenance": false}'
 SKIP_REASONS = {
     "models": "want a model not served here",
     "max_pixels": "are larger than max_pixels",
@@ -32,6 +34,7 @@ SKIP_REASONS = {
     "untrusted": "want trusted workers",
     "kudos": "need upfront kudos",
     "post-processing": "want post-processing",
+    "failed_here": "failed on this node before (they go to other nodes)",
 }
 
 
@@ -56,6 +59,8 @@ class Popper:
         self._in_hand = 0
         self._room = asyncio.Event()
         self._pause_until = 0.0
+        self._announce_resume = False
+        self._in_maintenance_since: float | None = None
         self._stopping = False
         self._in_pop = False
         self._backoff = Backoff(cap=config.max_retry_delay)
@@ -63,6 +68,7 @@ class Popper:
 
     def pause(self, seconds: float, reason: str) -> None:
         self._pause_until = time.monotonic() + seconds
+        self._announce_resume = True
         self.console.event("paused", logging.WARNING, seconds=seconds, reason=reason)
 
     def stop(self) -> bool:
@@ -96,6 +102,7 @@ class Popper:
             finally:
                 self._in_pop = False
             self._reachable()
+            self._out_of_maintenance()
             unit = split_pop(pop)
             if not unit.jobs:
                 self._idle.report(pop.skipped)
@@ -132,7 +139,9 @@ class Popper:
         remaining = self._pause_until - time.monotonic()
         if remaining > 0:
             await asyncio.sleep(remaining)
-            self.console.event("resumed")
+            if self._announce_resume:
+                self.console.event("resumed")
+        self._announce_resume = False
 
     async def _retry_later(self, exc: Exception) -> None:
         delay = self._backoff.next_delay()
@@ -147,11 +156,25 @@ class Popper:
 
     async def _refused(self, exc: ApiError) -> None:
         if exc.rc == RC.WORKER_MAINTENANCE:
-            self.pause(MAINTENANCE_PAUSE, "the coordinator has this worker in maintenance mode")
+            self._in_maintenance(exc.message)
             return
         delay = self._backoff.next_delay()
         self.console.event("log", logging.WARNING, message=f"pop refused: {exc}; retrying in {delay:.0f}s")
         await asyncio.sleep(delay)
+
+    def _in_maintenance(self, message: str) -> None:
+        """No jobs while the coordinator has this node in maintenance: say so, with the coordinator's
+        reason and remedy (never "the queue is empty"), and ask again in a while."""
+        self._pause_until = time.monotonic() + MAINTENANCE_PAUSE
+        self._in_maintenance_since = self._in_maintenance_since or time.monotonic()
+        reason = message.strip() or f"no reason given; {MAINTENANCE_REMEDY}"
+        self.console.event("maintenance", logging.WARNING, reason=reason, seconds=MAINTENANCE_PAUSE)
+
+    def _out_of_maintenance(self) -> None:
+        if self._in_maintenance_since is not None:
+            minutes = (time.monotonic() - self._in_maintenance_since) / 60
+            self._in_maintenance_since = None
+            self.console.event("maintenance_over", minutes=minutes)
 
 
 def describe_skipped(reasons: dict[str, int]) -> str:

@@ -17,6 +17,8 @@ from node.spool import Spool, SpoolEntry
 from protocol.keys import Identity
 
 log = logging.getLogger(__name__)
+# gen_metadata types of a fault the request's sources caused (download_failed, parse_failed): not this node's.
+SOURCE_METADATA_TYPES = frozenset({"source_image", "source_mask", "extra_source_images"})
 
 
 class Results:
@@ -68,25 +70,26 @@ class Results:
         value: str = "see_ref",
     ) -> None:
         """Submit as faulted. `node_fault=False` for the request's own problems, which say nothing
-        about this node's health and so don't count toward the pause."""
+        about this node's health and so don't count toward the pause; a fault about a source (AI Horde's
+        gen_metadata types for them) is always the request's."""
         entry = fault_entry(job, reason, self.signer, kind=kind, value=value)
         self.spool.put(entry, None)  # a small JSON file; faults are rare, so written where they happen
         self._spooled(job, entry)
         self.stats.jobs_faulted += 1
         self.console.event("job_faulted", logging.WARNING, job=job.job_id, reason=reason)
-        if not node_fault:
+        if not node_fault or kind in SOURCE_METADATA_TYPES:
             return
         self._faults_in_a_row += 1
         if self._faults_in_a_row >= self._max_faults:
             self._faults_in_a_row = 0
             self._on_unhealthy(f"{self._max_faults} faults in a row")
 
-    def refuse(self, job: ImageJob, reason: str) -> None:
+    def refuse(self, job: ImageJob, reason: str, *, kind: str = "information", value: str = "see_ref") -> None:
         """A job the coordinator's signature does not vouch for: never run, loudly reported."""
         self.stats.jobs_refused += 1
         log.error("refused job %s: %s", job.job_id, reason)
         self.console.event("job_refused", logging.ERROR, job=job.job_id, reason=reason)
-        self.fault(job, f"refused by the node: {reason}", node_fault=False)
+        self.fault(job, f"refused by the node: {reason}", node_fault=False, kind=kind, value=value)
 
     def abandon_all(self, reason: str) -> None:
         for job in list(self.unfinished.values()):

@@ -11,12 +11,13 @@ from PIL import Image
 
 from node.config import NodeConfig
 from node.console import Console
-from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
+from node.coordinator_api import CoordinatorClient
 from node.inference import encode_image
-from node.jobs import ImageJob, PopUnit, inline_source, open_image, refusal, source_mismatch
+from node.jobs import ImageJob, PopUnit, refusal
 from node.jobspec import GeneratedImage, InferenceAborted, InferenceFailed, JobRejected, JobSpec
 from node.results import Results
 from node.runner import Progress, Slot, Stalled, free_memory
+from node.sources import SourceProblem, load_sources
 from protocol.keys import PublicKey
 
 log = logging.getLogger(__name__)
@@ -62,24 +63,34 @@ class Worker:
             raise
 
     async def run_unit(self, unit: PopUnit) -> None:
-        try:
-            image, mask = await fetch_sources(self.client, unit)
-        except (ValueError, OSError, Unreachable, ApiError) as exc:
-            for job in unit.jobs:
-                reason = f"could not fetch the source: {exc}"
-                self.results.fault(job, reason, kind="source_image", value="download_failed")
+        jobs = self._vouched(unit)
+        if not jobs:
             return
+        try:
+            image, mask = await load_sources(self.client, unit, jobs, signed=self.verify_key is not None)
+        except SourceProblem as problem:  # the request's sources, not this node's health
+            for job in jobs:
+                if problem.refused:
+                    self.results.refuse(job, problem.reason, kind=problem.field, value=problem.value)
+                else:
+                    self.results.fault(job, problem.reason, node_fault=False, kind=problem.field, value=problem.value)
+            return
+        for job in jobs:
+            await self.run_job(job, image, mask)
+
+    def _vouched(self, unit: PopUnit) -> list[ImageJob]:
+        """The pop's jobs the coordinator's signature vouches for; the others are refused. Checked before
+        anything is fetched, so a pop nobody signed cannot make the node connect anywhere."""
+        if self.verify_key is None:
+            return list(unit.jobs)
+        vouched = []
         for job in unit.jobs:
-            reason = self._refusal(job, image, mask)
+            reason = refusal(job, self.verify_key)
             if reason:
                 self.results.refuse(job, reason)
-                continue
-            await self.run_job(job, open_image(image) if image else None, open_image(mask) if mask else None)
-
-    def _refusal(self, job: ImageJob, image: bytes | None, mask: bytes | None) -> str | None:
-        if self.verify_key is None:
-            return None
-        return refusal(job, self.verify_key) or source_mismatch(job, image, mask)
+            else:
+                vouched.append(job)
+        return vouched
 
     async def run_job(self, job: ImageJob, image: Image.Image | None, mask: Image.Image | None) -> None:
         try:
@@ -130,15 +141,6 @@ class Worker:
         except Exception as exc:  # the disk is full, say: the job is faulted, not lost
             log.exception("could not encode or spool the image of job %s", job.job_id)
             self.results.fault(job, f"{type(exc).__name__}: {exc}")
-
-
-async def fetch_sources(client: CoordinatorClient, unit: PopUnit) -> tuple[bytes | None, bytes | None]:
-    """The pop's source image and mask bytes (inline base64 or fetched by URL); raises on failure."""
-    fetched: list[bytes | None] = []
-    for value in (unit.source_image, unit.source_mask):
-        data = inline_source(value) if value else None
-        fetched.append(await client.download(value) if value and data is None else data)
-    return fetched[0], fetched[1]
 
 
 class _StepReporter:

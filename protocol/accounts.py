@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 LENIENT = ConfigDict(extra="ignore")
 USERNAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,50}$"
+PUBLIC_KEY_MAX = 200  # `ed25519:` and 43 base64url characters, with room for another algorithm's name
 
 
 class AccountCreate(BaseModel):
@@ -14,7 +15,7 @@ class AccountCreate(BaseModel):
     model_config = LENIENT
 
     username: str = Field(pattern=USERNAME_PATTERN)
-    public_key: str | None = None
+    public_key: str | None = Field(default=None, max_length=PUBLIC_KEY_MAX)
 
 
 class AccountCreated(BaseModel):
@@ -41,8 +42,9 @@ class UserDetails(BaseModel):
 class KudosTransfer(BaseModel):
     model_config = LENIENT
 
-    username: str = Field(min_length=1, max_length=100)
-    amount: float = Field(gt=0)
+    username: str = Field(min_length=1, max_length=100)  # a name, or AI Horde's `name#id`
+    # A JSON number only: "5" and true are mistakes, not amounts (strict refuses both; lax mode took them).
+    amount: float = Field(gt=0, strict=True, allow_inf_nan=False)
 
 
 class KudosTransferred(BaseModel):
@@ -65,6 +67,8 @@ class WorkerDetails(BaseModel):
     trusted: bool
     flagged: bool = False
     suspicious: int = 0
+    # Ours: why the node's rewards are withheld (its suspicion), or null when they are not.
+    rewards_withheld: str | None = None
     models: list[str]
     max_pixels: int
     img2img: bool

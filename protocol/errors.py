@@ -46,6 +46,7 @@ class RC:
     KUDOS_TRANSFER_NOT_ENOUGH = "KudosTransferNotEnough"
     KUDOS_VALIDATION = "KudosValidationError"
     TOO_LONG_USER_NAME = "TooLongUserName"
+    TOO_MANY_PROMPTS = "TooManyPrompts"
     # Ours.
     NOT_FOUND = "NotFound"
     METHOD_NOT_ALLOWED = "MethodNotAllowed"
@@ -57,3 +58,18 @@ class RC:
     UPLOAD_MISSING = "UploadMissing"
     STORAGE_UNAVAILABLE = "StorageUnavailable"
     INTERNAL = "InternalServerError"
+    # AI Horde's generic code, which it also answers for an account's worker limit (3 untrusted, 20 trusted).
+    FORBIDDEN = "Forbidden"
+    # An apikey of one account with a signature by another's key (AI Horde has no signatures).
+    APIKEY_SIGNATURE_MISMATCH = "ApikeySignatureMismatch"
+    # A signature that verifies, but for another coordinator's origin (a cross-network replay).
+    SIGNATURE_WRONG_ORIGIN = "SignatureWrongOrigin"
+    # Connection limits (coordinator/connections.py): per address, and read timeouts.
+    TOO_MANY_CONNECTIONS = "TooManyConnections"
+    TOO_MANY_LONG_POLLS = "TooManyLongPolls"
+    REQUEST_TIMEOUT = "RequestTimeout"
+    # A node's image whose size is not the one its job asked for (AI Horde does not compare them).
+    IMAGE_SIZE_MISMATCH = "ImageSizeMismatch"
+    # AI Horde's codes for a source image past its bounds (protocol/images.py): dimensions, bytes.
+    SOURCE_IMAGE_RESOLUTION_EXCEEDED = "SourceImageResolutionExceeded"
+    SOURCE_IMAGE_SIZE_EXCEEDED = "SourceImageSizeExceeded"

@@ -5,7 +5,7 @@ Unknown fields are ignored rather than rejected, as AI Horde does; `None` for an
 field means "use the default", because clients such as horde_sdk send explicit nulls.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -13,11 +13,26 @@ from protocol.samplers import SamplerName, SourceProcessing
 
 LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 
+# Bounds on what one request may carry (docs/security.md, "Bounds on every input"). Every list and
+# string has one: each is stored, copied into answers, or walked by a pop, and one anonymous request
+# must cost a bounded number of bytes.
+NAME_MAX = 100  # a worker, model or user name (AI Horde: worker and user names ≤ 100 characters)
+REQUEST_MODELS_MAX = 32  # each is a queue row per image, so this times `n` rows at most
+REQUEST_WORKERS_MAX = 20
+LORA_NAME_MAX = 255  # AI Horde's
+POST_PROCESSOR_NAME_MAX = 64  # AI Horde's names are under 30 characters
+# No base64 image field is longer than the default body limit (20 MiB) could carry anyway.
+BASE64_IMAGE_MAX = 20 * 1024 * 1024
+METADATA_MAX = 32  # gen_metadata entries of one image (AI Horde: one per LoRA, TI, censorship, source)
+METADATA_TEXT_MAX = 255  # AI Horde bounds `ref` at 255
+
+Name = Annotated[str, Field(max_length=NAME_MAX)]
+
 
 class LoraEntry(BaseModel):
     model_config = LENIENT
 
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=LORA_NAME_MAX)
     model: float = Field(default=1.0, ge=-5, le=5)
     clip: float = Field(default=1.0, ge=-5, le=5)
 
@@ -39,7 +54,9 @@ class GenerationParams(BaseModel):
     tiling: bool = False
     hires_fix: bool = False
     loras: list[LoraEntry] = Field(default_factory=list, max_length=5)
-    post_processing: list[str] = Field(default_factory=list, max_length=10)
+    post_processing: list[Annotated[str, Field(max_length=POST_PROCESSOR_NAME_MAX)]] = Field(
+        default_factory=list, max_length=10
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -61,16 +78,16 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=20000)
     params: GenerationParams = Field(default_factory=GenerationParams)
-    models: list[str] = Field(default_factory=list, max_length=100)
+    models: list[Name] = Field(default_factory=list, max_length=REQUEST_MODELS_MAX)
     nsfw: bool = False
     censor_nsfw: bool = False
     trusted_workers: bool = False
     slow_workers: bool = True
-    workers: list[str] = Field(default_factory=list, max_length=20)
+    workers: list[Name] = Field(default_factory=list, max_length=REQUEST_WORKERS_MAX)
     worker_blacklist: bool = False
-    source_image: str | None = None
+    source_image: str | None = Field(default=None, max_length=BASE64_IMAGE_MAX)
     source_processing: SourceProcessing = "img2img"
-    source_mask: str | None = None
+    source_mask: str | None = Field(default=None, max_length=BASE64_IMAGE_MAX)
     r2: bool = True
     shared: bool = False
     dry_run: bool = False
@@ -136,9 +153,9 @@ class RequestCheck(BaseModel):
 class GenMetadataEntry(BaseModel):
     model_config = LENIENT
 
-    type: str
-    value: str
-    ref: str | None = None
+    type: str = Field(max_length=METADATA_TEXT_MAX)
+    value: str = Field(max_length=METADATA_TEXT_MAX)
+    ref: str | None = Field(default=None, max_length=METADATA_TEXT_MAX)
 
 
 class Generation(BaseModel):

@@ -4,10 +4,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.generation import GenMetadataEntry, LoraEntry
+from protocol.generation import BASE64_IMAGE_MAX, METADATA_MAX, NAME_MAX, GenMetadataEntry, LoraEntry, Name
 
 LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 MAX_LONG_POLL_SECONDS = 30.0
+# Bounds of a pop (docs/security.md, "Bounds on every input"). The models a node serves are stored
+# with it and shown in /v2/workers, so they bound that answer (≈ 55 KB a worker at most).
+POP_MODELS_MAX = 500  # AI Horde's model reference holds a few hundred image models
+BLACKLIST_MAX = 200
+PRIORITY_USERNAMES_MAX = 100
+BRIDGE_AGENT_MAX = 1000  # AI Horde's
+SEED_MAX = 256  # as a request's seed
+SIGNATURE_MAX = 1024  # an Ed25519 signature in its text form is under 100 characters
 
 
 class PopRequest(BaseModel):
@@ -15,21 +23,21 @@ class PopRequest(BaseModel):
 
     model_config = LENIENT
 
-    name: str = Field(min_length=1, max_length=100)
-    models: list[str] = Field(default_factory=list, max_length=500)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
+    models: list[Name] = Field(default_factory=list, max_length=POP_MODELS_MAX)
     max_pixels: int = Field(default=512 * 512, ge=64 * 64)
     nsfw: bool = False
     threads: int = Field(default=1, ge=1, le=50)
     amount: int = Field(default=1, ge=1, le=20)
-    bridge_agent: str = Field(default="unknown:0:unknown", max_length=1000)
-    blacklist: list[str] = Field(default_factory=list)
+    bridge_agent: str = Field(default="unknown:0:unknown", max_length=BRIDGE_AGENT_MAX)
+    blacklist: list[Name] = Field(default_factory=list, max_length=BLACKLIST_MAX)
     allow_img2img: bool = True
     allow_painting: bool = True
     allow_post_processing: bool = True
     allow_lora: bool = False
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
-    priority_usernames: list[str] = Field(default_factory=list)
+    priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)
     wait: float = Field(default=0.0, ge=0, le=MAX_LONG_POLL_SECONDS)
 
     @model_validator(mode="before")
@@ -111,12 +119,12 @@ class SubmitRequest(BaseModel):
     model_config = LENIENT
 
     id: str = Field(min_length=1, max_length=64)
-    generation: str = ""
+    generation: str = Field(default="", max_length=BASE64_IMAGE_MAX)
     state: str = "ok"
-    seed: str = "0"
+    seed: str = Field(default="0", max_length=SEED_MAX)
     censored: bool = False
-    gen_metadata: list[GenMetadataEntry] = Field(default_factory=list)
-    signature: str | None = None
+    gen_metadata: list[GenMetadataEntry] = Field(default_factory=list, max_length=METADATA_MAX)
+    signature: str | None = Field(default=None, max_length=SIGNATURE_MAX)
 
     @field_validator("seed", mode="before")
     @classmethod

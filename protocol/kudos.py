@@ -12,7 +12,9 @@ quadratic in the number of latent tokens. The fit reproduces all four reference 
 within 1%. Modifiers: second-order samplers evaluate the model twice per step (steps ×2);
 img2img ×1.3 (AI Horde's surcharge for decoding and encoding the source); +3 per LoRA (its
 download and load); +20% per post-processor (upscalers and face fixers cost about a fifth
-of a base image each).
+of a base image each); +10% for a request that names its nodes (`workers`, as an allow- or a
+blocklist: AI Horde charges 10% extra for a worker blocklist; here a list of either kind costs
+it, since pinning is how a node's owner would steer requests to their own node).
 """
 
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ REFERENCE_PIXELS = 512 * 512
 IMG2IMG_FACTOR = 1.3
 LORA_SURCHARGE = 3.0
 POST_PROCESSOR_FACTOR = 0.2
+PINNED_FACTOR = 1.1
 
 # Requests above these need their cost available up front (AI Horde's rule).
 UPFRONT_PIXELS = 1024 * 1024
@@ -42,6 +45,7 @@ def image_kudos(
     img2img: bool = False,
     loras: int = 0,
     post_processors: Sequence[str] = (),
+    pinned: bool = False,
 ) -> float:
     """The price of one image, rounded to two decimals."""
     area = width * height / REFERENCE_PIXELS
@@ -51,6 +55,8 @@ def image_kudos(
         kudos *= IMG2IMG_FACTOR
     kudos *= 1 + POST_PROCESSOR_FACTOR * len(post_processors)
     kudos += LORA_SURCHARGE * loras
+    if pinned:
+        kudos *= PINNED_FACTOR
     return round(kudos, 2)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from protocol.canonical import canonical_json
 from protocol.keys import Identity, PublicKey, b64url_decode, b64url_encode
@@ -31,6 +31,19 @@ class JobDocument(BaseModel):
     ttl: int
     worker_id: str
     issued_at: int
+    # Where the node may fetch a source from when that is not the coordinator's own origin (a bucket's
+    # presigned URL): a node fetches from nowhere else. Left out of the document when absent, so
+    # documents signed before these fields existed still verify.
+    source_image_url: str | None = None
+    source_mask_url: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_urls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("source_image_url", "source_mask_url"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ResultDocument(BaseModel):

@@ -16,6 +16,7 @@ from aiohttp import web
 from coordinator.app import create_app
 from coordinator.broker import Broker
 from coordinator.config import CoordinatorConfig
+from coordinator.connections import GuardedRunner
 from coordinator.routes.http import BROKER
 from coordinator.storage.records import Account
 from protocol.keys import PublicKey
@@ -77,7 +78,7 @@ def free_port() -> int:
 
 async def start_coordinator(config: CoordinatorConfig, port: int | None = None) -> RunningCoordinator:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = GuardedRunner(app)
     await runner.setup()
     port = port or free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -122,7 +122,8 @@ async def test_three_missed_deadlines_put_a_node_in_maintenance(coordinator: Run
         await coordinator.broker.upkeep.reissue_overdue()
     workers = (await Api(coordinator.url).get("/v2/workers")).body
     assert [w["maintenance_mode"] for w in workers if w["name"] == "sleepy"] == [True]
-    assert (await sleepy.pop()).body["ids"] == []
+    refused = await sleepy.pop()  # AI Horde's answer, saying why (tests/test_abuse_faults.py)
+    assert (refused.status, refused.rc) == (403, "WorkerMaintenance") and "missed 3" in refused.body["message"]
 
 
 async def test_requests_expire_when_nobody_serves_them(tmp_path: Path, database_url: str | None) -> None:
@@ -270,8 +271,9 @@ async def test_restart_after_kill_loses_nothing(tmp_path: Path, database_url: st
                     assert await r.read() == image
         check = (await api.get(f"/v2/generate/check/{waiting_id}")).body
         assert check["finished"] == 0 and check["waiting"] + check["processing"] == 3
-        # The in-flight job went back to the queue when its time ran out; a node gets it again.
-        worker = SimWorker(Api(url, apikey=worker.api.apikey), "n1", sign=False)
+        # The in-flight job went back to the queue when its time ran out; another node gets it (never
+        # the one that missed its deadline).
+        worker = SimWorker(Api(url, apikey=worker.api.apikey), "n2", sign=False)
         handed: set[str] = set()
         for _ in range(3):
             popped = await worker.pop(wait=10)

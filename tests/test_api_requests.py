@@ -267,5 +267,6 @@ async def test_anonymous_requests_are_accepted_and_tracked(coordinator: RunningC
     assert (await node(coordinator, owner, "n1").serve_one()).status == 200
     status = await Api(coordinator.url).get(f"/v2/generate/status/{request_id}")
     assert status.body["done"] is True and len(status.body["generations"]) == 1
-    # Anonymous images cost nobody, but the node's owner is still rewarded.
-    assert (await coordinator.account(owner.id)).kudos > 0
+    # Anonymous images cost nobody, and mint the node only a bounded volunteer reward: none at all here,
+    # where the request came from the node's own address (loopback; tests/test_abuse_economy.py).
+    assert (await coordinator.account(owner.id)).kudos == 0

@@ -179,7 +179,7 @@ async def test_node_key_of_another_owner_is_refused(coordinator: RunningCoordina
     key = Identity.generate()
     assert (await node(coordinator, bob, "bobs", identity=key).pop()).status == 200
     stolen = await node(coordinator, eve, "eves", identity=key).pop()
-    assert (stolen.status, stolen.rc) == (401, "WrongCredentials")
+    assert (stolen.status, stolen.rc) == (401, "ApikeySignatureMismatch")
 
 
 async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(coordinator: RunningCoordinator) -> None:

@@ -119,7 +119,7 @@ async def test_openapi_lists_every_route_with_schemas(coordinator: RunningCoordi
             for status, response in operation["responses"].items():
                 schema = response.get("content", {}).get("application/json", {}).get("schema")
                 if schema is not None:
-                    assert resolve(schema["$ref"]), (method, path, status)
+                    assert resolve(schema.get("items", schema)["$ref"]), (method, path, status)
             if "requestBody" in operation:
                 body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
                 assert resolve(body_schema["$ref"])["properties"], (method, path)

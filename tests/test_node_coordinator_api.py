@@ -106,7 +106,7 @@ async def test_uploads_and_downloads_carry_no_credentials(server: tuple[Recorder
     recorder.replies["/store/1"] = (200, {})
     async with CoordinatorClient(url, apikey="secret", identity=Identity.generate()) as client:
         await client.upload(f"{url}/store/1", b"image", "image/webp")
-        await client.download(f"{url}/store/1")
+        await client.download(f"{url}/store/1", max_bytes=1024, limit_s=5)
     for request, _ in recorder.seen:
         assert "apikey" not in request.headers and not has_signature(request.headers)
     assert recorder.seen[0][1] == b"image" and recorder.seen[0][0].content_type == "image/webp"

@@ -1,12 +1,11 @@
 """Pops become per-image jobs; coordinator signatures are checked; results are signed; stalls are caught."""
 
-import base64
 import threading
 import time
 
 import pytest
 
-from node.jobs import fault_entry, inline_source, ok_entry, refusal, source_mismatch, split_pop
+from node.jobs import fault_entry, ok_entry, refusal, source_mismatch, source_url_signed, split_pop
 from node.jobspec import GeneratedImage, InferenceAborted
 from node.runner import Progress, Slot, Stalled
 from protocol.jobs import PopResponse
@@ -60,13 +59,12 @@ def test_a_forged_or_altered_job_is_refused() -> None:
 
 def test_sources_must_be_the_signed_ones() -> None:
     job = split_pop(signed_pop(["a"], source=b"picture")).jobs[0]
-    assert source_mismatch(job, b"picture", None) is None
-    assert "source image" in (source_mismatch(job, b"another", None) or "")
-    assert inline_source("http://x/y.webp") is None
-    assert inline_source(base64.b64encode(b"raw").decode()) == b"raw"
-    assert inline_source("data:image/webp;base64," + base64.b64encode(b"raw").decode()) == b"raw"
-    with pytest.raises(ValueError):
-        inline_source("not base64 at all!")
+    assert source_mismatch(job, "source_image", b"picture") is None
+    assert "source image" in (source_mismatch(job, "source_image", b"another") or "")
+    assert "source image" in (source_mismatch(job, "source_image", None) or "")  # signed, but not in the pop
+    assert source_mismatch(job, "source_mask", None) is None
+    assert "signed no source mask" in (source_mismatch(job, "source_mask", b"unsigned") or "")
+    assert not source_url_signed(job, "source_image", "https://elsewhere/x")
 
 
 def test_results_are_signed_over_the_exact_image() -> None:

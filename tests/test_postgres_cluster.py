@@ -90,7 +90,7 @@ def spawn(index: int, root: Path, database: str, images: Path, secrets: list[Pat
     port_file, log = data_dir / "port", data_dir / "log.txt"
     command = [sys.executable, "-m", "coordinator.cli", "--data-dir", str(data_dir), "--db", database,
                "--log-level", "info", "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-               "--no-rate-limits", "--images", str(images)]  # fmt: skip
+               "--no-rate-limits", "--concurrency", "100000", "--images", str(images)]  # fmt: skip
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     return process, port_file
@@ -333,9 +333,9 @@ async def check_ledger(cluster: Cluster, minted_for_requesters: float) -> None:
 
 async def test_a_job_queued_on_one_process_wakes_a_node_waiting_on_another(cluster: Cluster) -> None:
     requester = cluster.api(0, await cluster.account("alice", kudos=1000))
-    owner = await cluster.account("owner")
     latencies, after_answer = [], []
     for round_ in range(5):
+        owner = await cluster.account(f"owner-{round_}")  # a new node each round: past one account's three
         waiting_on = 1 + round_ % (PROCESSES - 1)  # never the process that takes the request
         worker = SimWorker(cluster.api(waiting_on, owner, Identity.generate()), f"waiter-{round_}")
         assert (await worker.pop()).status == 200  # registers the node

@@ -42,6 +42,7 @@ async def user_details(request: web.Request, account: Account) -> UserDetails:
     return UserDetails(
         username=account.display_name, id=account.id, kudos=account.kudos, worker_count=len(workers),
         worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
+        concurrency=broker(request).services.config.concurrency,
     )  # fmt: skip
 
 

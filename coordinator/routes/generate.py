@@ -8,12 +8,13 @@ from coordinator.routes.http import (
     broker,
     caller,
     client_agent,
+    client_ip,
     float_query,
     parse,
     rate_key,
     reply,
 )
-from protocol.generation import GenerationRequest, RequestAccepted, RequestCheck, RequestStatus
+from protocol.generation import DryRunResult, GenerationRequest, RequestAccepted, RequestCheck, RequestStatus
 from protocol.jobs import MAX_LONG_POLL_SECONDS
 
 
@@ -21,14 +22,15 @@ async def generate_async(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await parse(request, GenerationRequest)
     broker(request).limiter.check("generate", rate_key(request, who))
-    result = await broker(request).requests.submit(who, body, client_agent(request))
+    result = await broker(request).requests.submit(who, body, client_agent(request), client_ip(request))
     return reply(result, 200 if body.dry_run else 202)
 
 
 async def check(request: web.Request) -> web.Response:
     wait = float_query(request, "wait", 0.0, MAX_LONG_POLL_SECONDS)
     known = request.query.get("finished")
-    known_finished = int(known) if known and known.isascii() and known.isdigit() else None
+    # A count nobody could know (not a number, or more digits than any request has images) is ignored.
+    known_finished = int(known) if known and known.isascii() and known.isdigit() and len(known) < 10 else None
     report = await broker(request).requests.check(request.match_info["id"], wait, known_finished)
     return reply(report)
 
@@ -45,7 +47,7 @@ async def cancel(request: web.Request) -> web.Response:
 ENDPOINTS = [
     Endpoint(
         "POST", "/v2/generate/async", generate_async, "Request images (202), or price them with dry_run (200).",
-        body=GenerationRequest, response=RequestAccepted, status=202,
+        body=GenerationRequest, response=RequestAccepted, status=202, other_responses={200: DryRunResult},
         example={"prompt": "a lighthouse at dusk ### blurry", "params": {"width": 512, "height": 512, "n": 2}},
     ),
     Endpoint(

@@ -1,8 +1,9 @@
 """Helpers every handler uses: the broker, the caller, the parsed body, JSON answers."""
 
-import json
+import codecs
 from typing import Any, TypeVar
 
+import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -15,6 +16,9 @@ BROKER = web.AppKey("broker", Broker)
 RAW_BODY = web.RequestKey("raw_body", bytes)
 CALLER = web.RequestKey("caller", Caller)
 Model = TypeVar("Model", bound=BaseModel)
+# The deepest JSON body accepted. Real ones nest 4 levels (request → params → loras → entry); deeper
+# structures only cost the parser, pydantic and canonical JSON (recursive) their time and stack.
+MAX_JSON_DEPTH = 64
 
 # Validation failures on these fields get AI Horde's specific return codes.
 FIELD_CODES = {
@@ -44,12 +48,57 @@ async def caller(request: web.Request, *, allow_new_key: bool = False) -> Caller
     return request[CALLER]
 
 
-async def parse(request: web.Request, model: type[Model]) -> Model:
-    raw = await body_bytes(request)
+def load_json(raw: bytes) -> Any:
+    """The body as JSON, nested at most MAX_JSON_DEPTH levels.
+
+    Parsed by pydantic's parser (jiter, in Rust), which stops by itself past ~200 levels where `json.loads`
+    would recurse into Python's recursion limit (RecursionError); the exact, lower bound is checked after."""
     try:
-        data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = pydantic_core.from_json(raw.removeprefix(codecs.BOM_UTF8) or b"{}")
+    except ValueError as error:
+        if str(error).startswith("recursion limit exceeded"):
+            raise too_deep() from error
         raise bad_request(RC.INVALID_JSON, f"The request body is not valid JSON: {error}") from error
+    # Nesting needs brackets: a body with few (every real one) cannot be deep, and skips the check.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nests_deeper(data, MAX_JSON_DEPTH):
+        raise too_deep()
+    # PostgreSQL's text cannot hold U+0000 (asyncpg raises), and no name, prompt or id needs one. JSON must
+    # escape it, so only a body with the escape is searched.
+    if b"\\u0000" in raw and any("\0" in text for text in strings_in(data)):
+        raise bad_request(RC.VALIDATION, "Text in the request body may not contain U+0000 (NUL).")
+    return data
+
+
+def strings_in(data: Any) -> list[str]:
+    """Every string in `data`, keys included, a level at a time (no recursion)."""
+    found: list[str] = []
+    level = [data]
+    while level:
+        found += [value for value in level if isinstance(value, str)]
+        found += [key for value in level if isinstance(value, dict) for key in value]
+        level = [child for value in level if isinstance(value, dict | list)
+                 for child in (value.values() if isinstance(value, dict) else value)]
+    return found
+
+
+def nests_deeper(data: Any, limit: int) -> bool:
+    """Whether lists and objects in `data` nest more than `limit` levels: a level at a time, without recursion
+    (0.1–0.3 s for a body of 3 million lists, a third of what parsing it took)."""
+    level = [data] if isinstance(data, dict | list) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, dict | list)]
+    return bool(level)
+
+
+def too_deep() -> HordeError:
+    return bad_request(RC.INVALID_JSON, f"The request body nests deeper than {MAX_JSON_DEPTH} levels.")
+
+
+async def parse(request: web.Request, model: type[Model]) -> Model:
+    data = load_json(await body_bytes(request))
     if not isinstance(data, dict):
         raise bad_request(RC.VALIDATION, "The request body must be a JSON object.")
     try:

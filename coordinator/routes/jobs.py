@@ -4,7 +4,7 @@ from aiohttp import web
 
 from coordinator.errors import bad_request, not_found
 from coordinator.routes.endpoint import Endpoint
-from coordinator.routes.http import base_url, body_bytes, broker, caller, parse, rate_key, reply
+from coordinator.routes.http import base_url, body_bytes, broker, caller, client_ip, parse, rate_key, reply
 from protocol.errors import RC
 from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
 
@@ -22,7 +22,7 @@ async def submit(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await parse(request, SubmitRequest)
     broker(request).limiter.check("submit", rate_key(request, who))
-    return reply(await broker(request).results.submit(who, body))
+    return reply(await broker(request).results.submit(who, body, client_ip(request)))
 
 
 async def upload(request: web.Request) -> web.Response:

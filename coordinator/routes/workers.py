@@ -3,6 +3,7 @@
 from aiohttp import web
 
 from coordinator.auth import require_account
+from coordinator.economy import withheld_reason
 from coordinator.errors import HordeError, not_found
 from coordinator.routes.endpoint import Endpoint
 from coordinator.routes.http import broker, caller, parse, reply
@@ -12,7 +13,7 @@ from protocol.accounts import WorkerDetails, WorkerUpdate
 from protocol.errors import RC
 
 
-def details(worker: Worker, online_cutoff: float) -> WorkerDetails:
+def details(worker: Worker, online_cutoff: float, suspicion_threshold: int) -> WorkerDetails:
     speed = worker.megapixelsteps / max(worker.uptime, 1) if worker.uptime else 0.0
     return WorkerDetails(
         id=worker.id, name=worker.name, online=worker.last_seen >= online_cutoff,
@@ -21,7 +22,7 @@ def details(worker: Worker, online_cutoff: float) -> WorkerDetails:
         maintenance_mode=worker.maintenance, info=worker.info, nsfw=worker.nsfw, trusted=worker.trusted,
         suspicious=worker.suspicion, models=worker.models, max_pixels=worker.max_pixels, img2img=worker.img2img,
         painting=worker.painting, lora=worker.lora, owner=str(worker.owner_id), public_key=worker.public_key,
-        bridge_agent=worker.bridge_agent,
+        bridge_agent=worker.bridge_agent, rewards_withheld=withheld_reason(worker.suspicion, suspicion_threshold),
     )  # fmt: skip
 
 
@@ -50,11 +51,13 @@ async def list_workers(request: web.Request) -> web.Response:
     async with broker(request).services.database.reader() as tx:
         workers = await tx.list_workers()
     cutoff = online_cutoff(request)
-    return reply([details(worker, cutoff) for worker in workers])
+    threshold = broker(request).services.config.suspicion_threshold
+    return reply([details(worker, cutoff, threshold) for worker in workers])
 
 
 async def get_worker(request: web.Request) -> web.Response:
-    return reply(details(await load_worker(request), online_cutoff(request)))
+    threshold = broker(request).services.config.suspicion_threshold
+    return reply(details(await load_worker(request), online_cutoff(request), threshold))
 
 
 async def update_worker(request: web.Request) -> web.Response:
@@ -62,6 +65,7 @@ async def update_worker(request: web.Request) -> web.Response:
     change = await parse(request, WorkerUpdate)
     if change.maintenance is not None:
         worker.maintenance = change.maintenance
+        worker.maintenance_until = None  # the owner's word: it never lifts by itself (coordinator/roster.py)
         worker.missed_deadlines = 0 if not change.maintenance else worker.missed_deadlines
     for field in ("maintenance_msg", "info", "name"):
         if getattr(change, field) is not None:
@@ -82,7 +86,7 @@ async def delete_worker(request: web.Request) -> web.Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/v2/workers", list_workers, "All known nodes.", response=WorkerDetails),
+    Endpoint("GET", "/v2/workers", list_workers, "All known nodes.", response=WorkerDetails, many=True),
     Endpoint("GET", "/v2/workers/{id}", get_worker, "One node.", response=WorkerDetails),
     Endpoint("PUT", "/v2/workers/{id}", update_worker, "Change a node (its owner only).", body=WorkerUpdate,
              auth="required", example={"maintenance": True, "maintenance_msg": "upgrading drivers"}),

@@ -2,10 +2,11 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
-from coordinator.nonces import NonceCache
+# How often a process deletes signature nonces older than twice the clock window.
+NONCE_PRUNE_SECONDS = 60.0
 
 
 class NameTaken(Exception):
@@ -42,7 +43,7 @@ class Database(ABC):
     """An open database: write transactions, read snapshots, and cross-process events."""
 
     dialect: str
-    _nonces: NonceCache | None = None
+    _nonces_pruned_at: float = 0.0
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -66,13 +67,27 @@ class Database(ABC):
         """Receive other processes' announcements (no-op for a single process)."""
         return None
 
-    async def first_use(self, signer: str, nonce: str, now: float, window: float) -> bool:
-        """True the first time a signed request's (signer, nonce) is seen within the `window`
-        its `created` time must fall in. This process's memory is enough for an engine that
-        only one process opens; an engine several processes share must remember them itself."""
-        if self._nonces is None:
-            self._nonces = NonceCache(window)
-        return self._nonces.first_use(signer, nonce, now)
+    async def first_use(self, signer: str, nonce: str, now: float, window: float = 300.0) -> bool:
+        """True the first time a signed request's (signer, nonce) is seen within twice the
+        `window` its `created` time must fall in (a signature verifies for that long after it is
+        first seen). Recorded in the database on every engine, so a restart forgets nothing and,
+        on PostgreSQL, a request accepted by one process is a replay to every other."""
+        async with self._nonce_statements() as driver:
+            if now - self._nonces_pruned_at > NONCE_PRUNE_SECONDS:
+                self._nonces_pruned_at = now
+                await driver.execute("DELETE FROM signature_nonces WHERE seen < ?", (now - 2 * window,))
+            inserted = await driver.execute(
+                "INSERT INTO signature_nonces (signer, nonce, seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (signer, nonce, now),
+            )
+        return inserted == 1
+
+    @asynccontextmanager
+    async def _nonce_statements(self) -> AsyncIterator[Driver]:
+        """Where first_use's statements run: by default a write transaction of their own, committed
+        before the request they protect does anything (a replay after a crash finds the nonce)."""
+        async with self.transaction() as tx:
+            yield tx.driver
 
     async def iterate_ledger(self, batch: int = 1000) -> AsyncIterator[list[Row]]:
         after = 0

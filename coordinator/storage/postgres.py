@@ -47,7 +47,6 @@ MIGRATION_LOCK = 7300
 EVENT_CHANNEL = "horde_events"
 LISTEN_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnection attempts
 LISTEN_PING_SECONDS = 15.0  # how often an idle LISTEN connection proves it is alive
-NONCE_PRUNE_SECONDS = 60.0  # how often a process clears expired signature nonces
 NAME_TABLES = ("accounts", "workers")  # a unique violation there is a taken name
 
 # Errors that mean "the server is not there right now", not "this statement is wrong".
@@ -157,7 +156,6 @@ class PostgresDatabase(Database):
         self._pool: asyncpg.Pool | None = None
         self._listening: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._nonces_pruned_at = 0.0
 
     # --- opening and closing ------------------------------------------------------------
     async def open(self) -> None:
@@ -268,19 +266,11 @@ class PostgresDatabase(Database):
             yield Tx(PostgresDriver(connection, self._expire_connections), self.dialect)
 
     # --- replay protection shared by every process ------------------------------------------------
-    async def first_use(self, signer: str, nonce: str, now: float, window: float = 300.0) -> bool:
-        """True the first time any process sees (signer, nonce); the database-wide twin of
-        NonceCache.first_use. Entries are kept for twice the accepted clock window."""
+    @asynccontextmanager
+    async def _nonce_statements(self) -> AsyncIterator[PostgresDriver]:
+        # Autocommit statements on a pooled connection: no transaction round trips (Database.first_use).
         async with self._connection() as connection:
-            driver = PostgresDriver(connection, self._expire_connections)
-            if now - self._nonces_pruned_at > NONCE_PRUNE_SECONDS:
-                self._nonces_pruned_at = now
-                await driver.execute("DELETE FROM signature_nonces WHERE seen < ?", (now - 2 * window,))
-            inserted = await driver.execute(
-                "INSERT INTO signature_nonces (signer, nonce, seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (signer, nonce, now),
-            )
-        return inserted == 1
+            yield PostgresDriver(connection, self._expire_connections)
 
     # --- events between processes -------------------------------------------------------------
     async def announce(self, channel: str, payload: str) -> None:

@@ -51,6 +51,14 @@ class Worker:
     megapixelsteps: float = 0.0
     uptime: int = 0
     last_uptime_award: float = 0.0
+    # The volunteer allowance (coordinator/economy.py): kudos it may still be minted for unfunded images,
+    # as of `volunteer_at` (0: since the node registered, with nothing).
+    volunteer_credit: float = 0.0
+    volunteer_at: float = 0.0
+    # Automatic maintenance (coordinator/roster.py): when it lifts (None: set by the owner, never lifts
+    # by itself), and when the last missed deadline was counted (a crash's other jobs count with it).
+    maintenance_until: float | None = None
+    last_missed_at: float = 0.0
 
 
 @dataclass
@@ -72,6 +80,9 @@ class QueueEntry:
     trusted_only: bool
     workers: list[str] = field(default_factory=list)
     worker_blacklist: bool = False
+    # Not stored: the nodes a requeued job failed on, so its wake-up goes to a node that may take it
+    # (the pop itself checks the job's `previous_workers`).
+    excluded: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +103,7 @@ class RequestRecord:
     message: str | None = None
     tier: int = 1
     rank: float = 0.0
+    remote: str = ""  # the requester's address, to pay nothing for a node's requests to itself
 
     @cached_property
     def generation(self) -> GenerationRequest:
@@ -125,6 +137,10 @@ class JobRecord:
     finished_at: float | None = None
     worker_name: str | None = None
     previous_workers: list[str] = field(default_factory=list)
+    # Who asked ("account:ID" or "ip:ADDRESS"), and the kudos reserved for this image at submit: its price
+    # when the requester's available balance funded it, else 0. Unfinished jobs are the reservations.
+    requester: str = ""
+    charge: float = 0.0
 
 
 @dataclass

@@ -12,7 +12,8 @@ from protocol.ledger import round_kudos
 
 WORKER_COLUMNS = ("id", "name", "owner_id", "public_key")
 REQUEST_COLUMNS = ("id", "account_id", "created", "updated", "state")
-JOB_COLUMNS = ("id", "request_id", "index", "state", "worker_id", "deadline")  # `index` is the `idx` column
+# `index` is the `idx` column; `requester` and `charge` never change after the insert.
+JOB_COLUMNS = ("id", "request_id", "index", "state", "worker_id", "deadline", "requester", "charge")
 
 
 def account_from_row(row: Row) -> Account:

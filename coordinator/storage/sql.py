@@ -21,7 +21,7 @@ from protocol.ledger import GENESIS_HASH, LedgerEntry, entry_hash, round_kudos
 
 QUEUE_COLUMNS = (
     "job_id, request_id, model, tier, rank, pixels, steps, nsfw, img2img, painting, lora, post_processing, "
-    "trusted_only, workers, worker_blacklist"
+    "trusted_only, named, worker_blacklist"
 )
 PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
@@ -168,6 +168,15 @@ class Tx:
         _values, info = split_record(worker, WORKER_COLUMNS)
         await self.driver.execute("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
 
+    async def count_workers(self, owner_id: int) -> int:
+        """The account's workers, online or not. On PostgreSQL the account's row stays locked until
+        commit, so two first pops of new names by one account count one after the other (SQLite has
+        one writer at a time anyway)."""
+        if self.dialect == "postgresql":
+            await self.driver.execute("SELECT id FROM accounts WHERE id = ? FOR UPDATE", (owner_id,))
+        row = await self.driver.fetchone("SELECT COUNT(*) AS n FROM workers WHERE owner_id = ?", (owner_id,))
+        return int(row["n"]) if row else 0
+
     async def list_workers(self) -> list[Worker]:
         rows = await self.driver.fetchall("SELECT * FROM workers ORDER BY name")
         return [join_record(Worker, row, WORKER_COLUMNS) for row in rows]
@@ -206,7 +215,8 @@ class Tx:
             values, info = split_record(job, JOB_COLUMNS)
             rows.append((*values, info))
         await self.driver.executemany(
-            "INSERT INTO jobs (id, request_id, idx, state, worker_id, deadline, info) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, request_id, idx, state, worker_id, deadline, requester, charge, info) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
 
@@ -245,12 +255,31 @@ class Tx:
         )
         return row["n"] if row else 0
 
+    async def requester_load(self, requester: str) -> tuple[int, float]:
+        """A requester's unfinished images and the kudos reserved for them (the funded ones' prices).
+
+        Computed from the jobs themselves, so a delivery, cancel, fault or expiry releases its share
+        with no bookkeeping of its own."""
+        row = await self.driver.fetchone(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(charge), 0) AS reserved FROM jobs "
+            "WHERE requester = ? AND state IN ('waiting', 'processing')",
+            (requester,),
+        )
+        return (int(row["n"]), round(float(row["reserved"]), 2)) if row else (0, 0.0)
+
     async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
         rows = await self.driver.fetchall(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY idx", job_ids)
         return [job_from_row(row) for row in rows]
+
+    async def jobs_held(self, worker_id: str) -> int:
+        """How many jobs the node has in hand: given to it, not yet delivered, faulted or reissued."""
+        row = await self.driver.fetchone(
+            "SELECT COUNT(*) AS n FROM jobs WHERE state = 'processing' AND worker_id = ?", (worker_id,)
+        )
+        return int(row["n"]) if row else 0
 
     async def overdue_jobs(self, now: float, limit: int = 500) -> list[JobRecord]:
         rows = await self.driver.fetchall(
@@ -280,7 +309,7 @@ class Tx:
         rows = [
             (e.job_id, e.request_id, model, e.tier, e.rank, e.pixels, e.steps, int(e.nsfw), int(e.img2img),
              int(e.painting), int(e.lora), int(e.post_processing), int(e.trusted_only),
-             json.dumps(e.workers) if e.workers else None, int(e.worker_blacklist))
+             int(bool(e.workers)), int(e.worker_blacklist))
             for e in entries
             for model in (e.models or [""])
         ]
@@ -289,6 +318,19 @@ class Tx:
             "ON CONFLICT DO NOTHING",
             rows,
         )
+
+    async def worker_lists(self, request_ids: set[str]) -> dict[str, list[str]]:
+        """The `workers` list of each request, for its queue rows flagged `named`. The database pulls
+        the list out of the request's JSON, so a pop checks it without parsing whole requests."""
+        if not request_ids:
+            return {}
+        sqlite = self.dialect == "sqlite"
+        extract = "json_extract(info, '$.body.workers')" if sqlite else "(info::json) -> 'body' ->> 'workers'"
+        ids = sorted(request_ids)
+        rows = await self.driver.fetchall(
+            f"SELECT id, {extract} AS workers FROM requests WHERE id IN ({','.join('?' * len(ids))})", ids
+        )
+        return {row["id"]: json.loads(row["workers"]) if row["workers"] else [] for row in rows}
 
     async def dequeue_request(self, request_id: str) -> None:
         await self.driver.execute("DELETE FROM queue WHERE request_id = ?", (request_id,))
