@@ -180,7 +180,8 @@ async def run(args: Any, report: Report, workdir: Path) -> list[dict[str, Any]]:
     rng = random.Random(args.seed)
     data_dir = workdir / "depth"
     requesters = [f"requester{i}" for i in range(8)]
-    owners = [f"owner{i}" for i in range(10)]
+    # An untrusted account runs at most 3 workers (docs/security.md), so a thousand nodes need ~334 owners.
+    owners = [f"owner{i}" for i in range(max(10, -(-args.nodes // 3)))]
     rows = []
     async with bench_database(args.db) as db:
         keys = await create_accounts(data_dir, db, requesters + owners, kudos=1000)
