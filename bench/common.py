@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from PIL import Image
 
+from protocol.extensions import HEADER
 from protocol.httpsig import sign_request
 from protocol.keys import Identity
 
@@ -293,7 +294,8 @@ class Api:
         assert self.session is not None
         url = self.base + path
         raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Client-Agent": "horde-bench:1:local"}
+        # Our own extensions (pop's signed `jobs`), as our node and CLI ask for them.
+        headers = {"Content-Type": "application/json", "Client-Agent": "horde-bench:1:local", HEADER: "1"}
         if apikey:
             headers["apikey"] = apikey
         if identity is not None:

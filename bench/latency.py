@@ -41,7 +41,7 @@ from bench.common import (
     tiny_webp,
 )
 from protocol.keys import Identity
-from protocol.provenance import ResultDocument, sha256_hex, sign_result
+from protocol.provenance import ResultDocument, request_digest, sha256_hex, sign_result
 
 MODEL = "bench-model"
 TARGETS_MS = {"dispatch_p50": 20.0, "delivery_p50": 50.0}
@@ -90,7 +90,8 @@ async def node(api: Api, apikey: str, cadence: Cadence, shared: Shared, gen_seco
             if cadence.pop_sleep:
                 await asyncio.sleep(cadence.pop_sleep)
             continue
-        request_id = job["jobs"][0]["document"]["request_id"]
+        # Nodes never learn request ids: the job document commits to the request by its digest.
+        request_id = job["jobs"][0]["document"]["request_sha256"]
         round_ = shared.rounds.get(request_id)
         if round_ is None:
             shared.early[request_id] = got
@@ -115,8 +116,8 @@ async def one_round(api: Api, apikey: str, cadence: Cadence, shared: Shared) -> 
     if status != 202:
         return None
     request_id = accepted["id"]
-    shared.rounds[request_id] = round_
-    round_.node_got = shared.early.pop(request_id, 0.0)
+    shared.rounds[request_digest(request_id)] = round_
+    round_.node_got = shared.early.pop(request_digest(request_id), 0.0)
     while True:
         if cadence.check_every:
             await asyncio.sleep(cadence.check_every)

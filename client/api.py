@@ -25,6 +25,7 @@ from yarl import URL
 
 from client.config import normalize_url
 from client.errors import CoordinatorUnreachable, HordeAPIError
+from protocol import extensions
 from protocol.accounts import (
     AccountCreate,
     AccountCreated,
@@ -280,6 +281,8 @@ class HordeClient:
         # Sign exactly the URL text aiohttp will send: yarl's rendering, kept unre-encoded.
         target = URL(url, encoded=True)
         sent = {"Accept": "application/json", "Client-Agent": self.agent, **headers}
+        if sign:  # our coordinator: ask for the provenance fields `horde verify` checks
+            sent[extensions.HEADER] = "1"
         if sign and self.apikey:
             sent["apikey"] = self.apikey
         if sign and self.identity is not None:
@@ -304,6 +307,9 @@ class HordeClient:
 def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:
     """ "Connection refused" rather than aiohttp's "Connect call failed ('127.0.0.1', 7001)"."""
     error = exc.os_error
+    if isinstance(exc, aiohttp.ClientSSLError):
+        # An SSL error's errno is 1, which strerror renders as the baffling "Operation not permitted".
+        return f"the TLS handshake failed ({error}); if the coordinator speaks plain HTTP, use an http:// URL"
     if error.errno:
         return os.strerror(error.errno)
     return error.strerror or str(exc)

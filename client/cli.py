@@ -42,6 +42,8 @@ def _common_flags() -> argparse.ArgumentParser:
     common.add_argument("--apikey", default=argparse.SUPPRESS, help="API key (env HORDE_API_KEY)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress or notes")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an unexpected error")  # fmt: skip
     return common
 
 
@@ -69,6 +71,7 @@ def build_parser() -> Parser:
     add("models", "commands_network:models", "what the network can serve now, with queue and ETA")
     _add_verify(add("verify", "commands_verify:verify", "verify saved images offline against their sidecars"))
     _add_ledger(commands, common)
+    _add_webhook(commands, common)
     _add_demo(add("demo", "demo:run", "run a coordinator and a tiny node locally and generate"))
     return parser
 
@@ -91,6 +94,17 @@ def _add_ledger(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     check.add_argument("--coordinator-key", help="pin the coordinator key (ed25519:...) instead of asking it")
     check.add_argument("--page-size", type=int, default=500, help=argparse.SUPPRESS)
     check.set_defaults(handler="commands_verify:ledger_verify")
+
+
+def _add_webhook(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    webhook = commands.add_parser("webhook", help="webhooks the coordinator sent you", parents=[common])
+    actions = webhook.add_subparsers(dest="webhook_command", metavar="ACTION", required=True)
+    check = actions.add_parser("verify", help="verify a received webhook POST offline", parents=[common])
+    check.add_argument("--webhook-url", required=True, help="the webhook URL it was POSTed to (as you gave it)")
+    check.add_argument("--headers", required=True, metavar="FILE", help="its headers, one 'Name: value' a line")
+    check.add_argument("--body", required=True, metavar="FILE", help="its body, byte for byte")
+    check.add_argument("--coordinator-key", help="require this coordinator's key (ed25519:...)")
+    check.set_defaults(handler="commands_webhook:webhook_verify")
 
 
 def _add_generation_flags(sub: Parser) -> None:
@@ -157,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"error: cannot reach coordinator at {exc.url}: {exc.reason}")
     except HordeClientError as exc:
         return _fail(f"error: {exc}")
+    except Exception as exc:  # a bug, or a failure nobody planned for: still one line unless asked
+        if getattr(args, "debug", False):
+            raise
+        return _fail(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
 
 
 def _resolve(handler: str) -> Handler:

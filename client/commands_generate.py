@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from client import recent
 from client.context import Context
+from client.errors import CoordinatorUnreachable, HordeClientError, UserError
 from client.flow import SaveOptions, WaitOptions, submit, wait_and_save
 from client.output import Output
 from client.progress import describe
@@ -15,6 +17,8 @@ from protocol.generation import RequestStatus
 
 def generate_options(ctx: Context) -> GenerateOptions:
     args = ctx.args
+    if not args.prompt.strip():
+        raise UserError("the prompt is empty: describe the image to make, e.g. horde generate \"a lighthouse\"")
     return GenerateOptions(
         prompt=args.prompt, model=args.model, n=args.n, size=args.size, steps=args.steps,
         sampler=args.sampler, cfg=args.cfg, seed=args.seed, negative=args.negative,
@@ -40,21 +44,32 @@ async def generate(ctx: Context) -> int:
         ensure_folder(save.out_dir)  # fail before spending kudos, not after
     async with ctx.client() as client:
         request_id = await submit(client, request, ctx.output)
+        recent.remember(request_id, ctx.settings.config_dir)
         if ctx.args.no_wait:
             _print_submitted(ctx.output, request_id)
             return 0
         ctx.output.note(f"submitted request {request_id}")
         body = request.model_dump(mode="json", exclude_none=True)
-        saved = await wait_and_save(
-            client, request_id, ctx.output, wait=wait_options(ctx, request.params.n), save=save, request=body
-        )
+        try:
+            saved = await wait_and_save(
+                client, request_id, ctx.output, wait=wait_options(ctx, request.params.n), save=save, request=body
+            )
+        except CoordinatorUnreachable as exc:  # after the wait (saving): the request and its images are kept
+            raise HordeClientError(f"{exc}; the request is kept: `horde wait {request_id}` saves its images") from None
     print_saved(ctx.output, request_id, saved)
     return 0
+
+
+def request_id(ctx: Context) -> str:
+    """The full id of `ctx.args.id`, which may be the short form the display shows."""
+    ctx.args.id = recent.resolve(ctx.args.id, ctx.settings.config_dir)
+    return str(ctx.args.id)
 
 
 async def wait(ctx: Context) -> int:
     save = save_options(ctx)
     ensure_folder(save.out_dir)
+    request_id(ctx)
     async with ctx.client() as client:
         saved = await wait_and_save(client, ctx.args.id, ctx.output, wait=wait_options(ctx), save=save)
     print_saved(ctx.output, ctx.args.id, saved)
@@ -62,6 +77,7 @@ async def wait(ctx: Context) -> int:
 
 
 async def status(ctx: Context) -> int:
+    request_id(ctx)
     async with ctx.client() as client:
         report = await client.status(ctx.args.id)
     _print_status(ctx.output, ctx.args.id, report)
@@ -69,6 +85,7 @@ async def status(ctx: Context) -> int:
 
 
 async def cancel(ctx: Context) -> int:
+    request_id(ctx)
     async with ctx.client() as client:
         report = await client.cancel(ctx.args.id)
     if ctx.output.json:

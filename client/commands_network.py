@@ -41,14 +41,25 @@ async def models(ctx: Context) -> int:
     if not found:
         ctx.output.line("no model is being served right now")
         return 0
-    table = Table("model", "workers", "queued jobs", "queued MPS", "ETA", box=None)
+    table = Table("model", "workers", "speed MPS/s", "queued jobs", "queued MPS", "ETA", "first image p50/p95",
+                  "done p50/p95", box=None)  # fmt: skip
     for model in sorted(found, key=lambda item: (-item.count, item.name.lower())):
         table.add_row(
             model.name,
             str(model.count),
+            f"{model.performance:.2f}",
             str(model.jobs),
-            f"{model.queued:g}",
+            f"{model.queued / 1e6:.1f}",
             format_seconds(model.eta),
+            service_level(model.time_to_first_image_p50, model.time_to_first_image_p95),
+            service_level(model.time_to_done_p50, model.time_to_done_p95),
         )
     ctx.output.out.print(table)
     return 0
+
+
+def service_level(p50: float | None, p95: float | None) -> str:
+    """Measured over the coordinator's recent window; '-' before any result."""
+    if p50 is None or p95 is None:
+        return "-"
+    return f"{format_seconds(round(p50))} / {format_seconds(round(p95))}"

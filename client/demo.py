@@ -8,6 +8,7 @@ registers a node owner and a requester through the API, generates through the sa
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import TypeVar
 from client.api import HordeClient, wait_for_heartbeat
 from client.context import Context
 from client.demo_processes import Child, DemoError, read_port_file, run_to_end, start, stop
-from client.errors import HordeClientError
+from client.errors import HordeClientError, UserError
 from client.flow import SaveOptions, WaitOptions, submit, wait_and_save
 from client.output import Output
 from client.request_builder import GenerateOptions, build_request
@@ -50,15 +51,29 @@ async def run(ctx: Context) -> int:
     out_dir = Path(ctx.args.out)
     ensure_folder(out_dir)
     save = SaveOptions(out_dir, ctx.args.format, verify=False)  # verified below, with a verdict per image
+    require_node_extra()
     scratch = Path(tempfile.mkdtemp(prefix="horde-demo-"))
+    succeeded = False
     try:
         saved = await _run_network(ctx.output, scratch, request, save)
+        succeeded = True
     finally:
-        if ctx.args.keep_temp:
+        # A failure's message points at a log in here: keep it for the user to read.
+        if ctx.args.keep_temp or not succeeded:
             ctx.output.note(f"kept logs and data in {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     return _report(ctx.output, saved)
+
+
+def require_node_extra() -> None:
+    """The demo runs a node: say so before starting anything, rather than after a node crash."""
+    missing = [name for name in ("torch", "diffusers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"`horde demo` runs a node, which needs the node extra ({', '.join(missing)} not installed): "
+            "pip install -e '.[node]' (after the torch build for your machine), or run `make demo`"
+        )
 
 
 async def _run_network(

@@ -4,6 +4,7 @@ submit, wait with live progress (Ctrl-C aware), download, save with sidecars, ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from client.api import HordeClient
-from client.errors import HordeAPIError, Interrupted, RequestFaulted, UserError
+from client.errors import CoordinatorUnreachable, HordeAPIError, Interrupted, RequestFaulted, UserError
 from client.output import Output
 from client.progress import WaitDisplay
 from client.sidecar import CoordinatorRecord, ImageFormat, SavedImage, save_generation
+from client.stream import StreamUnavailable, follow
 from client.verify import verify_image
 from protocol.generation import GenerationRequest, RequestCheck, RequestStatus
 
@@ -24,6 +26,9 @@ T = TypeVar("T")
 LONG_POLL_SECONDS = 20.0
 # If the coordinator answers a long-poll at once without any change, don't spin: back off this long.
 MIN_POLL_INTERVAL = 1.0
+# The request is durable on the coordinator: while it is unreachable (a restart), keep asking, backing
+# off to this many seconds between attempts.
+UNREACHABLE_CAP_SECONDS = 30.0
 
 
 class CtrlC(Exception):
@@ -53,19 +58,51 @@ async def submit(client: HordeClient, request: GenerationRequest, output: Output
 
 
 async def wait_for(client: HordeClient, request_id: str, display: WaitDisplay) -> RequestCheck:
-    """Long-poll `check` until the request is done or faulted, updating the display on each answer."""
-    check = await client.check(request_id)  # at once, so the display has something to show
+    """Follow the request's event stream (steps included) until it is done or faulted; where there is
+    no stream, or it breaks, long-poll `check`, updating the display on each answer."""
+    with contextlib.suppress(StreamUnavailable):
+        final = await streamed(client, request_id, display)
+        if final.done or final.faulted:
+            return final
+        # A stream can end before the request does (the coordinator shutting down): keep waiting.
+    check = await patient_check(client, request_id, display)  # at once, so the display has something to show
     display.update(check)
     while not (check.done or check.faulted):
         started = time.monotonic()
         previous = check
-        check = await client.check(request_id, wait=LONG_POLL_SECONDS, finished=check.finished)
+        check = await patient_check(client, request_id, display, wait=LONG_POLL_SECONDS, finished=check.finished)
         display.update(check)
         # A coordinator that ignores `wait` answers at once; poll it gently instead of hammering it.
         elapsed = time.monotonic() - started
         if check == previous and elapsed < MIN_POLL_INTERVAL:
             await asyncio.sleep(MIN_POLL_INTERVAL - elapsed)
     return check
+
+
+async def streamed(client: HordeClient, request_id: str, display: WaitDisplay) -> RequestCheck:
+    """The stream's final check; raises StreamUnavailable (nothing lost: the caller long-polls)."""
+    async for event in follow(client.session, client.api_url, request_id):
+        if event.name in ("check", "end"):
+            check = RequestCheck.model_validate(event.data)
+            display.update(check)
+            if event.name == "end":
+                return check
+        elif event.name == "progress":
+            display.say(f"image {event.data['index'] + 1}: step {event.data['step']}/{event.data['total']}")
+    raise StreamUnavailable("no end event")
+
+
+async def patient_check(client: HordeClient, request_id: str, display: WaitDisplay, **poll: Any) -> RequestCheck:
+    """`check`, retried with backoff while the coordinator cannot be reached, saying so on the display."""
+    attempt = 0
+    while True:
+        try:
+            return await client.check(request_id, **poll)
+        except CoordinatorUnreachable as exc:
+            delay = min(UNREACHABLE_CAP_SECONDS, 2.0**attempt)
+            attempt += 1
+            display.say(f"coordinator unreachable ({exc.reason}); retrying in {delay:.0f} s — the request is kept")
+            await asyncio.sleep(delay)
 
 
 async def run_interruptibly(awaitable: Awaitable[T]) -> T:

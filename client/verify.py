@@ -16,7 +16,7 @@ from client.errors import UserError
 from client.sidecar import SIDECAR_FORMAT
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.ledger import LedgerEntry, LedgerHead, verify_chain, verify_head
-from protocol.provenance import JobDocument, ResultDocument, sha256_hex, verify_provenance
+from protocol.provenance import JobDocument, ResultDocument, request_digest, sha256_hex, verify_provenance
 
 Doc = TypeVar("Doc", JobDocument, ResultDocument)
 
@@ -100,8 +100,10 @@ def _same_pixels(left: bytes, right: bytes) -> bool:
 def _claims(sidecar: dict[str, Any], job: JobDocument, result: ResultDocument) -> list[str]:
     """The sidecar's plain fields must agree with the signed documents, or a reader could be misled."""
     problems = []
+    request_id = sidecar.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or request_digest(request_id) != job.request_sha256):
+        problems.append(f"The sidecar's request {request_id!r} is not the one the job was issued for.")
     signed = {
-        "request_id": job.request_id,
         "generation_id": job.job_id,
         "model": job.model,
         "seed": result.seed,

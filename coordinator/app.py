@@ -11,11 +11,14 @@ from coordinator.broker import Broker
 from coordinator.config import CoordinatorConfig
 from coordinator.connections import CONNECTIONS, guard_for, request_limits
 from coordinator.images import open_images
+from coordinator.metrics import METRICS, Metrics, request_metrics
 from coordinator.middleware import horde_errors
 from coordinator.routes import ENDPOINTS
 from coordinator.routes.http import BROKER
+from coordinator.routes.site import add_site_routes
 from coordinator.services import Services
 from coordinator.storage import open_database
+from coordinator.stream import PROGRESS_CHANNEL
 from coordinator.tokens import Tokens, load_or_create_secret
 from protocol.keys import Identity
 
@@ -36,11 +39,15 @@ async def open_services(config: CoordinatorConfig) -> Services:
 
 
 def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.Application:
-    app = web.Application(middlewares=[horde_errors, request_limits], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_metrics, horde_errors, request_limits], client_max_size=config.max_body_bytes
+    )
     # Serve it with connections.GuardedRunner, which applies these limits to connections too.
     app[CONNECTIONS] = guard_for(config)
+    app[METRICS] = Metrics()
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, "/api" + endpoint.path, endpoint.handler)
+    add_site_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
@@ -59,6 +66,7 @@ def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.App
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+        await broker.webhooks.close()
         await services.close()
 
     async def end_long_polls(app: web.Application) -> None:
@@ -78,5 +86,7 @@ def _relay(broker: Broker):
             broker.services.hub.wake_all_nodes()
         elif channel == "request":
             broker.services.hub.request_changed(payload)
+        elif channel == PROGRESS_CHANNEL:
+            broker.live.relayed(payload)
 
     return on_event

@@ -41,8 +41,18 @@ class Bank:
                     username, self.services.tokens.apikey_hash(apikey), public_key, self.services.clock()
                 )
         except NameTaken as error:
-            raise HordeError(400, RC.NAME_EXISTS, f"The username or key {username} is already registered.") from error
+            raise HordeError(400, RC.NAME_EXISTS, await self._taken(username, public_key)) from error
         return account, apikey
+
+    async def _taken(self, username: str, public_key: str | None) -> str:
+        """Which of the two unique things clashed, so the message names the right one."""
+        if public_key is not None:
+            async with self.services.database.reader() as tx:
+                holder = await tx.account_by("public_key", public_key)
+            if holder is not None:
+                return (f"This key is already registered, as {holder.display_name}: one key has one account. "
+                        "Use that account, or register a new key.")  # fmt: skip
+        return f"The username {username} is already taken; choose another."
 
     async def find(self, column: str, value: object) -> Account:
         async with self.services.database.reader() as tx:

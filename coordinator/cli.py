@@ -1,12 +1,16 @@
 """`horde-coordinator`: run a coordinator and administer it.
 
     horde-coordinator serve [--host H] [--port P] [--data-dir D] [--db PATH|postgresql://...]
+    horde-coordinator init                  # create the data directory (keys, database) and audit it
     horde-coordinator user add NAME [--kudos N]
     horde-coordinator grant USER AMOUNT
     horde-coordinator trust WORKER [--revoke]
+    horde-coordinator moderator USER [--revoke]
     horde-coordinator audit
 
-Every `serve` flag also reads a `HORDE_*` environment variable (flags win).
+Every `serve` flag also reads a `HORDE_*` environment variable (flags win). Every command finds its
+data the same way (DATA_RULE below), so the administration commands, run from any folder, see what
+`serve` serves; they never create a data directory (only `serve` and `init` do).
 """
 
 import argparse
@@ -27,22 +31,48 @@ from coordinator.connections import GuardedRunner, raise_open_files_limit
 from coordinator.errors import HordeError
 from coordinator.images import parse_s3_url
 from coordinator.logs import configure_logging
+from coordinator.moderation import Moderation
 from coordinator.storage import StorageUnavailable
+
+DATA_RULE = "--data-dir, else $HORDE_DATA_DIR, else $XDG_DATA_HOME/horde-coordinator (~/.local/share/...)"
 
 
 def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"HORDE_{name}", default)
 
 
+def default_data_dir() -> str:
+    """One place for every command, whatever the current folder (see DATA_RULE)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return env("DATA_DIR") or str(Path(base) / "horde-coordinator")
+
+
+def _shared_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Accepted before or after the subcommand: the subcommand's copies default to SUPPRESS, so
+    # they override the root's value only when given.
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--data-dir", default=default(default_data_dir()),
+                        help=f"database, images and keys ({DATA_RULE})")
+    parser.add_argument("--db", default=default(env("DB")),
+                        help="SQLite file or postgresql:// URL (default: DATA_DIR/horde.db)")
+    parser.add_argument("--log-level", default=default(env("LOG_LEVEL", "warning")),
+                        help="debug also shows the traceback of an error")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default(env("LOG_FORMAT", "text")))
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="horde-coordinator", description="Run a Horde Network coordinator.")
-    root.add_argument("--data-dir", default=env("DATA_DIR", "horde-data"), help="database, images and keys")
-    root.add_argument("--db", default=env("DB"), help="SQLite file or postgresql:// URL (default: DATA_DIR/horde.db)")
-    root.add_argument("--log-level", default=env("LOG_LEVEL", "warning"))
-    root.add_argument("--log-format", choices=("text", "json"), default=env("LOG_FORMAT", "text"))
+    _shared_flags(root, defaults=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    _shared_flags(shared, defaults=False)
     commands = root.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP API")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, parents=[shared])
+
+    serve = command("serve", "run the HTTP API")
     serve.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=int(env("PORT", "7001") or 7001), help="0 picks a free port")
     serve.add_argument("--port-file", help="write the bound port here once listening")
@@ -67,6 +97,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-rate-limits", action="store_true", default=env("NO_RATE_LIMITS") == "1")
     serve.add_argument("--trust-proxy", action="store_true", default=env("TRUST_PROXY") == "1",
                        help="believe X-Forwarded-For (only behind your own reverse proxy)")
+    serve.add_argument("--webhooks-to-private", action="store_true", default=env("WEBHOOKS_TO_PRIVATE") == "1",
+                       help="let webhooks reach loopback, link-local and private addresses (a closed network)")
+    serve.add_argument("--webhook-retry-seconds", type=float, default=float(env("WEBHOOK_RETRY_SECONDS") or 600),
+                       help="how long a failing webhook is retried, with backoff")
     limits = ConnectionLimits()
     serve.add_argument("--header-timeout", type=float, default=float(env("HEADER_TIMEOUT") or limits.header_timeout),
                        help="seconds for a request's headers to arrive (also the idle keep-alive time)")
@@ -80,20 +114,25 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, default=int(env("MAX_CONNECTIONS") or limits.total),
                        help="concurrent connections in all (default: the open-files limit less 256)")
 
-    user = commands.add_parser("user", help="manage accounts").add_subparsers(dest="action", required=True)
-    add = user.add_parser("add", help="create an account and print its apikey")
+    command("init", "create the data directory, its keys and database (if missing), then audit it")
+    user = command("user", "manage accounts").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="create an account and print its apikey", parents=[shared])
     add.add_argument("name")
     add.add_argument("--kudos", type=float, default=0.0)
 
-    grant = commands.add_parser("grant", help="grant (or, negative, remove) kudos")
+    grant = command("grant", "grant (or, negative, remove) kudos")
     grant.add_argument("user")
     grant.add_argument("amount", type=float)
 
-    trust = commands.add_parser("trust", help="mark a worker (by name) as trusted, clearing its suspicion")
+    trust = command("trust", "mark a worker (by name) as trusted, clearing its suspicion")
     trust.add_argument("worker")
     trust.add_argument("--revoke", action="store_true")
 
-    commands.add_parser("audit", help="re-walk the ledger chain and check every balance")
+    moderator = command("moderator", "let an account edit others (PUT /v2/users/{id}), as AI Horde's moderators")
+    moderator.add_argument("user")
+    moderator.add_argument("--revoke", action="store_true")
+
+    command("audit", "re-walk the ledger chain and check every balance")
     return root
 
 
@@ -117,6 +156,8 @@ def config_from(args: argparse.Namespace) -> CoordinatorConfig:
         config.open_registration = not args.closed_registration
         config.rate_limiting = not args.no_rate_limits
         config.trust_forwarded_for = args.trust_proxy
+        config.webhook_private_addresses = args.webhooks_to_private
+        config.webhook_retry_seconds = args.webhook_retry_seconds
         config.connection_limits = replace(
             config.connection_limits, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             per_ip=args.connections_per_ip, long_polls_per_ip=args.long_polls_per_ip, total=args.max_connections,
@@ -145,10 +186,28 @@ async def serve(config: CoordinatorConfig, host: str, port: int, port_file: str 
     await runner.cleanup()
 
 
+class NoData(Exception):
+    """An administration command pointed at a data directory that does not exist."""
+
+
+def require_data(config: CoordinatorConfig) -> None:
+    # Creating a fresh directory here would mint new keys and an empty database that the running
+    # coordinator never reads: an apikey printed from it would be refused.
+    if not config.secret_path.exists():
+        raise NoData(
+            f"no coordinator data in {config.data_dir} (no {config.secret_path.name}); point at the folder "
+            f"`serve` uses with --data-dir or HORDE_DATA_DIR, or create one with `horde-coordinator init`"
+        )
+
+
 async def admin(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    if args.command != "init":
+        require_data(config)
     services = await open_services(config)
     bank = Bank(services)
     try:
+        if args.command == "init":  # then audits, as `audit` does
+            print(f"data directory {config.data_dir}: coordinator key {services.identity.public_key.text()}")
         if args.command == "user":
             account, apikey = await bank.open_account(args.name)
             if args.kudos:
@@ -160,7 +219,11 @@ async def admin(args: argparse.Namespace, config: CoordinatorConfig) -> int:
             print(f"ledger entry {entry.seq}: {args.amount:+} kudos for {account.display_name}")
         elif args.command == "trust":
             return await set_trust(services, args.worker, not args.revoke)
-        elif args.command == "audit":
+        elif args.command == "moderator":
+            account = await bank.find("username", args.user.split("#", 1)[0])
+            await Moderation(services).set_moderator(account.id, not args.revoke)
+            print(f"{account.display_name} is {'no longer ' if args.revoke else ''}a moderator")
+        elif args.command in ("audit", "init"):
             report = await bank.audit()
             print(f"checked {report.entries} ledger entries; head {report.head_seq} {report.head_hash}")
             for problem in report.problems:
@@ -195,10 +258,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         root.error(str(error))
     try:
+        return run(args, config)
+    except Exception as error:
+        if str(args.log_level).lower() == "debug":
+            raise
+        print(f"error: {explain(error, config)}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    try:
         if args.command == "serve":
             asyncio.run(serve(config, args.host, args.port, args.port_file))
             return 0
         return asyncio.run(admin(args, config))
+    except NoData as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except HordeError as error:
         print(f"error: {error.message} ({error.rc})", file=sys.stderr)
         return 1
@@ -208,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def explain(error: Exception, config: CoordinatorConfig) -> str:
+    """One line for an error nobody planned for; `--log-level debug` shows the traceback instead."""
+    if type(error).__module__.startswith("asyncpg"):
+        return (f"PostgreSQL refused the connection: {error}; check the role and database names in "
+                "--db / HORDE_DB (create the database with `createdb` first)")  # fmt: skip
+    return f"{type(error).__name__}: {error} (run with --log-level debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class CoordinatorConfig:
     worker_online_seconds: float = 300.0
     uptime_kudos_per_10_minutes: float = 50.0  # 0 switches uptime rewards off
     suspicious_mps_per_second: float = 20.0
+    # Wait times come from a simulation of the queue (coordinator/estimates.py), rerun at most this often.
+    forecast_seconds: float = 1.0
     # The economy (docs/security.md, "The economy"). Unfunded images (anonymous, or beyond the requester's
     # balance) earn a node at most this much, refilled evenly over 10 minutes: what uptime pays, no more.
     volunteer_kudos_per_10_minutes: float = 50.0
@@ -66,6 +68,10 @@ class CoordinatorConfig:
     rate_limiting: bool = True
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     trust_forwarded_for: bool = False
+    # Webhooks (coordinator/webhooks.py): a failing receiver is retried with backoff for this long; and
+    # loopback, link-local and private addresses are refused unless the operator allows them.
+    webhook_retry_seconds: float = 600.0
+    webhook_private_addresses: bool = False
     maintenance_interval: float = 5.0
     version: str = "0.1.0"
 

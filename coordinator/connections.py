@@ -33,7 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from coordinator.config import ConnectionLimits, CoordinatorConfig
 from coordinator.errors import HordeError
-from coordinator.routes import generate, jobs
+from coordinator.routes import generate, jobs, stream
 from coordinator.routes.http import client_ip
 from protocol.errors import RC
 
@@ -42,7 +42,7 @@ from protocol.errors import RC
 FD_RESERVE = 256
 MIN_TOTAL = 64
 # The handlers that may hold a request open for up to 30 s (MAX_LONG_POLL_SECONDS).
-LONG_POLL_HANDLERS = frozenset({jobs.pop, generate.check})
+LONG_POLL_HANDLERS = frozenset({jobs.pop, generate.check, stream.stream})  # a stream holds its slot throughout
 
 
 def address_key(host: str) -> str:

@@ -6,7 +6,9 @@ from collections import Counter
 from typing import Any
 
 from coordinator.auth import Caller
+from coordinator.capabilities import row_skip_reason
 from coordinator.lifecycle import excluded, release_job
+from coordinator.metrics import DISPATCH_LATENCY
 from coordinator.queueing import worker_list_allows
 from coordinator.results import upload_name
 from coordinator.roster import Roster, in_maintenance, maintenance_refusal
@@ -16,7 +18,8 @@ from coordinator.storage.sql import CANDIDATES_PER_MODEL, Tx
 from protocol.generation import GenerationRequest
 from protocol.jobs import JobPayload, PopRequest, PopResponse, SignedJob
 from protocol.kudos import job_time_limit
-from protocol.provenance import JobDocument, sign_job
+from protocol.provenance import JobDocument, request_digest, sign_job
+from protocol.samplers import FACEFIXERS
 
 # How far down the queue an empty pop looks to explain itself in `skipped`.
 SKIPPED_SAMPLE = 500
@@ -29,15 +32,23 @@ MAX_CANDIDATES_PER_MODEL = 4096
 MAX_QUEUE_POSITION = 20
 
 
-def job_payload(body: GenerationRequest, seed: str, n_iter: int) -> dict[str, Any]:
+def job_payload(body: GenerationRequest, seed: str, n_iter: int, sourced: bool) -> dict[str, Any]:
+    """AI Horde's `ModelPayloadStable` for a job: what its workers read, field for field. `sourced`: the
+    request has a source image (the stored body keeps none: `request.source_image` says)."""
     params = body.params
+    negative = f" ### {body.negative_prompt}" if body.negative_prompt else ""
     return JobPayload(
-        prompt=body.positive_prompt, negative_prompt=body.negative_prompt, ddim_steps=params.steps,
-        n_iter=n_iter, width=params.width, height=params.height, seed=seed,
-        sampler_name=params.sampler_name, cfg_scale=params.cfg_scale, karras=params.karras,
-        denoising_strength=params.denoising_strength if body.source_image else None,
-        clip_skip=params.clip_skip, tiling=params.tiling, hires_fix=params.hires_fix, loras=params.loras,
-        post_processing=params.post_processing, use_nsfw_censor=body.censor_nsfw,
+        prompt=body.positive_prompt + negative, ddim_steps=params.steps, n_iter=n_iter, width=params.width,
+        height=params.height, seed=seed, sampler_name=params.sampler_name, cfg_scale=params.cfg_scale,
+        karras=params.karras, denoising_strength=params.denoising_strength if sourced else None,
+        clip_skip=params.clip_skip, tiling=params.tiling, hires_fix=params.hires_fix,
+        hires_fix_denoising_strength=params.hires_fix_denoising_strength if params.hires_fix else None,
+        loras=params.loras, tis=params.tis, post_processing=params.post_processing,
+        post_processing_order=params.post_processing_order,
+        facefixer_strength=params.facefixer_strength if set(params.post_processing) & set(FACEFIXERS) else None,
+        control_type=params.control_type, image_is_control=params.image_is_control if params.control_type else None,
+        return_control_map=params.return_control_map if params.control_type else None,
+        use_nsfw_censor=body.censor_nsfw,
     ).model_dump(exclude_none=True)  # fmt: skip
 
 
@@ -51,18 +62,8 @@ def _worker_filter_allows(row: dict[str, Any], caps: WorkerCaps, lists: dict[str
 
 
 def _skip_reason(row: dict[str, Any], caps: WorkerCaps, lists: dict[str, list[str]]) -> str | None:
-    checks = (
-        ("models", row["model"] != "" and row["model"] not in caps.models),
-        ("max_pixels", row["pixels"] > caps.max_pixels),
-        ("nsfw", row["nsfw"] and not caps.nsfw),
-        ("img2img", row["img2img"] and not caps.img2img),
-        ("painting", row["painting"] and not caps.painting),
-        ("lora", row["lora"] and not caps.lora),
-        ("post-processing", row["post_processing"] and not caps.post_processing),
-        ("untrusted", row["trusted_only"] and not caps.trusted),
-        ("worker_id", not _worker_filter_allows(row, caps, lists)),
-    )
-    return next((name for name, failed in checks if failed), None)
+    reason = row_skip_reason(row, caps)
+    return reason or (None if _worker_filter_allows(row, caps, lists) else "worker_id")
 
 
 class Dispatcher:
@@ -101,6 +102,13 @@ class Dispatcher:
 
         async def claim_and_answer() -> tuple[PopResponse, RequestRecord, list[JobRecord]] | None:
             claimed = await self._claim(caps, worker, amount)
+            if claimed is not None:
+                waited = self.services.clock() - claimed[0].created
+                for _job in claimed[1]:
+                    DISPATCH_LATENCY.observe(max(waited, 0.0))
+                # `processing` changed: checks and streams waiting on the request answer now.
+                self.services.hub.request_changed(claimed[0].id)
+                await self.services.database.announce("request", claimed[0].id)
             return None if claimed is None else (await self._response(*claimed, base_url), *claimed)
 
         work = asyncio.ensure_future(claim_and_answer())
@@ -165,7 +173,8 @@ class Dispatcher:
     def _refused(request: RequestRecord, caps: WorkerCaps) -> bool:
         """The node's own word blacklist, or a self-declared extra-slow node and a request that wants no slow ones."""
         prompt = str(request.body.get("prompt", "")).lower()
-        too_slow = caps.extra_slow and request.body.get("slow_workers") is False
+        unwanted = request.body.get("slow_workers") is False or request.body.get("extra_slow_workers") is False
+        too_slow = caps.extra_slow and unwanted
         return too_slow or any(word and word in prompt for word in caps.blacklist)
 
     async def _claim_batch(
@@ -177,7 +186,7 @@ class Dispatcher:
         if first is None or first.state != "waiting" or excluded(first, worker.id):
             return []
         batch = [first]
-        if amount > 1:
+        if amount > 1 and not request.body.get("disable_batching"):
             rows = await tx.waiting_of_request(request.id, 50)
             siblings = {job.index: job for job in await tx.jobs_by_ids([r["job_id"] for r in rows])}
             while len(batch) < amount and (following := siblings.get(batch[-1].index + 1)) is not None:
@@ -210,7 +219,8 @@ class Dispatcher:
         params = body.params
         ttl = position * job_time_limit(width=params.width, height=params.height, steps=params.steps)
         document = JobDocument(
-            job_id=job.id, request_id=request.id, model=model, payload=job_payload(body, job.seed, 1),
+            job_id=job.id, request_sha256=request_digest(request.id), model=model,
+            payload=job_payload(body, job.seed, 1, request.source_image is not None),
             source_image_sha256=request.source_image_sha256, source_mask_sha256=request.source_mask_sha256,
             ttl=ttl, worker_id=worker.id, issued_at=int(now), **sources,
         )  # fmt: skip
@@ -224,7 +234,8 @@ class Dispatcher:
         uploads = [await self._upload_url(job, base_url) for job in jobs]
         first = jobs[0]
         return PopResponse(
-            id=first.id, ids=[job.id for job in jobs], payload=job_payload(body, first.seed, len(jobs)),
+            id=first.id, ids=[job.id for job in jobs],
+            payload=job_payload(body, first.seed, len(jobs), request.source_image is not None),
             model=first.model, ttl=(first.job_document or {}).get("ttl"), skipped={},
             source_image=await self._source_url(request.source_image, first, base_url, "source_image"),
             source_processing=body.source_processing if request.source_image else "txt2img",

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from coordinator.capabilities import first_unmet
 from coordinator.queueing import worker_list_allows
 from coordinator.storage.records import QueueEntry, WorkerCaps
 
@@ -22,13 +23,7 @@ def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
     to a node that cannot take the job while one that can sleeps on."""
     return (
         (not entry.models or any(model in caps.models for model in entry.models))
-        and entry.pixels <= caps.max_pixels
-        and (caps.nsfw or not entry.nsfw)
-        and (caps.img2img or not entry.img2img)
-        and (caps.painting or not entry.painting)
-        and (caps.lora or not entry.lora)
-        and (caps.post_processing or not entry.post_processing)
-        and (caps.trusted or not entry.trusted_only)
+        and first_unmet(caps, lambda column: getattr(entry, column)) is None
         and _named_allows(caps, entry)
         and caps.worker_id not in entry.excluded
     )
@@ -59,6 +54,7 @@ class EventHub:
         self.closing = False  # set at shutdown: every long-poll answers now, and new ones do not wait
         self._job_waiters: list[JobWaiter] = []
         self._request_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.request_listeners: list[Callable[[str], None]] = []
 
     def jobs_queued(self, entries: list[QueueEntry]) -> None:
         """Wake one node per new job among those that can serve it, idle and oldest first."""
@@ -87,6 +83,8 @@ class EventHub:
                 event.set()
 
     def request_changed(self, request_id: str) -> None:
+        for listener in self.request_listeners:  # e.g. webhooks.py, told of every change
+            listener(request_id)
         for event in self._request_waiters.get(request_id, ()):
             event.set()
 

@@ -4,10 +4,12 @@ Used inside a transaction by both the submit handler (a node reports a fault) an
 upkeep loop (a node missed its deadline), so the retry rule exists once.
 """
 
-from coordinator.queueing import queue_entry
+from coordinator.metrics import JOB_FAULTS
+from coordinator.queueing import request_entry
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
 from coordinator.storage.sql import Tx
 
+TIME_LIMIT_EXCEEDED = "time limit exceeded"
 
 async def requeue_or_fault(
     tx: Tx, job: JobRecord, request: RequestRecord, max_faults: int, now: float, reason: str
@@ -18,6 +20,8 @@ async def requeue_or_fault(
 
     Returns the queue entry when the job went back to the queue, so the caller can wake nodes.
     """
+    JOB_FAULTS.labels("time limit" if reason == TIME_LIMIT_EXCEEDED else "reported").inc()
+    await tx.record_fault(int(now // 60))  # the status page's history
     job.faults += 1
     job.restarts += 1
     if job.worker_id and job.worker_id not in job.previous_workers:
@@ -70,8 +74,7 @@ def excluded(job: JobRecord, worker_id: str) -> bool:
 
 
 def requeue_entry(job: JobRecord, request: RequestRecord) -> QueueEntry:
-    body = request.generation
-    entry = queue_entry(job.id, request.id, body, request.tier, request.rank)
+    entry = request_entry(job.id, request)  # with its source, which the stored body lacks
     entry.excluded = list(job.previous_workers)
     return entry
 

@@ -1,4 +1,5 @@
-"""The OpenAPI document, generated from the endpoint table and the pydantic models."""
+"""The OpenAPI 3.1 document (`/api/openapi.json`), generated from the endpoint table and the pydantic models.
+`/api/swagger.json` is its Swagger 2.0 twin (coordinator/swagger2.py), as AI Horde serves there."""
 
 from typing import Any
 
@@ -11,7 +12,7 @@ from protocol.errors import ErrorBody
 REF = "#/components/schemas/{model}"
 
 
-def _models() -> list[type[BaseModel]]:
+def api_models() -> list[type[BaseModel]]:
     from coordinator.routes import ENDPOINTS
 
     seen: dict[str, type[BaseModel]] = {"ErrorBody": ErrorBody}
@@ -25,7 +26,7 @@ def _models() -> list[type[BaseModel]]:
 def openapi_document(version: str) -> dict[str, Any]:
     from coordinator.routes import ENDPOINTS
 
-    models = _models()
+    models = api_models()
     keys, schemas = models_json_schema([(model, "validation") for model in models], ref_template=REF)
     ref = {model: keys[(model, "validation")]["$ref"] for model in models}
     paths: dict[str, dict[str, Any]] = {}

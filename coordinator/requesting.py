@@ -3,13 +3,15 @@
 import asyncio
 import base64
 import logging
+import time
 import uuid
 
 from coordinator.auth import Caller
+from coordinator.capabilities import refusal
 from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
-from coordinator.estimates import wait_seconds
 from coordinator.events import wait_for
+from coordinator.outlook import Outlooks
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
@@ -32,7 +34,17 @@ from protocol.provenance import sha256_hex
 
 log = logging.getLogger("horde.coordinator.requesting")
 ANONYMOUS_ACCOUNT = 0
+# A long-polled check looks this often whether the request's place or ETA moved (`_until_news`).
+NEWS_POLL_SECONDS = 2.0
 SETTLED = ("done", "faulted", "cancelled")
+
+
+def is_news(before: RequestCheck, now: RequestCheck, elapsed: float) -> bool:
+    """Whether a waiting requester should hear of `now`: its place moved, it became (im)possible, or its ETA
+    moved by more than 5 s or a fifth from what counting `before` down would show."""
+    expected = max(before.wait_time - elapsed, 0)
+    drift = abs(now.wait_time - expected) > max(5.0, 0.2 * expected)
+    return now.queue_position != before.queue_position or now.is_possible != before.is_possible or drift
 
 
 def upfront_refused(total: float, available: float) -> HordeError:
@@ -53,9 +65,10 @@ def price_per_image(body: GenerationRequest) -> float:
 
 
 class RequestDesk:
-    def __init__(self, services: Services, roster: Roster) -> None:
+    def __init__(self, services: Services, roster: Roster, outlooks: Outlooks) -> None:
         self.services = services
         self.roster = roster
+        self.outlooks = outlooks
 
     # --- accepting ------------------------------------------------------------------
     async def submit(
@@ -63,6 +76,8 @@ class RequestDesk:
     ) -> RequestAccepted | DryRunResult:
         """Accept a request; `remote` is the requester's address (the economy pays nothing for a node's
         unfunded requests to itself, and caps anonymous requesters per address)."""
+        if (refused := refusal(body)) is not None:
+            raise refused
         who = requester_key(caller.account.id if caller.account else None, remote)
         if not body.dry_run:  # a flood past the cap costs no source decoding (`_admit` decides, exactly)
             async with self.services.database.reader() as tx:
@@ -86,6 +101,7 @@ class RequestDesk:
             await self._forget_sources(request)
             raise
         self.services.hub.jobs_queued(entries)
+        self.outlooks.arrived(request, len(jobs))
         await self.services.database.announce("jobs", request.id)
         return RequestAccepted(id=request.id, kudos=total, warnings=await self._warnings(entries[0]))
 
@@ -198,29 +214,40 @@ class RequestDesk:
             report = await self._check(request, jobs)
             behind = known_finished is not None and known_finished != report.finished
             worth_waiting = wait > 0 and not behind and request.state == "active" and not self.services.hub.closing
-            if not worth_waiting or not await wait_for(changed, wait):
+            if not worth_waiting:
                 return report
-        request, jobs = await self.load(request_id)
-        return await self._check(request, jobs)
+            return await self._until_news(request_id, changed, wait, report)
+
+    async def _until_news(self, request_id: str, changed: asyncio.Event, wait: float, report: RequestCheck
+                          ) -> RequestCheck:
+        """Hold a long-poll until the request changes, or its place or ETA moves otherwise than by the
+        clock (looked at every NEWS_POLL_SECONDS: a pop elsewhere moves it without an event), or `wait` ends."""
+        started, fresh = time.monotonic(), report
+        while (remaining := started + wait - time.monotonic()) > 0:
+            woken = await wait_for(changed, min(remaining, NEWS_POLL_SECONDS))
+            request, jobs = await self.load(request_id)
+            fresh = await self._check(request, jobs)
+            if woken or is_news(report, fresh, time.monotonic() - started):
+                return fresh
+        return fresh
 
     async def _check(self, request: RequestRecord, jobs: list[JobRecord]) -> RequestCheck:
         counts = {state: sum(1 for job in jobs if job.state == state) for state in ("waiting", "processing", "done")}
-        position, possible, wait_time = 0, True, 0
+        position = 0
         if counts["waiting"]:
-            body = request.generation
-            # Every queue row of a request carries the request's own tier and rank.
+            # Every queue row of a request carries the request's own tier and rank: pop's order.
             async with self.services.database.reader() as tx:
                 position = await tx.queue_position(request.tier, request.rank)
-            entry = queue_entry("", request.id, body, 0, 0.0)
-            able = await self.roster.able(entry)
-            possible = bool(able)
-            megapixelsteps = body.params.width * body.params.height * body.params.steps / 1e6
-            wait_time = wait_seconds(position, megapixelsteps * counts["waiting"], able)
+        active = request.state == "active"
+        unfinished = counts["waiting"] + counts["processing"] if active else 0
+        outlook = await self.outlooks.request(request, counts["waiting"] if active else 0, unfinished)
         return RequestCheck(
             finished=counts["done"], processing=counts["processing"], restarted=sum(job.restarts for job in jobs),
             waiting=counts["waiting"], done=request.state in ("done", "cancelled") and not counts["processing"],
-            faulted=request.state == "faulted", wait_time=wait_time, queue_position=position,
-            kudos=round(request.kudos_per_image * counts["done"], 2), is_possible=possible,
+            faulted=request.state == "faulted", wait_time=outlook.wait_time, queue_position=position,
+            kudos=round(request.kudos_per_image * counts["done"], 2), is_possible=outlook.possible,
+            is_possible_reason=outlook.reason,
+            cancelled=request.state == "cancelled",
         )  # fmt: skip
 
     async def status(self, request_id: str, base_url: str) -> RequestStatus:
@@ -260,16 +287,16 @@ class RequestDesk:
         ), inline_budget  # fmt: skip
 
     # --- cancelling -----------------------------------------------------------------
-    async def cancel(self, caller: Caller, request_id: str, base_url: str) -> RequestStatus:
-        """Stop the request's waiting images; images already made, or being made, are kept."""
+    async def cancel(self, request_id: str, base_url: str) -> RequestStatus:
+        """Stop the request's waiting images; images already made, or being made, are kept.
+
+        Whoever holds the id may cancel, with or without an apikey, as in AI Horde: the id is the
+        requester's capability, known to no one else (nodes only see a digest, protocol/provenance.py)."""
         async with self.services.database.transaction() as tx:
             await tx.lock_ledger()  # not while one of its results is stored (results._current), which settles it
             request = await tx.get_request(request_id)
             if request is None:
                 raise not_found("request")
-            owner = caller.account.id if caller.account else ANONYMOUS_ACCOUNT
-            if request.account_id != owner:
-                raise HordeError(403, RC.NOT_OWNER, "Only the requester who made this request may cancel it.")
             if request.state == "active":
                 await tx.dequeue_request(request_id)
                 for job in await tx.jobs_of(request_id):

@@ -12,7 +12,9 @@ from typing import Any
 from coordinator.auth import Caller, require_account
 from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
+from coordinator.estimates import job_megapixelsteps, record_speed
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
+from coordinator.outlook import ServiceLevels
 from coordinator.services import Services
 from coordinator.sources import RESULT_FORMATS, check_image
 from coordinator.storage import StorageUnavailable
@@ -22,16 +24,11 @@ from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.provenance import ResultDocument, sha256_hex, verify_result
+from protocol.samplers import UPSCALE_FACTORS
 
 log = logging.getLogger("horde.coordinator.results")
 PAID_STATES = ("ok", "censored")
 NOT_DELIVERED = Settlement(0.0, 0.0, "not delivered")
-# Post-processors that scale the image, by their factor (AI Horde's upscalers); every other one (face
-# fixers, background removal) keeps the size. A result must have the job's size times these.
-UPSCALE_FACTORS = {
-    "RealESRGAN_x2plus": 2, "RealESRGAN_x4plus": 4, "RealESRGAN_x4plus_anime_6B": 4, "NMKD_Siax": 4,
-    "4x_AnimeSharp": 4,
-}  # fmt: skip
 
 
 def upload_name(job_id: str, worker_id: str) -> str:
@@ -55,19 +52,15 @@ def result_size(payload: dict[str, Any]) -> tuple[int, int] | None:
     return width * factor, height * factor
 
 
-def job_megapixelsteps(job: JobRecord) -> float:
-    payload = (job.job_document or {}).get("payload", {})
-    return payload.get("width", 0) * payload.get("height", 0) * payload.get("ddim_steps", 0) / 1e6
-
-
 class Aborted(HordeError):
     def __init__(self) -> None:
         super().__init__(400, RC.ABORTED_GEN, "This job is no longer yours: its time ran out or it was cancelled.")
 
 
 class ResultIntake:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, service_levels: ServiceLevels) -> None:
         self.services = services
+        self.service_levels = service_levels
 
     async def accept_upload(self, job_id: str, token: str, data: bytes) -> None:
         async with self.services.database.reader() as tx:
@@ -224,6 +217,7 @@ class ResultIntake:
         # The result is committed and paid: a store that fails now only leaves the upload for pruning.
         if body.generation == "R2":
             await self._forget(upload_name(job_id, worker.id))
+        self.service_levels.record(request, job.model or "", now)
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
         return settlement.reward
@@ -239,7 +233,9 @@ class ResultIntake:
         job: JobRecord, worker: Worker, body: SubmitRequest, image: bytes | None, name: str | None, reward: float,
         now: float,
     ) -> None:
-        job.state, job.result_state, job.censored = "done", body.state, body.censored or body.state == "censored"
+        # As AI Horde: a `censorship` gen_metadata entry (the node's censor blanked the image) marks it censored.
+        censored = body.censored or body.state == "censored" or any(e.type == "censorship" for e in body.gen_metadata)
+        job.state, job.result_state, job.censored = "done", body.state, censored
         job.image = name
         job.image_sha256 = sha256_hex(image) if image is not None else None
         job.gen_metadata = [entry.model_dump(exclude_none=True) for entry in body.gen_metadata]
@@ -257,6 +253,7 @@ class ResultIntake:
             node.suspicion += 1
         node.requests_fulfilled += 1
         node.megapixelsteps += megapixelsteps
+        record_speed(node, job.model or "", megapixelsteps, job.assigned_at, now)
         node.missed_deadlines = 0
 
     async def _settle(
@@ -295,6 +292,7 @@ class ResultIntake:
         node.kudos_rewards = round(node.kudos_rewards + settlement.reward, 2)
         await tx.save_worker_state(node)
         await tx.record_stats(int(now // 60), 1, job_megapixelsteps(job))
+        await tx.record_model_stats(int(now // 86400), job.model or "")  # /v2/stats/img/models
         if settlement.charge > 0:
             await tx.move_kudos("spend", request.account_id, None, settlement.charge, job.id, now)
         if settlement.reward > 0:

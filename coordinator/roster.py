@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from coordinator.auth import Caller, require_account
+from coordinator.capabilities import declared
 from coordinator.errors import HordeError
 from coordinator.events import can_serve
 from coordinator.services import Services
@@ -165,6 +166,7 @@ class Roster:
             post_processing=pop.allow_post_processing,
             bridge_agent=pop.bridge_agent,
             last_seen=now,
+            **declared(pop),
         )
 
     async def _save(self, worker: Worker, new_for: Account | None = None) -> None:
@@ -186,6 +188,11 @@ class Roster:
             self._online_caps = [(worker, WorkerCaps.of(worker)) for worker in self._online]
             self._loaded_at = now
         return self._online
+
+    async def online_caps(self) -> list[tuple[Worker, WorkerCaps]]:
+        """The online nodes with what they can do (for the wait forecast)."""
+        await self.online()
+        return self._online_caps
 
     async def able(self, entry: QueueEntry) -> list[Worker]:
         """The online nodes that could serve `entry` (for warnings, `is_possible` and ETAs)."""

@@ -4,7 +4,7 @@ abandoned requests, pay uptime kudos, and prune old requests and images (never t
 import asyncio
 import logging
 
-from coordinator.lifecycle import fault_request, requeue_or_fault
+from coordinator.lifecycle import TIME_LIMIT_EXCEEDED, fault_request, requeue_or_fault
 from coordinator.results import upload_name
 from coordinator.roster import count_missed_deadline, lift_maintenance, maintenance_over
 from coordinator.services import Services
@@ -52,7 +52,7 @@ class Upkeep:
                 if request is None:
                     continue
                 assigned_at = job.assigned_at
-                entry = await requeue_or_fault(tx, job, request, config.max_job_faults, now, "time limit exceeded")
+                entry = await requeue_or_fault(tx, job, request, config.max_job_faults, now, TIME_LIMIT_EXCEEDED)
                 requeued += [entry] if entry else []
                 touched.add(request.id)
                 if worker is not None and count_missed_deadline(worker, assigned_at, now, misses):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,11 @@ Baseline = Literal["stable_diffusion_1", "stable_diffusion_2", "stable_diffusion
 BASELINES: tuple[str, ...] = get_args(Baseline)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 MODEL_INFO_FILE = "horde-model.json"
+DIFFUSERS_INDEX = "model_index.json"
+# The hub's own rule for a repo id (huggingface_hub's validate_repo_id), narrowed to owner/name:
+# letters, digits, "-", "_", "." in each part, no leading/trailing "-"/".", no "--" or "..".
+_HUB_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+HUB_ID = re.compile(rf"^{_HUB_PART}/{_HUB_PART}$")
 
 
 class UnknownModel(KeyError):
@@ -98,3 +104,34 @@ def _spec_from_entry(name: str, entry: Mapping[str, object]) -> ModelSpec:
     if revision is not None and not isinstance(revision, str):
         raise ValueError(f"model {name!r}: 'revision' must be a string")
     return ModelSpec(name=name, source=source, baseline=baseline, revision=revision)  # type: ignore[arg-type]
+
+
+def source_problem(spec: ModelSpec) -> str | None:
+    """Why `spec.source` cannot be what it claims, found before any download or load; None if it looks right.
+
+    A source that exists on disk must be a diffusers folder or a checkpoint file; one that looks like
+    a path must exist; anything else must be a well-formed hub id (owner/name).
+    """
+    path = Path(spec.source).expanduser()
+    where = f"model {spec.name!r}: {spec.source}"
+    if path.is_dir():
+        if (path / DIFFUSERS_INDEX).is_file():
+            return None
+        return f"{where} is a folder without a diffusers model ({DIFFUSERS_INDEX} is missing)"
+    if path.exists():
+        return None if spec.is_single_file else f"{where} is not a .safetensors or .ckpt checkpoint"
+    if spec.source.startswith(("/", ".", "~")) or spec.is_single_file:
+        return f"{where} does not exist; give an existing folder or checkpoint, or a hub id owner/name"
+    if not HUB_ID.match(spec.source):
+        return f"{where} is neither an existing folder or file nor a hub id of the form owner/name"
+    return None
+
+
+def table_problems(entries: Mapping[str, Mapping[str, object]], names: list[str] | None = None) -> list[str]:
+    """Every problem of the configured entries (or of `names` among them), one line each."""
+    try:
+        catalog = Catalog.from_config(entries)
+    except ValueError as exc:
+        return [str(exc)]
+    chosen = list(entries) if names is None else [name for name in names if name in catalog]
+    return [problem for name in chosen if (problem := source_problem(catalog[name])) is not None]

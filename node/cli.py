@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+from node.catalog import table_problems
 from node.config import (
     CATALOG_FLAG_HELP,
     ConfigError,
@@ -32,7 +34,8 @@ from node.config import (
     resolve_config_path,
     write_config,
 )
-from node.console import Console, setup_logging
+from node.console import Console, quiet_libraries, setup_logging
+from node.lock import exclusive, file_lock, folder_lock
 
 EXIT_USAGE = 2
 
@@ -45,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"horde-node: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # nobody planned for it: one line, and the traceback with -vv
+        if getattr(args, "verbose", 0) >= 2:
+            raise
+        print(f"horde-node: {type(exc).__name__}: {exc} (run again with -vv for the traceback)", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--add-to-config", action="store_true", help="serve it as tiny-sd from the config")
     tiny.set_defaults(command=cmd_make_tiny_model)
+
+    extras = commands.add_parser(
+        "make-tiny-extras", parents=[common], help="build tiny safety checkers, upscalers, ... for the tiny model"
+    )
+    extras.add_argument("directory", type=Path)
+    extras.set_defaults(command=cmd_make_tiny_extras)
     return parser
 
 
@@ -98,7 +112,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=field.description
             )
         else:
-            metavar = "A,B" if name == "models" else name.upper()
+            metavar = "A,B" if name in ("models", "blacklist") else name.upper()
             group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=field.description)
 
 
@@ -170,22 +184,52 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from node.daemon import EXIT_FORCED, NodeDaemon
+def cmd_make_tiny_extras(args: argparse.Namespace) -> int:
+    from node.tiny_extras import EXTRAS_INDEX, build_tiny_extras
 
-    config, _ = config_from_args(args)
+    folder = build_tiny_extras(args.directory.expanduser().resolve())
+    print(f"built {', '.join(json.loads((folder / EXTRAS_INDEX).read_text()))} in {folder}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config, path = config_from_args(args)
+    problems = table_problems(config.catalog_table(), config.models)
+    if problems:  # before the coordinator or torch: a wrong path is the operator's to fix, now
+        raise ConfigError("catalog: " + "; ".join(problems))
+    with contextlib.ExitStack() as held:
+        if path.exists():
+            held.enter_context(exclusive(file_lock(path), f"the config {path}"))
+        held.enter_context(exclusive(folder_lock(config.spool_path), f"the spool {config.spool_path}"))
+        return _run_daemon(args, config)
+
+
+def _run_daemon(args: argparse.Namespace, config: NodeConfig) -> int:
+    try:
+        if args.verbose < 2:
+            quiet_libraries()  # before the imports below, which already warn
+        from node.daemon import NodeDaemon
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"`horde-node run` needs the node extra (module {(exc.name or '?').split('.')[0]!r} is missing): "
+            "install the torch build for your GPU, then pip install -e '.[node]'"
+        ) from None
+
     console = make_console(args)
     setup_logging(console, 0 if args.quiet else args.verbose)
-    if args.verbose < 2:
-        _silence_progress_bars()
     daemon = NodeDaemon(config, console=console)
+    if config.metrics_port:
+        from node.metrics import serve_metrics
+
+        serve_metrics(daemon, config.metrics_port, config.metrics_address)
     code = asyncio.run(_run_with_signals(daemon, console))
-    if code == EXIT_FORCED or _busy_threads():
-        # An inference or model-loading thread cannot be interrupted; don't wait for it at exit.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # Exit now: an inference or model-loading thread cannot be interrupted, and tearing down torch and
+    # diffusers at interpreter exit takes seconds while doing nothing this process needs (the spool
+    # and the config are written and closed by now).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _run_with_signals(daemon: Any, console: Console) -> int:
@@ -212,17 +256,6 @@ async def _run_with_signals(daemon: Any, console: Console) -> int:
             loop.remove_signal_handler(signum)
 
 
-def _silence_progress_bars() -> None:
-    # Loading bars from diffusers/transformers would interleave with the console's own progress lines.
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _busy_threads() -> bool:
-    return any(t.name.startswith(("inference-", "preload")) and t.is_alive() for t in threading.enumerate())
 
 
 if __name__ == "__main__":

@@ -71,11 +71,29 @@ class NodeConfig(BaseModel):
     threads: int = Field(1, ge=1, le=16, description="Jobs run at once (one inference thread each).")
     queue_size: int = Field(1, ge=0, le=16, description="Jobs popped ahead while others run.")
     max_batch: int = Field(4, ge=1, le=20, description="Images taken from one request in a single pop.")
-    nsfw: bool = Field(False, description="Accept NSFW requests.")
+    nsfw: bool = Field(False, description="Accept NSFW requests (off: every image is checked, if a checker is set).")
+    blacklist: list[str] = Field(
+        default_factory=list, max_length=200, description="Prompt words this node never runs (comma separated)."
+    )
+    safety_checker: str = Field(
+        "",
+        description='Safety checker weights (hub id such as "CompVis/stable-diffusion-safety-checker", or a '
+        "folder); empty = none, and jobs asking for censor_nsfw are not taken.",
+    )
     allow_img2img: bool = Field(True, description="Accept img2img requests.")
     allow_painting: bool = Field(True, description="Accept inpainting/outpainting requests.")
     allow_lora: bool = Field(False, description="Accept requests with LoRAs.")
     lora_dir: str = Field("loras", description="Folder of LoRA files.")
+    ti_dir: str = Field(
+        "embeddings", description="Folder of textual inversions, <AI Horde name>.safetensors (needs allow_lora)."
+    )
+    controlnet_dir: str = Field(
+        "controlnets", description="Folder of SD 1.x ControlNets, one diffusers folder per control type (canny/, ...)."
+    )
+    post_processor_dir: str = Field(
+        "post-processors",
+        description="Folder of upscaler weights named as AI Horde names them (RealESRGAN_x4plus.pth, ...).",
+    )
     device: str = Field("auto", description='Torch device: "auto", "cuda", "cuda:1", "mps" or "cpu".')
     torch_threads: int = Field(
         0, ge=0, le=1024, description="CPU threads for torch; 0 = auto (on the CPU: every core but one)."
@@ -93,6 +111,9 @@ class NodeConfig(BaseModel):
     fault_pause: float = Field(300.0, ge=0, description="Seconds popping pauses after too many faults.")
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds to keep resubmitting when stopping.")
     max_retry_delay: float = Field(60.0, gt=0, description="Longest wait between retries while unreachable.")
+    # Observability
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+    metrics_address: str = Field("127.0.0.1", description="Address the metrics port binds (0.0.0.0: all).")
     # The last table in the file (TOML tables must come after plain keys).
     catalog: dict[str, CatalogEntry] = Field(
         default_factory=dict, description="Model name → where its weights are and its architecture."
@@ -149,6 +170,25 @@ class NodeConfig(BaseModel):
     @property
     def lora_path(self) -> Path:
         return self.path(self.lora_dir)
+
+    @property
+    def ti_path(self) -> Path:
+        return self.path(self.ti_dir)
+
+    @property
+    def controlnet_path(self) -> Path:
+        return self.path(self.controlnet_dir)
+
+    @property
+    def post_processor_path(self) -> Path:
+        return self.path(self.post_processor_dir)
+
+    @property
+    def safety_checker_source(self) -> str:
+        """The checker's hub id, or its folder made absolute against the config folder."""
+        if not self.safety_checker or not self.path(self.safety_checker).exists():
+            return self.safety_checker
+        return str(self.path(self.safety_checker))
 
     @property
     def budget_bytes(self) -> int | None:
@@ -223,7 +263,7 @@ def env_layer(env: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 def parse_setting_text(field: str, raw: str, *, source: str) -> Any:
     """One setting from its command-line/environment text form."""
-    if field == "models":
+    if field in ("models", "blacklist"):
         return [part.strip() for part in raw.split(",") if part.strip()]
     if field == "catalog":
         try:

@@ -140,3 +140,22 @@ def setup_logging(console: Console, verbosity: int) -> None:
             root.removeHandler(handler)
     root.addHandler(ConsoleHandler(console))
     root.setLevel(level)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter that a volunteer cannot act on off the console (-vv brings it back).
+
+    transformers and diffusers print through their own handlers (e.g. "requires torchvision ... falling
+    back"), and torch warns about dtypes and precision; the job lines are what matters here.
+    """
+    import warnings
+
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()  # its bars would interleave with the console's own progress lines
+        library.set_verbosity_error()
+    for module in ("torch", "diffusers", "transformers", "accelerate"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{module}(\.|$)")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from protocol import extensions
 from protocol.accounts import AccountCreated, CoordinatorInfo, UserDetails
 from protocol.errors import RC
 from protocol.httpsig import sign_request
@@ -134,6 +135,10 @@ class CoordinatorClient:
         body = request.model_dump(mode="json", exclude_none=True)
         return SubmitResult.model_validate(await self._call("POST", "v2/generate/submit", body)).reward
 
+    async def progress(self, job_id: str, step: int, total: int) -> None:
+        """Report a job's step (our coordinators' optional extension; AI Horde has no such call)."""
+        await self._call("POST", "v2/generate/progress", {"id": job_id, "step": step, "total": total}, limit_s=5.0)
+
     def is_own_url(self, url: str) -> bool:
         """Whether `url` points at this coordinator (same scheme, host and port)."""
         return URL(url).origin() == URL(self.root).origin()
@@ -175,7 +180,8 @@ class CoordinatorClient:
     ) -> Any:
         url = self.root + path
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
-        headers = {"Client-Agent": self.agent, "Accept": "application/json"}
+        # Ask for our extension fields: the pop's signed job documents (`jobs`) among them.
+        headers = {"Client-Agent": self.agent, "Accept": "application/json", extensions.HEADER: "1"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if auth and self.apikey:

@@ -138,8 +138,10 @@ class NodeDaemon:
     ) -> int:
         in_hand = len(self.results.unfinished)
         self.console.event("stopping", reason=f"finishing {in_hand} job(s) in hand; stop again to abandon")
-        if self.popper.stop():
-            popper.cancel()
+        self.popper.stop()
+        # Even a pop in flight: the coordinator gives back jobs it claimed for a connection that hangs
+        # up (dispatch._claim_for_connection), so an idle node stops now, not after its long-poll.
+        popper.cancel()
         if not await _first_of(asyncio.gather(popper, return_exceptions=True), hard_stop.wait()):
             return await self._abandon(popper, workers)
         for _ in workers:
@@ -197,7 +199,15 @@ async def _first_of(*awaitables: Awaitable[Any]) -> bool:
     finally:
         for task in tasks:
             task.cancel()
+            # A cancelled gather() ends with CancelledError as its exception; unread, asyncio prints it
+            # with a traceback when the future is collected (the second signal's stray traceback).
+            task.add_done_callback(_retrieve)
     if tasks[0] in done:
         tasks[0].result()
         return True
     return False
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from diffusers.utils import USE_PEFT_BACKEND
 from PIL import Image, ImageOps
 
 from node.catalog import ModelSpec, UnknownModel
+from node.controlnet import check_control, control_map
+from node.embeddings import inject, textual_inversions, ti_files
+from node.features import Features
+from node.hires import first_pass_size, hires_strength, native_size
 from node.jobspec import (
     SOURCE_PROCESSINGS,
     GeneratedImage,
@@ -31,8 +35,10 @@ from node.jobspec import (
     JobRejected,
     JobSpec,
     LoraSpec,
+    TiSpec,
 )
 from node.pipelines import MODULE_BUILD_LOCK, LeaseAbandoned, PipelineCache, PipelineKind
+from node.safety import CENSORSHIP_METADATA, check_policy, placeholder
 from node.samplers import UnsupportedSampler, check_sampler, make_scheduler
 
 DEFAULT_IMG2IMG_STRENGTH = 0.75
@@ -62,6 +68,20 @@ class _Plan:
     kind: PipelineKind
     strength: float | None
     lora_files: list[tuple[LoraSpec, Path]]
+    censor: bool
+    post_processing: list[str]
+    hires_strength: float | None
+    ti_files: list[tuple[TiSpec, Path]]
+    control: str | None
+
+
+@dataclass(frozen=True)
+class _Hires:
+    """The second pass of a hires-fix job: the img2img pipeline, the first pass's size, the strength."""
+
+    pipe: DiffusionPipeline
+    first_size: tuple[int, int]
+    strength: float
 
 
 class Generator:
@@ -77,11 +97,13 @@ class Generator:
         device: torch.device,
         lora_dir: Path | None = None,
         allow_lora: bool = False,
+        features: Features | None = None,
     ) -> None:
         self.cache = cache
         self.device = device
         self.lora_dir = lora_dir
         self.allow_lora = allow_lora
+        self.features = features or Features()
 
     def run(
         self,
@@ -92,10 +114,14 @@ class Generator:
         """Generate one image per seed. `on_step(done, total)` counts denoising steps over the whole job."""
         plan = self._plan(job)
         try:
+            # Extra models load (or download) on first use, before step 1, under the first step's longer watchdog.
+            self.features.postprocessors.load(job.post_processing)
+            if plan.censor:
+                self.features.safety.load()  # type: ignore[union-attr]
+            if plan.control:
+                self.features.controlnets.load(plan.control)
             with self.cache.lease(plan.spec, plan.kind, should_abort) as pipe:
-                _check_clip_skip(pipe, job.clip_skip)
-                with _sampler(pipe, job), self._loras(pipe, plan.lora_files), _seamless(pipe, job.tiling):
-                    return self._images(pipe, job, plan, on_step, should_abort)
+                return self._leased(pipe, job, plan, on_step, should_abort)
         except (InferenceAborted, JobRejected):
             raise
         except LeaseAbandoned as error:
@@ -105,6 +131,31 @@ class Generator:
             raise InferenceFailed(f"out of memory on {self.device}: {error}") from error
         except Exception as error:
             raise InferenceFailed(f"{type(error).__name__}: {error}") from error
+
+    def _leased(
+        self,
+        pipe: DiffusionPipeline,
+        job: JobSpec,
+        plan: _Plan,
+        on_step: StepCallback | None,
+        should_abort: AbortCheck | None,
+    ) -> list[GeneratedImage]:
+        """The job on its leased pipeline, patched for it (sampler, LoRAs, TIs, tiling) and restored after."""
+        _check_clip_skip(pipe, job.clip_skip)
+        hires = self._hires(pipe, job, plan)
+        with ExitStack() as patches:
+            patches.enter_context(_sampler(pipe, job))
+            if hires is not None:
+                patches.enter_context(_sampler(hires.pipe, job))
+            patches.enter_context(self._loras(pipe, plan.lora_files))
+            patches.enter_context(textual_inversions(pipe, plan.ti_files))
+            patches.enter_context(_seamless(pipe, job.tiling))
+            prompt, negative = inject(job.prompt, job.negative_prompt, job.tis)
+            job = replace(job, prompt=prompt, negative_prompt=negative)
+            if plan.control:
+                # Built per job from the patched pipeline's modules and scheduler: nothing to restore after it.
+                pipe = self.features.controlnets.pipeline(pipe, plan.control)
+            return self._images(pipe, job, plan, hires, on_step, should_abort)
 
     def _plan(self, job: JobSpec) -> _Plan:
         try:
@@ -116,9 +167,26 @@ class Generator:
             check_sampler(job.sampler_name)
         except UnsupportedSampler as error:
             raise JobRejected(str(error)) from None
-        kind = _pipeline_kind(job)
+        control = check_control(job, spec.baseline, self.features.controlnets)
+        # A ControlNet job's source is its control map, not an image to start from.
+        kind: PipelineKind = "txt2img" if control else _pipeline_kind(job)
         strength = _strength(job, kind)
-        return _Plan(spec=spec, kind=kind, strength=strength, lora_files=self._lora_files(job.loras))
+        lora_files = self._lora_files(job.loras)
+        missing = self.features.postprocessors.missing(job.post_processing)
+        if missing:
+            raise JobRejected(f"post-processing {', '.join(missing)} is not served by this node")
+        censor = check_policy(job, self.features.policy, has_checker=self.features.safety is not None)
+        return _Plan(
+            spec=spec,
+            kind=kind,
+            strength=strength,
+            lora_files=lora_files,
+            censor=censor,
+            post_processing=job.post_processing,
+            hires_strength=hires_strength(job, kind),
+            ti_files=ti_files(self.features.ti_dir, job.tis),
+            control=control,
+        )
 
     def _lora_files(self, loras: list[LoraSpec]) -> list[tuple[LoraSpec, Path]]:
         if not loras:
@@ -137,22 +205,55 @@ class Generator:
             raise JobRejected("this node cannot apply LoRAs: a recent peft package is not installed")
         return files
 
+    def _hires(self, pipe: DiffusionPipeline, job: JobSpec, plan: _Plan) -> _Hires | None:
+        """The hires fix's second pass, when the job asks for it and the image is larger than native."""
+        if plan.hires_strength is None:
+            return None
+        first_size = first_pass_size(job.width, job.height, native_size(pipe))
+        if first_size is None:
+            return None
+        # Built from the leased pipeline's modules (no extra memory), under the lease already held.
+        return _Hires(self.cache.get(plan.spec, "img2img"), first_size, plan.hires_strength)
+
     def _images(
         self,
         pipe: DiffusionPipeline,
         job: JobSpec,
         plan: _Plan,
+        hires: _Hires | None,
         on_step: StepCallback | None,
         should_abort: AbortCheck | None,
     ) -> list[GeneratedImage]:
         inputs = {**_pipeline_inputs(job, plan), **_prompt_inputs(pipe, job, plan)}
+        if hires is not None:
+            inputs.update(width=hires.first_size[0], height=hires.first_size[1])
+        if plan.control:
+            assert job.source_image is not None  # _control guarantees it
+            inputs["image"] = control_map(job.source_image, plan.control, job.image_is_control, (job.width, job.height))
+            if job.return_control_map:
+                # AI Horde's return_control_map: the map is the result, nothing is generated.
+                return [self._finished(GeneratedImage(inputs["image"], seed), plan) for seed in job.seeds]
         results = []
         for index, seed in enumerate(job.seeds):
             if should_abort and should_abort():
                 raise InferenceAborted(f"aborted before image {index + 1} of {len(job.seeds)}")
             callback = _step_callback(index, len(job.seeds), on_step, should_abort)
-            results.append(self._image(pipe, job, inputs, seed, callback))
+            results.append(self._finished(self._image(pipe, job, inputs, seed, callback, hires), plan))
         return results
+
+    def _finished(self, generated: GeneratedImage, plan: _Plan) -> GeneratedImage:
+        """The image as it leaves the node: post-processed, then censored (AI Horde's way) if flagged."""
+        if generated.image is None:
+            return generated
+        image = self.features.postprocessors.apply(generated.image, plan.post_processing)
+        generated = GeneratedImage(image, generated.seed, metadata=generated.metadata)
+        if not plan.censor:
+            return generated
+        assert self.features.safety is not None  # _censors guarantees it
+        if not self.features.safety.flags([image])[0]:
+            return generated
+        metadata = [*generated.metadata, dict(CENSORSHIP_METADATA)]
+        return GeneratedImage(placeholder(image.size), generated.seed, censored=True, metadata=metadata)
 
     def _image(
         self,
@@ -161,18 +262,16 @@ class Generator:
         inputs: dict[str, Any],
         seed: int,
         callback: Callable[..., Tensors],
+        hires: _Hires | None = None,
     ) -> GeneratedImage:
         # A CPU generator draws the same noise on every device, so a seed reproduces across GPUs, MPS and CPU.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        output = pipe(
-            num_inference_steps=job.steps,
-            guidance_scale=job.cfg_scale,
-            generator=generator,
-            output_type="np",
-            callback_on_step_end=callback,
-            **inputs,
-        )
-        pixels = np.asarray(output.images[0])
+        pixels = _denoise(pipe, job, inputs, generator, callback)
+        if hires is not None and np.isfinite(pixels).all():
+            first = pipe.numpy_to_pil(pixels[None])[0].resize((job.width, job.height), Image.Resampling.LANCZOS)
+            second = {key: value for key, value in inputs.items() if key not in ("width", "height")}
+            pixels = _denoise(hires.pipe, job, {**second, "image": first, "strength": hires.strength}, generator,
+                              callback)  # fmt: skip
         if not np.isfinite(pixels).all():
             return GeneratedImage(None, seed, "the model produced NaN values (try another sampler or model)")
         image = pipe.numpy_to_pil(pixels[None])[0]
@@ -199,6 +298,24 @@ class Generator:
     def _free_device_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _denoise(
+    pipe: DiffusionPipeline,
+    job: JobSpec,
+    inputs: dict[str, Any],
+    generator: torch.Generator,
+    callback: Callable[..., Tensors],
+) -> np.ndarray:
+    output = pipe(
+        num_inference_steps=job.steps,
+        guidance_scale=job.cfg_scale,
+        generator=generator,
+        output_type="np",
+        callback_on_step_end=callback,
+        **inputs,
+    )
+    return np.asarray(output.images[0])
 
 
 def _check_shape(job: JobSpec) -> None:
@@ -282,6 +399,8 @@ def _prompt_inputs(pipe: DiffusionPipeline, job: JobSpec, plan: _Plan) -> dict[s
 def _clip_skip_embeddings(pipe: DiffusionPipeline, text: str, skip: int) -> torch.Tensor:
     """CLIP hidden states `skip` layers before the last, through the final layer norm (as A1111 does)."""
     encoder = pipe.text_encoder
+    # A multi-vector textual inversion's token stands for several: expanded as the pipeline's own path does.
+    text = pipe.maybe_convert_prompt(text, pipe.tokenizer)
     tokens = pipe.tokenizer(
         text,
         padding="max_length",

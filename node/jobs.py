@@ -152,9 +152,21 @@ def source_url_signed(job: ImageJob, field: str, url: str) -> bool:
 # -- results ----------------------------------------------------------------------------------------
 
 
-def ok_entry(job: ImageJob, image: bytes, seed: int | str, identity: Identity | None) -> SpoolEntry:
+def ok_entry(
+    job: ImageJob,
+    image: bytes,
+    seed: int | str,
+    identity: Identity | None,
+    *,
+    censored: bool = False,
+    metadata: list[dict[str, str]] | None = None,
+) -> SpoolEntry:
+    """A delivered image; a censored one (a placeholder) is submitted as AI Horde's workers do."""
     digest = sha256_hex(image)
-    entry = SpoolEntry(job_id=job.job_id, state="ok", seed=str(seed), image_sha256=digest, r2_upload=job.r2_upload)
+    state = "censored" if censored else "ok"
+    entry = SpoolEntry(job_id=job.job_id, state=state, seed=str(seed), image_sha256=digest, r2_upload=job.r2_upload)
+    entry.censored = censored
+    entry.gen_metadata = list(metadata or [])
     entry.model = job.model
     entry.signature = _sign(identity, entry)
     return entry

@@ -47,6 +47,16 @@ class LoraSpec:
     clip_strength: float = 1.0
 
 
+@dataclass(frozen=True)
+class TiSpec:
+    """A textual inversion: AI Horde's name for it, where its token goes ("prompt", "negprompt" or None: the
+    requester wrote `embedding:<name>` in the prompt) and how strongly."""
+
+    name: str
+    inject: str | None = None
+    strength: float = 1.0
+
+
 @dataclass
 class JobSpec:
     """Everything one AI Horde image job asks for, already parsed and typed."""
@@ -68,6 +78,14 @@ class JobSpec:
     source_processing: str = "txt2img"
     loras: list[LoraSpec] = field(default_factory=list)
     tiling: bool = False
+    censor_nsfw: bool = False
+    post_processing: list[str] = field(default_factory=list)
+    hires_fix: bool = False
+    hires_fix_denoising_strength: float | None = None
+    tis: list[TiSpec] = field(default_factory=list)
+    control_type: str | None = None
+    image_is_control: bool = False
+    return_control_map: bool = False
 
     @classmethod
     def from_payload(
@@ -100,6 +118,14 @@ class JobSpec:
                 source_processing=source_processing or "txt2img",
                 loras=[_lora(_Reader(entry)) for entry in get("loras", [])],
                 tiling=bool(get("tiling", False)),
+                censor_nsfw=bool(get("use_nsfw_censor", False)),
+                post_processing=[str(name) for name in get("post_processing", [])],
+                hires_fix=bool(get("hires_fix", False)),
+                hires_fix_denoising_strength=_optional_float(payload.get("hires_fix_denoising_strength")),
+                tis=[_ti(_Reader(entry)) for entry in get("tis", [])],
+                control_type=None if payload.get("control_type") is None else str(payload["control_type"]),
+                image_is_control=bool(get("image_is_control", False)),
+                return_control_map=bool(get("return_control_map", False)),
             )
         except (TypeError, ValueError, KeyError, AttributeError) as error:
             raise JobRejected(f"malformed payload: {error!r}") from error
@@ -124,11 +150,15 @@ class _Reader:
 
 @dataclass
 class GeneratedImage:
-    """One image of a job: `image` is None when that image faulted, with `faulted_reason` saying why."""
+    """One image of a job: `image` is None when that image faulted, with `faulted_reason` saying why.
+
+    `censored` images were replaced by a placeholder; `metadata` holds AI Horde gen_metadata entries."""
 
     image: Image.Image | None
     seed: int
     faulted_reason: str | None = None
+    censored: bool = False
+    metadata: list[dict[str, str]] = field(default_factory=list)
 
 
 def split_prompt(prompt: str, negative_prompt: object = None) -> tuple[str, str | None]:
@@ -160,6 +190,12 @@ def _payload_seeds(get: _Reader) -> list[int]:
 
 def _optional_float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _ti(get: _Reader) -> TiSpec:
+    inject = get.mapping.get("inject_ti")
+    return TiSpec(name=str(get.required("name")), inject=None if inject is None else str(inject),
+                  strength=float(get("strength", 1.0)))  # fmt: skip
 
 
 def _lora(get: _Reader) -> LoraSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from node.catalog import table_problems
 from node.config import NodeConfig, write_config
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
@@ -15,6 +16,11 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 async def initialize(config: NodeConfig, path: Path, console: Console, *, register: str | None = None) -> int:
     """Write `path` from `config`, after pinning the coordinator's key and registering if asked."""
+    problems = table_problems(config.catalog_table())
+    for problem in problems:
+        say(console, f"catalog: {problem}", logging.ERROR)
+    if problems:
+        return EXIT_FAILED  # before registering: fix the command line and run it again as it was
     identity = config.load_identity()
     if identity is not None:
         say(console, f"node key {identity.public_key.text()} ({config.key_path})")

@@ -11,8 +11,10 @@ from node.config import NodeConfig
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
 from node.delivery import Backoff
+from node.features import declared
 from node.jobs import PopUnit, split_pop
 from node.results import Results
+from node.samplers import declared_samplers
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
@@ -34,6 +36,9 @@ SKIP_REASONS = {
     "untrusted": "want trusted workers",
     "kudos": "need upfront kudos",
     "post-processing": "want post-processing",
+    "controlnet": "use ControlNet",
+    "step_count": "want more steps than this node takes",
+    "bridge_version": "need a feature or sampler this node does not declare",
     "failed_here": "failed on this node before (they go to other nodes)",
 }
 
@@ -72,9 +77,8 @@ class Popper:
         self.console.event("paused", logging.WARNING, seconds=seconds, reason=reason)
 
     def stop(self) -> bool:
-        """Pop no more. True when the loop can be cancelled now; False while a pop is in flight, which
-        must be allowed to finish: a coordinator may already have given it jobs, and cancelling would
-        leave them assigned to a connection nobody reads until they time out."""
+        """Pop no more. True when no pop is in flight. The daemon cancels the loop either way: a
+        coordinator gives back the jobs it claimed for a pop whose connection hangs up."""
         self._stopping = True
         return not self._in_pop
 
@@ -125,9 +129,11 @@ class Popper:
             bridge_agent=BRIDGE_AGENT,
             allow_img2img=config.allow_img2img,
             allow_painting=config.allow_painting,
-            allow_post_processing=False,
             allow_lora=config.allow_lora,
             wait=config.pop_wait,
+            # What the node's extras let it honour (node/features.py): never more than it can run.
+            **declared(config),
+            **declared_samplers(),  # the samplers it runs, and which are approximations (node/samplers.py)
         )
 
     async def _ready(self) -> None:

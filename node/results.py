@@ -44,13 +44,22 @@ class Results:
     def taken(self, jobs: Iterable[ImageJob]) -> None:
         self.unfinished.update((job.job_id, job) for job in jobs)
 
-    async def ok(self, job: ImageJob, encode: Callable[[], bytes], seed: int | str, seconds: float) -> None:
+    async def ok(
+        self,
+        job: ImageJob,
+        encode: Callable[[], bytes],
+        seed: int | str,
+        seconds: float,
+        *,
+        censored: bool = False,
+        metadata: list[dict[str, str]] | None = None,
+    ) -> None:
         """Encode, sign and spool the image in one trip off the event loop (the spool fsyncs, and
         each hop back to the loop takes the GIL from inference), then queue it for delivery."""
 
         def store() -> tuple[SpoolEntry, int]:
             image = encode()
-            entry = ok_entry(job, image, seed, self.signer)
+            entry = ok_entry(job, image, seed, self.signer, censored=censored, metadata=metadata)
             self.spool.put(entry, image)
             return entry, len(image)
 

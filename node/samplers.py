@@ -11,26 +11,33 @@ k_lms           LMSDiscreteScheduler                      exact       yes     co
                                                                               numpy, so scipy isn't needed
 k_heun          HeunDiscreteScheduler                     exact       yes
 k_euler         EulerDiscreteScheduler                    exact       yes
-k_euler_a       EulerAncestralDiscreteScheduler           exact       no      karras is ignored
+k_euler_a       EulerAncestralDiscreteScheduler           exact       no      approximate with karras: true
+                                                                              (diffusers' ancestral Euler
+                                                                              has no Karras sigmas)
 k_dpm_2         KDPM2DiscreteScheduler                    exact       yes
 k_dpm_2_a       KDPM2AncestralDiscreteScheduler           exact       yes
-k_dpm_fast      DPMSolverSinglestepScheduler (order 3)    approximate yes     fixed steps, not DPM-fast's
-                                                                              order allocation
-k_dpm_adaptive  DPMSolverSinglestepScheduler (order 3)    approximate yes     no adaptive step size: runs
-                                                                              exactly ddim_steps steps
+k_dpm_fast      DPMSolverSinglestepScheduler (order 3,    approximate yes     DPM-Solver-3 on a fixed step
+                dpmsolver)                                                    count, not DPM-fast's order
+                                                                              allocation (3, 3, …, 2, 1)
+k_dpm_adaptive  DPMSolverMultistepScheduler (order 3,     approximate yes     no adaptive step size: runs
+                dpmsolver)                                                    exactly ddim_steps steps
 k_dpmpp_2s_a    DPMSolverSinglestepScheduler (order 2,    approximate yes     stochastic single-step
                 sde-dpmsolver++)                                              DPM-Solver++, not 2S ancestral
 k_dpmpp_2m      DPMSolverMultistepScheduler (order 2,     exact       yes
                 dpmsolver++)
-dpmsolver       DPMSolverMultistepScheduler (order 2,     approximate yes     the old LDM DPM-Solver++ used
-                dpmsolver++)                                                  time-uniform steps
+dpmsolver       DPMSolverMultistepScheduler (order 2,     exact       no      the LDM DPM-Solver++ sampler:
+                dpmsolver++)                                                  time-uniform steps, so karras
+                                                                              is ignored
 k_dpmpp_sde     DPMSolverSDEScheduler                     exact       yes     needs the torchsde package
-DDIM            DDIMScheduler                             exact       no      karras is ignored
+DDIM            DDIMScheduler                             exact       no      approximate with karras: true
+                                                                              (no Karras sigmas)
 lcm             LCMScheduler                              exact       no      needs an LCM-distilled model
                                                                               or LoRA to give good images
 ==============  ========================================  ==========  ======  ==============================
 
-Names match case-insensitively ("DDIM" and "ddim" are the same sampler).
+Names match case-insensitively ("DDIM" and "ddim" are the same sampler). A node declares the names it
+runs, and each approximation with its note, in its pops (`declared_samplers`); the coordinator shows
+them with the node and routes a job only to a node that runs its sampler.
 """
 
 from __future__ import annotations
@@ -91,33 +98,48 @@ class SamplerRecipe:
 
     scheduler: type[SchedulerMixin] | str
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    exact: bool = True
+    note: str = ""  # what runs instead, for a sampler diffusers has no port of (empty: exact)
     karras: bool = True
     requires: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return not self.note
 
     def scheduler_class(self) -> type[SchedulerMixin]:
         return _dpmsolver_sde_class() if self.scheduler == "DPMSolverSDEScheduler" else self.scheduler
 
 
 _MULTISTEP_2M = {"solver_order": 2, "algorithm_type": "dpmsolver++"}
-_SINGLESTEP_3 = {"solver_order": 3, "algorithm_type": "dpmsolver++"}
+# The original DPM-Solver (not ++), which k-diffusion's DPM-fast and DPM-adaptive use; diffusers ends it at
+# sigma_min (it cannot take the last step to zero).
+_DPM_SOLVER_3 = {"solver_order": 3, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}
 
 SAMPLERS: dict[str, SamplerRecipe] = {
     "k_lms": SamplerRecipe(NumpyLMSDiscreteScheduler),
     "k_heun": SamplerRecipe(HeunDiscreteScheduler),
     "k_euler": SamplerRecipe(EulerDiscreteScheduler),
-    "k_euler_a": SamplerRecipe(EulerAncestralDiscreteScheduler, karras=False),
+    "k_euler_a": SamplerRecipe(
+        EulerAncestralDiscreteScheduler, karras=False, note="with karras: true, Karras sigmas are not used"
+    ),
     "k_dpm_2": SamplerRecipe(KDPM2DiscreteScheduler),
     "k_dpm_2_a": SamplerRecipe(KDPM2AncestralDiscreteScheduler),
-    "k_dpm_fast": SamplerRecipe(DPMSolverSinglestepScheduler, _SINGLESTEP_3, exact=False),
-    "k_dpm_adaptive": SamplerRecipe(DPMSolverSinglestepScheduler, _SINGLESTEP_3, exact=False),
+    "k_dpm_fast": SamplerRecipe(
+        DPMSolverSinglestepScheduler, _DPM_SOLVER_3,
+        note="single-step DPM-Solver-3 on a fixed step count, not DPM-fast's order allocation",
+    ),
+    "k_dpm_adaptive": SamplerRecipe(
+        DPMSolverMultistepScheduler, _DPM_SOLVER_3,
+        note="multistep DPM-Solver-3 on exactly ddim_steps steps, without adaptive step size",
+    ),
     "k_dpmpp_2s_a": SamplerRecipe(
-        DPMSolverSinglestepScheduler, {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}, exact=False
+        DPMSolverSinglestepScheduler, {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"},
+        note="stochastic single-step DPM-Solver++(2), not DPM-Solver++(2S) ancestral",
     ),
     "k_dpmpp_2m": SamplerRecipe(DPMSolverMultistepScheduler, _MULTISTEP_2M),
-    "dpmsolver": SamplerRecipe(DPMSolverMultistepScheduler, _MULTISTEP_2M, exact=False),
+    "dpmsolver": SamplerRecipe(DPMSolverMultistepScheduler, _MULTISTEP_2M, karras=False),
     "k_dpmpp_sde": SamplerRecipe("DPMSolverSDEScheduler", requires="torchsde"),
-    "ddim": SamplerRecipe(DDIMScheduler, karras=False),
+    "ddim": SamplerRecipe(DDIMScheduler, karras=False, note="with karras: true, Karras sigmas are not used"),
     "lcm": SamplerRecipe(LCMScheduler, karras=False),
 }
 
@@ -127,7 +149,7 @@ def check_sampler(name: str) -> SamplerRecipe:
     recipe = SAMPLERS.get(name.lower())
     if recipe is None:
         raise UnsupportedSampler(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}")
-    if recipe.requires and importlib.util.find_spec(recipe.requires) is None:
+    if not _installed(recipe):
         raise UnsupportedSampler(
             f"sampler {name!r} needs the {recipe.requires} package, which is not installed on this node"
         )
@@ -146,7 +168,21 @@ def make_scheduler(name: str, karras: bool, base_config: Mapping[str, Any]) -> S
     # Dropping keys the class doesn't take keeps diffusers from logging a warning on every job.
     config = {key: value for key, value in base_config.items() if key in accepted}
     overrides = dict(recipe.overrides)
-    if recipe.karras:
+    if "use_karras_sigmas" in accepted:
         # The model's own config may ask for another sigma spacing; only one may be on at a time.
-        overrides.update(use_karras_sigmas=karras, use_exponential_sigmas=False, use_beta_sigmas=False)
+        use_karras = karras and recipe.karras
+        overrides.update(use_karras_sigmas=use_karras, use_exponential_sigmas=False, use_beta_sigmas=False)
     return cls.from_config(config, **overrides)
+
+
+def declared_samplers() -> dict[str, Any]:
+    """The pop fields naming the samplers this node runs, and what runs for each approximate one."""
+    runnable = {name: recipe for name, recipe in SAMPLERS.items() if _installed(recipe)}
+    return {
+        "samplers": sorted(runnable),
+        "approximate_samplers": {name: recipe.note for name, recipe in runnable.items() if recipe.note},
+    }
+
+
+def _installed(recipe: SamplerRecipe) -> bool:
+    return recipe.requires is None or importlib.util.find_spec(recipe.requires) is not None

@@ -10,12 +10,13 @@ from typing import Final
 
 import torch
 
-from node.catalog import Catalog
+from node.catalog import Catalog, table_problems
 from node.config import NodeConfig
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
 from node.delivery import Backoff
 from node.devices import pick_device, torch_threads
+from node.features import SharedFeatures
 from node.inference import Generator
 from node.pipelines import PipelineCache
 from node.runner import GeneratorLike
@@ -37,8 +38,11 @@ def device_of(config: NodeConfig) -> str | None:
 
 
 def default_generator_factory(config: NodeConfig) -> Callable[[PipelineCache], GeneratorLike]:
+    shared = SharedFeatures(config)  # one safety checker and set of post-processors for every slot
+
     def make(cache: PipelineCache) -> GeneratorLike:
-        return Generator(cache, cache.device, config.lora_path, config.allow_lora)
+        features = shared.get(cache.device)
+        return Generator(cache, cache.device, config.lora_path, config.allow_lora, features)
 
     return make
 
@@ -113,6 +117,9 @@ async def preload(
         return "no models configured: add model names to `models` (and their [catalog] entries)"
     try:
         if cache is None:
+            problems = table_problems(config.catalog_table(), config.models)
+            if problems:
+                return "catalog: " + "; ".join(problems)
             catalog = Catalog.from_config(config.catalog_table())
             cache = PipelineCache(catalog, pick_device(device_of(config)), budget_bytes=config.budget_bytes)
     except ValueError as exc:

@@ -28,6 +28,7 @@ from node.pipelines import MODULE_BUILD_LOCK
 TINY_MODEL_NAME = "tiny-sd"
 TINY_MODEL_BASELINE: Baseline = "stable_diffusion_1"
 
+TINY_TEXT_WIDTH = 32  # the text encoder's hidden size (an embedding for it has vectors this long)
 _BUILD_SEED = 20240601
 _MAX_TOKENS = 77
 _WORD_END = "</w>"
@@ -63,7 +64,7 @@ def build_tiny_model(path: Path) -> Path:
             vae=_vae(),
             text_encoder=_text_encoder(tokenizer),
             tokenizer=tokenizer,
-            unet=_unet(),
+            unet=tiny_unet(),
             scheduler=_scheduler(),
             safety_checker=None,
             feature_extractor=None,
@@ -86,7 +87,7 @@ def _scheduler() -> EulerAncestralDiscreteScheduler:
     )
 
 
-def _unet() -> UNet2DConditionModel:
+def tiny_unet() -> UNet2DConditionModel:
     # One cross-attention block plus the mid block: conditioning still reaches every resolution, and
     # on a CPU this costs little more than the per-op overhead.
     return UNet2DConditionModel(
@@ -122,7 +123,7 @@ def _vae() -> AutoencoderKL:
 def _text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=TINY_TEXT_WIDTH,
         intermediate_size=64,
         num_hidden_layers=4,
         num_attention_heads=4,

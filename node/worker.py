@@ -15,6 +15,7 @@ from node.coordinator_api import CoordinatorClient
 from node.inference import encode_image
 from node.jobs import ImageJob, PopUnit, refusal
 from node.jobspec import GeneratedImage, InferenceAborted, InferenceFailed, JobRejected, JobSpec
+from node.metrics import STEP_SECONDS
 from node.results import Results
 from node.runner import Progress, Slot, Stalled, free_memory
 from node.sources import SourceProblem, load_sources
@@ -104,7 +105,9 @@ class Worker:
         async with self.model_locks.setdefault(job.model, asyncio.Lock()):
             progress = Progress()
             try:
-                images = await self.slot.run(spec, progress, self.config.step_timeout, _StepReporter(self.console, job))
+                # Our coordinators (those that sign jobs) take step reports; AI Horde does not.
+                reporter = _StepReporter(self.console, job, self.client if self.verify_key is not None else None)
+                images = await self.slot.run(spec, progress, self.config.step_timeout, reporter)
             except JobRejected as exc:
                 self.results.fault(job, exc.reason, node_fault=False)
             except InferenceAborted as exc:
@@ -117,6 +120,7 @@ class Worker:
                 self.results.fault(job, f"{type(exc).__name__}: {exc}")
                 free_memory()
             else:
+                STEP_SECONDS.observe((time.monotonic() - started) / max(spec.steps, 1))
                 self._finish_later(job, images[0], time.monotonic() - started)
 
     def _finish_later(self, job: ImageJob, generated: GeneratedImage, seconds: float) -> None:
@@ -137,6 +141,8 @@ class Worker:
                 lambda: encode_image(image, config.image_format, config.image_quality, config.image_lossless),
                 generated.seed,
                 seconds,
+                censored=generated.censored,
+                metadata=generated.metadata,
             )
         except Exception as exc:  # the disk is full, say: the job is faulted, not lost
             log.exception("could not encode or spool the image of job %s", job.job_id)
@@ -144,13 +150,26 @@ class Worker:
 
 
 class _StepReporter:
-    """Step progress on the console, at most every few seconds per job."""
+    """Step progress on the console, and to the coordinator when it is ours (`client` set), at most
+    every few seconds per job."""
 
-    def __init__(self, console: Console, job: ImageJob) -> None:
+    def __init__(self, console: Console, job: ImageJob, client: CoordinatorClient | None = None) -> None:
         self.console, self.job, self._at, self._step = console, job, time.monotonic(), 0
+        self.client = client
+        self._sending: asyncio.Task[None] | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if progress.step != self._step and now - self._at >= STEP_REPORT_SECONDS:
             self._at, self._step = now, progress.step
             self.console.event("job_step", job=self.job.job_id, step=progress.step, total=progress.total)
+            if self.client is not None and (self._sending is None or self._sending.done()):
+                self._sending = asyncio.ensure_future(self._send(progress.step, progress.total))
+
+    async def _send(self, step: int, total: int) -> None:
+        """Best effort, never in the job's way: a report that fails is simply not seen."""
+        assert self.client is not None
+        try:
+            await self.client.progress(self.job.job_id, step, total)
+        except Exception as exc:  # any failure only costs the requester a progress bar tick
+            log.debug("progress report for job %s not delivered: %s", self.job.job_id, exc)

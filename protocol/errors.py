@@ -73,3 +73,12 @@ class RC:
     # AI Horde's codes for a source image past its bounds (protocol/images.py): dimensions, bytes.
     SOURCE_IMAGE_RESOLUTION_EXCEEDED = "SourceImageResolutionExceeded"
     SOURCE_IMAGE_SIZE_EXCEEDED = "SourceImageSizeExceeded"
+    # A webhook whose host is (or resolves to) a loopback, link-local or private address, or no address.
+    WEBHOOK_REFUSED = "WebhookRefused"
+    # A request parameter no node of this network honours (docs/api.md's table): refused, never dropped.
+    UNSUPPORTED_PARAMETER = "UnsupportedParameter"
+    # AI Horde's codes: ControlNet without a source image; a style it does not know.
+    CONTROLNET_SOURCE_MISSING = "ControlNetSourceMissing"
+    STYLE_NOT_FOUND = "StyleNotFound"
+    # AI Horde's code for a moderator's action (PUT /v2/users/{id}) by an account that is not one.
+    NOT_MODERATOR = "NotModerator"

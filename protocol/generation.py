@@ -5,11 +5,12 @@ Unknown fields are ignored rather than rejected, as AI Horde does; `None` for an
 field means "use the default", because clients such as horde_sdk send explicit nulls.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.samplers import SamplerName, SourceProcessing
+from protocol.extensions import ours
+from protocol.samplers import ControlType, PostProcessingOrder, PostProcessor, SamplerName, SourceProcessing
 
 LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -25,6 +26,7 @@ POST_PROCESSOR_NAME_MAX = 64  # AI Horde's names are under 30 characters
 BASE64_IMAGE_MAX = 20 * 1024 * 1024
 METADATA_MAX = 32  # gen_metadata entries of one image (AI Horde: one per LoRA, TI, censorship, source)
 METADATA_TEXT_MAX = 255  # AI Horde bounds `ref` at 255
+WEBHOOK_URL_MAX = 1024  # AI Horde's
 
 Name = Annotated[str, Field(max_length=NAME_MAX)]
 
@@ -35,6 +37,18 @@ class LoraEntry(BaseModel):
     name: str = Field(min_length=1, max_length=LORA_NAME_MAX)
     model: float = Field(default=1.0, ge=-5, le=5)
     clip: float = Field(default=1.0, ge=-5, le=5)
+    inject_trigger: str | None = Field(default=None, min_length=1, max_length=30)  # AI Horde's bounds
+    is_version: bool = False  # `name` is a CivitAI model *version* id, not a model id
+
+
+class TextualInversionEntry(BaseModel):
+    """AI Horde's `ModelPayloadTextualInversionsStable`."""
+
+    model_config = LENIENT
+
+    name: str = Field(min_length=1, max_length=LORA_NAME_MAX)
+    inject_ti: Literal["prompt", "negprompt"] | None = None
+    strength: float = Field(default=1.0, ge=-5, le=5)
 
 
 class GenerationParams(BaseModel):
@@ -53,10 +67,20 @@ class GenerationParams(BaseModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     tiling: bool = False
     hires_fix: bool = False
+    hires_fix_denoising_strength: float = Field(default=0.65, ge=0, le=1)
     loras: list[LoraEntry] = Field(default_factory=list, max_length=5)
-    post_processing: list[Annotated[str, Field(max_length=POST_PROCESSOR_NAME_MAX)]] = Field(
-        default_factory=list, max_length=10
-    )
+    tis: list[TextualInversionEntry] = Field(default_factory=list, max_length=20)  # AI Horde's bound
+    post_processing: list[PostProcessor] = Field(default_factory=list, max_length=10)
+    post_processing_order: PostProcessingOrder = "facefixers_first"
+    facefixer_strength: float = Field(default=0.75, ge=0, le=1)
+    control_type: ControlType | None = None
+    image_is_control: bool = False
+    return_control_map: bool = False
+    # Accepted so that they can be refused by name (coordinator/capabilities.py): no node honours them.
+    workflow: str | None = Field(default=None, max_length=POST_PROCESSOR_NAME_MAX)
+    transparent: bool = False
+    extra_texts: list[dict[str, Any]] = Field(default_factory=list, max_length=10)
+    special: dict[str, Any] = Field(default_factory=dict, max_length=10)
 
     @model_validator(mode="before")
     @classmethod
@@ -83,14 +107,23 @@ class GenerationRequest(BaseModel):
     censor_nsfw: bool = False
     trusted_workers: bool = False
     slow_workers: bool = True
+    extra_slow_workers: bool | None = None  # explicit false: never an extra-slow node (None: as slow_workers)
+    disable_batching: bool = False  # one image per pop, so each image's seed runs alone
+    # Accepted so that they can be refused by name when set (coordinator/capabilities.py).
+    allow_downgrade: bool = False
+    proxied_account: str | None = Field(default=None, max_length=NAME_MAX)
     workers: list[Name] = Field(default_factory=list, max_length=REQUEST_WORKERS_MAX)
     worker_blacklist: bool = False
     source_image: str | None = Field(default=None, max_length=BASE64_IMAGE_MAX)
     source_processing: SourceProcessing = "img2img"
     source_mask: str | None = Field(default=None, max_length=BASE64_IMAGE_MAX)
+    extra_source_images: list[dict[str, Any]] = Field(default_factory=list, max_length=5)
+    style: str | None = Field(default=None, max_length=NAME_MAX)
     r2: bool = True
     shared: bool = False
     dry_run: bool = False
+    # AI Horde's: a URL POSTed each finished image and the completion, signed by the coordinator (RFC 9421).
+    webhook: str | None = Field(default=None, min_length=10, max_length=WEBHOOK_URL_MAX, pattern=r"^https?://[^\s]+$")
 
     @model_validator(mode="before")
     @classmethod
@@ -148,6 +181,10 @@ class RequestCheck(BaseModel):
     queue_position: int
     kudos: float
     is_possible: bool
+    # Ours: when `is_possible` is false, why (which requirement no online node meets).
+    is_possible_reason: str | None = ours()
+    # Ours: the requester cancelled it (`done` is then true once nothing is still being made).
+    cancelled: bool = ours(False)
 
 
 class GenMetadataEntry(BaseModel):
@@ -170,11 +207,12 @@ class Generation(BaseModel):
     state: str
     censored: bool
     gen_metadata: list[GenMetadataEntry] = Field(default_factory=list)
-    worker_key: str | None = None
-    signature: str | None = None
-    image_sha256: str | None = None
-    job: dict[str, Any] | None = None
-    job_signature: str | None = None
+    # Provenance (ours): sent only to clients that ask for it (protocol/extensions.py).
+    worker_key: str | None = ours()
+    signature: str | None = ours()
+    image_sha256: str | None = ours()
+    job: dict[str, Any] | None = ours()
+    job_signature: str | None = ours()
 
 
 class RequestStatus(RequestCheck):

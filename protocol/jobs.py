@@ -1,10 +1,26 @@
 """Node-side models of the AI Horde v2 image API (`/v2/generate/pop|submit`)."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.generation import BASE64_IMAGE_MAX, METADATA_MAX, NAME_MAX, GenMetadataEntry, LoraEntry, Name
+from protocol.extensions import ours
+from protocol.generation import (
+    BASE64_IMAGE_MAX,
+    METADATA_MAX,
+    NAME_MAX,
+    GenMetadataEntry,
+    LoraEntry,
+    Name,
+    TextualInversionEntry,
+)
+from protocol.samplers import ControlType, PostProcessor
+
+# What a node of ours declares it does beyond AI Horde's pop flags (coordinator/capabilities.py reads
+# "censor_nsfw", "hires_fix", "tis", "lora_civitai"; a name it does not know is kept off the routing, never refused, so
+# a newer node can declare more).
+FEATURES_MAX = 32
+FeatureName = Annotated[str, Field(min_length=1, max_length=32)]
 
 LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 MAX_LONG_POLL_SECONDS = 30.0
@@ -35,6 +51,20 @@ class PopRequest(BaseModel):
     allow_painting: bool = True
     allow_post_processing: bool = True
     allow_lora: bool = False
+    allow_controlnet: bool = False
+    allow_sdxl_controlnet: bool = False
+    limit_max_steps: bool = False
+    # Our extensions (coordinator/capabilities.py). Absent, as from an AI Horde worker: what such a worker
+    # does (`samplers` every one; `features` hires_fix, censor, and tis when allow_lora).
+    max_steps: int | None = Field(default=None, ge=1, le=500)
+    samplers: list[Annotated[str, Field(max_length=32)]] | None = Field(default=None, max_length=32)
+    approximate_samplers: dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    features: list[FeatureName] | None = Field(default=None, max_length=FEATURES_MAX)
+    # The post-processors and ControlNet types it runs (None: all, as an AI Horde worker with the flag).
+    post_processors: list[PostProcessor] | None = Field(default=None, max_length=16)
+    control_types: list[ControlType] | None = Field(default=None, max_length=16)
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)
@@ -49,10 +79,11 @@ class PopRequest(BaseModel):
 
 
 class JobPayload(BaseModel):
-    """What a node needs to make the image(s) of one pop (AI Horde's `ModelPayloadStable`)."""
+    """What a node needs to make the image(s) of one pop: AI Horde's `ModelPayloadStable`, field for field
+    (a strict reader such as horde-sdk refuses any other). The negative prompt rides in `prompt` after
+    `###`, as AI Horde sends it."""
 
     prompt: str
-    negative_prompt: str | None = None
     ddim_steps: int
     n_iter: int = 1
     width: int
@@ -65,8 +96,15 @@ class JobPayload(BaseModel):
     clip_skip: int = 1
     tiling: bool = False
     hires_fix: bool = False
+    hires_fix_denoising_strength: float | None = None
     loras: list[LoraEntry] = Field(default_factory=list)
+    tis: list[TextualInversionEntry] = Field(default_factory=list)
     post_processing: list[str] = Field(default_factory=list)
+    post_processing_order: str = "facefixers_first"
+    facefixer_strength: float | None = None
+    control_type: str | None = None
+    image_is_control: bool | None = None
+    return_control_map: bool | None = None
     use_nsfw_censor: bool = False
 
 
@@ -85,6 +123,9 @@ class SkippedReasons(BaseModel):
     worker_id: int = 0
     untrusted: int = 0
     kudos: int = 0
+    controlnet: int = 0
+    step_count: int = 0
+    bridge_version: int = 0  # AI Horde's key for a feature this worker's software lacks (a sampler, hires fix…)
     post_processing: int = Field(default=0, alias="post-processing")
 
     def nonzero(self) -> dict[str, int]:
@@ -96,6 +137,10 @@ class SignedJob(BaseModel):
 
     document: dict[str, Any]
     signature: str
+
+
+# `skipped` keys of ours (AI Horde's strict clients refuse others): sent only with provenance (extensions.py).
+OUR_SKIP_REASONS = frozenset({"failed_here"})
 
 
 class PopResponse(BaseModel):
@@ -110,7 +155,7 @@ class PopResponse(BaseModel):
     source_mask: str | None = None
     r2_upload: str | None = None
     r2_uploads: list[str] | None = None
-    jobs: list[SignedJob] = Field(default_factory=list)
+    jobs: list[SignedJob] = ours(default_factory=list)  # sent only when asked for (protocol/extensions.py)
 
 
 class SubmitRequest(BaseModel):

@@ -23,7 +23,10 @@ class JobDocument(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     job_id: str
-    request_id: str
+    # The request by digest (`request_digest`), never its id: a request's id is its requester's capability
+    # (anyone holding it may read or cancel the request, as in AI Horde), so nodes never learn it. Whoever
+    # holds the id checks that a job was made for that request.
+    request_sha256: str
     model: str
     payload: dict[str, Any]
     source_image_sha256: str | None
@@ -59,6 +62,11 @@ class ResultDocument(BaseModel):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def request_digest(request_id: str) -> str:
+    """What a job document says of its request: the SHA-256 of the request id's UTF-8."""
+    return sha256_hex(request_id.encode())
 
 
 def _sign(identity: Identity, doc: BaseModel) -> str:

@@ -141,6 +141,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepared(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def tiny_extras_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's companions (`horde-node make-tiny-extras`): safety checkers, upscalers, ..."""
+    from tests.fixtures_models import tiny_extras_dir as prepared
+
+    return prepared(tmp_path_factory)
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """The tiny model runs fastest on one CPU thread: on a busy machine, extra OpenMP threads spin and make each

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from node.catalog import Catalog, ModelSpec
+from node.tiny_extras import EXTRAS_INDEX, build_tiny_extras
 from node.tiny_model import TINY_MODEL_NAME, build_tiny_model
 
 _READY_MARKER = "model_index.json"
@@ -32,6 +33,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         staging = folder.with_name(folder.name + ".building")
         shutil.rmtree(staging, ignore_errors=True)
         build_tiny_model(staging)
+        staging.rename(folder)
+    return folder
+
+
+def tiny_extras_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny companions (safety checkers, upscalers, ...): HORDE_TINY_EXTRAS_DIR's, else built once this session."""
+    prebuilt = os.environ.get("HORDE_TINY_EXTRAS_DIR")
+    if prebuilt and (Path(prebuilt) / EXTRAS_INDEX).exists():
+        return Path(prebuilt)
+    folder = tmp_path_factory.getbasetemp() / "tiny-extras"
+    if not (folder / EXTRAS_INDEX).exists():
+        staging = folder.with_name(folder.name + ".building")
+        shutil.rmtree(staging, ignore_errors=True)
+        build_tiny_extras(staging)
         staging.rename(folder)
     return folder
 

@@ -40,6 +40,7 @@ class Api:
     apikey: str | None = None
     identity: Identity | None = None
     session: aiohttp.ClientSession | None = None
+    provenance: bool = True  # ask for our extension fields (protocol/extensions.py), as our own CLI and node do
 
     async def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
         url = f"{self.base}/api{path}"
@@ -47,6 +48,8 @@ class Api:
         sent = {"Content-Type": "application/json", **(headers or {})}
         if self.apikey:
             sent["apikey"] = self.apikey
+        if self.provenance:
+            sent.setdefault("X-Horde-Provenance", "1")
         if self.identity:
             sent.update(sign_request(self.identity, method, url, raw))
         session = self.session or aiohttp.ClientSession()

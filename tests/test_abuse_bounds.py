@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from protocol.provenance import request_digest
 from tests.api_support import count, fetch_one, node, pop_job, requester, small
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api
@@ -105,10 +106,10 @@ async def test_a_worker_list_still_reserves_the_job(coordinator: RunningCoordina
     assert pinned.status == 202, pinned.body
     empty = await other.pop()
     assert empty.body["ids"] == [] and empty.body["skipped"] == {"worker_id": 1}
-    assert (await pop_job(chosen)).body["jobs"][0]["document"]["request_id"] == pinned.body["id"]
+    assert (await pop_job(chosen)).body["jobs"][0]["document"]["request_sha256"] == request_digest(pinned.body["id"])
     avoided = await api.post("/v2/generate/async", {**small(), "workers": ["chosen"], "worker_blacklist": True})
     assert (await chosen.pop()).body["skipped"] == {"worker_id": 1}
-    assert (await pop_job(other)).body["jobs"][0]["document"]["request_id"] == avoided.body["id"]
+    assert (await pop_job(other)).body["jobs"][0]["document"]["request_sha256"] == request_digest(avoided.body["id"])
 
 
 async def test_pops_with_huge_model_names_are_refused(coordinator: RunningCoordinator) -> None:
@@ -197,7 +198,7 @@ async def test_an_inline_status_stays_under_its_bound_and_links_the_rest(coordin
     assert sum(len(base64.b64encode(image)) for image in made.values()) > INLINE_BYTES_MAX
 
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{coordinator.url}/api/v2/generate/status/{request_id}") as response:
+        async with session.get(f"{coordinator.url}/api/v2/generate/status/{request_id}?provenance=1") as response:
             answer = await response.read()
         status = json.loads(answer)
         assert len(status["generations"]) == 4

@@ -104,6 +104,17 @@ async def test_a_nul_in_body_text_is_refused(coordinator: RunningCoordinator, pa
     assert await snapshot(coordinator) == before
 
 
+async def test_a_webhook_host_idna_cannot_encode_is_refused(coordinator: RunningCoordinator) -> None:
+    """A 64-character label (found by tests/test_schema_fuzz.py): IDNA refuses it with UnicodeError inside
+    the lookup, before any network, which was a 500."""
+    owner = await coordinator.create_account("owner", 100)
+    before = await snapshot(coordinator)
+    reply = await requester(coordinator, owner).post(
+        "/v2/generate/async", {**small(), "webhook": f"https://{'0' * 64}.example/hook"})
+    assert_refused(reply, (400,), RC.WEBHOOK_REFUSED)
+    assert await snapshot(coordinator) == before
+
+
 async def test_over_long_numbers_in_queries_are_refused(coordinator: RunningCoordinator) -> None:
     owner = await coordinator.create_account("owner", 100)
     request_id = await generate(requester(coordinator, owner), small())
@@ -231,3 +242,4 @@ async def test_a_malformed_http_message_is_one_log_line_not_a_traceback(
     text = captured_log.getvalue()
     assert "Error handling request from 127.0.0.1: 400" in text, text
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+

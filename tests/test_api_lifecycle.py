@@ -316,6 +316,7 @@ def test_an_unreachable_database_is_a_one_line_error(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(cli, "open_services", unreachable)  # admin commands
     monkeypatch.setattr(app, "open_services", unreachable)  # serve
+    (tmp_path / "secret.key").write_bytes(b"")  # an existing data dir: admin commands refuse a missing one
     assert cli.main(["--data-dir", str(tmp_path), *command]) == 1
     assert capsys.readouterr().err == "error: cannot reach PostgreSQL: connection refused\n"
 

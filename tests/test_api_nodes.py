@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from coordinator.results import upload_name
+from protocol.provenance import request_digest
 from tests.api_support import (
     MODEL,
     b64,
@@ -71,7 +72,7 @@ async def test_long_poll_pop_gets_a_job_queued_after_it_started(coordinator: Run
     popped = await asyncio.wait_for(waiting, 15)
     assert popped.status == 200
     assert len(popped.body["ids"]) == 1
-    assert popped.body["jobs"][0]["document"]["request_id"] == request_id
+    assert popped.body["jobs"][0]["document"]["request_sha256"] == request_digest(request_id)
 
 
 async def test_long_poll_pop_wakes_the_node_a_restricted_request_names(coordinator: RunningCoordinator) -> None:
@@ -129,7 +130,9 @@ async def test_concurrent_pops_never_hand_out_a_job_twice(coordinator: RunningCo
     for p in pops:
         for index, job_id in enumerate(p.body["ids"]):
             assert p.body["jobs"][index]["document"]["job_id"] == job_id
-    assert {d["request_id"] for p in pops for d in (j["document"] for j in p.body["jobs"])} == set(request_ids)
+    assert {d["request_sha256"] for p in pops for d in (j["document"] for j in p.body["jobs"])} == {
+        request_digest(request_id) for request_id in request_ids
+    }
 
 
 async def test_concurrent_first_pops_of_a_new_node_all_succeed(coordinator: RunningCoordinator) -> None:
@@ -151,7 +154,7 @@ async def test_amount_batches_consecutive_images_of_one_request(coordinator: Run
     assert len(popped.body["r2_uploads"]) == 3 and len(popped.body["jobs"]) == 3
     seeds = [int(seed_of(popped, i)) for i in range(3)]
     assert seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
-    assert {job["document"]["request_id"] for job in popped.body["jobs"]} == {request_id}
+    assert {job["document"]["request_sha256"] for job in popped.body["jobs"]} == {request_digest(request_id)}
     for index, job_id in enumerate(popped.body["ids"]):
         assert (await worker.submit(job_id, seed_of(popped, index))).status == 200
     rest = await pop_job(worker, amount=3)
@@ -323,9 +326,9 @@ async def test_nodes_get_only_jobs_for_their_models(coordinator: RunningCoordina
             popped = await worker.pop()
             if popped.body["ids"]:
                 assert popped.body["model"] == model
-                got[model].append(popped.body["jobs"][0]["document"]["request_id"])
-    assert sorted(got["model-a"]) == sorted(wanted["model-a"])
-    assert sorted(got["model-b"]) == sorted(wanted["model-b"])
+                got[model].append(popped.body["jobs"][0]["document"]["request_sha256"])
+    assert sorted(got["model-a"]) == sorted(map(request_digest, wanted["model-a"]))
+    assert sorted(got["model-b"]) == sorted(map(request_digest, wanted["model-b"]))
 
 
 async def test_three_faults_fault_the_request_and_cost_nothing(coordinator: RunningCoordinator) -> None:
@@ -358,8 +361,8 @@ async def test_richer_requesters_go_first_and_anonymous_last(coordinator: Runnin
     order = []
     for _ in range(3):
         popped = await pop_job(worker)
-        order.append(popped.body["jobs"][0]["document"]["request_id"])
-    assert order == [rich_id, poor_id, anonymous_id]
+        order.append(popped.body["jobs"][0]["document"]["request_sha256"])
+    assert order == [request_digest(rich_id), request_digest(poor_id), request_digest(anonymous_id)]
 
 
 async def test_servable_job_behind_many_reserved_ones_is_found(coordinator: RunningCoordinator) -> None:
@@ -372,7 +375,7 @@ async def test_servable_job_behind_many_reserved_ones_is_found(coordinator: Runn
     owner = await coordinator.create_account("owner")
     popped = await node(coordinator, owner, "n1").pop()
     assert popped.body["ids"], popped.body
-    assert popped.body["jobs"][0]["document"]["request_id"] == open_id
+    assert popped.body["jobs"][0]["document"]["request_sha256"] == request_digest(open_id)
 
 
 async def test_worker_list_filter_and_blacklist(coordinator: RunningCoordinator) -> None:
@@ -383,10 +386,10 @@ async def test_worker_list_filter_and_blacklist(coordinator: RunningCoordinator)
     only_b = await generate(api, {**small(), "workers": ["node-b"]})
     not_b = await generate(api, {**small(), "workers": ["node-b"], "worker_blacklist": True})
     first_a = await pop_job(node_a)
-    assert first_a.body["jobs"][0]["document"]["request_id"] == not_b
+    assert first_a.body["jobs"][0]["document"]["request_sha256"] == request_digest(not_b)
     assert (await node_a.pop()).body["ids"] == []
     first_b = await pop_job(node_b)
-    assert first_b.body["jobs"][0]["document"]["request_id"] == only_b
+    assert first_b.body["jobs"][0]["document"]["request_sha256"] == request_digest(only_b)
 
 
 @pytest.mark.parametrize("models", [499, 500])
@@ -497,7 +500,7 @@ async def test_require_upfront_kudos_takes_only_requests_their_requesters_can_pa
     assert empty.body["ids"] == [] and empty.body["skipped"].get("kudos") == 2, empty.body
     paid = await generate(requester(coordinator, rich), small())
     popped = await pop_job(careful)
-    assert popped.body["jobs"][0]["document"]["request_id"] == paid
+    assert popped.body["jobs"][0]["document"]["request_sha256"] == request_digest(paid)
     anyone = node(coordinator, owner, "anyone")  # without the flag, the unfunded requests are served
     assert len((await pop_job(anyone)).body["ids"]) == 1
 
@@ -510,5 +513,6 @@ async def test_an_extra_slow_node_gets_no_request_that_refuses_slow_workers(coor
     hurried = await generate(requester(coordinator, alice), {**small(), "slow_workers": False})
     assert (await slow.pop()).body["ids"] == []
     relaxed = await generate(requester(coordinator, alice), small())
-    assert (await pop_job(slow)).body["jobs"][0]["document"]["request_id"] == relaxed
-    assert (await pop_job(node(coordinator, owner, "fast"))).body["jobs"][0]["document"]["request_id"] == hurried
+    assert (await pop_job(slow)).body["jobs"][0]["document"]["request_sha256"] == request_digest(relaxed)
+    fast = await pop_job(node(coordinator, owner, "fast"))
+    assert fast.body["jobs"][0]["document"]["request_sha256"] == request_digest(hurried)

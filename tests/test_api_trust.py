@@ -11,7 +11,15 @@ import pytest
 
 from protocol.httpsig import sign_request
 from protocol.keys import Identity, PublicKey
-from protocol.provenance import JobDocument, ResultDocument, sha256_hex, sign_result, verify_job, verify_provenance
+from protocol.provenance import (
+    JobDocument,
+    ResultDocument,
+    request_digest,
+    sha256_hex,
+    sign_result,
+    verify_job,
+    verify_provenance,
+)
 from tests.api_support import (
     balance,
     generate,
@@ -228,7 +236,7 @@ async def test_provenance_verifies_from_public_data_only(coordinator: RunningCoo
             async with session.get(generation["img"]) as response:
                 image = await response.read()
             job = JobDocument(**generation["job"])
-            assert job.request_id == request_id and job.job_id == generation["id"]
+            assert job.request_sha256 == request_digest(request_id) and job.job_id == generation["id"]
             assert job.payload["seed"] == generation["seed"]
             result = ResultDocument(job_id=generation["id"], image_sha256=generation["image_sha256"],
                                     seed=generation["seed"], state=generation["state"])

@@ -13,7 +13,7 @@ from client.verify import check_ledger, verify_image
 from protocol.generation import Generation
 from protocol.keys import Identity
 from protocol.ledger import LedgerEntry, sign_head
-from protocol.provenance import JobDocument, ResultDocument, sha256_hex, sign_job, sign_result
+from protocol.provenance import JobDocument, ResultDocument, request_digest, sha256_hex, sign_job, sign_result
 
 COORDINATOR = Identity.generate()
 WORKER = Identity.generate()
@@ -27,7 +27,7 @@ def webp_bytes(color: str = "teal") -> bytes:
 
 def signed_generation(image: bytes, *, job_id: str = "job-1", seed: str = "1234") -> Generation:
     job = JobDocument(
-        job_id=job_id, request_id="req-1", model="tiny-sd",
+        job_id=job_id, request_sha256=request_digest("req-1"), model="tiny-sd",
         payload={"prompt": "a fox", "ddim_steps": 8, "seed": seed}, source_image_sha256=None,
         source_mask_sha256=None, ttl=150, worker_id="worker-1", issued_at=1_700_000_000,
     )  # fmt: skip

@@ -259,7 +259,7 @@ def test_compose_replicas_share_database_keys_and_images_behind_the_proxy() -> N
     # coordinator-init creates the keys and migrates, with the same settings and volumes, before them.
     init = services["coordinator-init"]
     assert init["environment"] == env and init["volumes"] == first["volumes"]
-    assert init["command"] == ["audit"]
+    assert init["command"] == ["init"]
     # The data dir (coordinator.key, secret.key) and the images are named volumes, shared.
     mounts = dict(volume.split(":")[::-1][:2] for volume in first["volumes"])  # target -> source
     assert env["HORDE_DATA_DIR"] in mounts and env["HORDE_IMAGES_DIR"] in mounts
@@ -627,7 +627,7 @@ async def test_coordinator_starts_as_the_compose_replicas_run_it(tmp_path: Path)
     assert settings["HORDE_DB"].startswith("postgresql://")
     async with compose_database() as database:
         settings = isolated_settings(settings, tmp_path, database)
-        # coordinator-init: `horde-coordinator audit` creates the keys and migrates before any replica.
+        # coordinator-init: `horde-coordinator init` creates the keys and migrates before any replica.
         init = compose()["services"]["coordinator-init"]["command"]
         command = [sys.executable, "-m", script_module("horde-coordinator"), *init]
         result = await asyncio.to_thread(subprocess.run, command, env=child_env(settings), cwd=tmp_path,

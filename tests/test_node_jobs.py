@@ -10,7 +10,7 @@ from node.jobspec import GeneratedImage, InferenceAborted
 from node.runner import Progress, Slot, Stalled
 from protocol.jobs import PopResponse
 from protocol.keys import Identity
-from protocol.provenance import JobDocument, ResultDocument, sha256_hex, sign_job, verify_result
+from protocol.provenance import JobDocument, ResultDocument, request_digest, sha256_hex, sign_job, verify_result
 
 COORDINATOR = Identity.generate()
 PAYLOAD = {"prompt": "a cat", "ddim_steps": 4, "width": 64, "height": 64, "seed": "10", "sampler_name": "k_euler",
@@ -20,7 +20,8 @@ PAYLOAD = {"prompt": "a cat", "ddim_steps": 4, "width": 64, "height": 64, "seed"
 def signed_pop(ids: list[str], *, model: str = "tiny-sd", source: bytes | None = None) -> PopResponse:
     jobs = []
     for index, job_id in enumerate(ids):
-        doc = JobDocument(job_id=job_id, request_id="r", model=model, payload={**PAYLOAD, "seed": str(100 + index)},
+        doc = JobDocument(job_id=job_id, request_sha256=request_digest("r"), model=model,
+                          payload={**PAYLOAD, "seed": str(100 + index)},
                           source_image_sha256=sha256_hex(source) if source else None, source_mask_sha256=None,
                           ttl=150, worker_id="w", issued_at=1)  # fmt: skip
         jobs.append({"document": doc.model_dump(), "signature": sign_job(COORDINATOR, doc)})

@@ -5,6 +5,7 @@ from protocol.keys import Identity
 from protocol.provenance import (
     JobDocument,
     ResultDocument,
+    request_digest,
     sha256_hex,
     sign_job,
     sign_result,
@@ -21,7 +22,7 @@ IMAGE = bytes(range(256)) * 40
 def make_job(**changes: object) -> JobDocument:
     fields: dict[str, object] = {
         "job_id": "job-1",
-        "request_id": "req-1",
+        "request_sha256": request_digest("req-1"),
         "model": "stable_diffusion",
         "payload": {"prompt": "a red fox", "steps": 30, "cfg_scale": 7.5, "seed": "42"},
         "source_image_sha256": None,

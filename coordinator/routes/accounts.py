@@ -6,13 +6,23 @@ from pydantic import BaseModel
 from coordinator.auth import require_account
 from coordinator.errors import HordeError, bad_request, not_found, unauthorized
 from coordinator.routes.endpoint import Endpoint
-from coordinator.routes.http import broker, caller, client_ip, int_query, parse, reply
+from coordinator.routes.http import broker, caller, client_ip, int_query, parse, reply, wants_provenance
 from coordinator.storage.records import Account
-from protocol.accounts import AccountCreate, AccountCreated, KudosTransfer, KudosTransferred, UserDetails
+from protocol.accounts import (
+    AccountCreate,
+    AccountCreated,
+    ContributionsDetails,
+    KudosTransfer,
+    KudosTransferred,
+    ModifiedUser,
+    ModifyUser,
+    UserDetails,
+)
 from protocol.errors import RC
 from protocol.ledger import LedgerEntry, LedgerHead
 
 LEDGER_PAGE = 1000
+USERS_PAGE = 25  # AI Horde's page size for GET /v2/users
 MAX_ACCOUNT_ID = 2**63 - 1
 
 
@@ -39,16 +49,22 @@ async def create_account(request: web.Request) -> web.Response:
 
 async def user_details(request: web.Request, account: Account) -> UserDetails:
     workers = [w for w in await broker(request).roster.online() if w.owner_id == account.id]
+    services = broker(request).services
+    contributions = ContributionsDetails(
+        megapixelsteps=round(sum(w.megapixelsteps for w in workers), 2),
+        fulfillments=sum(w.requests_fulfilled for w in workers),
+    )
     return UserDetails(
         username=account.display_name, id=account.id, kudos=account.kudos, worker_count=len(workers),
         worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
-        concurrency=broker(request).services.config.concurrency,
+        concurrency=services.config.concurrency, moderator=account.moderator,
+        account_age=max(int(services.clock() - account.created), 0), contributions=contributions,
     )  # fmt: skip
 
 
 async def find_user(request: web.Request) -> web.Response:
     account = require_account(await caller(request))
-    return reply(await user_details(request, account))
+    return reply(await user_details(request, account), ours=wants_provenance(request))
 
 
 def parse_user_id(raw: str) -> int:
@@ -61,7 +77,25 @@ def parse_user_id(raw: str) -> int:
 
 async def get_user(request: web.Request) -> web.Response:
     account = await broker(request).bank.find("id", parse_user_id(request.match_info["id"]))
-    return reply(await user_details(request, account))
+    return reply(await user_details(request, account), ours=wants_provenance(request))
+
+
+async def list_users(request: web.Request) -> web.Response:
+    """AI Horde's `page` (from 1, 25 accounts each) and `sort` (kudos, the most first; or age, the oldest)."""
+    page = int_query(request, "page", 1, 10**6) or 1
+    order = request.query.get("sort", "kudos")
+    if order not in ("kudos", "age"):
+        raise bad_request(RC.VALIDATION, "sort must be kudos or age.", {"sort": "kudos or age"})
+    async with broker(request).services.database.reader() as tx:
+        accounts = await tx.list_accounts((page - 1) * USERS_PAGE, USERS_PAGE, order)
+    return reply([await user_details(request, account) for account in accounts], ours=wants_provenance(request))
+
+
+async def modify_user(request: web.Request) -> web.Response:
+    who = await caller(request)
+    change = await parse(request, ModifyUser)
+    account_id = parse_user_id(request.match_info["id"])
+    return reply(await broker(request).moderation.modify_user(who, account_id, change))
 
 
 async def transfer(request: web.Request) -> web.Response:
@@ -96,6 +130,11 @@ ENDPOINTS = [
              body=AccountCreate, response=AccountCreated, auth="none", example={"username": "alice"}),
     Endpoint("GET", "/v2/find_user", find_user, "The calling account.", response=UserDetails, auth="required"),
     Endpoint("GET", "/v2/users/{id}", get_user, "An account by id.", response=UserDetails),
+    Endpoint("GET", "/v2/users", list_users, "Accounts, 25 a page.", response=UserDetails, many=True,
+             query={"page": "page number, from 1",
+                    "sort": "kudos (default, the most first) or age (the oldest first)"}),
+    Endpoint("PUT", "/v2/users/{id}", modify_user, "A moderator changes an account (kudos, trusted).",
+             body=ModifyUser, response=ModifiedUser, auth="required", example={"kudos": 100, "trusted": True}),
     Endpoint("POST", "/v2/kudos/transfer", transfer, "Send kudos (honours Idempotency-Key).",
              body=KudosTransfer, response=KudosTransferred, auth="required",
              example={"username": "bob", "amount": 10}),

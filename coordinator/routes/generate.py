@@ -13,6 +13,7 @@ from coordinator.routes.http import (
     parse,
     rate_key,
     reply,
+    wants_provenance,
 )
 from protocol.generation import DryRunResult, GenerationRequest, RequestAccepted, RequestCheck, RequestStatus
 from protocol.jobs import MAX_LONG_POLL_SECONDS
@@ -22,6 +23,7 @@ async def generate_async(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await parse(request, GenerationRequest)
     broker(request).limiter.check("generate", rate_key(request, who))
+    await broker(request).webhooks.check_target(body.webhook)
     result = await broker(request).requests.submit(who, body, client_agent(request), client_ip(request))
     return reply(result, 200 if body.dry_run else 202)
 
@@ -32,16 +34,18 @@ async def check(request: web.Request) -> web.Response:
     # A count nobody could know (not a number, or more digits than any request has images) is ignored.
     known_finished = int(known) if known and known.isascii() and known.isdigit() and len(known) < 10 else None
     report = await broker(request).requests.check(request.match_info["id"], wait, known_finished)
-    return reply(report)
+    return reply(report, ours=wants_provenance(request))
 
 
 async def status(request: web.Request) -> web.Response:
-    return reply(await broker(request).requests.status(request.match_info["id"], base_url(request)))
+    report = await broker(request).requests.status(request.match_info["id"], base_url(request))
+    return reply(report, ours=wants_provenance(request))
 
 
 async def cancel(request: web.Request) -> web.Response:
-    who = await caller(request)
-    return reply(await broker(request).requests.cancel(who, request.match_info["id"], base_url(request)))
+    await caller(request)  # a wrong apikey is still refused (401), as everywhere
+    report = await broker(request).requests.cancel(request.match_info["id"], base_url(request))
+    return reply(report, ours=wants_provenance(request))
 
 
 ENDPOINTS = [
@@ -58,6 +62,7 @@ ENDPOINTS = [
     ),
     Endpoint("GET", "/v2/generate/status/{id}", status, "Progress plus the images made so far.",
              response=RequestStatus),
-    Endpoint("DELETE", "/v2/generate/status/{id}", cancel, "Cancel a request (its owner only).",
-             response=RequestStatus, auth="required"),
+    Endpoint("DELETE", "/v2/generate/status/{id}", cancel,
+             "Cancel a request: its id is the capability (no apikey needed, as in AI Horde).",
+             response=RequestStatus),
 ]

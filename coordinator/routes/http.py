@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from coordinator.auth import Caller
 from coordinator.broker import Broker
 from coordinator.errors import HordeError, bad_request
+from protocol import extensions
 from protocol.errors import RC
 
 BROKER = web.AppKey("broker", Broker)
@@ -113,13 +114,26 @@ def validation_failed(error: ValidationError) -> HordeError:
     return bad_request(rc, "Input payload validation failed", errors)
 
 
-def reply(model: BaseModel | list[Any] | dict[str, Any], status: int = 200) -> web.Response:
+def wants_provenance(request: web.Request) -> bool:
+    """Whether the client asked for our extension fields (protocol/extensions.py)."""
+    asked = request.query.get(extensions.QUERY) or request.headers.get(extensions.HEADER) or ""
+    return asked.lower() in ("1", "true", "yes")
+
+
+def reply(model: BaseModel | list[Any] | dict[str, Any], status: int = 200, *, ours: bool = False) -> web.Response:
+    """The answer as JSON; our extension fields only with `ours` (the client asked, `wants_provenance`)."""
     if isinstance(model, BaseModel):
+        hidden = None if ours else extensions.hidden_extensions(model) or None
         # pydantic's own serializer: one pass, without building the dict that json.dumps would walk.
-        return web.Response(body=model.model_dump_json(by_alias=True), status=status, content_type="application/json")
+        body = model.model_dump_json(by_alias=True, exclude=hidden)
+        return web.Response(body=body, status=status, content_type="application/json")
     data: Any = model
     if isinstance(model, list):
-        data = [item.model_dump(mode="json", by_alias=True) if isinstance(item, BaseModel) else item for item in model]
+        data = [
+            item.model_dump(mode="json", by_alias=True, exclude=None if ours else extensions.hidden_extensions(item))
+            if isinstance(item, BaseModel) else item
+            for item in model
+        ]  # fmt: skip
     return web.json_response(data, status=status)
 
 

@@ -4,9 +4,19 @@ from aiohttp import web
 
 from coordinator.errors import bad_request, not_found
 from coordinator.routes.endpoint import Endpoint
-from coordinator.routes.http import base_url, body_bytes, broker, caller, client_ip, parse, rate_key, reply
+from coordinator.routes.http import (
+    base_url,
+    body_bytes,
+    broker,
+    caller,
+    client_ip,
+    parse,
+    rate_key,
+    reply,
+    wants_provenance,
+)
 from protocol.errors import RC
-from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
+from protocol.jobs import OUR_SKIP_REASONS, PopRequest, PopResponse, SubmitRequest, SubmitResult
 
 IMAGE_TYPES = {"webp": "image/webp", "src": "application/octet-stream"}
 
@@ -15,7 +25,11 @@ async def pop(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await parse(request, PopRequest)
     broker(request).limiter.check("pop", rate_key(request, who))
-    return reply(await broker(request).dispatcher.pop(who, body, base_url(request)))
+    answer = await broker(request).dispatcher.pop(who, body, base_url(request))
+    ours = wants_provenance(request)
+    if not ours and OUR_SKIP_REASONS & answer.skipped.keys():
+        answer.skipped = {key: n for key, n in answer.skipped.items() if key not in OUR_SKIP_REASONS}
+    return reply(answer, ours=ours)
 
 
 async def submit(request: web.Request) -> web.Response:

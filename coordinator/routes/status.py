@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from coordinator.routes.endpoint import Endpoint
-from coordinator.routes.http import broker, int_query, reply
+from coordinator.routes.http import broker, int_query, reply, wants_provenance
 from protocol.accounts import (
     CoordinatorInfo,
     Heartbeat,
@@ -14,7 +14,7 @@ from protocol.accounts import (
 )
 
 FEATURES = ["long-poll-pop", "long-poll-check", "signed-requests", "signed-jobs", "signed-results",
-            "signed-ledger-head", "uploads"]
+            "signed-ledger-head", "uploads", "progress-stream", "step-progress", "signed-webhooks", "metrics"]
 PERIOD_MINUTES = {"minute": 1, "hour": 60, "day": 60 * 24, "month": 60 * 24 * 30, "total": 10**9}
 
 
@@ -30,20 +30,7 @@ async def coordinator_info(request: web.Request) -> web.Response:
 
 
 async def model_statuses(request: web.Request) -> list[ModelStatus]:
-    workers = await broker(request).roster.online()
-    async with broker(request).services.database.reader() as tx:
-        queued = {row["model"]: row for row in await tx.queue_by_model()}
-    names = sorted({model for worker in workers for model in worker.models} | (set(queued) - {""}))
-    answer = []
-    for name in names:
-        serving = [w for w in workers if name in w.models]
-        row = queued.get(name, {"jobs": 0, "pixelsteps": 0})
-        threads = sum(w.threads for w in serving)
-        answer.append(ModelStatus(
-            name=name, count=len(serving), performance=float(threads), queued=float(row["pixelsteps"] or 0),
-            jobs=int(row["jobs"] or 0), eta=int(row["jobs"] or 0) // max(threads, 1) * 10 if serving else 0,
-        ))
-    return answer
+    return await broker(request).outlooks.model_statuses()
 
 
 async def models(request: web.Request) -> web.Response:
@@ -52,12 +39,14 @@ async def models(request: web.Request) -> web.Response:
         return reply([])
     least = int_query(request, "min_count", 0, 10**6)
     most = int_query(request, "max_count", 10**6, 10**6)
-    return reply([model for model in await model_statuses(request) if least <= model.count <= most])
+    answer = [model for model in await model_statuses(request) if least <= model.count <= most]
+    return reply(answer, ours=wants_provenance(request))
 
 
 async def single_model(request: web.Request) -> web.Response:
     name = request.match_info["model_name"]
-    return reply([model for model in await model_statuses(request) if model.name == name])
+    answer = [model for model in await model_statuses(request) if model.name == name]
+    return reply(answer, ours=wants_provenance(request))
 
 
 async def performance(request: web.Request) -> web.Response:
@@ -68,12 +57,14 @@ async def performance(request: web.Request) -> web.Response:
         queued_requests = await tx.queued_requests()
         pixelsteps = await tx.queued_pixelsteps()
         _, past_minute = await tx.stats_since(now_minute - 1)
+    speed, eta = await broker(request).outlooks.network()
     return reply(Performance(
         queued_requests=queued_requests,
         queued_megapixelsteps=round(pixelsteps / 1e6, 2),
         past_minute_megapixelsteps=round(past_minute, 2),
         worker_count=len(workers), thread_count=sum(w.threads for w in workers),
-    ))
+        megapixelsteps_per_second=speed, eta=eta,
+    ), ours=wants_provenance(request))
 
 
 async def totals(request: web.Request) -> web.Response:
@@ -83,14 +74,8 @@ async def totals(request: web.Request) -> web.Response:
     async with services.database.reader() as tx:
         for name, minutes in PERIOD_MINUTES.items():
             images, ps = await tx.stats_since(now_minute - minutes + 1)
-            periods[name] = PeriodTotals(images=images, ps=int(ps))
+            periods[name] = PeriodTotals(images=images, ps=int(ps * 1_000_000))  # AI Horde's unit: pixelsteps
     return reply(ImageTotals(**periods))
-
-
-async def swagger(request: web.Request) -> web.Response:
-    from coordinator.openapi import openapi_document
-
-    return web.json_response(openapi_document(broker(request).services.config.version))
 
 
 ENDPOINTS = [
@@ -106,5 +91,4 @@ ENDPOINTS = [
     Endpoint("GET", "/v2/stats/img/totals", totals, "Images made per period.", response=ImageTotals, auth="none"),
     Endpoint("GET", "/v2/coordinator", coordinator_info, "This coordinator's public key, version and features.",
              response=CoordinatorInfo, auth="none"),
-    Endpoint("GET", "/swagger.json", swagger, "This OpenAPI document.", auth="none"),
 ]

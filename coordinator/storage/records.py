@@ -5,6 +5,7 @@ from functools import cached_property
 from typing import Any
 
 from protocol.generation import GenerationRequest
+from protocol.samplers import post_processor_mask
 
 NETWORK = None  # the ledger's name for "minted" (as source) or "burned" (as target)
 
@@ -17,6 +18,7 @@ class Account:
     kudos: float
     trusted: bool
     created: float
+    moderator: bool = False
 
     @property
     def display_name(self) -> str:
@@ -59,6 +61,22 @@ class Worker:
     # by itself), and when the last missed deadline was counted (a crash's other jobs count with it).
     maintenance_until: float | None = None
     last_missed_at: float = 0.0
+    # Measured speed (coordinator/estimates.py): per model, [megapixelsteps, seconds, results] decayed
+    # sums of its own finished jobs; and when it last delivered, where its next job's work began at the earliest.
+    speeds: dict[str, list[float]] = field(default_factory=dict)
+    last_result_at: float = 0.0
+    # What else the node declared in its pop (coordinator/capabilities.py): AI Horde's flags, then ours.
+    controlnet: bool = False
+    sdxl_controlnet: bool = False
+    max_steps: int = 500
+    lora_civitai: bool = False
+    tis: bool = False
+    hires_fix: bool = False
+    censor: bool = False
+    samplers: list[str] | None = None  # None: every AI Horde sampler
+    approximate_samplers: dict[str, str] = field(default_factory=dict)  # name → what runs instead
+    post_processors: list[str] | None = None  # None: every one (with post_processing)
+    control_types: list[str] | None = None  # None: every one (with controlnet)
 
 
 @dataclass
@@ -78,6 +96,14 @@ class QueueEntry:
     lora: bool
     post_processing: bool
     trusted_only: bool
+    lora_civitai: bool = False  # a LoRA by CivitAI version id, or with a trigger to inject
+    tis: bool = False
+    controlnet: bool = False
+    hires_fix: bool = False
+    censor: bool = False
+    sampler: str = "k_euler_a"  # lower case, as nodes declare them
+    post_processors: int = 0  # a bit per AI Horde post-processor name (coordinator/capabilities.py)
+    control_type: str = ""  # '' for none
     workers: list[str] = field(default_factory=list)
     worker_blacklist: bool = False
     # Not stored: the nodes a requeued job failed on, so its wake-up goes to a node that may take it
@@ -104,6 +130,7 @@ class RequestRecord:
     tier: int = 1
     rank: float = 0.0
     remote: str = ""  # the requester's address, to pay nothing for a node's requests to itself
+    webhook_sent: list[str] = field(default_factory=list)  # job ids (and "end") whose webhook POST was claimed
 
     @cached_property
     def generation(self) -> GenerationRequest:
@@ -160,6 +187,15 @@ class WorkerCaps:
     worker_name: str = ""
     require_upfront_kudos: bool = False  # only requests whose requester can pay now
     extra_slow: bool = False  # never given requests that asked for no slow workers
+    max_steps: int = 500
+    lora_civitai: bool = False
+    tis: bool = False
+    controlnet: bool = False
+    hires_fix: bool = False
+    censor: bool = False
+    samplers: frozenset[str] | None = None  # None: any sampler
+    post_processors: int | None = None  # a bit per post-processor it runs (None: any)
+    control_types: frozenset[str] | None = None  # None: any
 
     @classmethod
     def of(
@@ -174,7 +210,12 @@ class WorkerCaps:
             nsfw=worker.nsfw, img2img=worker.img2img, painting=worker.painting, lora=worker.lora,
             post_processing=worker.post_processing, trusted=worker.trusted,
             blacklist=[word.lower() for word in blacklist or []], require_upfront_kudos=require_upfront_kudos,
-            extra_slow=extra_slow,
+            extra_slow=extra_slow, max_steps=worker.max_steps, lora_civitai=worker.lora_civitai, tis=worker.tis,
+            controlnet=worker.controlnet,
+            hires_fix=worker.hires_fix, censor=worker.censor,
+            samplers=None if worker.samplers is None else frozenset(worker.samplers),
+            post_processors=None if worker.post_processors is None else post_processor_mask(worker.post_processors),
+            control_types=None if worker.control_types is None else frozenset(worker.control_types),
         )  # fmt: skip
 
 

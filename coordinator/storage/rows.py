@@ -24,6 +24,7 @@ def account_from_row(row: Row) -> Account:
         kudos=round(row["kudos"], 2),  # the cache adds floats; kudos are counted in hundredths
         trusted=bool(row["trusted"]),
         created=row["created"],
+        moderator=bool(row["moderator"]),
     )
 
 

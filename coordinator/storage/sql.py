@@ -6,6 +6,8 @@ broker; this module only reads and writes rows.
 import json
 from typing import Any
 
+from coordinator.capabilities import DEMAND_COLUMNS, sql_filters
+from coordinator.metrics import TimedDriver
 from coordinator.storage.base import Driver, NameTaken, NotEnoughKudos, Row
 from coordinator.storage.records import Account, JobRecord, QueueEntry, RequestRecord, Worker, WorkerCaps
 from coordinator.storage.rows import (
@@ -19,9 +21,9 @@ from coordinator.storage.rows import (
 )
 from protocol.ledger import GENESIS_HASH, LedgerEntry, entry_hash, round_kudos
 
-QUEUE_COLUMNS = (
-    "job_id, request_id, model, tier, rank, pixels, steps, nsfw, img2img, painting, lora, post_processing, "
-    "trusted_only, named, worker_blacklist"
+# The job's demands are coordinator/capabilities.py's columns, in its order.
+QUEUE_COLUMNS = ", ".join(
+    ("job_id", "request_id", "model", "tier", "rank", *DEMAND_COLUMNS, "named", "worker_blacklist")
 )
 PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
@@ -29,11 +31,17 @@ CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
 
 
+def _demand_values(entry: QueueEntry) -> list[Any]:
+    """The entry's demands as column values (booleans as 0/1, which both engines index alike)."""
+    values = (getattr(entry, column) for column in DEMAND_COLUMNS)
+    return [int(value) if isinstance(value, bool) else value for value in values]
+
+
 class Tx:
     """One unit of work on one connection."""
 
     def __init__(self, driver: Driver, dialect: str) -> None:
-        self.driver = driver
+        self.driver = TimedDriver(driver)  # every statement's latency, for /metrics
         self.dialect = dialect
         # The ledger's head as this transaction last wrote it: a second append (a result pays the
         # node and charges the requester) needs no second read, since the lock is held until commit.
@@ -70,6 +78,15 @@ class Tx:
 
     async def set_account_trusted(self, account_id: int, trusted: bool) -> None:
         await self.driver.execute("UPDATE accounts SET trusted = ? WHERE id = ?", (int(trusted), account_id))
+
+    async def set_account_moderator(self, account_id: int, moderator: bool) -> None:
+        await self.driver.execute("UPDATE accounts SET moderator = ? WHERE id = ?", (int(moderator), account_id))
+
+    async def list_accounts(self, offset: int, limit: int, order: str) -> list[Account]:
+        """A page of accounts by kudos (`order` "kudos", the most first) or by age ("age", the oldest first)."""
+        by = "kudos DESC, id" if order == "kudos" else "id"
+        rows = await self.driver.fetchall(f"SELECT * FROM accounts ORDER BY {by} LIMIT ? OFFSET ?", (limit, offset))
+        return [account_from_row(row) for row in rows]
 
     async def cached_balances(self) -> dict[int, float]:
         rows = await self.driver.fetchall("SELECT id, kudos FROM accounts")
@@ -281,6 +298,13 @@ class Tx:
         )
         return int(row["n"]) if row else 0
 
+    async def jobs_in_progress(self, limit: int) -> list[JobRecord]:
+        """Jobs nodes hold now (the partial index `jobs_in_flight`), for the wait forecast."""
+        rows = await self.driver.fetchall(
+            "SELECT * FROM jobs WHERE state = 'processing' ORDER BY deadline LIMIT ?", (limit,)
+        )
+        return [job_from_row(row) for row in rows]
+
     async def overdue_jobs(self, now: float, limit: int = 500) -> list[JobRecord]:
         rows = await self.driver.fetchall(
             "SELECT * FROM jobs WHERE state = 'processing' AND deadline < ? LIMIT ?", (now, limit)
@@ -307,16 +331,14 @@ class Tx:
     # --- the queue ------------------------------------------------------------------
     async def enqueue(self, entries: list[QueueEntry]) -> None:
         rows = [
-            (e.job_id, e.request_id, model, e.tier, e.rank, e.pixels, e.steps, int(e.nsfw), int(e.img2img),
-             int(e.painting), int(e.lora), int(e.post_processing), int(e.trusted_only),
-             int(bool(e.workers)), int(e.worker_blacklist))
+            (e.job_id, e.request_id, model, e.tier, e.rank, *_demand_values(e), int(bool(e.workers)),
+             int(e.worker_blacklist))
             for e in entries
             for model in (e.models or [""])
         ]
+        marks = ", ".join("?" * len(QUEUE_COLUMNS.split(", ")))
         await self.driver.executemany(
-            f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            rows,
+            f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows
         )
 
     async def worker_lists(self, request_ids: set[str]) -> dict[str, list[str]]:
@@ -338,14 +360,7 @@ class Tx:
     async def queue_candidates(self, caps: WorkerCaps, per_model: int = CANDIDATES_PER_MODEL) -> list[Row]:
         """The best waiting rows for each model the node serves, filtered by what indexes can check."""
         models = [*caps.models, ""]
-        filters = "pixels <= ?" + "".join(
-            f" AND {column} = 0"
-            for column, allowed in (
-                ("nsfw", caps.nsfw), ("img2img", caps.img2img), ("painting", caps.painting),
-                ("lora", caps.lora), ("post_processing", caps.post_processing), ("trusted_only", caps.trusted),
-            )
-            if not allowed
-        )
+        filters, filter_args = sql_filters(caps)
         one = f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} " \
               "ORDER BY tier DESC, rank DESC LIMIT ?) AS m"
         rows: list[Row] = []
@@ -354,7 +369,7 @@ class Tx:
             chunk = models[start : start + MODELS_PER_STATEMENT]
             args: list[Any] = []
             for model in chunk:
-                args += [model, caps.max_pixels, per_model]
+                args += [model, *filter_args, per_model]
             rows += await self.driver.fetchall(" UNION ALL ".join([one] * len(chunk)), args)
         return rows
 
@@ -394,6 +409,23 @@ class Tx:
         )
         return float(row["pixelsteps"] or 0) if row else 0.0
 
+    async def record_fault(self, minute: int) -> None:
+        await self.driver.execute(
+            "INSERT INTO fault_stats (minute, faults) VALUES (?, 1) ON CONFLICT (minute) DO UPDATE SET "
+            "faults = fault_stats.faults + 1",
+            (minute,),
+        )
+
+    async def minutes_since(self, minute: int) -> tuple[list[Row], list[Row]]:
+        """Per minute from `minute` on: (images and pixel-steps made, faults)."""
+        made = await self.driver.fetchall("SELECT minute, images, ps FROM stats WHERE minute >= ?", (minute,))
+        faults = await self.driver.fetchall("SELECT minute, faults FROM fault_stats WHERE minute >= ?", (minute,))
+        return made, faults
+
+    async def jobs_by_state(self) -> dict[str, int]:
+        rows = await self.driver.fetchall("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {row["state"]: int(row["n"]) for row in rows}
+
     async def queued_requests(self) -> int:
         row = await self.driver.fetchone("SELECT COUNT(DISTINCT request_id) AS n FROM queue")
         return int(row["n"]) if row else 0
@@ -404,6 +436,19 @@ class Tx:
             "images = stats.images + excluded.images, ps = stats.ps + excluded.ps",
             (minute, images, pixelsteps),
         )
+
+    async def record_model_stats(self, day: int, model: str) -> None:
+        await self.driver.execute(
+            "INSERT INTO model_stats (day, model, images) VALUES (?, ?, 1) ON CONFLICT (day, model) DO UPDATE SET "
+            "images = model_stats.images + 1",
+            (day, model),
+        )
+
+    async def model_stats_since(self, day: int) -> dict[str, int]:
+        rows = await self.driver.fetchall(
+            "SELECT model, SUM(images) AS images FROM model_stats WHERE day >= ? GROUP BY model", (day,)
+        )
+        return {row["model"]: int(row["images"]) for row in rows}
 
     async def stats_since(self, minute: int) -> tuple[int, float]:
         row = await self.driver.fetchone(

@@ -1,0 +1,38 @@
+"""Moderators: accounts the operator names (`horde-coordinator moderator NAME`) that may edit others
+(`PUT /v2/users/{id}`), as AI Horde's moderators do. What they may change is `ModifyUser`'s fields:
+kudos (through the ledger, as an operator grant is) and the trusted flag."""
+
+from coordinator.auth import Caller, require_account
+from coordinator.errors import HordeError, not_found
+from coordinator.services import Services
+from protocol.accounts import ModifiedUser, ModifyUser
+from protocol.errors import RC
+
+
+class Moderation:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def set_moderator(self, account_id: int, moderator: bool) -> None:
+        """The operator's word (the CLI): never reachable over HTTP."""
+        async with self.services.database.transaction() as tx:
+            await tx.set_account_moderator(account_id, moderator)
+
+    async def modify_user(self, caller: Caller, account_id: int, change: ModifyUser) -> ModifiedUser:
+        editor = require_account(caller)
+        if not editor.moderator:
+            raise HordeError(403, RC.NOT_MODERATOR, "Only a moderator may change another account.")
+        async with self.services.database.transaction() as tx:
+            account = await tx.account_by("id", account_id)
+            if account is None:
+                raise not_found("user", RC.USER_NOT_FOUND)
+            answer = ModifiedUser(username=account.display_name)
+            if change.kudos:
+                kind_args = (None, account_id) if change.kudos > 0 else (account_id, None)
+                reference = f"moderator {editor.display_name}"
+                await tx.move_kudos("admin", *kind_args, abs(change.kudos), reference, self.services.clock())
+                answer.new_kudos = round(account.kudos + change.kudos, 2)
+            if change.trusted is not None:
+                await tx.set_account_trusted(account_id, change.trusted)
+                answer.trusted = change.trusted
+        return answer

@@ -1,0 +1,142 @@
+"""ControlNet: tiny random ControlNets shaped for the tiny UNet (their zero convolutions randomised, so
+they steer), the canny and scribble maps, image_is_control and return_control_map."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from node.catalog import Catalog, ModelSpec
+from node.config import build_config
+from node.controlnet import ControlNets, canny, scribble
+from node.daemon import NodeDaemon
+from node.features import Features, declared
+from node.inference import Generator
+from node.jobspec import JobRejected, JobSpec
+from node.pipelines import PipelineCache
+from node.tiny_extras import CONTROLNET_FOLDER
+from tests.conftest import RunningCoordinator
+from tests.fixtures_models import tiny_spec
+from tests.helpers import Api
+from tests.node_features_support import CPU, fetch_pixels, tiny_job
+from tests.node_support import finished, node_config, running
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def drawing(box: tuple[int, int, int, int]) -> Image.Image:
+    """Dark strokes on white, like a scribble (and with edges for canny)."""
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).rectangle(box, outline="black", width=3)
+    return image
+
+
+SQUARE, BAR = drawing((12, 12, 52, 52)), drawing((4, 24, 60, 36))
+
+
+def job(**overrides: object) -> JobSpec:
+    return tiny_job(**{"steps": 3, "source_processing": "img2img", **overrides})
+
+
+@pytest.fixture(scope="module")
+def node(tiny_model_dir: Path, tiny_extras_dir: Path) -> Generator:
+    specs = {"tiny-sd": tiny_spec(tiny_model_dir),
+             "tiny-sd2": ModelSpec("tiny-sd2", str(tiny_model_dir), "stable_diffusion_2")}  # fmt: skip
+    controlnets = ControlNets(tiny_extras_dir / CONTROLNET_FOLDER, CPU)
+    return Generator(PipelineCache(Catalog(specs), CPU), CPU, features=Features(controlnets=controlnets))
+
+
+def pixels(node: Generator, spec: JobSpec) -> np.ndarray:
+    [generated] = node.run(spec)
+    assert generated.image is not None and generated.image.size == (64, 64)
+    return np.asarray(generated.image.convert("RGB"), dtype=np.float64)
+
+
+def differ(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.abs(a - b).mean() > 1)
+
+
+def test_the_control_map_changes_the_image(node: Generator) -> None:
+    plain = pixels(node, job(source_processing="txt2img"))
+    square = pixels(node, job(source_image=SQUARE, control_type="canny"))
+    bar = pixels(node, job(source_image=BAR, control_type="canny"))
+    scribbled = pixels(node, job(source_image=SQUARE, control_type="scribble"))
+    assert differ(square, plain) and differ(bar, square) and differ(scribbled, square)
+    assert np.array_equal(square, pixels(node, job(source_image=SQUARE, control_type="canny")))
+    # Nothing of the ControlNet stays on the cached pipeline.
+    assert np.array_equal(plain, pixels(node, job(source_processing="txt2img")))
+
+
+def test_return_control_map_returns_the_map_and_image_is_control_takes_the_source_as_it(node: Generator) -> None:
+    expected = np.asarray(canny(SQUARE), dtype=np.float64)
+    assert expected.max() == 255 and expected.min() == 0  # the square's edges, on black
+    returned = job(source_image=SQUARE, control_type="canny", return_control_map=True)
+    assert np.array_equal(pixels(node, returned), expected)
+    as_is = job(source_image=SQUARE, control_type="canny", image_is_control=True, return_control_map=True)
+    assert np.array_equal(pixels(node, as_is), np.asarray(SQUARE, dtype=np.float64))
+    lines = np.asarray(scribble(SQUARE))
+    assert lines[12, 30].tolist() == [255, 255, 255] and lines[30, 30].tolist() == [0, 0, 0]
+    used_as_is = pixels(node, job(source_image=canny(SQUARE), control_type="canny", image_is_control=True))
+    assert np.array_equal(used_as_is, pixels(node, job(source_image=SQUARE, control_type="canny")))
+
+
+def test_what_the_node_cannot_honour_is_refused_before_running(node: Generator) -> None:
+    refusals = {
+        "'depth' is not served": job(source_image=SQUARE, control_type="depth"),
+        "SD 1.x models": job(model="tiny-sd2", source_image=SQUARE, control_type="canny"),
+        "needs a source image": job(control_type="canny"),
+        "inpainting": job(source_image=SQUARE, control_type="canny", source_processing="inpainting"),
+        "hires_fix": job(source_image=SQUARE, control_type="canny", hires_fix=True),
+    }
+    for reason, spec in refusals.items():
+        with pytest.raises(JobRejected, match=reason):
+            node.run(spec)
+    without = Generator(node.cache, CPU)
+    with pytest.raises(JobRejected, match="not served"):
+        without.run(job(source_image=SQUARE, control_type="canny"))
+
+
+def test_a_node_declares_the_control_types_it_can_annotate(tmp_path: Path, tiny_extras_dir: Path) -> None:
+    bare = declared(build_config({"controlnet_dir": str(tmp_path)}, tmp_path))
+    served = declared(build_config({"controlnet_dir": str(tiny_extras_dir / CONTROLNET_FOLDER)}, tmp_path))
+    assert bare["allow_controlnet"] is False and bare["control_types"] == []
+    assert served["allow_controlnet"] is True and served["control_types"] == ["canny", "scribble"]
+    payload = {"prompt": "p", "control_type": "canny", "image_is_control": True, "return_control_map": True}
+    spec = JobSpec.from_payload("m", payload)
+    assert (spec.control_type, spec.image_is_control, spec.return_control_map) == ("canny", True, True)
+
+
+def webp(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", lossless=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+
+async def test_a_controlnet_job_runs_end_to_end(
+    coordinator: RunningCoordinator, tiny_model_dir: Path, tiny_extras_dir: Path, tmp_path: Path
+) -> None:
+    requester = await coordinator.create_account("requester", kudos=1000)
+    owner = await coordinator.create_account("owner")
+    api = Api(coordinator.url, apikey=requester.apikey)
+    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, image_lossless=True,
+                         controlnet_dir=str(tiny_extras_dir / CONTROLNET_FOLDER))  # fmt: skip
+    results = []
+    async with running(NodeDaemon(config)):
+        for source, extra in ((SQUARE, {}), (BAR, {}), (SQUARE, {"return_control_map": True})):
+            params = {"width": 64, "height": 64, "steps": 3, "seed": "7", "sampler_name": "k_euler",
+                      "control_type": "canny", **extra}  # fmt: skip
+            body = {"prompt": "a red cat", "models": ["tiny-sd"], "source_image": webp(source), "params": params}
+            reply = await api.post("/v2/generate/async", body)
+            assert reply.status == 202, reply.body
+            [generation] = (await finished(api, reply.body["id"]))["generations"]
+            assert generation["state"] == "ok", generation
+            results.append(await fetch_pixels(generation["img"]))
+    square, bar, control_map = results
+    assert differ(square, bar)
+    assert np.array_equal(control_map, np.asarray(canny(SQUARE), dtype=np.float64))

@@ -1,0 +1,68 @@
+"""Issue 15: the pure rules behind wait times (coordinator/estimates.py), on hand-made nodes and queues."""
+
+import pytest
+
+from coordinator.estimates import (
+    ARRIVAL_MIN,
+    Arrival,
+    SimNode,
+    WaitingJob,
+    overtaking_rates,
+    overtaking_work,
+    record_speed,
+    simulate,
+)
+from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
+
+
+def worker(name: str, models: list[str], speed: float | None = None) -> Worker:
+    node = Worker(id=name, name=name, owner_id=1, public_key=None, models=models, max_pixels=2**20, nsfw=False,
+                  threads=1, img2img=False, painting=False, lora=False, post_processing=False, bridge_agent="",
+                  created=0.0, last_seen=0.0)  # fmt: skip
+    if speed is not None:
+        node.speeds = {model: [speed, 1.0, 3] for model in models}
+    return node
+
+
+def waiting(request: str, index: int, models: list[str], megapixelsteps: float) -> WaitingJob:
+    entry = QueueEntry(job_id=f"{request}-{index}", request_id=request, models=models, tier=1, rank=-index,
+                       pixels=1_000_000, steps=round(megapixelsteps), nsfw=False, img2img=False, painting=False,
+                       lora=False, post_processing=False, trusted_only=False)  # fmt: skip
+    return WaitingJob(entry, (1, -index))
+
+
+def test_simulation_plays_pop_over_heterogeneous_nodes() -> None:
+    fast, slow = worker("fast", ["a"], 3.0), worker("slow", ["a", "b"], 1.0)
+    nodes = [SimNode(fast, WorkerCaps.of(fast), {}), SimNode(slow, WorkerCaps.of(slow), {})]
+    # In pop's order: r1's two jobs, then r2's (model b: only the slow node), then r3.
+    queue = [waiting("r1", 0, ["a"], 3), waiting("r1", 1, ["a"], 3), waiting("r2", 2, ["b"], 3),
+             waiting("r3", 3, ["a"], 3)]  # fmt: skip
+    finish, drained = simulate(nodes, {}, queue, now=100.0)
+    # As pop hands them out: both free at 100; fast takes r1-0 (→101), slow the next job it can serve, r1-1
+    # (→103); fast, free at 101, passes r2 (model b) for r3 (→102); slow, free at 103, takes r2 (→106).
+    assert finish == {"r1": 103.0, "r2": 106.0, "r3": 102.0}
+    assert drained == {"a": 103.0, "b": 106.0}
+
+
+def test_first_result_is_a_warm_up_and_stalls_are_bounded() -> None:
+    node = worker("n", ["a"])
+    record_speed(node, "a", 10.0, assigned_at=0.0, now=100.0)  # loading the model: 0.1 MPS/s
+    record_speed(node, "a", 10.0, assigned_at=100.0, now=105.0)  # replaces it: 2 MPS/s
+    assert node.speeds["a"][0] / node.speeds["a"][1] == 2.0
+    record_speed(node, "a", 10.0, assigned_at=200.0, now=1200.0)  # a stall: counted as 4× slower, not 200×
+    work, seconds = 10 * 0.8 + 10, 5 * 0.8 + 20
+    assert node.speeds["a"][0] / node.speeds["a"][1] == work / seconds
+
+
+def test_later_richer_arrivals_count_only_once_there_is_a_sample() -> None:
+    arrivals = [Arrival(at=float(i), priority=500.0, work=2.0, models=("a",)) for i in range(ARRIVAL_MIN)]
+
+    def expected(priority: float, models: tuple[str, ...], arrived: list[Arrival], wait: float = 60.0) -> float:
+        return overtaking_work(overtaking_rates(arrived, priority, models, now=30.0, ageing=5.0), wait)
+
+    # Each passes a 0-kudos request for 100 s (500 / 5), capped by its 60 s wait; 20 arrivals over 30 s.
+    assert expected(0.0, ("a",), arrivals) == pytest.approx(20 * 2.0 * 60 / 30)
+    assert expected(400.0, ("a",), arrivals) == pytest.approx(20 * 2.0 * 20 / 30)  # 100 kudos apart: for 20 s
+    assert expected(0.0, ("b",), arrivals) == 0.0  # another model's
+    assert expected(600.0, ("a",), arrivals) == 0.0  # poorer: never passes it
+    assert expected(0.0, ("a",), arrivals[:-1]) == 0.0  # too few to trust
