@@ -18,6 +18,8 @@ from coordinator.tokens import new_apikey
 from protocol.errors import RC
 from protocol.ledger import LedgerEntry, LedgerHead, round_kudos, sign_head, verify_chain
 
+MAX_IDEMPOTENCY_KEY = 100
+
 
 @dataclass
 class AuditReport:
@@ -76,6 +78,12 @@ class Bank:
         return account
 
     async def transfer(self, source: Account, username: str, amount: float, idempotency_key: str | None) -> float:
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            # The key becomes the transfer's public ledger reference: unbounded, it would grow the ledger.
+            raise bad_request(
+                RC.VALIDATION, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+                {"Idempotency-Key": "length"},
+            )  # fmt: skip
         amount = round_kudos(amount)
         if amount <= 0:
             raise bad_request(RC.KUDOS_VALIDATION, "Kudos move in hundredths; this amount rounds to nothing.")

@@ -226,6 +226,22 @@ async def test_a_transfer_amount_must_be_a_json_number(coordinator: RunningCoord
     assert (await coordinator.account(alice.id)).kudos == 100 and (await coordinator.account(bob.id)).kudos == 0
 
 
+async def test_an_idempotency_key_is_bounded_before_it_reaches_the_ledger(coordinator: RunningCoordinator) -> None:
+    """The key becomes the transfer's public ledger reference: a 4 KB one would write 4 KB to the ledger per transfer."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    bob = await coordinator.create_account("bob")
+    api = requester(coordinator, alice)
+    before = await count(coordinator, "ledger")
+    body = {"username": "bob", "amount": 5}
+    reply = await api.post("/v2/kudos/transfer", body, headers={"Idempotency-Key": "k" * 4000})
+    assert (reply.status, reply.rc) == (400, "ValidationError"), reply.body
+    assert "Idempotency-Key" in reply.body["errors"]
+    assert await count(coordinator, "ledger") == before
+    assert (await coordinator.account(alice.id)).kudos == 100 and (await coordinator.account(bob.id)).kudos == 0
+    reply = await api.post("/v2/kudos/transfer", body, headers={"Idempotency-Key": "k" * 100})
+    assert reply.status == 200 and (await coordinator.account(bob.id)).kudos == 5, reply.body
+
+
 async def test_a_transfer_to_name_and_id_must_match_both(coordinator: RunningCoordinator) -> None:
     alice = await coordinator.create_account("alice", kudos=100)
     bob = await coordinator.create_account("bob")
