@@ -151,10 +151,10 @@ class Dispatcher:
                     request = await tx.get_request(row["request_id"])
                     if request is None or self._refused(request, caps):
                         continue
-                    if caps.require_upfront_kudos and not await self._funded(tx, request):
-                        continue
                     model = row["model"] or (caps.models[0] if caps.models else "stable_diffusion")
-                    jobs = await self._claim_batch(tx, request, row["job_id"], worker, model, amount)
+                    jobs = await self._claim_batch(
+                        tx, request, row["job_id"], worker, model, amount, funded_only=caps.require_upfront_kudos
+                    )
                     if jobs:
                         return request, jobs
                 # Everything fetched was for other nodes; look deeper if a model's list was cut short.
@@ -164,10 +164,10 @@ class Dispatcher:
                 per_model *= 8
 
     @staticmethod
-    async def _funded(tx: Tx, request: RequestRecord) -> bool:
-        """Whether the requester holds the image's price now (for nodes that ask for it)."""
-        account = await tx.account_by("id", request.account_id) if request.account_id else None
-        return account is not None and account.kudos >= request.kudos_per_image
+    def _takeable(job: JobRecord, worker: Worker, funded_only: bool) -> bool:
+        """Never a job that failed on this node before; for a node that asks for kudos up front, only an
+        image its requester's kudos were reserved for at submit (`charge`, economy.py)."""
+        return not excluded(job, worker.id) and (job.charge > 0 or not funded_only)
 
     @staticmethod
     def _refused(request: RequestRecord, caps: WorkerCaps) -> bool:
@@ -178,19 +178,20 @@ class Dispatcher:
         return too_slow or any(word and word in prompt for word in caps.blacklist)
 
     async def _claim_batch(
-        self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int
+        self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int,
+        *, funded_only: bool = False,
     ) -> list[JobRecord]:
-        """The chosen job plus, when the node asks for more, the next images of the same request; never
-        a job that failed on this node before (checked here, on the few candidates, not in the query)."""
+        """The chosen job plus, when the node asks for more, the next images of the same request, each one
+        the node may take (`_takeable`: checked here, on the few candidates, not in the query)."""
         first = await tx.get_job(first_id)
-        if first is None or first.state != "waiting" or excluded(first, worker.id):
+        if first is None or first.state != "waiting" or not self._takeable(first, worker, funded_only):
             return []
         batch = [first]
         if amount > 1 and not request.body.get("disable_batching"):
             rows = await tx.waiting_of_request(request.id, 50)
             siblings = {job.index: job for job in await tx.jobs_by_ids([r["job_id"] for r in rows])}
             while len(batch) < amount and (following := siblings.get(batch[-1].index + 1)) is not None:
-                if excluded(following, worker.id):
+                if not self._takeable(following, worker, funded_only):
                     break
                 batch.append(following)
         body = request.generation
@@ -286,7 +287,7 @@ class Dispatcher:
         reasons: dict[str, set[str]] = {}
         servable: set[str] = set()
         for row in rows:
-            reason = _skip_reason(row, caps, lists) or ("kudos" if row["request_id"] in unfunded else None)
+            reason = _skip_reason(row, caps, lists) or ("kudos" if row["job_id"] in unfunded else None)
             if reason is None:
                 servable.add(row["job_id"])
             else:
@@ -301,10 +302,6 @@ class Dispatcher:
     async def _unfunded(
         self, tx: Tx, rows: list[dict[str, Any]], caps: WorkerCaps, lists: dict[str, list[str]]
     ) -> set[str]:
-        """Requests among `rows` whose requester cannot pay an image up front."""
-        unfunded = set()
-        for request_id in {row["request_id"] for row in rows if _skip_reason(row, caps, lists) is None}:
-            request = await tx.get_request(request_id)
-            if request is not None and not await self._funded(tx, request):
-                unfunded.add(request_id)
-        return unfunded
+        """Jobs among `rows` (otherwise servable) that no kudos were reserved for at submit."""
+        candidates = [row["job_id"] for row in rows if _skip_reason(row, caps, lists) is None]
+        return {job.id for job in await tx.jobs_by_ids(candidates) if job.charge <= 0}

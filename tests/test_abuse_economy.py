@@ -357,3 +357,23 @@ def test_the_economy_rules_directly() -> None:
     stranger = {**common, "requester_address": "198.51.100.1"}
     assert settle(**stranger, charge=0, requester_id=0, withheld=False).reward == 7.61
     assert settle(**{**stranger, "allowance": 3.339}, charge=0, requester_id=0, withheld=False).reward == 3.33
+
+
+async def test_a_node_asking_for_upfront_kudos_gets_only_the_images_they_were_reserved_for(
+    coordinator: RunningCoordinator,
+) -> None:
+    """`require_upfront_kudos` means "only images someone pays for": a requester holding one image's price
+    who asks for two has one funded image and one volunteer image, and the careful node takes only the first,
+    even in a batch, though the requester's balance still covers a price."""
+    price = (await Api(coordinator.url).post("/v2/generate/async", {**small(), "dry_run": True})).body["kudos"]
+    owner = await coordinator.create_account("owner")
+    payer = await coordinator.create_account("payer", kudos=price)
+    careful = node(coordinator, owner, "careful", extra={"require_upfront_kudos": True})
+    await generate(requester(coordinator, payer), small(n=2))
+    popped = await pop_job(careful, amount=2)
+    assert len(popped.body["ids"]) == 1, popped.body
+    await careful.submit(popped.body["ids"][0], seed_of(popped))
+    empty = await careful.pop()
+    assert empty.body["ids"] == [] and empty.body["skipped"].get("kudos") == 1, empty.body
+    assert await balance(coordinator, payer) == 0 and await balance(coordinator, owner) == price
+    assert len((await pop_job(node(coordinator, owner, "anyone"))).body["ids"]) == 1  # the volunteer image
