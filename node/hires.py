@@ -12,7 +12,7 @@ import math
 
 from diffusers import DiffusionPipeline
 
-from node.jobspec import JobRejected, JobSpec
+from node.jobspec import JobRejected, JobSpec, checked_strength
 
 DEFAULT_HIRES_STRENGTH = 0.65  # AI Horde's default hires_fix_denoising_strength
 
@@ -39,8 +39,4 @@ def hires_strength(job: JobSpec, kind: str) -> float | None:
         # As in AI Horde: a source image already fixes the composition the first pass exists for.
         raise JobRejected("hires_fix applies to txt2img only")
     strength = DEFAULT_HIRES_STRENGTH if job.hires_fix_denoising_strength is None else job.hires_fix_denoising_strength
-    if not 0.0 < strength <= 1.0:
-        raise JobRejected(f"hires_fix_denoising_strength {strength} is outside (0, 1]")
-    if int(job.steps * strength) < 1:
-        raise JobRejected(f"{job.steps} steps at hires_fix_denoising_strength {strength} leave no step to run")
-    return strength
+    return checked_strength("hires_fix_denoising_strength", strength, job.steps)

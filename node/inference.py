@@ -36,6 +36,7 @@ from node.jobspec import (
     JobSpec,
     LoraSpec,
     TiSpec,
+    checked_strength,
 )
 from node.pipelines import MODULE_BUILD_LOCK, LeaseAbandoned, PipelineCache, PipelineKind
 from node.safety import CENSORSHIP_METADATA, check_policy, placeholder
@@ -352,11 +353,7 @@ def _strength(job: JobSpec, kind: PipelineKind) -> float | None:
         return None
     default = DEFAULT_IMG2IMG_STRENGTH if kind == "img2img" else 1.0
     strength = default if job.denoising_strength is None else job.denoising_strength
-    if not 0.0 < strength <= 1.0:
-        raise JobRejected(f"denoising_strength {strength} is outside (0, 1]")
-    if int(job.steps * strength) < 1:
-        raise JobRejected(f"{job.steps} steps at denoising_strength {strength} leave no step to run")
-    return strength
+    return checked_strength("denoising_strength", strength, job.steps)
 
 
 def _check_clip_skip(pipe: DiffusionPipeline, clip_skip: int) -> None:

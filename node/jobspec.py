@@ -28,6 +28,15 @@ class JobRejected(Exception):
         self.reason = reason
 
 
+def checked_strength(field: str, strength: float, steps: int) -> float:
+    """A denoising strength a pipeline can run: in (0, 1] and leaving at least one of `steps` to run."""
+    if not 0.0 < strength <= 1.0:
+        raise JobRejected(f"{field} {strength} is outside (0, 1]")
+    if int(steps * strength) < 1:
+        raise JobRejected(f"{steps} steps at {field} {strength} leave no step to run")
+    return strength
+
+
 class InferenceFailed(RuntimeError):
     """Inference started but broke (out of memory, a model error); `.reason` says why."""
 

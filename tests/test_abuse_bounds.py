@@ -227,7 +227,7 @@ async def test_a_transfer_amount_must_be_a_json_number(coordinator: RunningCoord
 
 
 async def test_an_idempotency_key_is_bounded_before_it_reaches_the_ledger(coordinator: RunningCoordinator) -> None:
-    """The key becomes the transfer's public ledger reference: a 4 KB one would write 4 KB to the ledger per transfer."""
+    """The key becomes the transfer's public ledger reference: a 4 KB one would add 4 KB to the ledger."""
     alice = await coordinator.create_account("alice", kudos=100)
     bob = await coordinator.create_account("bob")
     api = requester(coordinator, alice)

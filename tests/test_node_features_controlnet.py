@@ -117,7 +117,6 @@ def webp(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-
 async def test_a_controlnet_job_runs_end_to_end(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tiny_extras_dir: Path, tmp_path: Path
 ) -> None:

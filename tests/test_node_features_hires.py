@@ -73,7 +73,6 @@ def test_hires_fix_with_a_source_image_is_refused(node: Generator) -> None:
         node.run(job(hires_fix=True, hires_fix_denoising_strength=0.1, steps=4))
 
 
-
 async def test_hires_fix_reaches_the_node_end_to_end(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -88,7 +88,6 @@ def test_tis_are_declared_only_with_allow_lora_and_a_folder(tmp_path: Path, tiny
     assert JobSpec.from_payload("m", payload).tis == [TiSpec("7", "negprompt", 0.5)]
 
 
-
 async def test_tis_reach_the_node_end_to_end(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tiny_extras_dir: Path, tmp_path: Path
 ) -> None:
