@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import string
 import time
 from pathlib import Path
 
@@ -33,8 +34,13 @@ def load_or_create_secret(path: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+APIKEY_ALPHABET = string.ascii_letters + string.digits
+
+
 def new_apikey() -> str:
-    return secrets.token_urlsafe(16)
+    """22 letters and digits (131 bits). No '-' or '_': a key that starts with '-' reads as an
+    option to argparse and to most command lines, so `horde --apikey KEY` would refuse it."""
+    return "".join(secrets.choice(APIKEY_ALPHABET) for _ in range(22))
 
 
 class Tokens:

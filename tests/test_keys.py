@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.tokens import new_apikey
 from protocol.keys import (
     Identity,
     KeyFormatError,
@@ -158,3 +159,11 @@ def test_load_rejects_a_corrupt_file(tmp_path: Path) -> None:
     path.write_text("ed25519-secret:not-a-key\n")
     with pytest.raises(KeyFormatError):
         Identity.load(path)
+
+
+def test_new_apikeys_are_safe_to_pass_on_a_command_line() -> None:
+    """A key that starts with '-' reads as an option (`horde --apikey -x...` fails), so keys hold
+    letters and digits only; 2,000 keys from token_urlsafe would start with '-' about 31 times."""
+    keys = {new_apikey() for _ in range(2000)}
+    assert len(keys) == 2000
+    assert all(len(key) == 22 and key.isascii() and key.isalnum() for key in keys)
