@@ -12,11 +12,19 @@ from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.services import Services
 from coordinator.storage import NameTaken, NotEnoughKudos
 from coordinator.storage.records import Account
-from coordinator.storage.rows import ledger_balances_from_rows
 from coordinator.storage.sql import Tx
 from coordinator.tokens import new_apikey
 from protocol.errors import RC
-from protocol.ledger import LedgerEntry, LedgerHead, round_kudos, sign_head, verify_chain
+from protocol.ledger import (
+    LedgerEntry,
+    LedgerHead,
+    balance_hundredths,
+    from_hundredths,
+    hundredths,
+    round_kudos,
+    sign_head,
+    verify_chain,
+)
 
 MAX_IDEMPOTENCY_KEY = 100
 
@@ -117,7 +125,7 @@ class Bank:
         what is available, so a delivered image's charge never overdraws its requester."""
         _queued, reserved = await tx.requester_load(requester_key(account_id, ""))
         account = await tx.account_by("id", account_id)
-        if account is None or account.kudos - reserved < amount - 0.005:
+        if account is None or hundredths(account.kudos) - hundredths(reserved) < hundredths(amount):
             raise NotEnoughKudos(account_id)
 
     async def grant(self, account_id: int, amount: float, reference: str = "operator grant") -> LedgerEntry:
@@ -141,14 +149,16 @@ class Bank:
 
     async def audit(self) -> AuditReport:
         """Re-walk the whole chain, then check every cached balance against the ledger's sums."""
-        rows = [row async for batch in self.services.database.iterate_ledger() for row in batch]
-        report = verify_chain(LedgerEntry(**row) for row in rows)
+        entries = [LedgerEntry(**row) async for batch in self.services.database.iterate_ledger() for row in batch]
+        report = verify_chain(entries)
         problems = list(report.problems)
-        derived = ledger_balances_from_rows(rows)
+        derived = balance_hundredths(entries)  # the protocol's own sum, the one anyone re-walking the chain does
         async with self.services.database.reader() as tx:
             cached = await tx.cached_balances()
         for account_id, balance in cached.items():
-            expected = derived.get(account_id, 0.0)
-            if abs(expected - balance) > 0.005:
-                problems.append(f"account {account_id}: cached balance {balance} but the ledger says {expected}")
+            expected = derived.get(account_id, 0)
+            if hundredths(balance) != expected:  # exact: both sides are whole hundredths
+                problems.append(
+                    f"account {account_id}: cached balance {balance} but the ledger says {from_hundredths(expected)}"
+                )
         return AuditReport(not problems, report.checked, report.head_seq, report.head_hash, problems)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +21,23 @@ Kind = Literal["reward", "spend", "transfer", "uptime", "admin"]
 GENESIS_HASH = "0" * 64
 
 
-def round_kudos(amount: float) -> float:
-    return round(float(amount), 2)
+def hundredths(amount: float | int | Decimal | str) -> int:
+    """Kudos as a whole number of hundredths, the unit every balance is counted in.
+
+    Read through the amount's decimal text (0.1 is 10, 12.345 is 1235: halves round away from zero),
+    never through `amount * 100`, whose binary error would round some amounts the wrong way."""
+    exact = Decimal(str(amount)).scaleb(2).to_integral_value(rounding=ROUND_HALF_UP)
+    return int(exact)
+
+
+def from_hundredths(count: int) -> float:
+    """The float the wire carries for a count of hundredths: the nearest one to the exact decimal."""
+    return count / 100  # int / int is correctly rounded, so 30 gives 0.3, not 0.30000000000000004
+
+
+def round_kudos(amount: float | int | Decimal | str) -> float:
+    """An amount rounded to the hundredth kudos are counted in."""
+    return from_hundredths(hundredths(amount))
 
 
 def entry_hash(
@@ -78,11 +94,30 @@ class LedgerEntry(BaseModel):
         reference: str = "",
     ) -> LedgerEntry:
         """The entry that follows prev (or starts the chain), with its hash filled in."""
+        head = (0, GENESIS_HASH) if prev is None else (prev.seq, prev.hash)
+        return cls.after(
+            head, created=created, kind=kind, source=source, target=target, amount=amount, reference=reference
+        )
+
+    @classmethod
+    def after(
+        cls,
+        head: tuple[int, str],
+        *,
+        created: float,
+        kind: Kind,
+        source: int | None,
+        target: int | None,
+        amount: float,
+        reference: str = "",
+    ) -> LedgerEntry:
+        """The entry that follows the chain's head `(seq, hash)` ((0, GENESIS_HASH) for an empty chain),
+        with its amount rounded to hundredths and its hash filled in: the one way an entry is made."""
         if source is None and target is None:
             raise ValueError("a ledger entry needs a source or a target account")
         if source is not None and source == target:
             raise ValueError("a ledger entry cannot move kudos from an account to itself")
-        seq, prev_hash = (1, GENESIS_HASH) if prev is None else (prev.seq + 1, prev.hash)
+        seq, prev_hash = head[0] + 1, head[1]
         unsealed = cls(
             seq=seq,
             created=created,
@@ -130,16 +165,21 @@ def verify_chain(
     return ChainReport(True, checked, seq - 1, prev_hash, [])
 
 
-def balances(entries: Iterable[LedgerEntry]) -> dict[int, float]:
-    """Credits minus debits per account. Summed in integer hundredths so float error can't creep in."""
-    cents: dict[int, int] = {}
+def balance_hundredths(entries: Iterable[LedgerEntry]) -> dict[int, int]:
+    """Credits minus debits per account, in hundredths: integers, so no float error can creep in."""
+    counts: dict[int, int] = {}
     for entry in entries:
-        amount = round(entry.amount * 100)
+        amount = hundredths(entry.amount)
         if entry.source is not None:
-            cents[entry.source] = cents.get(entry.source, 0) - amount
+            counts[entry.source] = counts.get(entry.source, 0) - amount
         if entry.target is not None:
-            cents[entry.target] = cents.get(entry.target, 0) + amount
-    return {account: round_kudos(total / 100) for account, total in cents.items()}
+            counts[entry.target] = counts.get(entry.target, 0) + amount
+    return counts
+
+
+def balances(entries: Iterable[LedgerEntry]) -> dict[int, float]:
+    """Credits minus debits per account, in kudos (summed exactly, see `balance_hundredths`)."""
+    return {account: from_hundredths(count) for account, count in balance_hundredths(entries).items()}
 
 
 class LedgerHead(BaseModel):

@@ -21,7 +21,7 @@ def account_from_row(row: Row) -> Account:
         id=row["id"],
         username=row["username"],
         public_key=row["public_key"],
-        kudos=round(row["kudos"], 2),  # the cache adds floats; kudos are counted in hundredths
+        kudos=round_kudos(row["kudos"]),  # the column is a float; kudos are counted in hundredths
         trusted=bool(row["trusted"]),
         created=row["created"],
         moderator=bool(row["moderator"]),
@@ -53,12 +53,3 @@ def job_from_row(row: Row) -> JobRecord:
 def _field_names(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
 
-
-def ledger_balances_from_rows(rows: list[Row]) -> dict[int, float]:
-    totals: dict[int, float] = {}
-    for row in rows:
-        if row["source"] is not None:
-            totals[row["source"]] = totals.get(row["source"], 0.0) - row["amount"]
-        if row["target"] is not None:
-            totals[row["target"]] = totals.get(row["target"], 0.0) + row["amount"]
-    return {account: round_kudos(value) for account, value in totals.items()}

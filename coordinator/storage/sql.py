@@ -19,7 +19,7 @@ from coordinator.storage.rows import (
     join_record,
     split_record,
 )
-from protocol.ledger import GENESIS_HASH, LedgerEntry, entry_hash, round_kudos
+from protocol.ledger import GENESIS_HASH, Kind, LedgerEntry, hundredths, round_kudos
 
 # The job's demands are coordinator/capabilities.py's columns, in its order.
 QUEUE_COLUMNS = ", ".join(
@@ -29,6 +29,12 @@ PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
+# A cached balance in whole hundredths: the column holds the float nearest to an exact hundredth, so
+# ×100 is within a hair of an integer and ROUND recovers it exactly (both engines' ROUND(x) is a float).
+CACHED_HUNDREDTHS = "ROUND(kudos * 100)"
+# Add a count of hundredths (the parameter) and divide once: IEEE division is correctly rounded, so the
+# cache again holds the float nearest to the exact balance, with no error carried from earlier entries.
+NEW_BALANCE = f"({CACHED_HUNDREDTHS} + ?) / 100.0"
 
 
 def _demand_values(entry: QueueEntry) -> list[Any]:
@@ -90,7 +96,7 @@ class Tx:
 
     async def cached_balances(self) -> dict[int, float]:
         rows = await self.driver.fetchall("SELECT id, kudos FROM accounts")
-        return {row["id"]: round(row["kudos"], 2) for row in rows}
+        return {row["id"]: round_kudos(row["kudos"]) for row in rows}
 
     # --- ledger ---------------------------------------------------------------------
     async def ledger_head(self) -> tuple[int, str]:
@@ -99,7 +105,7 @@ class Tx:
 
     async def move_kudos(
         self,
-        kind: str,
+        kind: Kind,
         source: int | None,
         target: int | None,
         amount: float,
@@ -109,21 +115,21 @@ class Tx:
         require_funds: bool = False,
     ) -> LedgerEntry:
         """Append one ledger entry and update the cached balances it touches, atomically."""
-        amount = round_kudos(amount)
         await self.lock_ledger()
+        entry = LedgerEntry.after(
+            self._ledger_head or await self.ledger_head(),
+            created=now, kind=kind, source=source, target=target, amount=amount, reference=reference,
+        )  # fmt: skip
+        # The cache is a float column, but its arithmetic is in whole hundredths (see CACHED_HUNDREDTHS),
+        # so no float error accumulates however many entries touch an account.
+        count = float(hundredths(entry.amount))  # exact: hundredths stay far below 2**53
         if source is not None:
-            guard = " AND kudos >= ? - 0.005" if require_funds else ""  # float drift in the cache
-            args: tuple[Any, ...] = (amount, source, amount) if require_funds else (amount, source)
-            if await self.driver.execute(f"UPDATE accounts SET kudos = kudos - ? WHERE id = ?{guard}", args) != 1:
+            guard = f" AND {CACHED_HUNDREDTHS} >= ?" if require_funds else ""
+            args: tuple[Any, ...] = (-count, source, count) if require_funds else (-count, source)
+            if await self.driver.execute(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?{guard}", args) != 1:
                 raise NotEnoughKudos(source)
         if target is not None:
-            await self.driver.execute("UPDATE accounts SET kudos = kudos + ? WHERE id = ?", (amount, target))
-        seq, prev_hash = self._ledger_head or await self.ledger_head()
-        fields_ = {
-            "seq": seq + 1, "created": now, "kind": kind, "source": source, "target": target,
-            "amount": amount, "reference": reference, "prev_hash": prev_hash,
-        }
-        entry = LedgerEntry(**fields_, hash=entry_hash(**fields_))
+            await self.driver.execute(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?", (count, target))
         await self.driver.execute(
             "INSERT INTO ledger (seq, created, kind, source, target, amount, reference, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -282,7 +288,7 @@ class Tx:
             "WHERE requester = ? AND state IN ('waiting', 'processing')",
             (requester,),
         )
-        return (int(row["n"]), round(float(row["reserved"]), 2)) if row else (0, 0.0)
+        return (int(row["n"]), round_kudos(row["reserved"])) if row else (0, 0.0)
 
     async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
         if not job_ids:
