@@ -1,18 +1,15 @@
 """Pure rules of the queue: priorities, seeds, and what each job demands of a node."""
 
-import hashlib
-import secrets
-
 from coordinator.capabilities import demands
 from coordinator.storage.records import Account, QueueEntry, RequestRecord
 from protocol.generation import GenerationRequest
+from protocol.seeds import SEED_SPACE, seed_number
 
 # AI Horde adds 50 priority points for every 10 s a request waits.
 AGEING_PER_SECOND = 5.0
 # The fairness bound: kudos count toward priority up to this many, so no request, anonymous ones included,
 # is ever passed by a request queued more than PRIORITY_KUDOS_CAP / AGEING_PER_SECOND = 600 s after it.
 PRIORITY_KUDOS_CAP = 3000.0
-SEED_SPACE = 2**32
 
 
 def priority_rank(kudos: float, created: float) -> float:
@@ -32,18 +29,9 @@ def priority_tier(account: Account | None) -> int:
     return 1
 
 
-def base_seed(seed: str | None) -> int:
-    if seed is None or not seed.strip():
-        return secrets.randbelow(SEED_SPACE)
-    text = seed.strip()
-    if text.isascii() and text.isdigit():  # str.isdigit() alone accepts "²", which int() refuses
-        return int(text) % SEED_SPACE
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
-
-
 def image_seeds(seed: str | None, variation: int | None, n: int) -> list[str]:
     """One distinct seed per image, so a batch never repeats an image."""
-    start = base_seed(seed)
+    start = seed_number(seed)
     step = variation or 1
     return [str((start + index * step) % SEED_SPACE) for index in range(n)]
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from node.jobspec import SEED_MODULUS, seed_from_string
 from node.spool import SpoolEntry
 from protocol.jobs import PopResponse
 from protocol.keys import Identity, PublicKey
 from protocol.kudos import image_kudos
 from protocol.provenance import JobDocument, ResultDocument, sha256_hex, sign_result, verify_job
+from protocol.seeds import SEED_SPACE, seed_number
 
 MAX_REASON_CHARS = 500
 
@@ -108,7 +108,7 @@ def _image_job(pop: PopResponse, index: int, job_id: str, uploads: list[str]) ->
 
 def _nth_payload(payload: dict[str, object], index: int) -> dict[str, object]:
     # Unsigned batches (AI Horde) number their images' seeds up from the payload's seed.
-    seed = (seed_from_string(payload.get("seed")) + index) % SEED_MODULUS
+    seed = (seed_number(payload.get("seed")) + index) % SEED_SPACE
     return {**payload, "seed": str(seed), "n_iter": 1}
 
 

@@ -6,18 +6,16 @@ while running, including out-of-memory; InferenceAborted: should_abort asked it 
 
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+from protocol.seeds import SEED_SPACE, seed_number
+
 SOURCE_PROCESSINGS: tuple[str, ...] = ("txt2img", "img2img", "inpainting", "outpainting")
 NEGATIVE_SEPARATOR = "###"
-SEED_MODULUS = 2**32
 
 
 class JobRejected(Exception):
@@ -178,23 +176,12 @@ def split_prompt(prompt: str, negative_prompt: object = None) -> tuple[str, str 
     return positive.strip(), negative or None
 
 
-def seed_from_string(seed: object) -> int:
-    """A numeric seed as itself (mod 2**32); any other string hashed stably; nothing → a random seed."""
-    text = str(seed).strip() if seed is not None else ""
-    if not text:
-        return secrets.randbelow(SEED_MODULUS)
-    if re.fullmatch(r"[+-]?\d+", text):
-        return int(text) % SEED_MODULUS
-    # sha256, not hash(): Python salts str hashes per process, and the seed must be reproducible.
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
-
-
 def _payload_seeds(get: _Reader) -> list[int]:
     explicit = get.mapping.get("seeds")
     if explicit:
-        return [seed_from_string(seed) for seed in explicit]
-    base = seed_from_string(get.mapping.get("seed"))
-    return [(base + i) % SEED_MODULUS for i in range(int(get("n_iter", 1)))]
+        return [seed_number(seed) for seed in explicit]
+    base = seed_number(get.mapping.get("seed"))
+    return [(base + i) % SEED_SPACE for i in range(int(get("n_iter", 1)))]
 
 
 def _optional_float(value: object) -> float | None:

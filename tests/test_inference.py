@@ -25,13 +25,13 @@ from node.jobspec import (
     JobRejected,
     JobSpec,
     LoraSpec,
-    seed_from_string,
     split_prompt,
 )
 from node.pipelines import PipelineCache, load_pipeline, pipeline_bytes
 from node.samplers import SAMPLERS, NumpyLMSDiscreteScheduler, UnsupportedSampler, make_scheduler
 from node.tiny_model import TINY_MODEL_NAME
 from protocol.samplers import SamplerName
+from protocol.seeds import seed_number
 from tests.fixtures_models import tiny_catalog, tiny_spec
 
 PROMPT = "a photo of a cat sitting on a red chair, highly detailed"
@@ -502,11 +502,11 @@ def test_explicit_negative_prompt_joins_the_inline_one() -> None:
 
 
 def test_seeds_from_strings() -> None:
-    assert seed_from_string("123") == 123
-    assert seed_from_string(str(2**32 + 5)) == 5
-    assert seed_from_string("hello") == seed_from_string("hello") != seed_from_string("hullo")
-    assert 0 <= seed_from_string("hello") < 2**32
-    assert 0 <= seed_from_string("") < 2**32
+    assert seed_number("123") == 123
+    assert seed_number(str(2**32 + 5)) == 5
+    assert seed_number("hello") == seed_number("hello") != seed_number("hullo")
+    assert 0 <= seed_number("hello") < 2**32
+    assert 0 <= seed_number("") < 2**32
     spec = JobSpec.from_payload("m", {"prompt": "x", "seed": str(2**32 - 1), "n_iter": 2})
     assert spec.seeds == [2**32 - 1, 0]
 
