@@ -149,7 +149,7 @@ class Bank:
 
     async def audit(self) -> AuditReport:
         """Re-walk the whole chain, then check every cached balance against the ledger's sums."""
-        entries = [LedgerEntry(**row) async for batch in self.services.database.iterate_ledger() for row in batch]
+        entries = [entry async for batch in self.services.database.iterate_ledger() for entry in batch]
         report = verify_chain(entries)
         problems = list(report.problems)
         derived = balance_hundredths(entries)  # the protocol's own sum, the one anyone re-walking the chain does

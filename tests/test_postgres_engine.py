@@ -11,7 +11,7 @@ from coordinator.storage import NameTaken, NotEnoughKudos, StorageUnavailable
 from coordinator.storage.migrations import migration_scripts
 from coordinator.storage.postgres import PostgresDatabase, affected, numbered
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord, Worker, WorkerCaps
-from protocol.ledger import LedgerEntry, verify_chain
+from protocol.ledger import verify_chain
 from tests.conftest import POSTGRES_DSN, free_port
 from tests.pg_outage import OutageProxy, with_address
 
@@ -231,7 +231,7 @@ async def test_concurrent_ledger_appends_and_claims_across_processes(pg_url: str
         claimed = await asyncio.gather(*(claim(databases[n % 3], n) for n in range(12)))
         assert sum(paid) == 50  # never overdrawn, never a lost update
         assert sum(claimed) == 1
-        entries = [LedgerEntry(**row) async for batch in databases[1].iterate_ledger(batch=7) for row in batch]
+        entries = [entry async for batch in databases[1].iterate_ledger(batch=7) for entry in batch]
         assert verify_chain(entries).ok and len(entries) == 51
         async with databases[2].reader() as tx:
             assert await tx.cached_balances() == {payer.id: 0.0, payee.id: 50.0}

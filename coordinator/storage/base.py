@@ -1,12 +1,18 @@
-"""The engine-neutral face of storage: a driver runs SQL, a database hands out transactions."""
+"""The engine-neutral face of storage: a driver runs SQL, a database hands out transactions (whose
+SQL is `storage/sql.py`'s `Tx`). No SQL here."""
+
+from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-# How often a process deletes signature nonces older than twice the clock window.
-NONCE_PRUNE_SECONDS = 60.0
+from coordinator.storage.nonces import PRUNE_SECONDS, record_nonce
+
+if TYPE_CHECKING:  # sql.py builds on this module; the name is only needed for annotations
+    from coordinator.storage.sql import Tx
+    from protocol.ledger import LedgerEntry
 
 
 class NameTaken(Exception):
@@ -52,11 +58,11 @@ class Database(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    def transaction(self) -> AbstractAsyncContextManager["Tx"]:  # noqa: F821
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """A write transaction; committed when the block ends without an exception."""
 
     @abstractmethod
-    def reader(self) -> AbstractAsyncContextManager["Tx"]:  # noqa: F821
+    def reader(self) -> AbstractAsyncContextManager[Tx]:
         """Read-only access to committed data."""
 
     async def announce(self, channel: str, payload: str) -> None:
@@ -72,15 +78,11 @@ class Database(ABC):
         `window` its `created` time must fall in (a signature verifies for that long after it is
         first seen). Recorded in the database on every engine, so a restart forgets nothing and,
         on PostgreSQL, a request accepted by one process is a replay to every other."""
+        prune_before = None
+        if now - self._nonces_pruned_at > PRUNE_SECONDS:
+            self._nonces_pruned_at, prune_before = now, now - 2 * window
         async with self._nonce_statements() as driver:
-            if now - self._nonces_pruned_at > NONCE_PRUNE_SECONDS:
-                self._nonces_pruned_at = now
-                await driver.execute("DELETE FROM signature_nonces WHERE seen < ?", (now - 2 * window,))
-            inserted = await driver.execute(
-                "INSERT INTO signature_nonces (signer, nonce, seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (signer, nonce, now),
-            )
-        return inserted == 1
+            return await record_nonce(driver, signer, nonce, now, prune_before=prune_before)
 
     @asynccontextmanager
     async def _nonce_statements(self) -> AsyncIterator[Driver]:
@@ -89,14 +91,13 @@ class Database(ABC):
         async with self.transaction() as tx:
             yield tx.driver
 
-    async def iterate_ledger(self, batch: int = 1000) -> AsyncIterator[list[Row]]:
+    async def iterate_ledger(self, batch: int = 1000) -> AsyncIterator[list[LedgerEntry]]:
+        """The whole ledger in order, a batch per short read (the audit walks it without one long snapshot)."""
         after = 0
         while True:
             async with self.reader() as tx:
-                rows = await tx.driver.fetchall(
-                    "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)
-                )
-            if not rows:
+                entries = await tx.ledger_entries(after, batch)
+            if not entries:
                 return
-            yield rows
-            after = rows[-1]["seq"]
+            yield entries
+            after = entries[-1].seq
