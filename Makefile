@@ -1,6 +1,6 @@
 # Two commands for a newcomer:
 #   make demo   — set everything up and run a coordinator, a node and a generated image
-#   make test   — set everything up and run the whole test suite (and the linter)
+#   make test   — set everything up and run the whole test suite (and the linter and the type checker)
 # Both create .venv and install the project into it. On this project's CI machine torch is
 # installed first as torch==2.13.0, a local CPU build; on a GPU machine, install the torch
 # build for your CUDA version first instead (https://pytorch.org/get-started/locally/).
@@ -22,7 +22,7 @@ PYTHON312 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 VENV312 ?= .venv312
 HORDE_SDK ?= horde-sdk==0.33.3
 
-.PHONY: demo test lint bench-short bench install clean conformance
+.PHONY: demo test lint typecheck bench-short bench install clean conformance
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,12 @@ $(TINY_EXTRAS)/extras.json: $(VENV)/.installed node/tiny_extras.py
 demo: $(VENV)/.installed
 	HORDE_CACHE_DIR=$(CURDIR)/.cache $(BIN)/horde demo "$(PROMPT)"  # the tiny model goes to .cache/tiny-sd, as for make test
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed typecheck
 	$(BIN)/ruff check .
+
+# mypy, configured in pyproject.toml: strict on protocol/ (the wire contract), the defaults elsewhere.
+typecheck: $(VENV)/.installed
+	$(BIN)/python -m mypy
 
 test: $(VENV)/.installed $(TINY_MODEL)/model_index.json $(TINY_EXTRAS)/extras.json lint
 	HORDE_TINY_MODEL_DIR=$(CURDIR)/$(TINY_MODEL) HORDE_TINY_EXTRAS_DIR=$(CURDIR)/$(TINY_EXTRAS) \
@@ -82,4 +86,4 @@ bench: $(VENV)/.installed $(TINY_MODEL)/model_index.json
 	done
 
 clean:
-	rm -rf $(VENV) $(VENV312) .cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VENV312) .cache .pytest_cache .ruff_cache *.egg-info .mypy_cache

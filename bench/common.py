@@ -197,7 +197,7 @@ class Coordinator:
 
 # --- databases and accounts -------------------------------------------------------------
 def is_postgres(url: str | None) -> bool:
-    return bool(url) and url.startswith(("postgresql://", "postgres://"))
+    return url is not None and url.startswith(("postgresql://", "postgres://"))
 
 
 @contextlib.asynccontextmanager

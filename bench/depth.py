@@ -82,7 +82,7 @@ def make_nodes(count: int, owners: list[str], rng: random.Random) -> list[BenchN
             "nsfw": rng.random() < 0.5, "allow_img2img": rng.random() < 0.7, "allow_painting": False,
             "bridge_agent": "horde-bench:1:depth",
         }  # fmt: skip
-        nodes.append(BenchNode(body["name"], owners[index % len(owners)], Identity.generate(), body))
+        nodes.append(BenchNode(str(body["name"]), owners[index % len(owners)], Identity.generate(), body))
     return nodes
 
 

@@ -233,6 +233,7 @@ def score(world: World) -> dict[str, Any]:
     errors: dict[str, list[float]] = {"submit": [], "half": [], "old_submit": [], "old_half": []}
     violations = 0
     for tracked in served:
+        assert tracked.done_at is not None  # `served` holds only finished requests
         start = tracked.submitted - world.started
         actual = tracked.done_at - tracked.submitted
         first = tracked.samples[0]
@@ -292,7 +293,7 @@ async def run(args: Any, report: Report, workdir: Path) -> dict[str, Any]:
     nodes = SHORT_NODES if args.short else FULL_NODES
     window = args.window
     async with bench_database(args.db) as db:
-        keys = {}
+        keys: dict[str, str] = {}
         for who, (kudos, _share) in REQUESTERS.items():
             if kudos is not None:
                 keys |= await create_accounts(workdir, db, [who], kudos=kudos)

@@ -23,6 +23,7 @@ The tiny model is taken from HORDE_TINY_MODEL_DIR when set, else built into the 
 """
 
 import asyncio
+import functools
 import io
 import os
 import sys
@@ -220,7 +221,7 @@ def instrument(timings: Timings) -> list[Callable[[], None]]:
     from node.coordinator_api import CoordinatorClient
     from node.spool import Spool
 
-    undo = []
+    undo: list[Callable[[], None]] = []
     for owner, name, label, is_async in (
         (node.worker, "encode_image", "encode", False),
         (node.results, "ok_entry", "sign", False),
@@ -234,7 +235,7 @@ def instrument(timings: Timings) -> list[Callable[[], None]]:
             continue
         wrapped = (timings.wrap_async if is_async else timings.wrap_sync)(label, original)
         setattr(owner, name, wrapped)
-        undo.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
+        undo.append(functools.partial(setattr, owner, name, original))
     return undo
 
 
@@ -257,7 +258,7 @@ async def networked(args: Any, model_dir: Path, workdir: Path, cache: Any, repor
 
                 def timed_generator(cache: Any) -> Any:
                     generator = make_generator(cache)
-                    generator.run = timings.wrap_sync("inference", generator.run)
+                    generator.run = timings.wrap_sync("inference", generator.run)  # type: ignore[method-assign]
                     return generator
 
                 console = signalling_console()

@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, get_args
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 from client.errors import CoordinatorUnreachable, HordeAPIError, HordeClientError, Interrupted
 from client.output import Output
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # A handler is named "module:function" under client/ and imported only when it runs, so `--help`,
 # usage errors and offline commands don't pay for importing aiohttp.
-Handler = Callable[["Context"], Awaitable[int]]
+Handler = Callable[["Context"], Coroutine[Any, Any, int]]
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -35,9 +35,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _common_flags() -> argparse.ArgumentParser:
+def _common_flags() -> Parser:
     # SUPPRESS defaults, so a flag given before the subcommand is not reset by the subparser.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help="coordinator URL (env HORDE_URL)")
     common.add_argument("--apikey", default=argparse.SUPPRESS, help="API key (env HORDE_API_KEY)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -179,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _resolve(handler: str) -> Handler:
     module, function = handler.split(":")
-    return getattr(importlib.import_module(f"client.{module}"), function)  # type: ignore[no-any-return]
+    resolved: Handler = getattr(importlib.import_module(f"client.{module}"), function)
+    return resolved
 
 
 def _context(args: argparse.Namespace, output: Output) -> Context:

@@ -7,7 +7,7 @@ event stream: `follow` then raises `StreamUnavailable` and the caller long-polls
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +28,7 @@ class Event:
     data: dict[str, Any]
 
 
-async def follow(session: aiohttp.ClientSession, api_url: str, request_id: str) -> AsyncIterator[Event]:
+async def follow(session: aiohttp.ClientSession, api_url: str, request_id: str) -> AsyncGenerator[Event, None]:
     """The request's events until `end` (included)."""
     url = f"{api_url}/generate/stream/{quote(request_id, safe='')}"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=SILENCE_SECONDS)
@@ -45,9 +45,9 @@ async def follow(session: aiohttp.ClientSession, api_url: str, request_id: str) 
     raise StreamUnavailable("the stream ended before the request did")
 
 
-async def _events(content: aiohttp.StreamReader) -> AsyncIterator[Event]:
+async def _events(content: aiohttp.StreamReader) -> AsyncGenerator[Event, None]:
     """Server-sent events: `event:` and `data:` lines, a blank line ends each; `:` lines are comments."""
-    name, data = "message", []
+    name, data = "message", list[str]()
     async for raw in content:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:

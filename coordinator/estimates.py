@@ -145,7 +145,7 @@ def node_free_at(node: SimNode, held: list[JobRecord], now: float) -> tuple[floa
     """When the node finishes the jobs it holds, and each one's predicted finish: it works through them
     in the order it got them, from when it began (`job_work_started`), at its measured speed."""
     clock = job_work_started(node.worker, min((job.assigned_at or now) for job in held), now) if held else now
-    finishes = {}
+    finishes: dict[str, float] = {}
     for job in sorted(held, key=lambda job: (job.assigned_at or now, job.index)):
         clock += node.seconds(job_megapixelsteps(job), job.model or "") / max(node.worker.threads, 1)
         finishes[job.request_id] = max(finishes.get(job.request_id, now), clock)
@@ -261,9 +261,9 @@ def build_forecast(workers: list[Worker], caps: list[WorkerCaps], entries: list[
         if job.worker_id not in online:
             finish[job.request_id] = max(finish.get(job.request_id, now), job.deadline or now)
     keys, work_ahead, total = [], [], 0.0
-    for job in waiting:
-        total += job.work
-        keys.append((-job.key[0], -job.key[1]))
+    for queued in waiting:
+        total += queued.work
+        keys.append((-queued.key[0], -queued.key[1]))
         work_ahead.append(total)
     return Forecast(made_at=now, finish=finish, drained=drained, keys=keys, work_ahead=work_ahead, complete=complete)
 

@@ -29,6 +29,11 @@ def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
     )
 
 
+def _serving(entry: QueueEntry) -> Callable[["JobWaiter"], bool]:
+    """Whether a waiting node can serve this entry (one closure per entry, not per loop variable)."""
+    return lambda waiter: can_serve(waiter.caps, entry)
+
+
 def _named_allows(caps: WorkerCaps, entry: QueueEntry) -> bool:
     return worker_list_allows(entry.workers, entry.worker_blacklist, caps.worker_id, caps.worker_name)
 
@@ -59,7 +64,7 @@ class EventHub:
     def jobs_queued(self, entries: list[QueueEntry]) -> None:
         """Wake one node per new job among those that can serve it, idle and oldest first."""
         for entry in entries:
-            self._wake_one(lambda waiter, entry=entry: can_serve(waiter.caps, entry))
+            self._wake_one(_serving(entry))
 
     def pass_on(self, caps: WorkerCaps) -> None:
         """A woken waiter took other work: hand its wake-up to another node with a shared model."""

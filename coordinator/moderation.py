@@ -28,9 +28,9 @@ class Moderation:
                 raise not_found("user", RC.USER_NOT_FOUND)
             answer = ModifiedUser(username=account.display_name)
             if change.kudos:
-                kind_args = (None, account_id) if change.kudos > 0 else (account_id, None)
+                source, target = (None, account_id) if change.kudos > 0 else (account_id, None)
                 reference = f"moderator {editor.display_name}"
-                await tx.move_kudos("admin", *kind_args, abs(change.kudos), reference, self.services.clock())
+                await tx.move_kudos("admin", source, target, abs(change.kudos), reference, self.services.clock())
                 answer.new_kudos = round(account.kudos + change.kudos, 2)
             if change.trusted is not None:
                 await tx.set_account_trusted(account_id, change.trusted)

@@ -71,7 +71,8 @@ def swagger_document(version: str) -> dict[str, Any]:
     ref = {model: converter.ref(keys[(model, "validation")]["$ref"]) for model in models}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
-        responses = {str(endpoint.status): _response(ref.get(endpoint.response), endpoint.many)}
+        answer = ref.get(endpoint.response) if endpoint.response is not None else None
+        responses = {str(endpoint.status): _response(answer, endpoint.many)}
         responses.update({str(status): _response(ref[model]) for status, model in endpoint.other_responses.items()})
         responses.update({status: _response(ref[ErrorBody], description="An error: {message, rc}")
                           for status in ERROR_STATUSES if status not in responses})  # fmt: skip

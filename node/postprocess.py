@@ -139,7 +139,7 @@ def _torchvision_stand_in() -> dict[str, types.ModuleType]:
         raise RuntimeError("this model needs torchvision, which is not installed")
 
     functional = types.ModuleType("torchvision.transforms.functional")
-    functional.InterpolationMode = Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")  # type: ignore[attr-defined]
+    functional.InterpolationMode = Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")  # type: ignore[attr-defined,misc]
     functional.rotate = unavailable  # type: ignore[attr-defined]
     functional.normalize = unavailable  # type: ignore[attr-defined]
     transforms = types.ModuleType("torchvision.transforms")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -126,7 +126,7 @@ class Slot:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _discard(future: asyncio.Future[object]) -> None:
+def _discard(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

@@ -107,7 +107,9 @@ class SamplerRecipe:
         return not self.note
 
     def scheduler_class(self) -> type[SchedulerMixin]:
-        return _dpmsolver_sde_class() if self.scheduler == "DPMSolverSDEScheduler" else self.scheduler
+        if isinstance(self.scheduler, str):  # "DPMSolverSDEScheduler", imported only when asked for
+            return _dpmsolver_sde_class()
+        return self.scheduler
 
 
 _MULTISTEP_2M = {"solver_order": 2, "algorithm_type": "dpmsolver++"}

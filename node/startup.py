@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final
 
 import torch
 
@@ -138,7 +138,8 @@ async def preload(
     future = loop.run_in_executor(executor, cache.preload, config.models, progress)
     executor.shutdown(wait=False)
     stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({future, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    waited: set[asyncio.Future[Any]] = {future, stopper}
+    done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     if future not in done:
         return ""

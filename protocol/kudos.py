@@ -57,7 +57,7 @@ def image_kudos(
     kudos += LORA_SURCHARGE * loras
     if pinned:
         kudos *= PINNED_FACTOR
-    return round(kudos, 2)
+    return round(float(kudos), 2)
 
 
 def needs_upfront_kudos(*, width: int, height: int, steps: int) -> bool:

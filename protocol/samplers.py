@@ -1,5 +1,6 @@
 """The sampler and source-processing names of the AI Horde image API."""
 
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 SamplerName = Literal[
@@ -53,7 +54,7 @@ POST_PROCESSORS: tuple[str, ...] = get_args(PostProcessor)
 PostProcessingOrder = Literal["facefixers_first", "upscalers_first"]
 
 
-def post_processor_mask(names: list[str] | tuple[str, ...]) -> int:
+def post_processor_mask(names: Sequence[str]) -> int:
     """Post-processor names as bits (one per AI Horde name), so "the node runs every one the job asks
     for" is one integer test, in SQL as in Python (coordinator/capabilities.py)."""
     return sum(1 << POST_PROCESSORS.index(name) for name in set(names))

@@ -208,7 +208,7 @@ class PostgresDatabase(Database):
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), timeout=5.0)
-            except (TimeoutError, *UNAVAILABLE):
+            except (TimeoutError, *UNAVAILABLE):  # type: ignore[misc]  # mypy reads a starred tuple as one item
                 pool.terminate()
 
     # --- transactions ---------------------------------------------------------------------

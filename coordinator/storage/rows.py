@@ -31,7 +31,7 @@ def account_from_row(row: Row) -> Account:
 def split_record(record: Any, columns: tuple[str, ...]) -> tuple[list[Any], str]:
     """Values for the indexed columns, and the rest of the record as JSON."""
     # A shallow copy: json.dumps walks nested dicts and lists itself; `asdict` deep-copied them first (5× slower).
-    data = {name: getattr(record, name) for name in _field_names(type(record))}
+    data = {name: getattr(record, name) for name in _field_names(record.__class__)}
     info = {key: value for key, value in data.items() if key not in columns}
     return [data[column] for column in columns], json.dumps(info)
 
@@ -50,6 +50,6 @@ def job_from_row(row: Row) -> JobRecord:
 
 
 @functools.cache
-def _field_names(cls: type) -> frozenset[str]:
+def _field_names(cls: Any) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
 
