@@ -1,8 +1,8 @@
 """`HordeClient`: an async client for every endpoint of the coordinator's v2 API.
 
-Requests carry the user's RFC 9421 signature when an identity is configured and the `apikey`
-header when a key is; an answer in the `{message, rc}` error shape becomes `HordeAPIError`, and
-no answer at all becomes `CoordinatorUnreachable`.
+Requests go through the session the node shares (transport/session.py): they carry the user's RFC 9421
+signature when an identity is configured and the `apikey` header when a key is; an answer in the
+`{message, rc}` error shape becomes `HordeAPIError`, and no answer at all becomes `CoordinatorUnreachable`.
 """
 
 from __future__ import annotations
@@ -11,21 +11,18 @@ import asyncio
 import base64
 import binascii
 import json
-import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from yarl import URL
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from client.config import normalize_url
 from client.errors import CoordinatorUnreachable, HordeAPIError
-from protocol import extensions
 from protocol.accounts import (
     AccountCreate,
     AccountCreated,
@@ -38,12 +35,11 @@ from protocol.accounts import (
     UserDetails,
     WorkerDetails,
 )
-from protocol.errors import ErrorBody
 from protocol.generation import DryRunResult, GenerationRequest, RequestAccepted, RequestCheck, RequestStatus
-from protocol.httpsig import sign_request
 from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
 from protocol.keys import Identity
-from protocol.ledger import LedgerEntry, LedgerHead
+from protocol.ledger import LedgerEntry, LedgerHead, LedgerPage
+from transport.session import Answer, SignedSession, TransportError, wire_json
 
 DEFAULT_TIMEOUT = 60.0
 # Extra time a long-poll gets beyond its wait, for the server's own work and the network.
@@ -62,13 +58,6 @@ def client_agent() -> str:
     return f"horde-network-cli:{version}:unknown"
 
 
-class LedgerPage(BaseModel):
-    """`GET /v2/ledger`: one page of entries and the cursor of the next one (None at the end)."""
-
-    entries: list[LedgerEntry] = Field(default_factory=list)
-    next_after: int | None = None
-
-
 class HordeClient:
     """One session with one coordinator. Use as `async with HordeClient(url, ...) as client:`."""
 
@@ -83,11 +72,22 @@ class HordeClient:
     ) -> None:
         self.url = normalize_url(url)
         self.api_url = f"{self.url}/api/v2"
-        self.apikey = apikey
-        self.identity = identity
-        self.agent = agent or client_agent()
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self.http = SignedSession(
+            f"{self.url}/api", agent=agent or client_agent(), timeout=timeout, apikey=apikey, identity=identity
+        )
+
+    @property
+    def apikey(self) -> str | None:
+        return self.http.apikey
+
+    @apikey.setter
+    def apikey(self, apikey: str | None) -> None:
+        self.http.apikey = apikey
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.http.identity
 
     async def __aenter__(self) -> Self:
         return self
@@ -98,25 +98,20 @@ class HordeClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.http.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        # Created lazily so the client can be constructed outside a running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
+        return self.http.session
 
     # --- requester -------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> RequestAccepted:
-        body = request.model_dump(mode="json", exclude_none=True)
+        body = wire_json(request, exclude_none=True)
         return await self._call(RequestAccepted, "POST", "/generate/async", json_body=body)
 
     async def dry_run(self, request: GenerationRequest) -> DryRunResult:
-        body = request.model_dump(mode="json", exclude_none=True) | {"dry_run": True}
+        body = wire_json(request, exclude_none=True) | {"dry_run": True}
         return await self._call(DryRunResult, "POST", "/generate/async", json_body=body)
 
     async def check(self, request_id: str, wait: float | None = None, finished: int | None = None) -> RequestCheck:
@@ -142,19 +137,15 @@ class HordeClient:
         if not img.startswith(("http://", "https://", "/")):
             return _decode_base64_image(img)
         url = f"{self.url}{img}" if img.startswith("/") else img
-        # Credentials go only to the coordinator itself, never to a storage host it links to.
-        same_origin = URL(url).origin() == URL(self.url).origin()
-        status, raw = await self._send("GET", url, b"", {}, sign=same_origin, time_limit=self.timeout)
-        if status >= 400:
-            raise _api_error(status, raw)
-        return raw
+        # Credentials go only to the coordinator itself, never to a storage host it links to (the session's rule).
+        return (await self._send("GET", url)).body
 
     # --- accounts and kudos ----------------------------------------------------------------
 
     async def register(self, username: str, *, with_key: bool = True) -> AccountCreated:
         """Create an account; `with_key` binds it to this client's identity (and signs the request)."""
         public_key = self.identity.public_key.text() if with_key and self.identity else None
-        body = AccountCreate(username=username, public_key=public_key).model_dump(exclude_none=True)
+        body = wire_json(AccountCreate(username=username, public_key=public_key), exclude_none=True)
         return await self._call(AccountCreated, "POST", "/accounts", json_body=body)
 
     async def find_user(self) -> UserDetails:
@@ -165,7 +156,7 @@ class HordeClient:
 
     async def transfer(self, username: str, amount: float, *, idempotency_key: str | None = None) -> KudosTransferred:
         """Send kudos; the idempotency key makes a retried transfer (after a lost answer) happen once."""
-        body = KudosTransfer(username=username, amount=amount).model_dump()
+        body = wire_json(KudosTransfer(username=username, amount=amount))
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return await self._call(KudosTransferred, "POST", "/kudos/transfer", json_body=body, headers=headers)
 
@@ -219,19 +210,15 @@ class HordeClient:
     # --- node side (used by test workers and tools; the node daemon has its own loop) ------
 
     async def pop(self, request: PopRequest) -> PopResponse:
-        body = request.model_dump(mode="json")
+        body = wire_json(request)
         time_limit = max(self.timeout, request.wait + LONG_POLL_MARGIN)
         return await self._call(PopResponse, "POST", "/generate/pop", json_body=body, time_limit=time_limit)
 
     async def upload(self, url: str, image: bytes, content_type: str = "image/webp") -> None:
-        same_origin = URL(url).origin() == URL(self.url).origin()
-        headers = {"Content-Type": content_type}
-        status, raw = await self._send("PUT", url, image, headers, sign=same_origin, time_limit=self.timeout)
-        if status >= 400:
-            raise _api_error(status, raw)
+        await self._send("PUT", url, image, {"Content-Type": content_type})
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
-        body = request.model_dump(mode="json", exclude_none=True)
+        body = wire_json(request, exclude_none=True)
         return await self._call(SubmitResult, "POST", "/generate/submit", json_body=body)
 
     # --- transport -------------------------------------------------------------------------
@@ -247,19 +234,19 @@ class HordeClient:
         time_limit: float | None = None,
     ) -> Any:
         """Call `/api/v2{path}` and return the decoded JSON answer; raises on any error answer."""
-        url = self.api_url + path + (f"?{urlencode(params)}" if params else "")
-        body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
-        extra = dict(headers or {})
-        if json_body is not None:
-            extra["Content-Type"] = "application/json"
-        status, raw = await self._send(method, url, body, extra, sign=True, time_limit=time_limit or self.timeout)
-        if status >= 400:
-            raise _api_error(status, raw)
         try:
-            return json.loads(raw) if raw else None
+            answer = await self.http.call(
+                method, f"v2{path}", json_body=json_body, params=params, headers=headers, time_limit=time_limit
+            )
+        except TransportError as exc:
+            raise CoordinatorUnreachable(self.url, exc.reason) from None
+        if not answer.ok:
+            raise _api_error(answer)
+        try:
+            return json.loads(answer.body) if answer.body else None
         except ValueError:
-            detail = f"the coordinator sent non-JSON: {_snippet(raw)}"
-            raise HordeAPIError(status, "InvalidResponse", detail) from None
+            detail = f"the coordinator sent non-JSON: {answer.snippet()}"
+            raise HordeAPIError(answer.status, "InvalidResponse", detail) from None
 
     async def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> Model:
         data = await self.request_json(method, path, **kwargs)
@@ -275,63 +262,28 @@ class HordeClient:
         except ValidationError as exc:
             raise _shape_error(f"list of {model.__name__}", exc) from None
 
-    async def _send(
-        self, method: str, url: str, body: bytes, headers: Mapping[str, str], *, sign: bool, time_limit: float
-    ) -> tuple[int, bytes]:
-        # Sign exactly the URL text aiohttp will send: yarl's rendering, kept unre-encoded.
-        target = URL(url, encoded=True)
-        sent = {"Accept": "application/json", "Client-Agent": self.agent, **headers}
-        if sign:  # our coordinator: ask for the provenance fields `horde verify` checks
-            sent[extensions.HEADER] = "1"
-        if sign and self.apikey:
-            sent["apikey"] = self.apikey
-        if sign and self.identity is not None:
-            sent.update(sign_request(self.identity, method, str(target), body))
+    async def _send(self, method: str, url: str, body: bytes = b"", headers: Mapping[str, str] | None = None) -> Answer:
+        """Any URL the coordinator named (an image, an upload URL), signed only if it is the coordinator's."""
         try:
-            async with self.session.request(
-                method,
-                target,
-                data=body if body else None,
-                headers=sent,
-                timeout=aiohttp.ClientTimeout(total=time_limit),
-            ) as response:
-                return response.status, await response.read()
-        except TimeoutError:
-            raise CoordinatorUnreachable(self.url, f"no answer within {time_limit:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise CoordinatorUnreachable(self.url, _connect_reason(exc)) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise CoordinatorUnreachable(self.url, str(exc) or type(exc).__name__) from None
-
-
-def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:
-    """ "Connection refused" rather than aiohttp's "Connect call failed ('127.0.0.1', 7001)"."""
-    error = exc.os_error
-    if isinstance(exc, aiohttp.ClientSSLError):
-        # An SSL error's errno is 1, which strerror renders as the baffling "Operation not permitted".
-        return f"the TLS handshake failed ({error}); if the coordinator speaks plain HTTP, use an http:// URL"
-    if error.errno:
-        return os.strerror(error.errno)
-    return error.strerror or str(exc)
+            answer = await self.http.send(method, url, body, headers, credentials=True)
+        except TransportError as exc:
+            raise CoordinatorUnreachable(self.url, exc.reason) from None
+        if not answer.ok:
+            raise _api_error(answer)
+        return answer
 
 
 def _segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
-def _snippet(raw: bytes, limit: int = 120) -> str:
-    text = raw.decode("utf-8", errors="replace").strip().replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _api_error(status: int, raw: bytes) -> HordeAPIError:
+def _api_error(answer: Answer) -> HordeAPIError:
     """The coordinator's error body as an exception; a proxy's HTML page still gives a useful line."""
-    try:
-        body = ErrorBody.model_validate_json(raw)
-    except ValidationError:
-        text = _snippet(raw) or "no body"
-        return HordeAPIError(status, f"HTTP{status}", f"HTTP {status}: {text}")
-    return HordeAPIError(status, body.rc, body.message, body.errors)
+    body = answer.error_body()
+    if body is None:
+        text = answer.snippet() or "no body"
+        return HordeAPIError(answer.status, f"HTTP{answer.status}", f"HTTP {answer.status}: {text}")
+    return HordeAPIError(answer.status, body.rc, body.message, body.errors)
 
 
 def _shape_error(what: str, exc: ValidationError) -> HordeAPIError:

@@ -1,4 +1,5 @@
-"""The node's HTTP client for the coordinator's v2 API.
+"""The node's HTTP client for the coordinator's v2 API, on the session the `horde` client shares
+(transport/session.py).
 
 Every API request carries the owner's `apikey` (when configured) and, in signed mode, an RFC 9421
 signature by the node key over the exact bytes sent. Failures are split in two: `Unreachable`
@@ -15,12 +16,11 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from protocol import extensions
 from protocol.accounts import AccountCreated, CoordinatorInfo, UserDetails
 from protocol.errors import RC
-from protocol.httpsig import sign_request
 from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
 from protocol.keys import Identity
+from transport.session import Answer, SignedSession, TransportError, wire_json
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def api_root(coordinator_url: str) -> str:
 
 
 class CoordinatorClient:
-    """One aiohttp session to one coordinator. Use as an async context manager."""
+    """One session to one coordinator. Use as an async context manager."""
 
     def __init__(
         self,
@@ -80,31 +80,26 @@ class CoordinatorClient:
         timeout: float = 30.0,
     ) -> None:
         self.root = api_root(coordinator_url)
-        self.apikey = apikey
         self.identity = identity
-        self.agent = agent
-        self.timeout = timeout
-        # Off in apikey-only mode: nothing is signed even when a key exists.
-        self.signing = identity is not None
-        self._session: aiohttp.ClientSession | None = None
+        self.http = SignedSession(self.root, agent=agent, timeout=timeout, apikey=apikey, identity=identity)
+
+    @property
+    def signing(self) -> bool:
+        """Off in apikey-only mode: nothing is signed even when a key exists."""
+        return self.http.identity is not None
+
+    @signing.setter
+    def signing(self, on: bool) -> None:
+        self.http.identity = self.identity if on else None
 
     async def __aenter__(self) -> CoordinatorClient:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("CoordinatorClient used outside `async with`")
-        return self._session
+        await self.http.close()
 
     # -- endpoints ---------------------------------------------------------------------------------
 
@@ -126,13 +121,12 @@ class CoordinatorClient:
         return UserDetails.model_validate(await self._call("GET", "v2/find_user"))
 
     async def pop(self, request: PopRequest) -> PopResponse:
-        body = request.model_dump(mode="json", by_alias=True)
-        data = await self._call("POST", "v2/generate/pop", body, limit_s=request.wait + _SLACK_SECONDS)
+        data = await self._call("POST", "v2/generate/pop", wire_json(request), limit_s=request.wait + _SLACK_SECONDS)
         return PopResponse.model_validate(data)
 
     async def submit(self, request: SubmitRequest) -> float:
         """The kudos reward; raises ApiError (see `is_final_submit`) or Unreachable."""
-        body = request.model_dump(mode="json", exclude_none=True)
+        body = wire_json(request, exclude_none=True)
         return SubmitResult.model_validate(await self._call("POST", "v2/generate/submit", body)).reward
 
     async def progress(self, job_id: str, step: int, total: int) -> None:
@@ -141,17 +135,22 @@ class CoordinatorClient:
 
     def is_own_url(self, url: str) -> bool:
         """Whether `url` points at this coordinator (same scheme, host and port)."""
-        return URL(url).origin() == URL(self.root).origin()
+        return self.http.is_own_url(url)
 
     async def upload(self, url: str, data: bytes, content_type: str) -> None:
         """PUT to a pre-authorized upload URL. No apikey: the URL may belong to a storage service."""
-        await self._send("PUT", url, data, {"Content-Type": content_type}, self.timeout)
+        method = "PUT"
+        try:
+            answer = await self.http.send(method, url, data, {"Content-Type": content_type}, credentials=False)
+        except TransportError as exc:
+            raise Unreachable(f"{method} {url}: {exc.reason}") from exc
+        _check(answer, method, url)
 
     async def download(self, url: str, *, max_bytes: int, limit_s: float) -> bytes:
         """GET a URL a pop named: no credentials, no redirects (they could lead to any host), at most
         `max_bytes` within `limit_s`, reading no further than the cap. Raises DownloadFailed."""
         try:
-            async with self.session.get(
+            async with self.http.session.get(
                 URL(url, encoded=True), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=limit_s)
             ) as response:
                 if response.status != 200:
@@ -179,53 +178,20 @@ class CoordinatorClient:
         limit_s: float | None = None,
     ) -> Any:
         url = self.root + path
-        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
-        # Ask for our extension fields: the pop's signed job documents (`jobs`) among them.
-        headers = {"Client-Agent": self.agent, "Accept": "application/json", extensions.HEADER: "1"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        if auth and self.apikey:
-            headers["apikey"] = self.apikey
-        if auth and self.signing and self.identity is not None:
-            headers.update(sign_request(self.identity, method, url, data))
-        return await self._send(method, url, data, headers, limit_s or self.timeout)
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        data: bytes,
-        headers: dict[str, str],
-        limit_s: float,
-        *,
-        raw: bool = False,
-    ) -> Any:
         try:
-            # encoded=True: the URL must go out byte-for-byte as signed.
-            async with self.session.request(
-                method,
-                URL(url, encoded=True),
-                data=data or None,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=limit_s),
-            ) as response:
-                payload = await response.read()
-                if response.status >= 400:
-                    raise _error(response.status, payload, method, url)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise Unreachable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        if raw:
-            return payload
-        return json.loads(payload) if payload else {}
+            answer = await self.http.call(method, path, json_body=body, credentials=auth, time_limit=limit_s)
+        except TransportError as exc:
+            raise Unreachable(f"{method} {url}: {exc.reason}") from exc
+        _check(answer, method, url)
+        return json.loads(answer.body) if answer.body else {}
 
 
-def _error(status: int, payload: bytes, method: str, url: str) -> CoordinatorError:
-    rc, message = "", payload[:200].decode("utf-8", "replace")
-    try:
-        body = json.loads(payload)
-        rc, message = str(body.get("rc", "")), str(body.get("message", message))
-    except (ValueError, AttributeError):
-        pass
-    if status >= 500 or status in _RETRYABLE_STATUS:
-        return Unreachable(f"{method} {url}: {status} {rc} {message}".rstrip())
-    return ApiError(status, rc, message)
+def _check(answer: Answer, method: str, url: str) -> None:
+    """Nothing for a success; an error the coordinator means (ApiError), or one worth retrying (Unreachable)."""
+    if answer.ok:
+        return
+    body = answer.error_body()
+    rc, message = (body.rc, body.message) if body is not None else ("", answer.snippet(200))
+    if answer.status >= 500 or answer.status in _RETRYABLE_STATUS:
+        raise Unreachable(f"{method} {url}: {answer.status} {rc} {message}".rstrip())
+    raise ApiError(answer.status, rc, message)

@@ -216,3 +216,10 @@ def verify_head(head: LedgerHead, expected_key: PublicKey | None = None) -> bool
     if expected_key is not None and key != expected_key:
         return False
     return key.verify(_head_bytes(head.seq, head.hash, head.created, head.coordinator_key), signature)
+
+
+class LedgerPage(BaseModel):
+    """`GET /v2/ledger` and `/v2/users/{id}/ledger`: entries, and the cursor of the next page (None at the end)."""
+
+    entries: list[LedgerEntry]
+    next_after: int | None

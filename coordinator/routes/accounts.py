@@ -1,7 +1,6 @@
 """Accounts, kudos and the public ledger."""
 
 from aiohttp import web
-from pydantic import BaseModel
 
 from coordinator.auth import require_account
 from coordinator.errors import HordeError, bad_request, not_found, unauthorized
@@ -19,16 +18,11 @@ from protocol.accounts import (
     UserDetails,
 )
 from protocol.errors import RC
-from protocol.ledger import LedgerEntry, LedgerHead
+from protocol.ledger import LedgerHead, LedgerPage
 
 LEDGER_PAGE = 1000
 USERS_PAGE = 25  # AI Horde's page size for GET /v2/users
 MAX_ACCOUNT_ID = 2**63 - 1
-
-
-class LedgerPage(BaseModel):
-    entries: list[LedgerEntry]
-    next_after: int | None
 
 
 async def create_account(request: web.Request) -> web.Response:
