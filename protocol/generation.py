@@ -5,7 +5,7 @@ Unknown fields are ignored rather than rejected, as AI Horde does; `None` for an
 field means "use the default", because clients such as horde_sdk send explicit nulls.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,6 +31,20 @@ WEBHOOK_URL_MAX = 1024  # AI Horde's
 Name = Annotated[str, Field(max_length=NAME_MAX)]
 
 
+class NullMeansDefault(BaseModel):
+    """A request model whose `null` fields take their defaults: AI Horde's clients send `null` for
+    "not given". `KEEP_NULLS` names the fields where null itself means something."""
+
+    KEEP_NULLS: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None or key in cls.KEEP_NULLS}
+        return data
+
+
 class LoraEntry(BaseModel):
     model_config = LENIENT
 
@@ -51,8 +65,9 @@ class TextualInversionEntry(BaseModel):
     strength: float = Field(default=1.0, ge=-5, le=5)
 
 
-class GenerationParams(BaseModel):
+class GenerationParams(NullMeansDefault):
     model_config = LENIENT
+    KEEP_NULLS = frozenset({"seed"})
 
     sampler_name: SamplerName = "k_euler_a"
     cfg_scale: float = Field(default=7.5, ge=0, le=100)
@@ -82,20 +97,13 @@ class GenerationParams(BaseModel):
     extra_texts: list[dict[str, Any]] = Field(default_factory=list, max_length=10)
     special: dict[str, Any] = Field(default_factory=dict, max_length=10)
 
-    @model_validator(mode="before")
-    @classmethod
-    def drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None or key == "seed"}
-        return data
-
     @field_validator("seed", mode="before")
     @classmethod
     def seed_as_string(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
 
 
-class GenerationRequest(BaseModel):
+class GenerationRequest(NullMeansDefault):
     """`POST /v2/generate/async` body (AI Horde's `GenerationInputStable`)."""
 
     model_config = LENIENT
@@ -124,13 +132,6 @@ class GenerationRequest(BaseModel):
     dry_run: bool = False
     # AI Horde's: a URL POSTed each finished image and the completion, signed by the coordinator (RFC 9421).
     webhook: str | None = Field(default=None, min_length=10, max_length=WEBHOOK_URL_MAX, pattern=r"^https?://[^\s]+$")
-
-    @model_validator(mode="before")
-    @classmethod
-    def drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
     @property
     def positive_prompt(self) -> str:

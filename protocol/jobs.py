@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.extensions import ours
 from protocol.generation import (
@@ -12,6 +12,7 @@ from protocol.generation import (
     GenMetadataEntry,
     LoraEntry,
     Name,
+    NullMeansDefault,
     TextualInversionEntry,
 )
 from protocol.samplers import ControlType, PostProcessor
@@ -34,7 +35,7 @@ SEED_MAX = 256  # as a request's seed
 SIGNATURE_MAX = 1024  # an Ed25519 signature in its text form is under 100 characters
 
 
-class PopRequest(BaseModel):
+class PopRequest(NullMeansDefault):
     """`POST /v2/generate/pop` body. `wait` (long-poll) is our extension."""
 
     model_config = LENIENT
@@ -70,13 +71,6 @@ class PopRequest(BaseModel):
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)
     wait: float = Field(default=0.0, ge=0, le=MAX_LONG_POLL_SECONDS)
 
-    @model_validator(mode="before")
-    @classmethod
-    def drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
-
 
 class JobPayload(BaseModel):
     """What a node needs to make the image(s) of one pop: AI Horde's `ModelPayloadStable`, field for field
@@ -106,30 +100,6 @@ class JobPayload(BaseModel):
     image_is_control: bool | None = None
     return_control_map: bool | None = None
     use_nsfw_censor: bool = False
-
-
-class SkippedReasons(BaseModel):
-    """Why waiting requests were passed over for this node (counted over the queue's head)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    models: int = 0
-    max_pixels: int = 0
-    nsfw: int = 0
-    img2img: int = 0
-    painting: int = 0
-    lora: int = 0
-    blacklist: int = 0
-    worker_id: int = 0
-    untrusted: int = 0
-    kudos: int = 0
-    controlnet: int = 0
-    step_count: int = 0
-    bridge_version: int = 0  # AI Horde's key for a feature this worker's software lacks (a sampler, hires fix…)
-    post_processing: int = Field(default=0, alias="post-processing")
-
-    def nonzero(self) -> dict[str, int]:
-        return {key: value for key, value in self.model_dump(by_alias=True).items() if value}
 
 
 class SignedJob(BaseModel):

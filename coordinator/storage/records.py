@@ -217,23 +217,3 @@ class WorkerCaps:
             post_processors=None if worker.post_processors is None else post_processor_mask(worker.post_processors),
             control_types=None if worker.control_types is None else frozenset(worker.control_types),
         )  # fmt: skip
-
-
-@dataclass
-class ResultToStore:
-    job_id: str
-    worker_id: str
-    result_state: str
-    image: str | None
-    image_sha256: str | None
-    censored: bool
-    gen_metadata: list[dict[str, Any]]
-    signature: str | None
-    worker_key: str | None
-    reward: float
-    charge: float
-    requester_id: int | None  # None: anonymous, not charged
-    owner_id: int
-    megapixelsteps: float
-    finished_at: float
-    suspicious: bool
