@@ -24,6 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from coordinator.storage.records import JOB_STATES
+
 # Buckets for HTTP answers and pops: a pop or a check may be held up to 30 s (long-poll).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # A job waits in the queue from seconds to hours.
@@ -141,7 +143,7 @@ class NetworkCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         jobs = GaugeMetricFamily("horde_jobs", "Jobs by state.", labels=["state"])
-        for state in ("waiting", "processing", "done", "faulted", "cancelled"):
+        for state in JOB_STATES:
             jobs.add_metric([state], self.state.jobs.get(state, 0))
         depth = GaugeMetricFamily("horde_queue_jobs", "Waiting jobs per model ('' = any model).", labels=["model"])
         work = GaugeMetricFamily("horde_queue_megapixelsteps", "Queued megapixelsteps per model.", labels=["model"])

@@ -15,7 +15,7 @@ from protocol.generation import (
     NullMeansDefault,
     TextualInversionEntry,
 )
-from protocol.samplers import ControlType, PostProcessor
+from protocol.samplers import ControlType, GenerationState, PostProcessor
 
 # What a node of ours declares it does beyond AI Horde's pop flags (coordinator/capabilities.py reads
 # "censor_nsfw", "hires_fix", "tis", "lora_civitai"; a name it does not know is kept off the routing, never refused, so
@@ -135,7 +135,7 @@ class SubmitRequest(BaseModel):
 
     id: str = Field(min_length=1, max_length=64)
     generation: str = Field(default="", max_length=BASE64_IMAGE_MAX)
-    state: str = "ok"
+    state: GenerationState = "ok"
     seed: str = Field(default="0", max_length=SEED_MAX)
     censored: bool = False
     gen_metadata: list[GenMetadataEntry] = Field(default_factory=list, max_length=METADATA_MAX)
@@ -150,13 +150,6 @@ class SubmitRequest(BaseModel):
     @classmethod
     def null_metadata(cls, value: Any) -> Any:
         return [] if value is None else value
-
-    @field_validator("state")
-    @classmethod
-    def known_state(cls, value: str) -> str:
-        if value not in ("ok", "censored", "faulted", "csam"):
-            raise ValueError("state must be one of ok, censored, faulted, csam")
-        return value
 
 
 class SubmitResult(BaseModel):

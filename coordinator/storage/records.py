@@ -2,12 +2,19 @@
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal, get_args
 
 from protocol.generation import GenerationRequest
-from protocol.samplers import post_processor_mask
+from protocol.samplers import GenerationState, post_processor_mask
 
 NETWORK = None  # the ledger's name for "minted" (as source) or "burned" (as target)
+
+# The states of a request and of each of its jobs (one per image), the only values those columns hold:
+# the type checker refuses any other in an assignment or a call (not in a comparison: mypy lets
+# `state == "typo"` pass).
+RequestState = Literal["active", "done", "faulted", "cancelled"]
+JobState = Literal["waiting", "processing", "done", "faulted", "cancelled"]
+JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 
 
 @dataclass
@@ -117,7 +124,7 @@ class RequestRecord:
     account_id: int
     created: float
     updated: float
-    state: str  # active | done | faulted | cancelled
+    state: RequestState
     n: int
     kudos_per_image: float
     body: dict[str, Any]  # the GenerationRequest, without the source images
@@ -144,7 +151,7 @@ class JobRecord:
     request_id: str
     index: int
     seed: str
-    state: str  # waiting | processing | done | faulted | cancelled
+    state: JobState
     model: str | None = None
     worker_id: str | None = None
     assigned_at: float | None = None
@@ -153,7 +160,7 @@ class JobRecord:
     restarts: int = 0
     image: str | None = None  # file name in the image store
     image_sha256: str | None = None
-    result_state: str | None = None
+    result_state: GenerationState | None = None
     censored: bool = False
     gen_metadata: list[dict[str, Any]] = field(default_factory=list)
     signature: str | None = None
