@@ -9,6 +9,7 @@ from client.config import BINDING, identity_binding, load_identity, write_config
 from client.context import Context
 from client.errors import UserError
 from protocol.keys import Identity
+from transport.keyfiles import load_or_create_identity, save_identity
 
 
 async def keys_new(ctx: Context) -> int:
@@ -18,7 +19,7 @@ async def keys_new(ctx: Context) -> int:
         raise UserError(f"an identity already exists at {path} ({current}); --force replaces it for good")
     identity = Identity.generate()
     try:
-        identity.save(path)
+        save_identity(identity, path)
     except OSError as exc:
         raise UserError(f"cannot write identity file {path}: {exc.strerror or exc}") from None
     _show(ctx, identity, created=True)
@@ -77,6 +78,6 @@ async def register(ctx: Context) -> int:
 
 def _create_identity(path: Path) -> Identity:
     try:
-        return Identity.load_or_create(path)
+        return load_or_create_identity(path)
     except OSError as exc:
         raise UserError(f"cannot create identity file {path}: {exc.strerror or exc}") from None

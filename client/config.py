@@ -20,6 +20,7 @@ from pathlib import Path
 
 from client.errors import UserError
 from protocol.keys import Identity, KeyFormatError, PublicKey
+from transport import keyfiles
 
 DEFAULT_URL = "http://127.0.0.1:7001"
 ANONYMOUS_APIKEY = "0000000000"
@@ -123,7 +124,7 @@ def identity_binding(public_key: PublicKey, apikey: str) -> str:
 
 def load_identity(path: Path) -> Identity:
     try:
-        return Identity.load(path)
+        return keyfiles.load_identity(path)
     except OSError as exc:
         raise UserError(f"cannot read identity file {path}: {exc.strerror or exc}") from None
     except (KeyFormatError, UnicodeDecodeError) as exc:

@@ -19,8 +19,8 @@ from coordinator.routes.site import add_site_routes
 from coordinator.services import Services
 from coordinator.storage import open_database
 from coordinator.stream import PROGRESS_CHANNEL
-from coordinator.tokens import Tokens, load_or_create_secret
-from protocol.keys import Identity
+from coordinator.tokens import Tokens
+from transport.keyfiles import load_or_create_identity, load_or_create_secret
 
 log = logging.getLogger("horde.coordinator")
 
@@ -30,7 +30,7 @@ async def open_services(config: CoordinatorConfig) -> Services:
     database = await open_database(config.database_url)
     try:
         images = await open_images(config)
-        identity = Identity.load_or_create(config.key_path)
+        identity = load_or_create_identity(config.key_path)
         tokens = Tokens(load_or_create_secret(config.secret_path))
     except BaseException:
         await database.close()

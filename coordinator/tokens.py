@@ -4,34 +4,13 @@ Apikeys are long random strings, so a keyed SHA-256 (HMAC) is as strong as a slo
 them, and it lets the database index the hash for an O(1) lookup.
 """
 
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import string
 import time
-from pathlib import Path
 
 ANONYMOUS_APIKEY = "0000000000"
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The coordinator's secret, created on first start. The file is written in full under a
-    temporary name and linked into place, so a replica starting at the same moment either
-    finds the complete file or creates the one both then use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_bytes(32).hex() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-        temporary.unlink()
-    return bytes.fromhex(path.read_text().strip())
 
 
 APIKEY_ALPHABET = string.ascii_letters + string.digits

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from protocol.keys import Identity
+from transport.keyfiles import load_or_create_identity
 
 ENV_PREFIX = "HORDE_NODE_"
 CONFIG_DIR_ENV = "HORDE_NODE_CONFIG_DIR"
@@ -161,7 +162,7 @@ class NodeConfig(BaseModel):
     def load_identity(self) -> Identity | None:
         """The node key, created on first use; None (apikey-only mode) when no key file is configured."""
         path = self.key_path
-        return Identity.load_or_create(path) if path is not None else None
+        return load_or_create_identity(path) if path is not None else None
 
     @property
     def spool_path(self) -> Path:

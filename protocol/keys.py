@@ -3,18 +3,16 @@
 Text forms (the only documented ones):
   public key  ``ed25519:<base64url, no padding, of the 32 raw bytes>``
   secret key  ``ed25519-secret:<base64url, no padding, of the 32-byte seed>``
+
+Pure: the files that hold a secret key are transport/keyfiles.py's.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
@@ -125,54 +123,6 @@ class Identity:
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message).signature
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the secret (mode 0600), atomically replacing any existing file."""
-        _write_secret(Path(path), self.secret_text() + "\n", replace=True)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Identity:
-        return cls.from_secret_text(Path(path).read_text(encoding="ascii"))
-
-    @classmethod
-    def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
-        """Load the key at path, or create it; concurrent creators all end up with the same key."""
-        target = Path(path)
-        if target.exists():
-            return cls.load(target)
-        fresh = cls.generate()
-        if _write_secret(target, fresh.secret_text() + "\n", replace=False):
-            return fresh
-        return cls.load(target)
-
     def __repr__(self) -> str:
         return f"Identity(public_key={self.public_key.text()!r})"
 
-
-def _write_secret(path: Path, text: str, *, replace: bool) -> bool:
-    """Write via a 0600 temp file in the same directory, so no reader ever sees a partial or
-    world-readable file. With replace=False an existing file wins and False is returned."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp already uses 0600; fchmod pins it regardless of an unusual umask.
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return _publish(tmp, path, replace=replace)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _publish(tmp: str, path: Path, *, replace: bool) -> bool:
-    if replace:
-        os.replace(tmp, path)
-        return True
-    try:
-        # link() refuses to overwrite, which makes create-if-absent atomic.
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    return True

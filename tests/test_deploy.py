@@ -35,6 +35,7 @@ import yaml
 
 from protocol.keys import Identity
 from tests.helpers import Api
+from transport.keyfiles import load_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -581,7 +582,7 @@ def check_running(started: Started, settings: dict[str, str], data_dir: Path) ->
     assert status == 200 and info["public_key"].startswith("ed25519:")
     for name in ("coordinator.key", "secret.key"):
         assert (data_dir / name).stat().st_mode & 0o077 == 0, f"{name} must be private"
-    assert Identity.load(data_dir / "coordinator.key").public_key.text() == info["public_key"]
+    assert load_identity(data_dir / "coordinator.key").public_key.text() == info["public_key"]
     if settings.get("HORDE_LOG_FORMAT") == "json":
         # The deployed log settings took effect: the start is logged as a JSON line at info level.
         deadline = time.monotonic() + 5
@@ -633,7 +634,7 @@ async def test_coordinator_starts_as_the_compose_replicas_run_it(tmp_path: Path)
         result = await asyncio.to_thread(subprocess.run, command, env=child_env(settings), cwd=tmp_path,
                                          capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-        key = Identity.load(tmp_path / "data" / "coordinator.key").public_key.text()
+        key = load_identity(tmp_path / "data" / "coordinator.key").public_key.text()
 
         def replica() -> None:
             with coordinator_as_deployed(settings, args, tmp_path) as started:

@@ -12,6 +12,7 @@ from protocol.keys import (
     b64url_decode,
     b64url_encode,
 )
+from transport.keyfiles import load_identity, load_or_create_identity, save_identity
 
 # RFC 8032 §7.1, TEST 1 (empty message).
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -118,13 +119,13 @@ def test_save_writes_0600_file_in_0700_dir(tmp_path: Path) -> None:
     identity = Identity.generate()
     old_umask = os.umask(0)  # the most permissive umask must not widen the file
     try:
-        identity.save(path)
+        save_identity(identity, path)
     finally:
         os.umask(old_umask)
     assert mode(path) == 0o600
     assert mode(path.parent) == 0o700
     assert path.read_text() == identity.secret_text() + "\n"
-    assert Identity.load(path).public_key == identity.public_key
+    assert load_identity(path).public_key == identity.public_key
     assert os.listdir(path.parent) == ["node.key"]  # no temporary file left behind
 
 
@@ -133,16 +134,16 @@ def test_save_replaces_a_world_readable_file(tmp_path: Path) -> None:
     path.write_text("old contents\n")
     path.chmod(0o644)
     identity = Identity.generate()
-    identity.save(path)
+    save_identity(identity, path)
     assert mode(path) == 0o600
-    assert Identity.load(path).public_key == identity.public_key
+    assert load_identity(path).public_key == identity.public_key
 
 
 def test_load_or_create_creates_once_then_loads(tmp_path: Path) -> None:
     path = tmp_path / "coordinator.key"
-    first = Identity.load_or_create(path)
+    first = load_or_create_identity(path)
     assert mode(path) == 0o600
-    second = Identity.load_or_create(path)
+    second = load_or_create_identity(path)
     assert second.public_key == first.public_key
     assert sorted(os.listdir(tmp_path)) == ["coordinator.key"]
 
@@ -150,15 +151,15 @@ def test_load_or_create_creates_once_then_loads(tmp_path: Path) -> None:
 def test_load_or_create_keeps_an_existing_key(tmp_path: Path) -> None:
     path = tmp_path / "worker.key"
     existing = Identity.generate()
-    existing.save(path)
-    assert Identity.load_or_create(path).public_key == existing.public_key
+    save_identity(existing, path)
+    assert load_or_create_identity(path).public_key == existing.public_key
 
 
 def test_load_rejects_a_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.key"
     path.write_text("ed25519-secret:not-a-key\n")
     with pytest.raises(KeyFormatError):
-        Identity.load(path)
+        load_identity(path)
 
 
 def test_new_apikeys_are_safe_to_pass_on_a_command_line() -> None:

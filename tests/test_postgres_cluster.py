@@ -29,12 +29,12 @@ from coordinator.app import open_services
 from coordinator.bank import Bank
 from coordinator.config import CoordinatorConfig
 from coordinator.services import Services
-from coordinator.tokens import load_or_create_secret
 from protocol.keys import Identity
 from protocol.provenance import JobDocument, verify_job
 from tests.conftest import POSTGRES_DSN
 from tests.helpers import Api, Reply, SimWorker
 from tests.pg_outage import ClusterRestart, OutageProxy, restart_proof_database
+from transport.keyfiles import load_or_create_secret, save_identity
 
 pytestmark = [pytest.mark.skipif(not POSTGRES_DSN, reason="set HORDE_TEST_POSTGRES_DSN"), pytest.mark.timeout(180)]
 
@@ -77,7 +77,7 @@ def shared_secrets(folder: Path) -> list[Path]:
     """The coordinator key and secret every process must share: jobs are signed with the
     one key, and an apikey hashed on one process must match on the others."""
     folder.mkdir(parents=True)
-    Identity.generate().save(folder / "coordinator.key")
+    save_identity(Identity.generate(), folder / "coordinator.key")
     load_or_create_secret(folder / "secret.key")
     return [folder / "coordinator.key", folder / "secret.key"]
 
