@@ -109,10 +109,6 @@ class Delivery:
         """Until everything queued so far is delivered (or set aside)."""
         await self._queue.join()
 
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()
-
     async def deliver(self, entry: SpoolEntry) -> None:
         """Retries until the coordinator gives a final answer; only then leaves the spool."""
         while True:

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from node.spool import SpoolEntry
 from protocol.jobs import PopResponse
 from protocol.keys import Identity, PublicKey
-from protocol.kudos import image_kudos
 from protocol.provenance import JobDocument, ResultDocument, sha256_hex, sign_result, verify_job
 from protocol.seeds import SEED_SPACE, seed_number
 
@@ -55,15 +54,6 @@ class ImageJob:
             "steps": self.dimension("ddim_steps"),
             "processing": self.source_processing,
         }
-
-    def kudos_estimate(self) -> float:
-        return image_kudos(
-            width=self.dimension("width") or 512,
-            height=self.dimension("height") or 512,
-            steps=self.dimension("ddim_steps") or 30,
-            sampler_name=str(self.payload.get("sampler_name", "k_euler_a")),
-            img2img=self.source_processing == "img2img",
-        )
 
 
 @dataclass

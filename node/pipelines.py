@@ -187,13 +187,6 @@ class PipelineCache:
         with self._lock:
             return self._used()
 
-    def evict(self, spec: ModelSpec) -> bool:
-        with self._lock:
-            if self._entries.pop(spec, None) is None:
-                return False
-        self._release_memory()
-        return True
-
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -25,8 +25,6 @@ from node.devices import pick_dtype
 from node.jobspec import JobRejected, JobSpec
 from node.pipelines import MODULE_BUILD_LOCK
 
-# The checker Stable Diffusion 1.x ships with (what AI Horde's workers run too).
-DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 CENSORSHIP_METADATA = {"type": "censorship", "value": "nsfw"}
 _PLACEHOLDER_BACKGROUND = (40, 40, 40)
 _PLACEHOLDER_TEXT = (220, 220, 220)

@@ -24,7 +24,6 @@ SamplerName = Literal[
 SECOND_ORDER_SAMPLERS = frozenset({"k_heun", "k_dpm_2", "k_dpm_2_a", "k_dpmpp_sde", "k_dpm_adaptive"})
 
 SourceProcessing = Literal["txt2img", "img2img", "inpainting", "outpainting"]
-PAINTING = frozenset({"inpainting", "outpainting"})
 
 GenerationState = Literal["ok", "censored", "faulted", "csam"]
 

@@ -7,8 +7,6 @@ from typing import Any, Literal, get_args
 from protocol.generation import GenerationRequest
 from protocol.samplers import GenerationState, post_processor_mask
 
-NETWORK = None  # the ledger's name for "minted" (as source) or "burned" (as target)
-
 # The states of a request and of each of its jobs (one per image), the only values those columns hold:
 # the type checker refuses any other in an assignment or a call (not in a comparison: mypy lets
 # `state == "typo"` pass).
