@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from typing import Any
 
 import pytest
 import yaml
+from dockerfile_parse import DockerfileParser
+from dotenv import dotenv_values
 
 from protocol.keys import Identity
 from tests.helpers import Api
@@ -68,80 +71,59 @@ def script_module(name: str) -> str:
 
 
 def read_env_file(path: Path, *, commented: bool = False) -> dict[str, str]:
-    """KEY=VALUE lines as both systemd's EnvironmentFile= and compose's env_file read them (whole-line
-    comments, optional matching quotes). With commented=True, `# KEY=VALUE` lines are read instead."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if commented:
-            if not re.match(r"#\s*[A-Z][A-Z0-9_]*=", line):
-                continue
-            line = line.lstrip("#").strip()
-        elif not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"{path.name}: not KEY=VALUE: {raw!r}"
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+    """KEY=VALUE lines as both systemd's EnvironmentFile= and compose's env_file read them (python-dotenv:
+    whole-line comments, optional quotes). With commented=True, `# KEY=VALUE` lines are read instead."""
+    lines = path.read_text().splitlines()
+    if commented:
+        lines = [COMMENTED_SETTING.sub("", line) if COMMENTED_SETTING.match(line) else "" for line in lines]
+    values = dotenv_values(stream=io.StringIO("\n".join(lines)), interpolate=False)
+    assert all(value is not None for value in values.values()), f"{path.name}: a line that is not KEY=VALUE"
+    return {key: value or "" for key, value in values.items()}
 
 
-def read_unit(path: Path) -> dict[str, dict[str, list[str]]]:
-    """A systemd unit: section -> key -> every value (keys such as Environment= repeat)."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None, f"{path.name}:{number}: setting outside a section"
-        assert "=" in line and not line.endswith("\\"), f"{path.name}:{number}: not Key=Value: {raw!r}"
-        key, _, value = line.partition("=")
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
+COMMENTED_SETTING = re.compile(r"^\s*#\s*(?=[A-Z][A-Z0-9_]*=)")
+Unit = dict[str, list[str]]
 
 
-def unit_environment(unit: dict[str, dict[str, list[str]]]) -> dict[str, str]:
+def read_unit(path: Path) -> Unit:
+    """A systemd unit's settings: key -> every value (Environment= repeats). Its syntax is systemd's to
+    judge: test_systemd_analyze_verify_accepts_the_units runs `systemd-analyze verify` on these files."""
+    settings: Unit = {}
+    for key, value in re.findall(r"^(\w+)=(.*)$", path.read_text(), re.MULTILINE):
+        settings.setdefault(key, []).append(value.strip())
+    return settings
+
+
+def unit_sections(path: Path) -> set[str]:
+    return set(re.findall(r"^\[(\w+)\]$", path.read_text(), re.MULTILINE))
+
+
+def unit_environment(unit: Unit) -> dict[str, str]:
     env: dict[str, str] = {}
-    for line in unit["Service"].get("Environment", []):
+    for line in unit.get("Environment", []):
         for word in shlex.split(line):
             key, _, value = word.partition("=")
             env[key] = value
     return env
 
 
-def unit_setting(unit: dict[str, dict[str, list[str]]], key: str, section: str = "Service") -> str | None:
-    values = unit.get(section, {}).get(key)
+def unit_setting(unit: Unit, key: str) -> str | None:
+    values = unit.get(key)
     return values[-1] if values else None
 
 
 @dataclass
 class Dockerfile:
-    instructions: list[tuple[str, str]]
+    """A Dockerfile as dockerfile-parse reads it: continued lines joined, comments set apart."""
+
+    parsed: DockerfileParser
 
     @classmethod
     def read(cls, path: Path) -> Dockerfile:
-        instructions, pending = [], ""
-        for raw in path.read_text().splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue  # blank lines and comments, also inside a continued instruction
-            if line.endswith("\\"):
-                pending += line[:-1] + " "
-                continue
-            word, _, rest = (pending + line).partition(" ")
-            instructions.append((word.upper(), rest.strip()))
-            pending = ""
-        assert not pending, f"{path.name}: ends inside a continued line"
-        return cls(instructions)
+        return cls(DockerfileParser(path=str(path)))
 
     def all(self, word: str) -> list[str]:
-        return [rest for name, rest in self.instructions if name == word]
+        return [str(item["value"]) for item in self.parsed.structure if item["instruction"] == word]
 
     def last(self, word: str) -> str:
         found = self.all(word)
@@ -154,18 +136,13 @@ class Dockerfile:
         return value
 
     def env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for rest in self.all("ENV"):
-            for word in shlex.split(rest):
-                key, sep, value = word.partition("=")
-                assert sep, f"ENV wants KEY=VALUE, got {word!r}"
-                env[key] = value
-        return env
+        """The final stage's environment (what the container runs with)."""
+        return dict(self.parsed.envs)
 
     def healthcheck(self) -> list[str]:
         _options, _, command = self.last("HEALTHCHECK").partition("CMD ")
         assert command, "HEALTHCHECK without CMD"
-        return json.loads(command)
+        return list(json.loads(command))
 
     def copies(self) -> list[tuple[list[str], str]]:
         """(sources, destination) of COPY instructions that read the build context (no --from)."""
@@ -396,20 +373,19 @@ def dockerignore_allows(dockerfile: Path):
 @pytest.mark.parametrize("kind", sorted(UNITS))
 def test_systemd_unit_is_restarted_hardened_and_runs_a_console_script(kind: str) -> None:
     unit = read_unit(UNITS[kind])
-    assert {"Unit", "Service", "Install"} <= set(unit)
+    assert {"Unit", "Service", "Install"} <= unit_sections(UNITS[kind])
     exec_start = shlex.split(unit_setting(unit, "ExecStart") or "")
     assert Path(exec_start[0]).is_absolute() and Path(exec_start[0]).name == f"horde-{kind}"
     assert Path(exec_start[0]).name in console_scripts()
-    service = unit["Service"]
     assert unit_setting(unit, "Restart") == "on-failure"
     assert unit_setting(unit, "RestartSec")
     assert unit_setting(unit, "User") not in (None, "root")
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
                        "PrivateTmp": "yes", "CapabilityBoundingSet": ""}.items():
         assert unit_setting(unit, key) == value, f"{key}={value}"
-    env_files = service["EnvironmentFile"]
+    env_files = unit["EnvironmentFile"]
     assert env_files and all(Path(path.lstrip("-")).is_absolute() for path in env_files)
-    writable = " ".join(service["ReadWritePaths"]).split()
+    writable = " ".join(unit["ReadWritePaths"]).split()
     env = unit_environment(unit)
     state = env["HORDE_DATA_DIR"] if kind == "coordinator" else env["HORDE_NODE_CONFIG_DIR"]
     assert state in writable and state == f"/var/lib/{unit_setting(unit, 'StateDirectory')}"
@@ -417,7 +393,7 @@ def test_systemd_unit_is_restarted_hardened_and_runs_a_console_script(kind: str)
         assert Path(env["HF_HOME"]).is_relative_to(f"/var/cache/{unit_setting(unit, 'CacheDirectory')}")
         assert any(path.startswith("/var/cache/") for path in writable)
         assert unit_setting(unit, "PrivateDevices") in (None, "no"), "the node needs the GPU devices"
-        assert any("nvidia" in rule for rule in service["DeviceAllow"])
+        assert any("nvidia" in rule for rule in unit["DeviceAllow"])
     else:
         assert unit_setting(unit, "PrivateDevices") == "yes"
 
