@@ -23,6 +23,7 @@ from coordinator.storage.sql import Tx
 from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult
 from protocol.keys import KeyFormatError, PublicKey
+from protocol.ledger import hundredths
 from protocol.provenance import ResultDocument, sha256_hex, verify_result
 from protocol.samplers import UPSCALE_FACTORS
 
@@ -281,7 +282,7 @@ class ResultIntake:
         if job.charge <= 0:
             return 0.0
         account = await tx.account_by("id", request.account_id)
-        return job.charge if account is not None and account.kudos >= job.charge - 0.005 else 0.0
+        return job.charge if account is not None and hundredths(account.kudos) >= hundredths(job.charge) else 0.0
 
     @staticmethod
     async def _pay(
