@@ -8,8 +8,8 @@ from protocol.generation import GenerationRequest
 from protocol.samplers import GenerationState, post_processor_mask
 
 # The states of a request and of each of its jobs (one per image), the only values those columns hold:
-# the type checker refuses any other in an assignment or a call (not in a comparison: mypy lets
-# `state == "typo"` pass).
+# mypy refuses any other assigned or compared with `==` (strict_equality); tests/test_states.py checks
+# what it can't see: the states in `in (...)` tuples and in the SQL.
 RequestState = Literal["active", "done", "faulted", "cancelled"]
 JobState = Literal["waiting", "processing", "done", "faulted", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
