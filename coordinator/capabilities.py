@@ -228,6 +228,17 @@ def refusal(body: GenerationRequest) -> HordeError | None:
             return bad_request(RC.UNSUPPORTED_PARAMETER, f"params.{name}: no node of this network does {what}.")
     if body.allow_downgrade:
         return bad_request(RC.UNSUPPORTED_PARAMETER, "allow_downgrade: this network never shrinks a request.")
+    if body.shared:
+        return bad_request(
+            RC.UNSUPPORTED_PARAMETER,
+            "shared: this network shares no images with LAION or any dataset; leave shared out or send false.",
+        )
+    if body.validated_backends:
+        return bad_request(
+            RC.UNSUPPORTED_PARAMETER,
+            "validated_backends: this network vouches for no node's backend (a node's bridge_agent is its own "
+            "word); leave it out or send false.",
+        )
     if body.proxied_account is not None:
         return bad_request(RC.UNSUPPORTED_PARAMETER, "proxied_account: this network has no proxy accounts.")
     if body.extra_source_images:
