@@ -175,28 +175,33 @@ async def test_a_controlnet_job_runs_end_to_end(
     assert np.array_equal(control_map, np.asarray(canny(SQUARE), dtype=np.float64))
 
 
-async def test_a_map_of_any_type_runs_end_to_end_and_a_map_to_make_waits_for_a_node_that_makes_it(
+async def test_the_real_node_is_sent_only_the_controlnet_jobs_it_can_run(
     coordinator: RunningCoordinator, tiny_model_dir: Path, controlnet_dir: Path, tmp_path: Path
 ) -> None:
-    """The real node takes a depth job whose source is the map, and never one that asks it to make a depth
-    map: that one was queued first, so a node allowed to take it would have taken it first."""
+    """The real node takes a depth job whose source is the map; never one that asks it to make a depth map,
+    nor a ControlNet job on its model whose catalog says SD 2.x (its ControlNets are SD 1.x ones). Those
+    were queued first, so a node allowed to take them would have taken them first."""
     requester = await coordinator.create_account("requester", kudos=1000)
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, image_lossless=True,
-                         controlnet_dir=str(controlnet_dir))  # fmt: skip
+    catalog = {"tiny-sd": {"source": str(tiny_model_dir)},
+               "tiny-sd2": {"source": str(tiny_model_dir), "baseline": "stable_diffusion_2"}}  # fmt: skip
+    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, image_lossless=True, catalog=catalog,
+                         models=["tiny-sd", "tiny-sd2"], controlnet_dir=str(controlnet_dir))  # fmt: skip
     ids = []
-    for image_is_control in (False, True):
+    for model, control_type, image_is_control in (("tiny-sd", "depth", False), ("tiny-sd2", "canny", False),
+                                                  ("tiny-sd", "depth", True)):  # fmt: skip
         params = {"width": 64, "height": 64, "steps": 3, "seed": "7", "sampler_name": "k_euler",
-                  "control_type": "depth", "image_is_control": image_is_control}  # fmt: skip
-        body = {"prompt": "a red cat", "models": ["tiny-sd"], "source_image": webp(SQUARE), "params": params}
+                  "control_type": control_type, "image_is_control": image_is_control}  # fmt: skip
+        body = {"prompt": "a red cat", "models": [model], "source_image": webp(SQUARE), "params": params}
         reply = await api.post("/v2/generate/async", body)
         assert reply.status == 202, reply.body
         ids.append(reply.body["id"])
     async with running(NodeDaemon(config)):
-        [generation] = (await finished(api, ids[1]))["generations"]
+        [generation] = (await finished(api, ids[2]))["generations"]
         assert generation["state"] == "ok", generation
-        check = (await api.get(f"/v2/generate/check/{ids[0]}")).body
-    assert (check["waiting"], check["processing"], check["finished"], check["is_possible"]) == (1, 0, 0, False)
-    plain = await fetch_pixels(generation["img"])
-    assert plain.shape == (64, 64, 3) and plain.std() > 1
+        checks = [(await api.get(f"/v2/generate/check/{request_id}")).body for request_id in ids[:2]]
+    for check in checks:
+        assert (check["waiting"], check["processing"], check["finished"], check["is_possible"]) == (1, 0, 0, False)
+    image = await fetch_pixels(generation["img"])
+    assert image.shape == (64, 64, 3) and image.std() > 1
