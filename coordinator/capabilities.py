@@ -183,7 +183,8 @@ def sql_filters(caps: WorkerCaps, model: str = "") -> tuple[str, list[Any]]:
 LIMITED_MAX_STEPS = 30
 MAX_STEPS = 500  # a request's bound (protocol/generation.py)
 # What reGen does, by AI Horde's flags (lora_civitai: it finds LoRAs by CivitAI version id and injects triggers).
-# reGen runs ComfyUI's ControlNets for SD 2.x and loads SDXL embeddings; its SDXL ControlNet has its own flag.
+# AI Horde gives an allow_controlnet worker ControlNet jobs on SD 2.x models (refusing only the types no SD 2.x
+# ControlNet exists for, as `baseline_refusal` does) and an allow_lora worker TIs on any model, SDXL included.
 AI_HORDE_WORKER_FEATURES = frozenset({"hires_fix", "censor_nsfw", "tis", "lora_civitai", "sd2_controlnet", "sdxl_tis"})
 
 
