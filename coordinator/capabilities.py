@@ -72,10 +72,11 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("painting", "painting", "flag", "painting", "accepts inpainting"),
     Capability("lora", "lora", "flag", "lora", "accepts LoRAs"),
     Capability("lora_civitai", "lora_civitai", "flag", "lora", "finds LoRAs by CivitAI version or trigger"),
-    Capability("tis", "tis", "flag", "lora", "accepts textual inversions"),  # AI Horde gates TIs with allow_lora
+    # AI Horde gates TIs with allow_lora (`skip` lora).
+    Capability("tis", "tis", "flag", "lora", "accepts textual inversions for these models"),
     Capability("post_processing", "post_processing", "flag", "post-processing", "accepts post-processing"),
     Capability("post_processors", "post_processors", "subset", "post-processing", "runs these post-processors"),
-    Capability("controlnet", "controlnet", "flag", "controlnet", "accepts ControlNet"),
+    Capability("controlnet", "controlnet", "flag", "controlnet", "accepts ControlNet for these models"),
     Capability("control_type", "control_types", "member", "controlnet", "runs this ControlNet type"),
     Capability("annotator", "annotators", "member", "controlnet", "makes this ControlNet type's map from an image"),
     Capability("hires_fix", "hires_fix", "flag", "bridge_version", "does hires fix"),
