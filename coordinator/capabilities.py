@@ -10,14 +10,18 @@ node's), `member` (the job's value, unless '', is one of the node's list; None: 
 `subset` (the job's bitmask of names is within the node's; None: the node takes any).
 `skip` is AI Horde's `skipped` key for a node that lacks the capability; what AI Horde has no key for
 counts under `bridge_version`, AI Horde's key for "this worker's software cannot do what the job asks".
+
+What a node can do with a job may depend on the baseline of the model it runs it on (a ControlNet or a
+TI fits one baseline): every form reads the node's abilities through `on_model`, for the row's model.
 """
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from coordinator.errors import HordeError, bad_request
 from coordinator.storage.records import WorkerCaps
+from protocol.baselines import CASCADE, FLUX, SD1, SD2, SDXL, family, reference_family
 from protocol.errors import RC
 from protocol.generation import GenerationRequest
 from protocol.jobs import PopRequest
@@ -68,11 +72,13 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("painting", "painting", "flag", "painting", "accepts inpainting"),
     Capability("lora", "lora", "flag", "lora", "accepts LoRAs"),
     Capability("lora_civitai", "lora_civitai", "flag", "lora", "finds LoRAs by CivitAI version or trigger"),
-    Capability("tis", "tis", "flag", "lora", "accepts textual inversions"),  # AI Horde gates TIs with allow_lora
+    # AI Horde gates TIs with allow_lora (`skip` lora).
+    Capability("tis", "tis", "flag", "lora", "accepts textual inversions for these models"),
     Capability("post_processing", "post_processing", "flag", "post-processing", "accepts post-processing"),
     Capability("post_processors", "post_processors", "subset", "post-processing", "runs these post-processors"),
-    Capability("controlnet", "controlnet", "flag", "controlnet", "accepts ControlNet"),
+    Capability("controlnet", "controlnet", "flag", "controlnet", "accepts ControlNet for these models"),
     Capability("control_type", "control_types", "member", "controlnet", "runs this ControlNet type"),
+    Capability("annotator", "annotators", "member", "controlnet", "makes this ControlNet type's map from an image"),
     Capability("hires_fix", "hires_fix", "flag", "bridge_version", "does hires fix"),
     Capability("censor", "censor", "flag", "bridge_version", "runs an NSFW censor"),
     Capability("sampler", "samplers", "member", "bridge_version", "runs this sampler"),
@@ -99,6 +105,7 @@ def demands(body: GenerationRequest, sourced: bool) -> dict[str, Any]:
         "post_processors": post_processor_mask(params.post_processing),
         "controlnet": params.control_type is not None,
         "control_type": params.control_type or "",
+        "annotator": "" if params.image_is_control else params.control_type or "",
         "hires_fix": params.hires_fix,
         "censor": body.censor_nsfw,
         "sampler": params.sampler_name.lower(),
@@ -116,28 +123,60 @@ def model_allows(caps: WorkerCaps, model: str) -> bool:
     return model == "" or model in caps.models
 
 
-def first_unmet(caps: WorkerCaps, demand: Callable[[str], Any]) -> Capability | None:
-    """The first capability the job (`demand(column)`) needs and the node lacks; None: it can honour all."""
-    return next((c for c in CAPABILITIES if not c.allows(caps, demand(c.column))), None)
+def any_model(caps: WorkerCaps) -> str:
+    """The model a node runs a job that names none on (AI Horde's: its first, else stable_diffusion)."""
+    return caps.models[0] if caps.models else "stable_diffusion"
+
+
+def baseline_of(caps: WorkerCaps, model: str) -> str:
+    """The family of the model the node would run a row of `model` ('' for any) on: its word, else the
+    reference's (protocol/baselines.py)."""
+    model = model or any_model(caps)
+    return caps.baselines.get(model) or reference_family(model)
+
+
+def on_model(caps: WorkerCaps, model: str) -> WorkerCaps:
+    """The node's abilities for a job run on `model`: ControlNet on SD 2.x needs `sd2_controlnet`, on
+    SDXL `allow_sdxl_controlnet`; TIs on SDXL need `sdxl_tis`; Stable Cascade and Flux take neither here
+    (no node of this network has either for them, see `refusal`)."""
+    baseline = baseline_of(caps, model)
+    if baseline == SD1:
+        return caps
+    if baseline not in caps.by_family:
+        controlnet = {SD2: caps.sd2_controlnet, SDXL: caps.sdxl_controlnet}.get(baseline, False)
+        tis = {SD2: True, SDXL: caps.sdxl_tis}.get(baseline, False)
+        caps.by_family[baseline] = replace(caps, controlnet=caps.controlnet and controlnet, tis=caps.tis and tis)
+    return caps.by_family[baseline]
+
+
+def first_unmet(caps: WorkerCaps, demand: Callable[[str], Any], model: str = "") -> Capability | None:
+    """The first capability the job (`demand(column)`) needs and the node lacks on `model` ('' for the
+    model it runs a job naming none on); None: it can honour all."""
+    able = on_model(caps, model)
+    return next((c for c in CAPABILITIES if not c.allows(able, demand(c.column))), None)
 
 
 def row_skip_reason(row: Mapping[str, Any], caps: WorkerCaps) -> str | None:
     """Why a queue row is not for this node (AI Horde's `skipped` key), the model included; None: it is."""
     if not model_allows(caps, row["model"]):
         return "models"
-    unmet = first_unmet(caps, row.__getitem__)
+    unmet = first_unmet(caps, row.__getitem__, row["model"])
     return None if unmet is None else unmet.skip
 
 
-def sql_filters(caps: WorkerCaps) -> tuple[str, list[Any]]:
-    """The pop query's WHERE clause (models aside, which it walks one by one) and its arguments."""
-    terms, args = [], []
-    for capability in CAPABILITIES:
-        term = capability.sql(caps)
-        if term is not None:
-            terms.append(term[0])
-            args += term[1]
-    return " AND ".join(terms) or "1 = 1", args
+def sql_filters(caps: WorkerCaps, model: str = "") -> tuple[str, list[Any]]:
+    """The pop query's WHERE clause for the rows of `model` (which it walks one by one), and its arguments."""
+    able = on_model(caps, model)
+    key = ("sql", baseline_of(caps, model))
+    if key not in caps.by_family:
+        terms, args = [], []
+        for capability in CAPABILITIES:
+            term = capability.sql(able)
+            if term is not None:
+                terms.append(term[0])
+                args += term[1]
+        caps.by_family[key] = (" AND ".join(terms) or "1 = 1", args)
+    return caps.by_family[key]
 
 
 # AI Horde's `limit_max_steps` keeps a worker to about the mean of its model's recommended steps; with no
@@ -145,7 +184,9 @@ def sql_filters(caps: WorkerCaps) -> tuple[str, list[Any]]:
 LIMITED_MAX_STEPS = 30
 MAX_STEPS = 500  # a request's bound (protocol/generation.py)
 # What reGen does, by AI Horde's flags (lora_civitai: it finds LoRAs by CivitAI version id and injects triggers).
-AI_HORDE_WORKER_FEATURES = frozenset({"hires_fix", "censor_nsfw", "tis", "lora_civitai"})
+# AI Horde gives an allow_controlnet worker ControlNet jobs on SD 2.x models (refusing only the types no SD 2.x
+# ControlNet exists for, as `baseline_refusal` does) and an allow_lora worker TIs on any model, SDXL included.
+AI_HORDE_WORKER_FEATURES = frozenset({"hires_fix", "censor_nsfw", "tis", "lora_civitai", "sd2_controlnet", "sdxl_tis"})
 
 
 def declared(pop: PopRequest) -> dict[str, Any]:
@@ -164,6 +205,10 @@ def declared(pop: PopRequest) -> dict[str, Any]:
         "samplers": None if pop.samplers is None else sorted({name.lower() for name in pop.samplers}),
         "post_processors": None if pop.post_processors is None else sorted(set(pop.post_processors)),
         "control_types": None if pop.control_types is None else sorted(set(pop.control_types)),
+        "annotators": None if pop.annotators is None else sorted(set(pop.annotators)),
+        "sd2_controlnet": "sd2_controlnet" in features,
+        "sdxl_tis": "sdxl_tis" in features,
+        "model_baselines": {model: family(name) for model, name in pop.model_baselines.items() if model in pop.models},
         "approximate_samplers": {name.lower(): note for name, note in pop.approximate_samplers.items()},
     }
 
@@ -185,6 +230,17 @@ def refusal(body: GenerationRequest) -> HordeError | None:
             return bad_request(RC.UNSUPPORTED_PARAMETER, f"params.{name}: no node of this network does {what}.")
     if body.allow_downgrade:
         return bad_request(RC.UNSUPPORTED_PARAMETER, "allow_downgrade: this network never shrinks a request.")
+    if body.shared:
+        return bad_request(
+            RC.UNSUPPORTED_PARAMETER,
+            "shared: this network shares no images with LAION or any dataset; leave shared out or send false.",
+        )
+    if body.validated_backends:
+        return bad_request(
+            RC.UNSUPPORTED_PARAMETER,
+            "validated_backends: this network vouches for no node's backend (a node's bridge_agent is its own "
+            "word); leave it out or send false.",
+        )
     if body.proxied_account is not None:
         return bad_request(RC.UNSUPPORTED_PARAMETER, "proxied_account: this network has no proxy accounts.")
     if body.extra_source_images:
@@ -195,6 +251,30 @@ def refusal(body: GenerationRequest) -> HordeError | None:
         return bad_request(RC.CONTROLNET_SOURCE_MISSING, "ControlNet (params.control_type) needs a source_image.")
     if (params.image_is_control or params.return_control_map) and params.control_type is None:
         return bad_request(RC.VALIDATION, "image_is_control and return_control_map need params.control_type.")
+    if (refused := baseline_refusal(body)) is not None:
+        return refused
     if body.style is not None:
         return HordeError(404, RC.STYLE_NOT_FOUND, f"Style {body.style!r} not found: this network keeps no styles.")
+    return None
+
+
+# Control types AI Horde has no SD 2.x ControlNet for (it refuses them on SD 2.x with this rc).
+NO_SD2_CONTROLNET = frozenset({"normal", "hough"})
+
+
+def baseline_refusal(body: GenerationRequest) -> HordeError | None:
+    """ControlNet or TIs asked of models whose baseline no node here can do them on (by the reference:
+    a node's own word about a model counts only for what that node is sent). A request naming no model
+    may run on any, so it is routed."""
+    params, models = body.params, body.models
+    baselines = {reference_family(model) for model in models}
+    if params.control_type is not None and models:
+        if SD2 in baselines and params.control_type in NO_SD2_CONTROLNET:
+            return bad_request(
+                RC.CONTROLNET_UNSUPPORTED, f"No SD 2.x ControlNet exists for control_type {params.control_type!r}."
+            )
+        if baselines <= {CASCADE, FLUX}:
+            return bad_request(RC.CONTROLNET_MISMATCH, "ControlNet does not work with Stable Cascade or Flux models.")
+    if params.tis and models and baselines <= {CASCADE, FLUX}:
+        return bad_request(RC.UNSUPPORTED_PARAMETER, "params.tis: textual inversions do not work with these models.")
     return None

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from coordinator.auth import Caller
-from coordinator.capabilities import row_skip_reason
+from coordinator.capabilities import any_model, row_skip_reason
 from coordinator.lifecycle import excluded, release_job
 from coordinator.metrics import DISPATCH_LATENCY
 from coordinator.queueing import worker_list_allows
@@ -151,7 +151,7 @@ class Dispatcher:
                     request = await tx.get_request(row["request_id"])
                     if request is None or self._refused(request, caps):
                         continue
-                    model = row["model"] or (caps.models[0] if caps.models else "stable_diffusion")
+                    model = row["model"] or any_model(caps)
                     jobs = await self._claim_batch(
                         tx, request, row["job_id"], worker, model, amount, funded_only=caps.require_upfront_kudos
                     )

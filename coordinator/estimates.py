@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from statistics import median
 
-from coordinator.capabilities import CAPABILITIES
+from coordinator.capabilities import CAPABILITIES, model_allows, on_model
 from coordinator.events import can_serve
 from coordinator.storage.records import JobRecord, QueueEntry, Worker, WorkerCaps
 
@@ -103,8 +103,9 @@ def unservable_reason(entry: QueueEntry, online: list[WorkerCaps]) -> str:
         return "No node is online."
     if entry.models and not any(set(entry.models) & set(caps.models) for caps in online):
         return f"No online node serves {', '.join(entry.models)}."
+    able = [on_model(caps, model) for caps in online for model in (entry.models or [""]) if model_allows(caps, model)]
     for capability in CAPABILITIES:
-        if not any(capability.allows(caps, getattr(entry, capability.column)) for caps in online):
+        if not any(capability.allows(caps, getattr(entry, capability.column)) for caps in able):
             return f"No online node {capability.words}."
     if entry.workers:
         return "No online node is allowed by the request's worker list."

@@ -21,9 +21,9 @@ def can_serve(caps: WorkerCaps, entry: QueueEntry) -> bool:
     """The cheap checks a wake-up uses; the pop query makes the final decision. Only one node is woken
     per job, so every check the pop makes on the entry's columns must be here too, or the wake-up goes
     to a node that cannot take the job while one that can sleeps on."""
+    models = [model for model in entry.models if model in caps.models] if entry.models else [""]
     return (
-        (not entry.models or any(model in caps.models for model in entry.models))
-        and first_unmet(caps, lambda column: getattr(entry, column)) is None
+        any(first_unmet(caps, lambda column: getattr(entry, column), model) is None for model in models)
         and _named_allows(caps, entry)
         and caps.worker_id not in entry.excluded
     )

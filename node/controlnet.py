@@ -2,13 +2,15 @@
 model guided by the ControlNet for that type, through diffusers' StableDiffusionControlNetPipeline.
 
 The node's ControlNet folder holds one diffusers-format ControlNet per AI Horde control type, in a
-subfolder of that name (`canny/` from lllyasviel/sd-controlnet-canny, `scribble/` from
-lllyasviel/sd-controlnet-scribble, ...). A type is served when its ControlNet is there and the node can
-make its map: `canny` (OpenCV's Canny edges, the thresholds ControlNet was trained with) and `scribble`
-(the requester's dark-on-light drawing as light-on-dark lines). The other types need annotator models
-(HED for fakescribbles and hed, MiDaS for depth, OpenPose, ...) that the node does not have, so they
-are not declared; with `image_is_control` the source already is the map, so every present ControlNet
-serves it.
+subfolder of that name (`canny/` from lllyasviel/sd-controlnet-canny, `depth/` from
+lllyasviel/sd-controlnet-depth, ...). With `image_is_control` the source already is the map, so every
+type whose ControlNet is there is served (`control_types` in the pop). From a plain image the node makes
+the map of two types only (`annotators` in the pop): `canny` (OpenCV's Canny edges, the thresholds
+ControlNet was trained with) and `scribble` (the requester's dark-on-light drawing as light-on-dark
+lines). The other types need annotator networks (HED for hed and fakescribbles, MiDaS for depth and
+normal, OpenPose, a segmenter, M-LSD for hough) that the node does not have; an image operation in
+their place would make a map their ControlNet was not trained on, so they are not declared, and the
+coordinator sends such jobs only to nodes that declare the annotator (AI Horde's workers).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from PIL import Image
 from node.devices import pick_dtype
 from node.jobspec import JobRejected, JobSpec
 from node.pipelines import MODULE_BUILD_LOCK
+from protocol.samplers import CONTROL_TYPES
 
 CANNY_THRESHOLDS = (100, 200)  # lllyasviel's ControlNet annotator's (and AI Horde's) defaults
 SCRIBBLE_INK = 127  # darker than this is a line
@@ -82,6 +85,8 @@ def check_control(job: JobSpec, baseline: str, controlnets: ControlNets) -> str 
     control = job.control_type
     if control is None:
         return None
+    if control in controlnets.folders and not controlnets.serves(control, job.image_is_control):
+        raise JobRejected(f"this node cannot make a {control!r} map; send the map itself with image_is_control")
     if not controlnets.serves(control, job.image_is_control):
         raise JobRejected(f"ControlNet {control!r} is not served by this node")
     if baseline != "stable_diffusion_1":
@@ -102,6 +107,8 @@ def available(folder: Path) -> dict[str, Path]:
     return {path.name: path for path in sorted(folder.iterdir()) if (path / "config.json").is_file()}
 
 
-def declared_types(folder: Path) -> list[str]:
-    """The control types a node with this folder can honour from a plain source image."""
-    return [name for name in available(folder) if name in ANNOTATORS]
+def declared_types(folder: Path) -> tuple[list[str], list[str]]:
+    """The control types a node with this folder runs (with `image_is_control`, any of AI Horde's types
+    it has a ControlNet for), and those among them whose map it can also make from a plain image."""
+    present = [name for name in available(folder) if name in CONTROL_TYPES]
+    return present, [name for name in present if name in ANNOTATORS]

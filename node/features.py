@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from node.catalog import Catalog
 from node.config import NodeConfig
 from node.controlnet import ControlNets, declared_types
 from node.postprocess import PostProcessors, available
@@ -51,16 +52,24 @@ def declared(config: NodeConfig) -> dict[str, Any]:
     features = [HIRES_FIX] + ([CENSOR_NSFW] if config.safety_checker_source else [])
     features += [TIS] if serves_tis(config) else []
     upscalers = sorted(available(config.post_processor_path))
-    control_types = declared_types(config.controlnet_path)
+    control_types, annotated = declared_types(config.controlnet_path)
     return {
         "blacklist": list(config.blacklist),
         "features": features,
         "allow_post_processing": bool(upscalers),
         "post_processors": upscalers,  # ours: which of AI Horde's post-processors, by name
-        # SD 1.x ControlNets only: no SDXL ones (allow_sdxl_controlnet stays off).
+        # SD 1.x ControlNets only: no SD 2.x (feature sd2_controlnet) or SDXL ones (allow_sdxl_controlnet).
         "allow_controlnet": bool(control_types),
-        "control_types": control_types,  # ours: which of AI Horde's control types
+        "control_types": control_types,  # ours: which of AI Horde's control types, with image_is_control
+        "annotators": annotated,  # ours: those whose map it makes from a plain image
+        "model_baselines": model_baselines(config),  # ours: so ControlNet and TI jobs go to models they fit
     }
+
+
+def model_baselines(config: NodeConfig) -> dict[str, str]:
+    """The baseline of each model the node serves, from its catalog (the pipeline family it loads)."""
+    catalog = Catalog.from_config(config.catalog_table())
+    return {name: catalog[name].baseline for name in config.models if name in catalog}
 
 
 def serves_tis(config: NodeConfig) -> bool:

@@ -20,6 +20,7 @@ from transformers import CLIPConfig, CLIPImageProcessor
 from node.pipelines import MODULE_BUILD_LOCK
 from node.postprocess import import_spandrel
 from node.tiny_model import TINY_TEXT_WIDTH, tiny_unet
+from protocol.samplers import CONTROL_TYPES
 
 EXTRAS_INDEX = "extras.json"
 # Two checkers that differ only in their concept thresholds: cosine similarity lies in [-1, 1], so a
@@ -33,9 +34,10 @@ _BUILD_SEED = 20240602
 TINY_UPSCALERS = {"RealESRGAN_x2plus": 2, "RealESRGAN_x4plus": 4}
 # A two-vector textual inversion for the tiny text encoder (width 32), in CivitAI's SD 1.x file layout.
 TI_FOLDER = "embeddings"
-# ControlNets shaped for the tiny UNet, one per control type the node can annotate for.
+# ControlNets shaped for the tiny UNet, one per AI Horde control type (canny and scribble first, so their
+# weights stay those of earlier builds): the node annotates for two, the others take `image_is_control`.
 CONTROLNET_FOLDER = "controlnets"
-TINY_CONTROL_TYPES = ("canny", "scribble")
+TINY_CONTROL_TYPES = ("canny", "scribble", *(name for name in CONTROL_TYPES if name not in ("canny", "scribble")))
 TINY_TI = "tiny-ti"
 _CLIP_IMAGE_SIZE = 32
 

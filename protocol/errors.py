@@ -79,6 +79,10 @@ class RC:
     UNSUPPORTED_PARAMETER = "UnsupportedParameter"
     # AI Horde's codes: ControlNet without a source image; a style it does not know.
     CONTROLNET_SOURCE_MISSING = "ControlNetSourceMissing"
+    # AI Horde's codes: a control type with no ControlNet for the model's baseline; ControlNet on a baseline
+    # that takes none.
+    CONTROLNET_UNSUPPORTED = "ControlNetUnsupported"
+    CONTROLNET_MISMATCH = "ControlNetMismatch"
     STYLE_NOT_FOUND = "StyleNotFound"
     # AI Horde's code for a moderator's action (PUT /v2/users/{id}) by an account that is not one.
     NOT_MODERATOR = "NotModerator"

@@ -128,7 +128,11 @@ class GenerationRequest(NullMeansDefault):
     extra_source_images: list[dict[str, Any]] = Field(default_factory=list, max_length=5)
     style: str | None = Field(default=None, max_length=NAME_MAX)
     r2: bool = True
-    shared: bool = False
+    shared: bool = False  # refused when true: this network gives images to no dataset (coordinator/capabilities.py)
+    # AI Horde's: sanitize a prompt its filter would refuse instead of refusing it. Met either way here: the
+    # coordinator neither refuses nor rewrites a prompt for its words (docs/api.md).
+    replacement_filter: bool = True
+    validated_backends: bool | None = None  # refused when true: no backend is vouched for (capabilities.py)
     dry_run: bool = False
     # AI Horde's: a URL POSTed each finished image and the completion, signed by the coordinator (RFC 9421).
     webhook: str | None = Field(default=None, min_length=10, max_length=WEBHOOK_URL_MAX, pattern=r"^https?://[^\s]+$")

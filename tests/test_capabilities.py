@@ -21,6 +21,7 @@ from coordinator.events import can_serve
 from coordinator.storage.migrations import migration_scripts
 from coordinator.storage.records import QueueEntry, WorkerCaps
 from coordinator.storage.sqlite import SqliteDatabase
+from protocol.baselines import FAMILIES
 from tests.api_support import b64, count, generate, node, png, pop_job, requester, small
 from tests.conftest import RunningCoordinator
 
@@ -40,8 +41,8 @@ def random_entry(rng: random.Random, index: int) -> QueueEntry:
             demands["steps"] = rng.choice([4, 30, 31, 100])
         elif capability.column == "post_processors":
             demands["post_processors"] = rng.choice([0, 0, 1, 2, 3, 64, 65])
-        elif capability.column == "control_type":
-            demands["control_type"] = rng.choice(CONTROL_TYPES)
+        elif capability.column in ("control_type", "annotator"):
+            demands[capability.column] = rng.choice(CONTROL_TYPES)
         else:
             demands[capability.column] = rng.choice(SAMPLERS)
     models = rng.sample(MODELS, rng.randint(0, 2))
@@ -53,10 +54,15 @@ def random_caps(rng: random.Random, index: int) -> WorkerCaps:
     flags = {c.node: rng.random() < 0.6 for c in CAPABILITIES if c.kind == "flag"}
     samplers = None if rng.random() < 0.3 else frozenset(rng.sample(SAMPLERS, rng.randint(0, len(SAMPLERS))))
     controls = None if rng.random() < 0.3 else frozenset(rng.sample(CONTROL_TYPES[2:], rng.randint(0, 3)))
+    annotators = None if rng.random() < 0.3 else frozenset(rng.sample(CONTROL_TYPES[2:], rng.randint(0, 3)))
+    models = rng.sample(MODELS, rng.randint(0, 3))
+    # Some models declared with a baseline, the others the reference's (m1..m3: SD 1.x by default).
+    baselines = {model: rng.choice(FAMILIES) for model in models if rng.random() < 0.7}
+    by_baseline = {name: rng.random() < 0.5 for name in ("sdxl_controlnet", "sd2_controlnet", "sdxl_tis")}
     return WorkerCaps(
-        worker_id=f"w{index}", models=rng.sample(MODELS, rng.randint(0, 3)),
-        max_pixels=rng.choice([512, 1024, 2048]) ** 2, max_steps=rng.choice([30, 500]), samplers=samplers,
-        post_processors=rng.choice([None, 0, 1, 3, 67]), control_types=controls, **flags,
+        worker_id=f"w{index}", models=models, max_pixels=rng.choice([512, 1024, 2048]) ** 2,
+        max_steps=rng.choice([30, 500]), samplers=samplers, post_processors=rng.choice([None, 0, 1, 3, 67]),
+        control_types=controls, annotators=annotators, baselines=baselines, **by_baseline, **flags,
     )  # fmt: skip
 
 
@@ -90,7 +96,7 @@ def test_each_row_keeps_out_exactly_what_the_node_lacks() -> None:
                             lora=True, post_processing=True, trusted=True, tis=True, controlnet=True,
                             hires_fix=True, censor=True)  # fmt: skip
     plain = {c.column: 0 for c in CAPABILITIES} | {"pixels": 64 * 64, "steps": 4, "sampler": "k_euler", "model": "m1",
-                                                   "control_type": ""}  # fmt: skip
+                                                   "control_type": "", "annotator": ""}  # fmt: skip
     assert row_skip_reason(plain, everything) is None
     for capability in CAPABILITIES:
         if capability.kind != "flag":

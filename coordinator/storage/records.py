@@ -82,6 +82,10 @@ class Worker:
     approximate_samplers: dict[str, str] = field(default_factory=dict)  # name → what runs instead
     post_processors: list[str] | None = None  # None: every one (with post_processing)
     control_types: list[str] | None = None  # None: every one (with controlnet)
+    annotators: list[str] | None = None  # control types it maps from a plain image (None: all it runs)
+    sd2_controlnet: bool = False
+    sdxl_tis: bool = False
+    model_baselines: dict[str, str] = field(default_factory=dict)  # model → family (protocol/baselines.py)
 
 
 @dataclass
@@ -109,6 +113,7 @@ class QueueEntry:
     sampler: str = "k_euler_a"  # lower case, as nodes declare them
     post_processors: int = 0  # a bit per AI Horde post-processor name (coordinator/capabilities.py)
     control_type: str = ""  # '' for none
+    annotator: str = ""  # the control type whose map the node must make ('' with image_is_control, or none)
     workers: list[str] = field(default_factory=list)
     worker_blacklist: bool = False
     # Not stored: the nodes a requeued job failed on, so its wake-up goes to a node that may take it
@@ -201,6 +206,14 @@ class WorkerCaps:
     samplers: frozenset[str] | None = None  # None: any sampler
     post_processors: int | None = None  # a bit per post-processor it runs (None: any)
     control_types: frozenset[str] | None = None  # None: any
+    annotators: frozenset[str] | None = None  # None: any
+    # What depends on the baseline of the model a job runs on (coordinator/capabilities.py, `on_model`).
+    sdxl_controlnet: bool = False
+    sd2_controlnet: bool = False
+    sdxl_tis: bool = False
+    baselines: dict[str, str] = field(default_factory=dict)  # declared model → family
+    # `on_model`'s answers by family, so a pop over hundreds of models derives each variant once.
+    by_family: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(
@@ -221,4 +234,7 @@ class WorkerCaps:
             samplers=None if worker.samplers is None else frozenset(worker.samplers),
             post_processors=None if worker.post_processors is None else post_processor_mask(worker.post_processors),
             control_types=None if worker.control_types is None else frozenset(worker.control_types),
+            annotators=None if worker.annotators is None else frozenset(worker.annotators),
+            sdxl_controlnet=worker.sdxl_controlnet, sd2_controlnet=worker.sd2_controlnet, sdxl_tis=worker.sdxl_tis,
+            baselines=worker.model_baselines,
         )  # fmt: skip

@@ -366,17 +366,16 @@ class Tx:
     async def queue_candidates(self, caps: WorkerCaps, per_model: int = CANDIDATES_PER_MODEL) -> list[Row]:
         """The best waiting rows for each model the node serves, filtered by what indexes can check."""
         models = [*caps.models, ""]
-        filters, filter_args = sql_filters(caps)
-        one = f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} " \
-              "ORDER BY tier DESC, rank DESC LIMIT ?) AS m"
         rows: list[Row] = []
         # SQLite caps a compound SELECT at 500 terms; a node may serve more models than that.
         for start in range(0, len(models), MODELS_PER_STATEMENT):
-            chunk = models[start : start + MODELS_PER_STATEMENT]
-            args: list[Any] = []
-            for model in chunk:
+            parts, args = [], []
+            for model in models[start : start + MODELS_PER_STATEMENT]:
+                filters, filter_args = sql_filters(caps, model)  # per model: abilities can hang on its baseline
+                parts.append(f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} "
+                             "ORDER BY tier DESC, rank DESC LIMIT ?) AS m")  # fmt: skip
                 args += [model, *filter_args, per_model]
-            rows += await self.driver.fetchall(" UNION ALL ".join([one] * len(chunk)), args)
+            rows += await self.driver.fetchall(" UNION ALL ".join(parts), args)
         return rows
 
     async def queue_head(self, limit: int) -> list[Row]:
