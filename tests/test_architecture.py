@@ -2,6 +2,7 @@
 
 - the arrows between packages point one way: protocol ← coordinator, node, client; those three never
   import each other, and protocol imports none of them and does no I/O beyond key files;
+- no module of those packages is longer than MAX_MODULE_LINES;
 - inside the coordinator a request flows handler → broker component → storage: components never import
   the web layer, storage never imports components, and handlers (coordinator/routes) never touch the
   database, the image store or SQL, and each calls one broker component.
@@ -38,6 +39,10 @@ HANDLER_GATES = {"limiter", "webhooks"}
 HANDLER_MAX_LINES = 12
 # Where a request or a command comes in: these call components and never touch storage themselves.
 ENTRY_POINTS = ("coordinator.routes", "coordinator.cli", "coordinator.middleware", "coordinator.connections")
+MAX_MODULE_LINES = 400
+# Over the limit, and being changed by other work now; each is to be split, then removed from here
+# (the test fails while one listed here is short enough, so the list cannot go stale).
+OVERSIZE_FOR_NOW = {"coordinator/storage/sql.py", "node/inference.py"}
 SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE TABLE")
 
 
@@ -196,3 +201,9 @@ def test_handlers_parse_call_one_component_and_reply(modules: list[Module]) -> N
     routes = [module for module in modules if within(module.name, "coordinator.routes")]
     assert sum(len(handler_names(module)) for module in routes) >= 30  # the check sees the handlers
     assert handler_problems(modules) == []
+
+
+def test_modules_stay_small(modules: list[Module]) -> None:
+    lengths = {module.path.relative_to(ROOT).as_posix(): module.path.read_text(encoding="utf-8").count("\n")
+               for module in modules}  # fmt: skip
+    assert {path for path, lines in lengths.items() if lines > MAX_MODULE_LINES} == OVERSIZE_FOR_NOW
