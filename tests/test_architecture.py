@@ -18,19 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("protocol", "coordinator", "node", "client")
 # The coordinator's web layer: HTTP in and out, the app's wiring, the operator's CLI, the API documents.
 WEB_LAYER = ("coordinator.app", "coordinator.cli", "coordinator.connections", "coordinator.middleware",
-             "coordinator.openapi", "coordinator.swagger2", "coordinator.routes")  # fmt: skip
+             "coordinator.openapi", "coordinator.swagger2", "coordinator.routes")
 # What a handler module may import from the coordinator: the other route modules, who is calling (auth),
 # errors, the broker it calls, and constants of the protocol it speaks (an SSE keep-alive, the metrics key).
 ROUTES_MAY_IMPORT = ("coordinator.routes", "coordinator.auth", "coordinator.errors", "coordinator.broker",
                      "coordinator.stream", "coordinator.metrics", "coordinator.openapi",
-                     "coordinator.swagger2")  # fmt: skip
+                     "coordinator.swagger2")
 # What storage may import from the coordinator besides itself: the one capability table (its SQL form is the
 # pop query's filters) and the statement timer of /metrics. Neither imports a component.
 STORAGE_MAY_IMPORT = ("coordinator.storage", "coordinator.capabilities", "coordinator.metrics")
 SHARED_WITH_STORAGE_MAY_IMPORT = ("coordinator.storage", "coordinator.errors")
 # I/O protocol/ may not do; keys.py alone reads and writes key files (0600, written atomically).
 IO_MODULES = ("pathlib", "tempfile", "socket", "asyncio", "aiohttp", "httpx", "requests", "urllib.request",
-              "sqlite3", "asyncpg", "subprocess", "shutil")  # fmt: skip
+              "sqlite3", "asyncpg", "subprocess", "shutil")
 PROTOCOL_IO_ALLOWED = {"protocol.keys": ("pathlib", "tempfile")}
 # Gates every request passes before its component, which handlers may call beside it: the rate limits,
 # and the webhook target check (the webhook component is built on the request desk, so the desk cannot
@@ -138,10 +138,10 @@ def broker_components(function: ast.AST) -> set[str]:
     for X.y in HANDLER_GATES)."""
     gates = {node.value for node in ast.walk(function)
              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-             and f"{node.value.attr}.{node.attr}" in HANDLER_GATES}  # fmt: skip
+             and f"{node.value.attr}.{node.attr}" in HANDLER_GATES}
     return {node.attr for node in ast.walk(function)
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call)
-            and getattr(node.value.func, "id", None) == "broker" and node not in gates}  # fmt: skip
+            and getattr(node.value.func, "id", None) == "broker" and node not in gates}
 
 
 def name_of(node: ast.expr) -> str | None:
@@ -209,5 +209,5 @@ def test_handlers_parse_call_one_component_and_reply(modules: list[Module]) -> N
 
 def test_modules_stay_small(modules: list[Module]) -> None:
     lengths = {module.path.relative_to(ROOT).as_posix(): module.path.read_text(encoding="utf-8").count("\n")
-               for module in modules}  # fmt: skip
+               for module in modules}
     assert {path for path, lines in lengths.items() if lines > MAX_MODULE_LINES} == OVERSIZE_FOR_NOW
