@@ -203,7 +203,7 @@ def require_data(config: CoordinatorConfig) -> None:
 
 
 async def admin(args: argparse.Namespace, config: CoordinatorConfig) -> int:
-    """One administration command: parse, call one broker component, print."""
+    """One administration command: it calls the components that hold the rules, never the database."""
     if args.command != "init":
         require_data(config)
     services = await open_services(config)
