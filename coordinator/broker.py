@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from coordinator.auth import Authenticator
 from coordinator.bank import Bank
 from coordinator.dispatch import Dispatcher
+from coordinator.gallery import Gallery
 from coordinator.history import History
 from coordinator.moderation import Moderation
+from coordinator.network import Network
 from coordinator.outlook import Outlooks
 from coordinator.ratelimit import RateLimiter
 from coordinator.requesting import RequestDesk
@@ -18,7 +20,9 @@ from coordinator.roster import Roster
 from coordinator.services import Services
 from coordinator.stream import LiveProgress, ProgressBoard
 from coordinator.upkeep import Upkeep
+from coordinator.users import Users
 from coordinator.webhooks import Webhooks
+from coordinator.workers import WorkerDesk
 
 
 @dataclass
@@ -26,18 +30,21 @@ class Broker:
     services: Services
     auth: Authenticator
     limiter: RateLimiter
-    registration_limiter: RateLimiter
     roster: Roster
+    workers: WorkerDesk
     outlooks: Outlooks
+    network: Network
     requests: RequestDesk
     dispatcher: Dispatcher
     results: ResultIntake
     bank: Bank
+    users: Users
     moderation: Moderation
     upkeep: Upkeep
     live: LiveProgress
     webhooks: Webhooks
     history: History
+    gallery: Gallery
 
     @classmethod
     def build(cls, services: Services) -> "Broker":
@@ -45,20 +52,25 @@ class Broker:
         roster = Roster(services)
         outlooks = Outlooks(services, roster)
         requests = RequestDesk(services, roster, outlooks)
+        bank = Bank(services)
+        registrations = RateLimiter({"register": config.registration_limit}, config.rate_limiting)
         return cls(
             services=services,
             auth=Authenticator(services.database, services.tokens, config.public_url),
             limiter=RateLimiter(config.rate_limits, config.rate_limiting),
-            registration_limiter=RateLimiter({"register": config.registration_limit}, config.rate_limiting),
             roster=roster,
+            workers=WorkerDesk(services),
             outlooks=outlooks,
+            network=Network(services, roster, outlooks),
             requests=requests,
             dispatcher=Dispatcher(services, roster),
             results=ResultIntake(services, outlooks.service_levels),
-            bank=Bank(services),
+            bank=bank,
+            users=Users(services, bank, roster, registrations),
             moderation=Moderation(services),
             upkeep=Upkeep(services),
             live=LiveProgress(services, requests, ProgressBoard()),
             webhooks=Webhooks(services, requests),
             history=History(services),
+            gallery=Gallery(services),
         )

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from coordinator.errors import HordeError
 from coordinator.images import parse_s3_url
 from coordinator.logs import configure_logging
 from coordinator.moderation import Moderation
+from coordinator.services import Services
 from coordinator.storage import StorageUnavailable
 
 DATA_RULE = "--data-dir, else $HORDE_DATA_DIR, else $XDG_DATA_HOME/horde-coordinator (~/.local/share/...)"
@@ -201,52 +203,71 @@ def require_data(config: CoordinatorConfig) -> None:
 
 
 async def admin(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    """One administration command: it calls the components that hold the rules, never the database."""
     if args.command != "init":
         require_data(config)
     services = await open_services(config)
-    bank = Bank(services)
     try:
-        if args.command == "init":  # then audits, as `audit` does
-            print(f"data directory {config.data_dir}: coordinator key {services.identity.public_key.text()}")
-        if args.command == "user":
-            account, apikey = await bank.open_account(args.name)
-            if args.kudos:
-                await bank.grant(account.id, args.kudos)
-            print(f"created {account.display_name}\napikey: {apikey}")
-        elif args.command == "grant":
-            account = await bank.find("username", args.user.split("#", 1)[0])
-            entry = await bank.grant(account.id, args.amount)
-            print(f"ledger entry {entry.seq}: {args.amount:+} kudos for {account.display_name}")
-        elif args.command == "trust":
-            return await set_trust(services, args.worker, not args.revoke)
-        elif args.command == "moderator":
-            account = await bank.find("username", args.user.split("#", 1)[0])
-            await Moderation(services).set_moderator(account.id, not args.revoke)
-            print(f"{account.display_name} is {'no longer ' if args.revoke else ''}a moderator")
-        elif args.command in ("audit", "init"):
-            report = await bank.audit()
-            print(f"checked {report.entries} ledger entries; head {report.head_seq} {report.head_hash}")
-            for problem in report.problems:
-                print(f"PROBLEM: {problem}")
-            print("ledger OK" if report.ok else "ledger FAILED")
-            return 0 if report.ok else 1
-        return 0
+        return await ADMIN_COMMANDS[args.command](args, services)
     finally:
         await services.close()
 
 
-async def set_trust(services, name: str, trusted: bool) -> int:
-    async with services.database.transaction() as tx:
-        worker = await tx.worker_by("name", name)
-        if worker is None:
-            print(f"error: no worker named {name}", file=sys.stderr)
-            return 1
-        worker.trusted = trusted
-        if trusted:
-            worker.suspicion = 0  # the operator vouches for it: withheld rewards resume (coordinator/economy.py)
-        await tx.save_worker(worker)
-    print(f"worker {name} is {'trusted' if trusted else 'not trusted'}")
+async def init_data(args: argparse.Namespace, services: Services) -> int:
+    print(f"data directory {services.config.data_dir}: coordinator key {services.identity.public_key.text()}")
+    return await audit(args, services)
+
+
+async def add_user(args: argparse.Namespace, services: Services) -> int:
+    bank = Bank(services)
+    account, apikey = await bank.open_account(args.name)
+    if args.kudos:
+        await bank.grant(account.id, args.kudos)
+    print(f"created {account.display_name}\napikey: {apikey}")
     return 0
+
+
+async def grant(args: argparse.Namespace, services: Services) -> int:
+    bank = Bank(services)
+    account = await bank.find("username", username(args.user))
+    entry = await bank.grant(account.id, args.amount)
+    print(f"ledger entry {entry.seq}: {args.amount:+} kudos for {account.display_name}")
+    return 0
+
+
+async def trust(args: argparse.Namespace, services: Services) -> int:
+    worker = await Moderation(services).trust_worker(args.worker, not args.revoke)
+    if worker is None:
+        print(f"error: no worker named {args.worker}", file=sys.stderr)
+        return 1
+    print(f"worker {args.worker} is {'trusted' if worker.trusted else 'not trusted'}")
+    return 0
+
+
+async def moderator(args: argparse.Namespace, services: Services) -> int:
+    account = await Bank(services).find("username", username(args.user))
+    await Moderation(services).set_moderator(account.id, not args.revoke)
+    print(f"{account.display_name} is {'no longer ' if args.revoke else ''}a moderator")
+    return 0
+
+
+async def audit(args: argparse.Namespace, services: Services) -> int:
+    report = await Bank(services).audit()
+    print(f"checked {report.entries} ledger entries; head {report.head_seq} {report.head_hash}")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    print("ledger OK" if report.ok else "ledger FAILED")
+    return 0 if report.ok else 1
+
+
+def username(text: str) -> str:
+    """An account named as the API shows it (`name#id`) or by its name alone."""
+    return text.split("#", 1)[0]
+
+
+ADMIN_COMMANDS: dict[str, Callable[[argparse.Namespace, Services], Awaitable[int]]] = {
+    "init": init_data, "user": add_user, "grant": grant, "trust": trust, "moderator": moderator, "audit": audit,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

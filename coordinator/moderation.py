@@ -1,10 +1,12 @@
-"""Moderators: accounts the operator names (`horde-coordinator moderator NAME`) that may edit others
-(`PUT /v2/users/{id}`), as AI Horde's moderators do. What they may change is `ModifyUser`'s fields:
-kudos (through the ledger, as an operator grant is) and the trusted flag."""
+"""Who is trusted, and who may say so. The operator (`horde-coordinator`, never over HTTP) names
+moderators and trusts workers; moderators edit other accounts (`PUT /v2/users/{id}`), as AI Horde's
+moderators do. What they may change is `ModifyUser`'s fields: kudos (through the ledger, as an
+operator grant is) and the trusted flag."""
 
 from coordinator.auth import Caller, require_account
 from coordinator.errors import HordeError, not_found
 from coordinator.services import Services
+from coordinator.storage.records import Worker
 from protocol.accounts import ModifiedUser, ModifyUser
 from protocol.errors import RC
 
@@ -17,6 +19,19 @@ class Moderation:
         """The operator's word (the CLI): never reachable over HTTP."""
         async with self.services.database.transaction() as tx:
             await tx.set_account_moderator(account_id, moderator)
+
+    async def trust_worker(self, name: str, trusted: bool) -> Worker | None:
+        """The operator's word on a worker (by name, any case); None if there is none of that name.
+        Trusting it clears its suspicion, so its withheld rewards resume (coordinator/economy.py)."""
+        async with self.services.database.transaction() as tx:
+            worker = await tx.worker_by("name", name)
+            if worker is None:
+                return None
+            worker.trusted = trusted
+            if trusted:
+                worker.suspicion = 0
+            await tx.save_worker(worker)
+        return worker
 
     async def modify_user(self, caller: Caller, account_id: int, change: ModifyUser) -> ModifiedUser:
         editor = require_account(caller)

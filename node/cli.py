@@ -32,8 +32,8 @@ from node.config import (
     parse_setting_text,
     read_file_layer,
     resolve_config_path,
-    write_config,
 )
+from node.config_file import write_config
 from node.console import Console, quiet_libraries, setup_logging
 from node.lock import exclusive, file_lock, folder_lock
 
@@ -159,7 +159,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_show_config(args: argparse.Namespace) -> int:
-    from node.config import render_toml
+    from node.config_file import render_toml
 
     config, path = config_from_args(args)
     print(f"# effective settings (file: {path})")

@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from node.catalog import table_problems
-from node.config import NodeConfig, write_config
+from node.config import NodeConfig
+from node.config_file import write_config
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
 from protocol.accounts import CoordinatorInfo

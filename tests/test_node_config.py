@@ -17,10 +17,9 @@ from node.config import (
     env_layer,
     load_config,
     parse_size,
-    render_toml,
     resolve_config_path,
-    write_config,
 )
+from node.config_file import render_toml, write_config
 from node.devices import torch_threads
 
 

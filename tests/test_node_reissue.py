@@ -6,7 +6,7 @@ import signal
 import sys
 from pathlib import Path
 
-from node.config import write_config
+from node.config_file import write_config
 from node.daemon import NodeDaemon
 from tests.api_support import expire_job, fetch_one
 from tests.conftest import RunningCoordinator

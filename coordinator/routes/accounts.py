@@ -3,14 +3,12 @@
 from aiohttp import web
 
 from coordinator.auth import require_account
-from coordinator.errors import HordeError, bad_request, not_found, unauthorized
+from coordinator.errors import bad_request, not_found
 from coordinator.routes.endpoint import Endpoint
 from coordinator.routes.http import broker, caller, client_ip, int_query, parse, reply, wants_provenance
-from coordinator.storage.records import Account
 from protocol.accounts import (
     AccountCreate,
     AccountCreated,
-    ContributionsDetails,
     KudosTransfer,
     KudosTransferred,
     ModifiedUser,
@@ -21,44 +19,20 @@ from protocol.errors import RC
 from protocol.ledger import LedgerHead, LedgerPage
 
 LEDGER_PAGE = 1000
-USERS_PAGE = 25  # AI Horde's page size for GET /v2/users
 MAX_ACCOUNT_ID = 2**63 - 1
 
 
 async def create_account(request: web.Request) -> web.Response:
-    config = broker(request).services.config
-    if not config.open_registration:
-        raise HordeError(403, RC.REGISTRATION_CLOSED, "Open registration is switched off on this coordinator.")
+    users = broker(request).users
+    users.check_open()  # a closed coordinator says so before it reads anything
     body = await parse(request, AccountCreate)
     who = await caller(request, allow_new_key=True)
-    if body.public_key is not None and who.key_text != body.public_key:
-        raise unauthorized(
-            "KeyNotProven", "Registering a public key needs a request signed with that key (proof of possession)."
-        )
-    broker(request).registration_limiter.check("register", client_ip(request))
-    account, apikey = await broker(request).bank.open_account(body.username, body.public_key)
-    return reply(AccountCreated(id=account.id, username=account.display_name, apikey=apikey,
-                                public_key=account.public_key))
-
-
-async def user_details(request: web.Request, account: Account) -> UserDetails:
-    workers = [w for w in await broker(request).roster.online() if w.owner_id == account.id]
-    services = broker(request).services
-    contributions = ContributionsDetails(
-        megapixelsteps=round(sum(w.megapixelsteps for w in workers), 2),
-        fulfillments=sum(w.requests_fulfilled for w in workers),
-    )
-    return UserDetails(
-        username=account.display_name, id=account.id, kudos=account.kudos, worker_count=len(workers),
-        worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
-        concurrency=services.config.concurrency, moderator=account.moderator,
-        account_age=max(int(services.clock() - account.created), 0), contributions=contributions,
-    )  # fmt: skip
+    return reply(await users.register(who, body, client_ip(request)))
 
 
 async def find_user(request: web.Request) -> web.Response:
     account = require_account(await caller(request))
-    return reply(await user_details(request, account), ours=wants_provenance(request))
+    return reply(await broker(request).users.details(account), ours=wants_provenance(request))
 
 
 def parse_user_id(raw: str) -> int:
@@ -70,19 +44,15 @@ def parse_user_id(raw: str) -> int:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    account = await broker(request).bank.find("id", parse_user_id(request.match_info["id"]))
-    return reply(await user_details(request, account), ours=wants_provenance(request))
+    details = await broker(request).users.by_id(parse_user_id(request.match_info["id"]))
+    return reply(details, ours=wants_provenance(request))
 
 
 async def list_users(request: web.Request) -> web.Response:
     """AI Horde's `page` (from 1, 25 accounts each) and `sort` (kudos, the most first; or age, the oldest)."""
     page = int_query(request, "page", 1, 10**6) or 1
-    order = request.query.get("sort", "kudos")
-    if order not in ("kudos", "age"):
-        raise bad_request(RC.VALIDATION, "sort must be kudos or age.", {"sort": "kudos or age"})
-    async with broker(request).services.database.reader() as tx:
-        accounts = await tx.list_accounts((page - 1) * USERS_PAGE, USERS_PAGE, order)
-    return reply([await user_details(request, account) for account in accounts], ours=wants_provenance(request))
+    users = await broker(request).users.page(page, request.query.get("sort", "kudos"))
+    return reply(users, ours=wants_provenance(request))
 
 
 async def modify_user(request: web.Request) -> web.Response:

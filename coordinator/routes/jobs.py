@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from coordinator.errors import bad_request, not_found
+from coordinator.errors import bad_request
 from coordinator.routes.endpoint import Endpoint
 from coordinator.routes.http import (
     base_url,
@@ -17,8 +17,6 @@ from coordinator.routes.http import (
 )
 from protocol.errors import RC
 from protocol.jobs import OUR_SKIP_REASONS, PopRequest, PopResponse, SubmitRequest, SubmitResult
-
-IMAGE_TYPES = {"webp": "image/webp", "src": "application/octet-stream"}
 
 
 async def pop(request: web.Request) -> web.Response:
@@ -49,15 +47,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def serve_file(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    images = broker(request).services.images
-    try:
-        data = await images.read(name)
-    except ValueError:
-        data = None
-    if data is None or name.endswith(".upload"):
-        raise not_found("image", RC.NOT_FOUND)
-    content_type = IMAGE_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
+    data, content_type = await broker(request).gallery.file(request.match_info["name"])
     return web.Response(body=data, content_type=content_type, headers={"Cache-Control": "max-age=86400"})
 
 

@@ -14,8 +14,6 @@ from protocol.errors import RC
 from protocol.notices import HordeDocument, HordeModes, ImageModelStats, Newspiece
 
 DOCUMENTS = ("terms", "privacy", "sponsors")
-MODEL_STATES = ("known", "custom", "all")
-DAY_SECONDS = 86400
 
 
 @cache
@@ -37,8 +35,7 @@ async def news(request: web.Request) -> web.Response:
 
 
 async def modes(request: web.Request) -> web.Response:
-    config = broker(request).services.config
-    return reply(HordeModes(invite_only_mode=not config.open_registration))
+    return reply(broker(request).network.modes())
 
 
 async def document(request: web.Request) -> web.Response:
@@ -52,19 +49,8 @@ async def document(request: web.Request) -> web.Response:
 
 
 async def image_model_stats(request: web.Request) -> web.Response:
-    """Images finished per model: the past day, the past 30 days, and ever. With no model reference here,
-    every model is `known`, so `custom` lists none."""
-    state = request.query.get("model_state", "known")
-    if state not in MODEL_STATES:
-        raise bad_request(RC.VALIDATION, "model_state must be known, custom or all.", {"model_state": "unknown"})
-    services = broker(request).services
-    today = int(services.clock() // DAY_SECONDS)
-    async with services.database.reader() as tx:
-        periods = {name: await tx.model_stats_since(today - days + 1)
-                   for name, days in (("day", 1), ("month", 30), ("total", 10**6))}  # fmt: skip
-    if state == "custom":
-        periods = {name: {} for name in periods}
-    return reply(ImageModelStats(**periods))
+    """AI Horde's `model_state`: known (the default), custom or all."""
+    return reply(await broker(request).network.model_images(request.query.get("model_state", "known")))
 
 
 ENDPOINTS = [
