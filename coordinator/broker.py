@@ -16,6 +16,7 @@ from coordinator.requesting import RequestDesk
 from coordinator.results import ResultIntake
 from coordinator.roster import Roster
 from coordinator.services import Services
+from coordinator.sharing import SharedKeys
 from coordinator.stream import LiveProgress, ProgressBoard
 from coordinator.upkeep import Upkeep
 from coordinator.webhooks import Webhooks
@@ -38,6 +39,7 @@ class Broker:
     live: LiveProgress
     webhooks: Webhooks
     history: History
+    sharedkeys: SharedKeys
 
     @classmethod
     def build(cls, services: Services) -> "Broker":
@@ -61,4 +63,5 @@ class Broker:
             live=LiveProgress(services, requests, ProgressBoard()),
             webhooks=Webhooks(services, requests),
             history=History(services),
+            sharedkeys=requests.sharing,
         )

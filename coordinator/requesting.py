@@ -15,6 +15,7 @@ from coordinator.outlook import Outlooks
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
+from coordinator.sharing import SharedKeys, request_refusal
 from coordinator.sources import read_source
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
@@ -69,6 +70,7 @@ class RequestDesk:
         self.services = services
         self.roster = roster
         self.outlooks = outlooks
+        self.sharing = SharedKeys(services)
 
     # --- accepting ------------------------------------------------------------------
     async def submit(
@@ -76,7 +78,9 @@ class RequestDesk:
     ) -> RequestAccepted | DryRunResult:
         """Accept a request; `remote` is the requester's address (the economy pays nothing for a node's
         unfunded requests to itself, and caps anonymous requesters per address)."""
-        if (refused := refusal(body)) is not None:
+        if (refused := refusal(body, shared_key=caller.sharedkey is not None)) is not None:
+            raise refused
+        if caller.sharedkey and (refused := request_refusal(caller.sharedkey, body, self.services.clock())):
             raise refused
         who = requester_key(caller.account.id if caller.account else None, remote)
         if not body.dry_run:  # a flood past the cap costs no source decoding (`_admit` decides, exactly)
@@ -93,7 +97,7 @@ class RequestDesk:
         await self._store_sources(request, sources)
         try:
             async with self.services.database.transaction() as tx:
-                await self._admit(tx, caller, jobs, per_image, upfront)
+                await self._admit(tx, caller, jobs, per_image, upfront, body.allow_downgrade)
                 await tx.insert_request(request)
                 await tx.insert_jobs(jobs)
                 await tx.enqueue(entries)
@@ -129,9 +133,11 @@ class RequestDesk:
             raise upfront_refused(total, caller.account.kudos if caller.account else 0.0)
         return True
 
-    async def _admit(self, tx: Tx, caller: Caller, jobs: list[JobRecord], price: float, upfront: bool) -> None:
+    async def _admit(
+        self, tx: Tx, caller: Caller, jobs: list[JobRecord], price: float, upfront: bool, downgrade: bool
+    ) -> None:
         """Within the request's transaction: the requester's queue cap, then which images its available
-        balance funds (their prices are reserved by the jobs themselves, see `Tx.requester_load`)."""
+        balance (and shared key) funds (their prices are reserved by the jobs themselves, see `Tx.requester_load`)."""
         # Balances and reservations read here stay true until commit: every kudos movement, and every other
         # admission, waits for this lock (SQLite's single writer already serializes them).
         await tx.lock_ledger()
@@ -141,6 +147,7 @@ class RequestDesk:
             return
         account = await tx.account_by("id", caller.account.id)
         available = round((account.kudos if account else 0.0) - reserved, 2)
+        available = await self.sharing.spendable(tx, caller, available, round(price * len(jobs), 2), downgrade)
         if upfront and available < round(price * len(jobs), 2):
             raise upfront_refused(round(price * len(jobs), 2), available)
         for job in jobs[: funded_images(available, price, len(jobs))]:
@@ -167,7 +174,7 @@ class RequestDesk:
             id=str(uuid.uuid4()), account_id=caller.account.id if caller.account else ANONYMOUS_ACCOUNT,
             created=now, updated=now, state="active", n=body.params.n, kudos_per_image=per_image,
             body=body.model_dump(exclude={"source_image", "source_mask"}), client_agent=client_agent[:200],
-            tier=tier, rank=rank, remote=remote,
+            tier=tier, rank=rank, remote=remote, sharedkey=caller.sharedkey.key_hash if caller.sharedkey else None,
         )  # fmt: skip
         seeds = image_seeds(body.params.seed, body.params.seed_variation, body.params.n)
         jobs = [

@@ -82,3 +82,10 @@ class RC:
     STYLE_NOT_FOUND = "StyleNotFound"
     # AI Horde's code for a moderator's action (PUT /v2/users/{id}) by an account that is not one.
     NOT_MODERATOR = "NotModerator"
+    # AI Horde's codes for shared keys (coordinator/sharing.py): spent, expired, short of a request's price,
+    # unknown. Ours: a request past the key's per-image limits (pixels, steps).
+    SHARED_KEY_EMPTY = "SharedKeyEmpty"
+    SHARED_KEY_EXPIRED = "SharedKeyExpired"
+    SHARED_KEY_INSUFFICIENT = "SharedKeyInsufficientKudos"
+    SHARED_KEY_INVALID = "SharedKeyInvalid"
+    SHARED_KEY_LIMIT = "SharedKeyLimit"

@@ -131,6 +131,7 @@ class RequestRecord:
     rank: float = 0.0
     remote: str = ""  # the requester's address, to pay nothing for a node's requests to itself
     webhook_sent: list[str] = field(default_factory=list)  # job ids (and "end") whose webhook POST was claimed
+    sharedkey: str | None = None  # the hash of the shared key it spends through (coordinator/sharing.py)
 
     @cached_property
     def generation(self) -> GenerationRequest:
