@@ -18,6 +18,7 @@ from coordinator.roster import Roster
 from coordinator.services import Services
 from coordinator.sharing import SharedKeys
 from coordinator.stream import LiveProgress, ProgressBoard
+from coordinator.styling import Styles
 from coordinator.upkeep import Upkeep
 from coordinator.webhooks import Webhooks
 
@@ -40,6 +41,7 @@ class Broker:
     webhooks: Webhooks
     history: History
     sharedkeys: SharedKeys
+    styles: Styles
 
     @classmethod
     def build(cls, services: Services) -> "Broker":
@@ -64,4 +66,5 @@ class Broker:
             webhooks=Webhooks(services, requests),
             history=History(services),
             sharedkeys=requests.sharing,
+            styles=requests.styles,
         )

@@ -199,6 +199,4 @@ def refusal(body: GenerationRequest, *, shared_key: bool = False) -> HordeError 
         return bad_request(RC.CONTROLNET_SOURCE_MISSING, "ControlNet (params.control_type) needs a source_image.")
     if (params.image_is_control or params.return_control_map) and params.control_type is None:
         return bad_request(RC.VALIDATION, "image_is_control and return_control_map need params.control_type.")
-    if body.style is not None:
-        return HordeError(404, RC.STYLE_NOT_FOUND, f"Style {body.style!r} not found: this network keeps no styles.")
     return None

@@ -20,6 +20,7 @@ from coordinator.sources import read_source
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
 from coordinator.storage.sql import Tx
+from coordinator.styling import Styles
 from protocol.errors import RC
 from protocol.generation import (
     DryRunResult,
@@ -71,6 +72,7 @@ class RequestDesk:
         self.roster = roster
         self.outlooks = outlooks
         self.sharing = SharedKeys(services)
+        self.styles = Styles(services)
 
     # --- accepting ------------------------------------------------------------------
     async def submit(
@@ -78,6 +80,7 @@ class RequestDesk:
     ) -> RequestAccepted | DryRunResult:
         """Accept a request; `remote` is the requester's address (the economy pays nothing for a node's
         unfunded requests to itself, and caps anonymous requesters per address)."""
+        body, style = await self.styles.applied(body)  # the style it names, if any, makes the request
         if (refused := refusal(body, shared_key=caller.sharedkey is not None)) is not None:
             raise refused
         if caller.sharedkey and (refused := request_refusal(caller.sharedkey, body, self.services.clock())):
@@ -104,6 +107,8 @@ class RequestDesk:
         except BaseException:
             await self._forget_sources(request)
             raise
+        if style is not None:
+            await self.styles.used(style)
         self.services.hub.jobs_queued(entries)
         self.outlooks.arrived(request, len(jobs))
         await self.services.database.announce("jobs", request.id)

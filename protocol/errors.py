@@ -89,3 +89,9 @@ class RC:
     SHARED_KEY_INSUFFICIENT = "SharedKeyInsufficientKudos"
     SHARED_KEY_INVALID = "SharedKeyInvalid"
     SHARED_KEY_LIMIT = "SharedKeyLimit"
+    # AI Horde's codes for styles (coordinator/styling.py): a prompt without {p} or {np}, a policy's
+    # `overridable` under another mode, a policy that names what it cannot, a request above a ceiling.
+    STYLE_PROMPT_MISSING_VARS = "StylePromptMissingVars"
+    STYLE_OVERRIDABLE_MISPLACED = "StylePolicyOverridableMisplaced"
+    STYLE_DECLARATION_INVALID = "StyleDeclarationInvalid"
+    STYLE_ABOVE_CEILING = "StyleParameterAboveCeiling"
