@@ -250,3 +250,33 @@ async def test_our_skip_reason_only_when_asked(coordinator: RunningCoordinator) 
     worker.api.provenance = False
     bare = await worker.pop()
     assert bare.body["ids"] == [] and bare.body["skipped"] == {}
+
+
+# AI Horde's fields of these answers (its `RequestStatusCheck`, `HordePerformance`, `ActiveModel`): all a strict
+# client may see without asking for ours.
+AI_HORDE_CHECK = {"finished", "processing", "restarted", "waiting", "done", "faulted", "wait_time", "queue_position",
+                  "kudos", "is_possible"}
+AI_HORDE_PERFORMANCE = {"queued_requests", "queued_megapixelsteps", "past_minute_megapixelsteps", "worker_count",
+                        "thread_count", "queued_text_requests", "text_worker_count", "text_thread_count",
+                        "queued_tokens", "past_minute_tokens", "queued_forms", "interrogator_count",
+                        "interrogator_thread_count"}
+AI_HORDE_MODEL = {"name", "count", "performance", "queued", "jobs", "eta", "type"}
+
+
+async def test_our_outlook_fields_only_when_asked(coordinator: RunningCoordinator) -> None:
+    """`is_possible_reason`, `cancelled`, the network's `eta` and speed, per-model service levels: ours."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    request_id = await generate(requester(coordinator, alice), small(models=["nobody-serves-this"]))
+    node(coordinator, await coordinator.create_account("owner"), "n1")  # none online for that model
+    plain, asking = Api(coordinator.url, provenance=False), Api(coordinator.url)
+    check = (await plain.get(f"/v2/generate/check/{request_id}")).body
+    assert set(check) == AI_HORDE_CHECK and check["is_possible"] is False, check
+    ours = (await asking.get(f"/v2/generate/check/{request_id}")).body
+    assert ours["is_possible_reason"] and ours["cancelled"] is False, ours
+    assert set((await plain.get("/v2/status/performance")).body) == AI_HORDE_PERFORMANCE
+    assert {"eta", "megapixelsteps_per_second"} <= set((await asking.get("/v2/status/performance")).body)
+    await node(coordinator, await coordinator.create_account("other"), "n2").pop()  # one model online
+    models = (await plain.get("/v2/status/models")).body
+    assert models and all(set(model) == AI_HORDE_MODEL for model in models), models
+    full = (await asking.get("/v2/status/models")).body
+    assert all({"time_to_first_image_p50", "time_to_done_p95"} <= set(model) for model in full), full
