@@ -12,6 +12,7 @@ from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
 from coordinator.events import wait_for
 from coordinator.outlook import Outlooks
+from coordinator.preferences import is_unsafe
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
@@ -173,6 +174,7 @@ class RequestDesk:
         self, caller: Caller, body: GenerationRequest, per_image: float, client_agent: str, remote: str, who: str
     ) -> tuple[RequestRecord, list[JobRecord], list[QueueEntry]]:
         now = self.services.clock()
+        trusted = bool(caller.account and caller.account.trusted)
         tier = priority_tier(caller.account)
         rank = priority_rank(caller.account.kudos if caller.account else 0.0, now)
         request = RequestRecord(
@@ -180,6 +182,7 @@ class RequestDesk:
             created=now, updated=now, state="active", n=body.params.n, kudos_per_image=per_image,
             body=body.model_dump(exclude={"source_image", "source_mask"}), client_agent=client_agent[:200],
             tier=tier, rank=rank, remote=remote, sharedkey=caller.sharedkey.key_hash if caller.sharedkey else None,
+            unsafe_ip=is_unsafe(remote, self.services.config.unsafe_networks, trusted),
         )  # fmt: skip
         seeds = image_seeds(body.params.seed, body.params.seed_variation, body.params.n)
         jobs = [

@@ -68,6 +68,7 @@ class PopRequest(BaseModel):
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)
+    allow_unsafe_ipaddr: bool = True  # AI Horde's default: requests from unsafe addresses too
     wait: float = Field(default=0.0, ge=0, le=MAX_LONG_POLL_SECONDS)
 
     @model_validator(mode="before")
@@ -125,6 +126,8 @@ class SkippedReasons(BaseModel):
     kudos: int = 0
     controlnet: int = 0
     step_count: int = 0
+    performance: int = 0  # it declared extra_slow_worker; the request wants no slow nodes
+    unsafe_ip: int = 0  # it refused requests from unsafe addresses (allow_unsafe_ipaddr: false)
     bridge_version: int = 0  # AI Horde's key for a feature this worker's software lacks (a sampler, hires fix…)
     post_processing: int = Field(default=0, alias="post-processing")
 

@@ -2,13 +2,14 @@
 kept from nodes, and the endpoints AI Horde clients call beyond the image path."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from protocol.provenance import ResultDocument, request_digest, sign_result
-from tests.api_support import b64, generate, node, png, pop_job, requester, small
+from tests.api_support import b64, custom_coordinator, generate, node, png, pop_job, requester, small
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api, tiny_webp
 
@@ -280,3 +281,54 @@ async def test_our_outlook_fields_only_when_asked(coordinator: RunningCoordinato
     assert models and all(set(model) == AI_HORDE_MODEL for model in models), models
     full = (await asking.get("/v2/status/models")).body
     assert all({"time_to_first_image_p50", "time_to_done_p95"} <= set(model) for model in full), full
+
+
+async def test_priority_usernames_are_served_first(coordinator: RunningCoordinator) -> None:
+    """AI Horde's pop field `priority_usernames` (`name#id`, or a bare name): their requests before the queue's
+    order, which would serve the richer requester first."""
+    rich = await coordinator.create_account("rich", kudos=1000)
+    friend = await coordinator.create_account("friend")
+    await generate(requester(coordinator, rich), small("rich"))
+    await generate(requester(coordinator, friend), small("friend"))
+    owner = await coordinator.create_account("owner")
+    favoured = ["nobody#99", f"rich#{friend.id}", f"friend#{friend.id}"]  # no such account, a wrong name, a friend
+    favouring = node(coordinator, owner, "favouring", extra={"priority_usernames": favoured})
+    first = await pop_job(favouring)
+    assert first.body["payload"]["prompt"] == "friend", first.body  # friend's, although queued later and poorer
+    second = await pop_job(node(coordinator, owner, "plain"))
+    assert second.body["payload"]["prompt"] == "rich"
+    assert (await favouring.pop()).body["ids"] == []
+
+
+async def test_allow_unsafe_ipaddr_keeps_unsafe_addresses_requests_away(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """An untrusted request from an operator-listed unsafe network goes only to nodes that allow unsafe IPs;
+    a node that does not is told why in `skipped` (AI Horde's `unsafe_ip`)."""
+    async with custom_coordinator(tmp_path, database_url, trust_forwarded_for=True,
+                                  unsafe_networks=("10.9.0.0/16",)) as coordinator:
+        vpn = {"X-Forwarded-For": "10.9.1.2"}
+        assert (await Api(coordinator.url).post("/v2/generate/async", small("anon"), headers=vpn)).status == 202
+        owner = await coordinator.create_account("owner")
+        careful = node(coordinator, owner, "careful", extra={"allow_unsafe_ipaddr": False})
+        empty = await careful.pop()
+        assert empty.body["ids"] == [] and empty.body["skipped"] == {"unsafe_ip": 1}, empty.body
+        assert (await pop_job(node(coordinator, owner, "open"))).body["payload"]["prompt"] == "anon"
+        # A trusted account's requests are never from an unsafe IP, as in AI Horde.
+        trusted = await coordinator.create_account("trusted")
+        async with coordinator.broker.services.database.transaction() as tx:
+            await tx.set_account_trusted(trusted.id, True)
+        accepted = await requester(coordinator, trusted).post("/v2/generate/async", small("ok"), headers=vpn)
+        assert accepted.status == 202, accepted.body
+        assert (await pop_job(careful)).body["payload"]["prompt"] == "ok"
+
+
+async def test_a_nodes_own_refusals_are_counted_in_skipped(coordinator: RunningCoordinator) -> None:
+    """AI Horde's `performance` (an extra-slow node, a request that wants no slow ones) and `blacklist` keys."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    await generate(requester(coordinator, alice), {**small("a fox"), "slow_workers": False})
+    owner = await coordinator.create_account("owner")
+    slow = await node(coordinator, owner, "slow", extra={"extra_slow_worker": True}).pop()
+    assert slow.body["ids"] == [] and slow.body["skipped"] == {"performance": 1}, slow.body
+    picky = await node(coordinator, owner, "picky", extra={"blacklist": ["fox"]}).pop()
+    assert picky.body["ids"] == [] and picky.body["skipped"] == {"blacklist": 1}, picky.body

@@ -132,6 +132,7 @@ class RequestRecord:
     remote: str = ""  # the requester's address, to pay nothing for a node's requests to itself
     webhook_sent: list[str] = field(default_factory=list)  # job ids (and "end") whose webhook POST was claimed
     sharedkey: str | None = None  # the hash of the shared key it spends through (coordinator/sharing.py)
+    unsafe_ip: bool = False  # sent from an unsafe address by an untrusted requester (coordinator/preferences.py)
 
     @cached_property
     def generation(self) -> GenerationRequest:
@@ -197,6 +198,10 @@ class WorkerCaps:
     samplers: frozenset[str] | None = None  # None: any sampler
     post_processors: int | None = None  # a bit per post-processor it runs (None: any)
     control_types: frozenset[str] | None = None  # None: any
+    # The pop's preferences (coordinator/preferences.py): requests from unsafe addresses, and the requesters
+    # ("account:ID") it serves first.
+    allow_unsafe_ip: bool = True
+    priority: tuple[str, ...] = ()
 
     @classmethod
     def of(
