@@ -332,3 +332,14 @@ async def test_a_nodes_own_refusals_are_counted_in_skipped(coordinator: RunningC
     assert slow.body["ids"] == [] and slow.body["skipped"] == {"performance": 1}, slow.body
     picky = await node(coordinator, owner, "picky", extra={"blacklist": ["fox"]}).pop()
     assert picky.body["ids"] == [] and picky.body["skipped"] == {"blacklist": 1}, picky.body
+
+
+async def test_a_custom_post_processing_order_reaches_the_node(coordinator: RunningCoordinator) -> None:
+    """AI Horde's `custom` order (the post-processors run as listed) is routed like the others, never refused."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    chain = ["RealESRGAN_x2plus", "CodeFormers", "strip_background"]
+    body = small(post_processing=chain, post_processing_order="custom")
+    await generate(requester(coordinator, alice), body)
+    worker = node(coordinator, await coordinator.create_account("owner"), "n1", extra={"allow_post_processing": True})
+    payload = (await pop_job(worker)).body["payload"]
+    assert (payload["post_processing"], payload["post_processing_order"]) == (chain, "custom"), payload
