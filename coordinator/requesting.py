@@ -105,11 +105,10 @@ class RequestDesk:
                 await tx.insert_request(request)
                 await tx.insert_jobs(jobs)
                 await tx.enqueue(entries)
+                await self.styles.used(tx, style)
         except BaseException:
             await self._forget_sources(request)
             raise
-        if style is not None:
-            await self.styles.used(style)
         self.services.hub.jobs_queued(entries)
         self.outlooks.arrived(request, len(jobs))
         await self.services.database.announce("jobs", request.id)

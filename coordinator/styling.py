@@ -160,9 +160,10 @@ class Styles:
             raise not_found(body.style)
         return apply_style(style, body), style.id
 
-    async def used(self, style_id: str) -> None:
-        """A request made with the style was accepted: its `use_count`, a measured figure."""
-        async with self.services.database.transaction() as tx:
+    @staticmethod
+    async def used(tx: Tx, style_id: str | None) -> None:
+        """Within the transaction that accepts a request made with the style: its `use_count`, a measured figure."""
+        if style_id is not None:
             await rows.count_use(tx, style_id)
 
     async def _find(self, tx: Tx, column: str, value: str) -> StyleRecord:

@@ -4,6 +4,9 @@ minted, nothing paid to the owner's own node, and the key is good for requesting
 
 import pytest
 
+from coordinator.economy import spendable
+from coordinator.sharing import key_left, shortfall
+from coordinator.storage.sharedkeys import SharedKey
 from protocol.kudos import image_kudos
 from tests.api_support import MODEL, balance, generate, ledger_rows, node, pop_job, requester, seed_of, small
 from tests.conftest import RunningCoordinator, TestAccount
@@ -160,3 +163,16 @@ async def test_key_settings_are_bounded(coordinator: RunningCoordinator) -> None
         await new_key(coordinator, owner)
     eleventh = await api.call("PUT", "/v2/sharedkeys", {"kudos": 5})
     assert (eleventh.status, eleventh.rc) == (403, "Forbidden"), eleventh.body
+
+
+def test_the_keys_rules_as_pure_functions() -> None:
+    """`key_left`, `shortfall` and `economy.spendable`: what a key may still fund, and when it refuses."""
+    key = SharedKey(key_hash="h", owner_id=1, created=0.0, kudos=10, expiry=None, utilized=4.0)
+    assert key_left(key, reserved=2.5) == 3.5
+    assert key_left(key, reserved=9.0) == 0.0  # never negative
+    assert key_left(SharedKey(key_hash="h", owner_id=1, created=0.0, kudos=-1, expiry=None), 99.0) is None
+    assert spendable(100.0, 3.5) == 3.5 and spendable(2.0, 3.5) == 2.0 and spendable(7.0, None) == 7.0
+    assert shortfall(3.5, 3.5, downgrade=False) is None and shortfall(None, 1e9, downgrade=False) is None
+    assert shortfall(3.4, 3.5, downgrade=False).rc == "SharedKeyInsufficientKudos"  # type: ignore[union-attr]
+    assert shortfall(0.0, 3.5, downgrade=False).rc == "SharedKeyEmpty"  # type: ignore[union-attr]
+    assert shortfall(0.0, 3.5, downgrade=True) is None

@@ -4,6 +4,12 @@ as its parameter policy allows; the style's use is counted; only its creator cha
 
 from typing import Any
 
+import pytest
+
+from coordinator.errors import HordeError
+from coordinator.storage.styles import StyleRecord
+from coordinator.styling import merged_params, render_prompt
+from protocol.generation import GenerationParams
 from protocol.kudos import image_kudos
 from tests.api_support import MODEL, node, pop_job, requester, small
 from tests.conftest import RunningCoordinator, TestAccount
@@ -111,3 +117,22 @@ async def test_a_style_that_cannot_be_honoured_is_refused_when_written(coordinat
         assert (reply.status, reply.rc) == (status, rc), (fields, reply.body)
     anonymous = await Api(coordinator.url).post("/v2/styles/image", {**WATERCOLOUR, "name": "anon"})
     assert (anonymous.status, anonymous.rc) == (403, "AnonForbidden"), anonymous.body
+
+
+def test_the_style_rules_as_pure_functions() -> None:
+    """`render_prompt` and `merged_params`: the template and the policy, without a coordinator."""
+    assert render_prompt("{p}, ink ###{np}, photo", "a fox", "blur") == "a fox, ink ###blur, photo"
+    assert render_prompt("{p}, ink {np}", "a fox", "blur") == "a fox, ink ###blur"  # the template has no ###
+    assert render_prompt("{p}, ink {np}", "a fox", None) == "a fox, ink "
+    style = StyleRecord(id="s", name="s", owner_id=1, public=True, created=0, updated=0, prompt="{p}{np}",
+                        params={"steps": 6, "cfg_scale": 3.5})
+    asked = GenerationParams.model_validate({"steps": 9, "cfg_scale": 9, "n": 2})
+    assert merged_params(style, asked) == {"steps": 6, "cfg_scale": 3.5, "n": 2}  # override none: only n
+    style.policy = {"override": "listed", "overridable": ["steps"]}
+    assert merged_params(style, asked) == {"steps": 9, "cfg_scale": 3.5, "n": 2}
+    style.policy = {"override": "all", "ceilings": {"steps": 8}}
+    with pytest.raises(HordeError) as refused:
+        merged_params(style, asked)
+    assert refused.value.rc == "StyleParameterAboveCeiling"
+    style.policy = {"override": "all", "ceilings": {"steps": 9}}
+    assert merged_params(style, asked) == {"steps": 9, "cfg_scale": 9.0, "n": 2}
