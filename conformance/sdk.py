@@ -71,6 +71,10 @@ class SdkWorker:
     name: str
     models: list[str] = field(default_factory=lambda: [MODEL])
     rewards: list[float] = field(default_factory=list)
+    # How long each image takes, as a GPU's fixed cost per image (decode, checks, upload) makes a real
+    # worker take seconds even at 1 step; 0: at once.
+    seconds_per_image: float = 0.0
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def pop(self, amount: int = 1) -> object:
         from horde_sdk.ai_horde_api.apimodels import ImageGenerateJobPopRequest, ImageGenerateJobPopResponse
@@ -91,6 +95,8 @@ class SdkWorker:
 
         assert popped.r2_uploads is not None and len(popped.r2_uploads) == len(popped.ids)
         for index, (job_id, url) in enumerate(zip(popped.ids, popped.r2_uploads, strict=True)):
+            if self.stopped.wait(self.seconds_per_image):
+                return
             factor = math.prod(UPSCALERS.get(str(name), 1) for name in popped.payload.post_processing or [])
             size = ((popped.payload.width or 64) * factor, (popped.payload.height or 64) * factor)
             image = webp((40 * index % 255, 90, 160), size)
@@ -108,7 +114,7 @@ class SdkWorker:
 @contextmanager
 def serving(worker: SdkWorker) -> Iterator[None]:
     """`worker` serves every job it can pop, on a thread, until the block exits."""
-    stop = threading.Event()
+    stop = worker.stopped
 
     def serve() -> None:
         while not stop.is_set():

@@ -10,6 +10,7 @@ from aiohttp import web
 from coordinator.errors import HordeError, unauthorized
 from coordinator.storage import Database
 from coordinator.storage.records import Account, Worker
+from coordinator.storage.sharedkeys import SharedKey, key_by_hash
 from coordinator.tokens import ANONYMOUS_APIKEY, Tokens
 from protocol import httpsig
 from protocol.errors import RC
@@ -26,6 +27,7 @@ class Caller:
     account: Account | None  # None: the anonymous requester
     key: PublicKey | None = None  # the key that signed this request
     worker: Worker | None = None  # set when the key belongs to a node
+    sharedkey: SharedKey | None = None  # set when the apikey is a shared key of `account` (coordinator/sharing.py)
 
     @property
     def anonymous(self) -> bool:
@@ -42,21 +44,31 @@ class Authenticator:
         self.tokens = tokens
         self.public_url = public_url.rstrip("/") if public_url else None
 
-    async def identify(self, request: web.Request, body: bytes, *, allow_new_key: bool = False) -> Caller:
+    async def identify(
+        self, request: web.Request, body: bytes, *, allow_new_key: bool = False, allow_shared_key: bool = False
+    ) -> Caller:
         """The caller; `allow_new_key` accepts a valid signature by a key nobody holds yet
-        (an account registering it)."""
+        (an account registering it); `allow_shared_key` accepts a shared key as the apikey (only where
+        requesting images: anywhere else it is refused like any unknown apikey)."""
         apikey = request.headers.get("apikey")
-        by_key = await self._account_by_apikey(apikey) if apikey and apikey != ANONYMOUS_APIKEY else None
+        by_key, shared = None, None
+        if apikey and apikey != ANONYMOUS_APIKEY:
+            by_key, shared = await self._account_by_apikey(apikey, allow_shared_key)
         if httpsig.has_signature(request.headers):
-            return await self._signed_caller(request, body, by_key, allow_new_key)
-        return Caller(account=by_key)
+            caller = await self._signed_caller(request, body, by_key, allow_new_key)
+            caller.sharedkey = shared
+            return caller
+        return Caller(account=by_key, sharedkey=shared)
 
-    async def _account_by_apikey(self, apikey: str) -> Account:
+    async def _account_by_apikey(self, apikey: str, allow_shared_key: bool) -> tuple[Account, SharedKey | None]:
+        digest = self.tokens.apikey_hash(apikey)
         async with self.database.reader() as tx:
-            account = await tx.account_by("apikey_hash", self.tokens.apikey_hash(apikey))
+            account, shared = await tx.account_by("apikey_hash", digest), None
+            if account is None and allow_shared_key and (shared := await key_by_hash(tx, digest)) is not None:
+                account = await tx.account_by("id", shared.owner_id)
         if account is None:
             raise unauthorized(RC.INVALID_API_KEY, "No user matching sent API Key. Have you remembered to register?")
-        return account
+        return account, shared
 
     def origin(self, request: web.Request) -> str:
         """The origin every signature must name: the public URL when configured (required behind a

@@ -18,7 +18,9 @@ from coordinator.requesting import RequestDesk
 from coordinator.results import ResultIntake
 from coordinator.roster import Roster
 from coordinator.services import Services
+from coordinator.sharing import SharedKeys
 from coordinator.stream import LiveProgress, ProgressBoard
+from coordinator.styling import Styles
 from coordinator.upkeep import Upkeep
 from coordinator.users import Users
 from coordinator.webhooks import Webhooks
@@ -45,6 +47,8 @@ class Broker:
     webhooks: Webhooks
     history: History
     gallery: Gallery
+    sharedkeys: SharedKeys
+    styles: Styles
 
     @classmethod
     def build(cls, services: Services) -> "Broker":
@@ -73,4 +77,6 @@ class Broker:
             webhooks=Webhooks(services, requests),
             history=History(services),
             gallery=Gallery(services),
+            sharedkeys=requests.sharing,
+            styles=requests.styles,
         )

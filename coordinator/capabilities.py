@@ -222,14 +222,18 @@ UNSUPPORTED_PARAMS = {
 }
 
 
-def refusal(body: GenerationRequest) -> HordeError | None:
-    """Why a request cannot be accepted as asked, whatever nodes are online; None: it can."""
+def refusal(body: GenerationRequest, *, shared_key: bool = False) -> HordeError | None:
+    """Why a request cannot be accepted as asked, whatever nodes are online; None: it can. `allow_downgrade`
+    is honoured only for a shared key's request (coordinator/sharing.py)."""
     params = body.params
     for name, what in UNSUPPORTED_PARAMS.items():
         if getattr(params, name):
             return bad_request(RC.UNSUPPORTED_PARAMETER, f"params.{name}: no node of this network does {what}.")
-    if body.allow_downgrade:
-        return bad_request(RC.UNSUPPORTED_PARAMETER, "allow_downgrade: this network never shrinks a request.")
+    if body.allow_downgrade and not shared_key:
+        return bad_request(
+            RC.UNSUPPORTED_PARAMETER,
+            "allow_downgrade: this network never shrinks a request; it applies only to a shared key's request.",
+        )
     if body.shared:
         return bad_request(
             RC.UNSUPPORTED_PARAMETER,
@@ -253,8 +257,6 @@ def refusal(body: GenerationRequest) -> HordeError | None:
         return bad_request(RC.VALIDATION, "image_is_control and return_control_map need params.control_type.")
     if (refused := baseline_refusal(body)) is not None:
         return refused
-    if body.style is not None:
-        return HordeError(404, RC.STYLE_NOT_FOUND, f"Style {body.style!r} not found: this network keeps no styles.")
     return None
 
 

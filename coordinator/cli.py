@@ -95,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
                        help="the most a node earns per 10 minutes for images nobody pays for (0: nothing)")
     serve.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "30") or 30),
                        help="images one account (or anonymous address) may have waiting or in progress")
+    serve.add_argument("--unsafe-networks", default=env("UNSAFE_NETWORKS") or "",
+                       help="comma-separated CIDRs whose untrusted requests count as from an unsafe IP "
+                            "(nodes popping with allow_unsafe_ipaddr false never get them)")
     serve.add_argument("--closed-registration", action="store_true", default=env("CLOSED_REGISTRATION") == "1")
     serve.add_argument("--no-rate-limits", action="store_true", default=env("NO_RATE_LIMITS") == "1")
     serve.add_argument("--trust-proxy", action="store_true", default=env("TRUST_PROXY") == "1",
@@ -155,6 +158,7 @@ def config_from(args: argparse.Namespace) -> CoordinatorConfig:
         config.uptime_kudos_per_10_minutes = args.uptime_kudos
         config.volunteer_kudos_per_10_minutes = args.volunteer_kudos
         config.concurrency = args.concurrency
+        config.unsafe_networks = tuple(net.strip() for net in args.unsafe_networks.split(",") if net.strip())
         config.open_registration = not args.closed_registration
         config.rate_limiting = not args.no_rate_limits
         config.trust_forwarded_for = args.trust_proxy

@@ -53,6 +53,9 @@ class CoordinatorConfig:
     volunteer_kudos_per_10_minutes: float = 50.0
     suspicion_threshold: int = 5  # suspicious results after which a node's rewards are withheld
     concurrency: int = 30  # images an account (or an anonymous address) may have waiting or in progress
+    # Networks (CIDR) whose untrusted requests count as from an unsafe IP: nodes that pop with
+    # allow_unsafe_ipaddr false never get them (coordinator/preferences.py).
+    unsafe_networks: tuple[str, ...] = ()
     max_body_bytes: int = 20 * 1024 * 1024
     # A status answer carries base64 images (`r2: false`) up to this many bytes in all; the rest as URLs.
     max_inline_bytes: int = 2 * 1024 * 1024

@@ -9,6 +9,7 @@ from coordinator.auth import Caller
 from coordinator.capabilities import any_model, row_skip_reason
 from coordinator.lifecycle import excluded, release_job
 from coordinator.metrics import DISPATCH_LATENCY
+from coordinator.preferences import favoured_first, favoured_requesters, refusal_reason, refused_rows
 from coordinator.queueing import worker_list_allows
 from coordinator.results import upload_name
 from coordinator.roster import Roster, in_maintenance, maintenance_refusal
@@ -78,6 +79,10 @@ class Dispatcher:
         caps = WorkerCaps.of(
             worker, pop.blacklist, require_upfront_kudos=pop.require_upfront_kudos, extra_slow=pop.extra_slow_worker
         )
+        caps.allow_unsafe_ip = pop.allow_unsafe_ipaddr
+        if pop.priority_usernames:
+            async with self.services.database.reader() as tx:
+                caps.priority = await favoured_requesters(tx, pop.priority_usernames)
         deadline = time.monotonic() + pop.wait
         with self.services.hub.job_waiter(caps) as waiter:
             while True:
@@ -143,6 +148,7 @@ class Dispatcher:
             while True:
                 rows = await tx.queue_candidates(caps, per_model)
                 rows.sort(key=lambda row: (row["tier"], row["rank"]), reverse=True)
+                rows = await favoured_first(tx, caps, rows)
                 lists = await tx.worker_lists({row["request_id"] for row in rows if row["named"]})
                 for row in rows:
                     if row["job_id"] in tried or not _worker_filter_allows(row, caps, lists):
@@ -171,11 +177,8 @@ class Dispatcher:
 
     @staticmethod
     def _refused(request: RequestRecord, caps: WorkerCaps) -> bool:
-        """The node's own word blacklist, or a self-declared extra-slow node and a request that wants no slow ones."""
-        prompt = str(request.body.get("prompt", "")).lower()
-        unwanted = request.body.get("slow_workers") is False or request.body.get("extra_slow_workers") is False
-        too_slow = caps.extra_slow and unwanted
-        return too_slow or any(word and word in prompt for word in caps.blacklist)
+        """The node's own word: its blacklist, extra-slow or no unsafe addresses (coordinator/preferences.py)."""
+        return refusal_reason(request, caps) is not None
 
     async def _claim_batch(
         self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int,
@@ -292,11 +295,14 @@ class Dispatcher:
                 servable.add(row["job_id"])
             else:
                 reasons.setdefault(reason, set()).add(row["job_id"])
-        if servable:  # rare after an empty pop: jobs this node may not take because they failed on it
+        if servable:  # rare after an empty pop: jobs this node refuses, or may not take because they failed on it
             async with self.services.database.reader() as tx:
                 failed = {job.id for job in await tx.jobs_by_ids(sorted(servable)) if excluded(job, caps.worker_id)}
-            servable -= failed
-            reasons["failed_here"] = failed
+                refused = await refused_rows(tx, [row for row in rows if row["job_id"] in servable], caps)
+            for reason, ids in refused.items():
+                reasons.setdefault(reason, set()).update(ids)
+            servable -= failed | set().union(*refused.values())
+            reasons["failed_here"] = failed - set().union(*refused.values())
         return {reason: len(ids - servable) for reason, ids in reasons.items() if ids - servable}
 
     async def _unfunded(

@@ -51,6 +51,13 @@ def funded_images(available: float, price: float, n: int) -> int:
     return max(0, min(n, round(available * 100) // cents))
 
 
+def spendable(available: float, key_left: float | None) -> float:
+    """What a request's images may be funded from: the requester's available balance, and through a shared key
+    (coordinator/sharing.py) no more than the key has left (None: the key sets no limit). A shared key's
+    request is its owner's in every other rule (`settle`: its owner's node is paid nothing)."""
+    return available if key_left is None else min(available, key_left)
+
+
 def volunteer_allowance(credit: float, since: float, now: float, per_period: float) -> float:
     """The node's volunteer allowance now: `credit` as of `since`, refilled evenly, capped at one period's."""
     return min(per_period, credit + max(0.0, now - since) * per_period / VOLUNTEER_PERIOD)

@@ -12,13 +12,16 @@ from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
 from coordinator.events import wait_for
 from coordinator.outlook import Outlooks
+from coordinator.preferences import is_unsafe
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
+from coordinator.sharing import SharedKeys, request_refusal
 from coordinator.sources import read_source
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord
 from coordinator.storage.sql import Tx
+from coordinator.styling import Styles
 from protocol.errors import RC
 from protocol.generation import (
     DryRunResult,
@@ -69,6 +72,8 @@ class RequestDesk:
         self.services = services
         self.roster = roster
         self.outlooks = outlooks
+        self.sharing = SharedKeys(services)
+        self.styles = Styles(services)
 
     # --- accepting ------------------------------------------------------------------
     async def submit(
@@ -76,7 +81,10 @@ class RequestDesk:
     ) -> RequestAccepted | DryRunResult:
         """Accept a request; `remote` is the requester's address (the economy pays nothing for a node's
         unfunded requests to itself, and caps anonymous requesters per address)."""
-        if (refused := refusal(body)) is not None:
+        body, style = await self.styles.applied(body)  # the style it names, if any, makes the request
+        if (refused := refusal(body, shared_key=caller.sharedkey is not None)) is not None:
+            raise refused
+        if caller.sharedkey and (refused := request_refusal(caller.sharedkey, body, self.services.clock())):
             raise refused
         who = requester_key(caller.account.id if caller.account else None, remote)
         if not body.dry_run:  # a flood past the cap costs no source decoding (`_admit` decides, exactly)
@@ -93,10 +101,11 @@ class RequestDesk:
         await self._store_sources(request, sources)
         try:
             async with self.services.database.transaction() as tx:
-                await self._admit(tx, caller, jobs, per_image, upfront)
+                await self._admit(tx, caller, jobs, per_image, upfront, body.allow_downgrade)
                 await tx.insert_request(request)
                 await tx.insert_jobs(jobs)
                 await tx.enqueue(entries)
+                await self.styles.used(tx, style)
         except BaseException:
             await self._forget_sources(request)
             raise
@@ -129,9 +138,11 @@ class RequestDesk:
             raise upfront_refused(total, caller.account.kudos if caller.account else 0.0)
         return True
 
-    async def _admit(self, tx: Tx, caller: Caller, jobs: list[JobRecord], price: float, upfront: bool) -> None:
+    async def _admit(
+        self, tx: Tx, caller: Caller, jobs: list[JobRecord], price: float, upfront: bool, downgrade: bool
+    ) -> None:
         """Within the request's transaction: the requester's queue cap, then which images its available
-        balance funds (their prices are reserved by the jobs themselves, see `Tx.requester_load`)."""
+        balance (and shared key) funds (their prices are reserved by the jobs themselves, see `Tx.requester_load`)."""
         # Balances and reservations read here stay true until commit: every kudos movement, and every other
         # admission, waits for this lock (SQLite's single writer already serializes them).
         await tx.lock_ledger()
@@ -141,6 +152,7 @@ class RequestDesk:
             return
         account = await tx.account_by("id", caller.account.id)
         available = round((account.kudos if account else 0.0) - reserved, 2)
+        available = await self.sharing.spendable(tx, caller, available, round(price * len(jobs), 2), downgrade)
         if upfront and available < round(price * len(jobs), 2):
             raise upfront_refused(round(price * len(jobs), 2), available)
         for job in jobs[: funded_images(available, price, len(jobs))]:
@@ -161,13 +173,15 @@ class RequestDesk:
         self, caller: Caller, body: GenerationRequest, per_image: float, client_agent: str, remote: str, who: str
     ) -> tuple[RequestRecord, list[JobRecord], list[QueueEntry]]:
         now = self.services.clock()
+        trusted = bool(caller.account and caller.account.trusted)
         tier = priority_tier(caller.account)
         rank = priority_rank(caller.account.kudos if caller.account else 0.0, now)
         request = RequestRecord(
             id=str(uuid.uuid4()), account_id=caller.account.id if caller.account else ANONYMOUS_ACCOUNT,
             created=now, updated=now, state="active", n=body.params.n, kudos_per_image=per_image,
             body=body.model_dump(exclude={"source_image", "source_mask"}), client_agent=client_agent[:200],
-            tier=tier, rank=rank, remote=remote,
+            tier=tier, rank=rank, remote=remote, sharedkey=caller.sharedkey.key_hash if caller.sharedkey else None,
+            unsafe_ip=is_unsafe(remote, self.services.config.unsafe_networks, trusted),
         )  # fmt: skip
         seeds = image_seeds(body.params.seed, body.params.seed_variation, body.params.n)
         jobs = [

@@ -19,6 +19,7 @@ from coordinator.services import Services
 from coordinator.sources import RESULT_FORMATS, check_image
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, RequestRecord, Worker
+from coordinator.storage.sharedkeys import add_utilized
 from coordinator.storage.sql import Tx
 from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult
@@ -296,6 +297,8 @@ class ResultIntake:
         await tx.record_model_stats(int(now // 86400), job.model or "")  # /v2/stats/img/models
         if settlement.charge > 0:
             await tx.move_kudos("spend", request.account_id, None, settlement.charge, job.id, now)
+            if request.sharedkey:  # the key it was funded through counts the charge (coordinator/sharing.py)
+                await add_utilized(tx, request.sharedkey, settlement.charge)
         if settlement.reward > 0:
             reference = job.id if settlement.charge > 0 else f"volunteer:{job.id}"
             await tx.move_kudos("reward", None, node.owner_id, settlement.reward, reference, now)

@@ -86,3 +86,16 @@ class RC:
     STYLE_NOT_FOUND = "StyleNotFound"
     # AI Horde's code for a moderator's action (PUT /v2/users/{id}) by an account that is not one.
     NOT_MODERATOR = "NotModerator"
+    # AI Horde's codes for shared keys (coordinator/sharing.py): spent, expired, short of a request's price,
+    # unknown. Ours: a request past the key's per-image limits (pixels, steps).
+    SHARED_KEY_EMPTY = "SharedKeyEmpty"
+    SHARED_KEY_EXPIRED = "SharedKeyExpired"
+    SHARED_KEY_INSUFFICIENT = "SharedKeyInsufficientKudos"
+    SHARED_KEY_INVALID = "SharedKeyInvalid"
+    SHARED_KEY_LIMIT = "SharedKeyLimit"
+    # AI Horde's codes for styles (coordinator/styling.py): a prompt without {p} or {np}, a policy's
+    # `overridable` under another mode, a policy that names what it cannot, a request above a ceiling.
+    STYLE_PROMPT_MISSING_VARS = "StylePromptMissingVars"
+    STYLE_OVERRIDABLE_MISPLACED = "StylePolicyOverridableMisplaced"
+    STYLE_DECLARATION_INVALID = "StyleDeclarationInvalid"
+    STYLE_ABOVE_CEILING = "StyleParameterAboveCeiling"

@@ -75,6 +75,7 @@ class PopRequest(NullMeansDefault):
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)
+    allow_unsafe_ipaddr: bool = True  # AI Horde's default: requests from unsafe addresses too
     wait: float = Field(default=0.0, ge=0, le=MAX_LONG_POLL_SECONDS)
 
 

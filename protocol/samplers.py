@@ -51,7 +51,8 @@ PostProcessor = Literal[
     "strip_background",
 ]
 POST_PROCESSORS: tuple[str, ...] = get_args(PostProcessor)
-PostProcessingOrder = Literal["facefixers_first", "upscalers_first"]
+# AI Horde's orders; `custom`: exactly as listed (our node always runs its post-processors, upscalers only, so).
+PostProcessingOrder = Literal["facefixers_first", "upscalers_first", "custom"]
 
 
 def post_processor_mask(names: Sequence[str]) -> int:

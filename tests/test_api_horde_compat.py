@@ -2,13 +2,14 @@
 kept from nodes, and the endpoints AI Horde clients call beyond the image path."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from protocol.provenance import ResultDocument, request_digest, sign_result
-from tests.api_support import b64, generate, node, png, pop_job, requester, small
+from tests.api_support import b64, custom_coordinator, generate, node, png, pop_job, requester, small
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api, tiny_webp
 
@@ -250,3 +251,95 @@ async def test_our_skip_reason_only_when_asked(coordinator: RunningCoordinator) 
     worker.api.provenance = False
     bare = await worker.pop()
     assert bare.body["ids"] == [] and bare.body["skipped"] == {}
+
+
+# AI Horde's fields of these answers (its `RequestStatusCheck`, `HordePerformance`, `ActiveModel`): all a strict
+# client may see without asking for ours.
+AI_HORDE_CHECK = {"finished", "processing", "restarted", "waiting", "done", "faulted", "wait_time", "queue_position",
+                  "kudos", "is_possible"}
+AI_HORDE_PERFORMANCE = {"queued_requests", "queued_megapixelsteps", "past_minute_megapixelsteps", "worker_count",
+                        "thread_count", "queued_text_requests", "text_worker_count", "text_thread_count",
+                        "queued_tokens", "past_minute_tokens", "queued_forms", "interrogator_count",
+                        "interrogator_thread_count"}
+AI_HORDE_MODEL = {"name", "count", "performance", "queued", "jobs", "eta", "type"}
+
+
+async def test_our_outlook_fields_only_when_asked(coordinator: RunningCoordinator) -> None:
+    """`is_possible_reason`, `cancelled`, the network's `eta` and speed, per-model service levels: ours."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    request_id = await generate(requester(coordinator, alice), small(models=["nobody-serves-this"]))
+    node(coordinator, await coordinator.create_account("owner"), "n1")  # none online for that model
+    plain, asking = Api(coordinator.url, provenance=False), Api(coordinator.url)
+    check = (await plain.get(f"/v2/generate/check/{request_id}")).body
+    assert set(check) == AI_HORDE_CHECK and check["is_possible"] is False, check
+    ours = (await asking.get(f"/v2/generate/check/{request_id}")).body
+    assert ours["is_possible_reason"] and ours["cancelled"] is False, ours
+    assert set((await plain.get("/v2/status/performance")).body) == AI_HORDE_PERFORMANCE
+    assert {"eta", "megapixelsteps_per_second"} <= set((await asking.get("/v2/status/performance")).body)
+    await node(coordinator, await coordinator.create_account("other"), "n2").pop()  # one model online
+    models = (await plain.get("/v2/status/models")).body
+    assert models and all(set(model) == AI_HORDE_MODEL for model in models), models
+    full = (await asking.get("/v2/status/models")).body
+    assert all({"time_to_first_image_p50", "time_to_done_p95"} <= set(model) for model in full), full
+
+
+async def test_priority_usernames_are_served_first(coordinator: RunningCoordinator) -> None:
+    """AI Horde's pop field `priority_usernames` (`name#id`, or a bare name): their requests before the queue's
+    order, which would serve the richer requester first."""
+    rich = await coordinator.create_account("rich", kudos=1000)
+    friend = await coordinator.create_account("friend")
+    await generate(requester(coordinator, rich), small("rich"))
+    await generate(requester(coordinator, friend), small("friend"))
+    owner = await coordinator.create_account("owner")
+    favoured = ["nobody#99", f"rich#{friend.id}", f"friend#{friend.id}"]  # no such account, a wrong name, a friend
+    favouring = node(coordinator, owner, "favouring", extra={"priority_usernames": favoured})
+    first = await pop_job(favouring)
+    assert first.body["payload"]["prompt"] == "friend", first.body  # friend's, although queued later and poorer
+    second = await pop_job(node(coordinator, owner, "plain"))
+    assert second.body["payload"]["prompt"] == "rich"
+    assert (await favouring.pop()).body["ids"] == []
+
+
+async def test_allow_unsafe_ipaddr_keeps_unsafe_addresses_requests_away(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """An untrusted request from an operator-listed unsafe network goes only to nodes that allow unsafe IPs;
+    a node that does not is told why in `skipped` (AI Horde's `unsafe_ip`)."""
+    async with custom_coordinator(tmp_path, database_url, trust_forwarded_for=True,
+                                  unsafe_networks=("10.9.0.0/16",)) as coordinator:
+        vpn = {"X-Forwarded-For": "10.9.1.2"}
+        assert (await Api(coordinator.url).post("/v2/generate/async", small("anon"), headers=vpn)).status == 202
+        owner = await coordinator.create_account("owner")
+        careful = node(coordinator, owner, "careful", extra={"allow_unsafe_ipaddr": False})
+        empty = await careful.pop()
+        assert empty.body["ids"] == [] and empty.body["skipped"] == {"unsafe_ip": 1}, empty.body
+        assert (await pop_job(node(coordinator, owner, "open"))).body["payload"]["prompt"] == "anon"
+        # A trusted account's requests are never from an unsafe IP, as in AI Horde.
+        trusted = await coordinator.create_account("trusted")
+        async with coordinator.broker.services.database.transaction() as tx:
+            await tx.set_account_trusted(trusted.id, True)
+        accepted = await requester(coordinator, trusted).post("/v2/generate/async", small("ok"), headers=vpn)
+        assert accepted.status == 202, accepted.body
+        assert (await pop_job(careful)).body["payload"]["prompt"] == "ok"
+
+
+async def test_a_nodes_own_refusals_are_counted_in_skipped(coordinator: RunningCoordinator) -> None:
+    """AI Horde's `performance` (an extra-slow node, a request that wants no slow ones) and `blacklist` keys."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    await generate(requester(coordinator, alice), {**small("a fox"), "slow_workers": False})
+    owner = await coordinator.create_account("owner")
+    slow = await node(coordinator, owner, "slow", extra={"extra_slow_worker": True}).pop()
+    assert slow.body["ids"] == [] and slow.body["skipped"] == {"performance": 1}, slow.body
+    picky = await node(coordinator, owner, "picky", extra={"blacklist": ["fox"]}).pop()
+    assert picky.body["ids"] == [] and picky.body["skipped"] == {"blacklist": 1}, picky.body
+
+
+async def test_a_custom_post_processing_order_reaches_the_node(coordinator: RunningCoordinator) -> None:
+    """AI Horde's `custom` order (the post-processors run as listed) is routed like the others, never refused."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    chain = ["RealESRGAN_x2plus", "CodeFormers", "strip_background"]
+    body = small(post_processing=chain, post_processing_order="custom")
+    await generate(requester(coordinator, alice), body)
+    worker = node(coordinator, await coordinator.create_account("owner"), "n1", extra={"allow_post_processing": True})
+    payload = (await pop_job(worker)).body["payload"]
+    assert (payload["post_processing"], payload["post_processing_order"]) == (chain, "custom"), payload

@@ -1,7 +1,7 @@
 """HTTP handlers, one module per area of the API. Each module lists its endpoints in
 `ENDPOINTS`; the app registers them and the OpenAPI document is generated from them."""
 
-from coordinator.routes import accounts, generate, jobs, notices, status, stream, workers
+from coordinator.routes import accounts, generate, jobs, notices, sharedkeys, status, stream, styles, workers
 from coordinator.routes.endpoint import Endpoint
 
 ENDPOINTS: list[Endpoint] = [
@@ -11,5 +11,7 @@ ENDPOINTS: list[Endpoint] = [
     *workers.ENDPOINTS,
     *status.ENDPOINTS,
     *notices.ENDPOINTS,
+    *sharedkeys.ENDPOINTS,
+    *styles.ENDPOINTS,
     *stream.ENDPOINTS,
 ]

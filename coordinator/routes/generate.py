@@ -20,7 +20,7 @@ from protocol.jobs import MAX_LONG_POLL_SECONDS
 
 
 async def generate_async(request: web.Request) -> web.Response:
-    who = await caller(request)
+    who = await caller(request, allow_shared_key=True)
     body = await parse(request, GenerationRequest)
     broker(request).limiter.check("generate", rate_key(request, who))
     await broker(request).webhooks.check_target(body.webhook)
@@ -43,7 +43,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    await caller(request)  # a wrong apikey is still refused (401), as everywhere
+    await caller(request, allow_shared_key=True)  # a wrong apikey is still refused (401), as everywhere
     report = await broker(request).requests.cancel(request.match_info["id"], base_url(request))
     return reply(report, ours=wants_provenance(request))
 

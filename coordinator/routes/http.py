@@ -41,10 +41,10 @@ async def body_bytes(request: web.Request) -> bytes:
     return request[RAW_BODY]
 
 
-async def caller(request: web.Request, *, allow_new_key: bool = False) -> Caller:
+async def caller(request: web.Request, *, allow_new_key: bool = False, allow_shared_key: bool = False) -> Caller:
     if CALLER not in request:
         request[CALLER] = await broker(request).auth.identify(
-            request, await body_bytes(request), allow_new_key=allow_new_key
+            request, await body_bytes(request), allow_new_key=allow_new_key, allow_shared_key=allow_shared_key
         )
     return request[CALLER]
 

@@ -141,6 +141,8 @@ class RequestRecord:
     rank: float = 0.0
     remote: str = ""  # the requester's address, to pay nothing for a node's requests to itself
     webhook_sent: list[str] = field(default_factory=list)  # job ids (and "end") whose webhook POST was claimed
+    sharedkey: str | None = None  # the hash of the shared key it spends through (coordinator/sharing.py)
+    unsafe_ip: bool = False  # sent from an unsafe address by an untrusted requester (coordinator/preferences.py)
 
     @cached_property
     def generation(self) -> GenerationRequest:
@@ -214,6 +216,10 @@ class WorkerCaps:
     baselines: dict[str, str] = field(default_factory=dict)  # declared model → family
     # `on_model`'s answers by family, so a pop over hundreds of models derives each variant once.
     by_family: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # The pop's preferences (coordinator/preferences.py): requests from unsafe addresses, and the requesters
+    # ("account:ID") it serves first.
+    allow_unsafe_ip: bool = True
+    priority: tuple[str, ...] = ()
 
     @classmethod
     def of(

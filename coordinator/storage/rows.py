@@ -11,7 +11,7 @@ from coordinator.storage.records import Account, JobRecord
 from protocol.ledger import round_kudos
 
 WORKER_COLUMNS = ("id", "name", "owner_id", "public_key")
-REQUEST_COLUMNS = ("id", "account_id", "created", "updated", "state")
+REQUEST_COLUMNS = ("id", "account_id", "created", "updated", "state", "sharedkey")  # sharedkey never changes
 # `index` is the `idx` column; `requester` and `charge` never change after the insert.
 JOB_COLUMNS = ("id", "request_id", "index", "state", "worker_id", "deadline", "requester", "charge")
 

@@ -211,7 +211,8 @@ class Tx:
     async def insert_request(self, request: RequestRecord) -> None:
         values, info = split_record(request, REQUEST_COLUMNS)
         await self.driver.execute(
-            "INSERT INTO requests (id, account_id, created, updated, state, info) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO requests (id, account_id, created, updated, state, sharedkey, info) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (*values, info),
         )
 
