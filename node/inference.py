@@ -9,7 +9,6 @@ broke while running, including out-of-memory) and InferenceAborted (should_abort
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -20,15 +19,22 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import USE_PEFT_BACKEND
-from PIL import Image, ImageOps
+from PIL import Image
 
 from node.catalog import ModelSpec, UnknownModel
 from node.controlnet import check_control, control_map
 from node.embeddings import inject, textual_inversions, ti_files
 from node.features import Features
 from node.hires import first_pass_size, hires_strength, native_size
+from node.job_inputs import (
+    check_clip_skip,
+    check_shape,
+    denoising_strength,
+    pipeline_inputs,
+    pipeline_kind,
+    prompt_inputs,
+)
 from node.jobspec import (
-    SOURCE_PROCESSINGS,
     GeneratedImage,
     InferenceAborted,
     InferenceFailed,
@@ -36,13 +42,12 @@ from node.jobspec import (
     JobSpec,
     LoraSpec,
     TiSpec,
-    checked_strength,
 )
-from node.pipelines import MODULE_BUILD_LOCK, LeaseAbandoned, PipelineCache, PipelineKind
+from node.pipeline_overrides import job_sampler, load_lora, lora_weights, seamless
+from node.pipelines import LeaseAbandoned, PipelineCache, PipelineKind
 from node.safety import CENSORSHIP_METADATA, check_policy, placeholder
-from node.samplers import UnsupportedSampler, check_sampler, make_scheduler
+from node.samplers import UnsupportedSampler, check_sampler
 
-DEFAULT_IMG2IMG_STRENGTH = 0.75
 StepCallback = Callable[[int, int], None]
 AbortCheck = Callable[[], bool]
 Tensors = dict[str, Any]
@@ -142,15 +147,15 @@ class Generator:
         should_abort: AbortCheck | None,
     ) -> list[GeneratedImage]:
         """The job on its leased pipeline, patched for it (sampler, LoRAs, TIs, tiling) and restored after."""
-        _check_clip_skip(pipe, job.clip_skip)
+        check_clip_skip(pipe, job.clip_skip)
         hires = self._hires(pipe, job, plan)
         with ExitStack() as patches:
-            patches.enter_context(_sampler(pipe, job))
+            patches.enter_context(job_sampler(pipe, job))
             if hires is not None:
-                patches.enter_context(_sampler(hires.pipe, job))
+                patches.enter_context(job_sampler(hires.pipe, job))
             patches.enter_context(self._loras(pipe, plan.lora_files))
             patches.enter_context(textual_inversions(pipe, plan.ti_files))
-            patches.enter_context(_seamless(pipe, job.tiling))
+            patches.enter_context(seamless(pipe, job.tiling))
             prompt, negative = inject(job.prompt, job.negative_prompt, job.tis)
             job = replace(job, prompt=prompt, negative_prompt=negative)
             if plan.control:
@@ -163,15 +168,15 @@ class Generator:
             spec = self.cache.catalog.resolve(job.model)
         except UnknownModel:
             raise JobRejected(f"model {job.model!r} is not served by this node") from None
-        _check_shape(job)
+        check_shape(job)
         try:
             check_sampler(job.sampler_name)
         except UnsupportedSampler as error:
             raise JobRejected(str(error)) from None
         control = check_control(job, spec.baseline, self.features.controlnets)
         # A ControlNet job's source is its control map, not an image to start from.
-        kind: PipelineKind = "txt2img" if control else _pipeline_kind(job)
-        strength = _strength(job, kind)
+        kind: PipelineKind = "txt2img" if control else pipeline_kind(job)
+        strength = denoising_strength(job, kind)
         lora_files = self._lora_files(job.loras)
         missing = self.features.postprocessors.missing(job.post_processing)
         if missing:
@@ -225,7 +230,7 @@ class Generator:
         on_step: StepCallback | None,
         should_abort: AbortCheck | None,
     ) -> list[GeneratedImage]:
-        inputs = {**_pipeline_inputs(job, plan), **_prompt_inputs(pipe, job, plan)}
+        inputs = {**pipeline_inputs(job, plan.kind, plan.strength), **prompt_inputs(pipe, job, plan.spec.baseline)}
         if hires is not None:
             inputs.update(width=hires.first_size[0], height=hires.first_size[1])
         if plan.control:
@@ -289,8 +294,8 @@ class Generator:
         names = [f"horde_lora_{i}" for i in range(len(lora_files))]
         try:
             for name, (lora, path) in zip(names, lora_files, strict=True):
-                _load_lora(pipe, lora, path, name)
-            pipe.set_adapters(names, adapter_weights=_lora_weights(pipe, names, lora_files))
+                load_lora(pipe, lora, path, name)
+            pipe.set_adapters(names, adapter_weights=lora_weights(pipe, names, lora_files))
             yield
         finally:
             # The modules are shared with the cache: the next job must see the model without this job's LoRAs.
@@ -319,109 +324,6 @@ def _denoise(
     return np.asarray(output.images[0])
 
 
-def _check_shape(job: JobSpec) -> None:
-    for label, size in (("width", job.width), ("height", job.height)):
-        if size <= 0 or size % 8:
-            raise JobRejected(f"{label} {size} is not a positive multiple of 8")
-    if job.steps < 1:
-        raise JobRejected(f"ddim_steps must be at least 1, not {job.steps}")
-    if not job.seeds:
-        raise JobRejected("the job asks for no images")
-    if not math.isfinite(job.cfg_scale):
-        raise JobRejected(f"cfg_scale {job.cfg_scale} is not a number")
-    if any(not 0 <= seed < 2**64 for seed in job.seeds):
-        raise JobRejected("seeds must be between 0 and 2**64 - 1")
-
-
-def _pipeline_kind(job: JobSpec) -> PipelineKind:
-    processing = job.source_processing
-    if processing not in SOURCE_PROCESSINGS:
-        raise JobRejected(f"source_processing {processing!r} is not supported by this node")
-    if processing == "txt2img":
-        return "txt2img"
-    if job.source_image is None:
-        raise JobRejected(f"{processing} needs a source image")
-    if processing == "img2img":
-        return "img2img"
-    if job.source_mask is None and "A" not in job.source_image.getbands():
-        raise JobRejected(f"{processing} needs a source mask or a source image with transparency")
-    return "inpaint"
-
-
-def _strength(job: JobSpec, kind: PipelineKind) -> float | None:
-    if kind == "txt2img":
-        return None
-    default = DEFAULT_IMG2IMG_STRENGTH if kind == "img2img" else 1.0
-    strength = default if job.denoising_strength is None else job.denoising_strength
-    return checked_strength("denoising_strength", strength, job.steps)
-
-
-def _check_clip_skip(pipe: DiffusionPipeline, clip_skip: int) -> None:
-    layers = pipe.text_encoder.config.num_hidden_layers
-    if not 1 <= clip_skip <= layers:
-        raise JobRejected(f"clip_skip {clip_skip} is outside 1..{layers} for this model")
-
-
-def _pipeline_inputs(job: JobSpec, plan: _Plan) -> dict[str, Any]:
-    size = (job.width, job.height)
-    if plan.kind == "txt2img":
-        return {"width": job.width, "height": job.height}
-    assert job.source_image is not None  # _pipeline_kind guarantees it
-    image = _fit(job.source_image, size)
-    if plan.kind == "img2img":
-        return {"image": image.convert("RGB"), "strength": plan.strength}
-    return {
-        "image": image.convert("RGB"),
-        "mask_image": _repaint_mask(image, job.source_mask, size),
-        "strength": plan.strength,
-        "width": job.width,
-        "height": job.height,
-    }
-
-
-def _prompt_inputs(pipe: DiffusionPipeline, job: JobSpec, plan: _Plan) -> dict[str, Any]:
-    """The prompt arguments; AI Horde's clip_skip 1 means no skip, diffusers counts skipped layers."""
-    skip = job.clip_skip - 1
-    if skip == 0 or plan.spec.baseline == "stable_diffusion_xl":
-        return {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "clip_skip": skip or None}
-    # diffusers' SD 1/2 clip_skip path reads text_encoder.text_model, which transformers 5 removed
-    # (diffusers issue #14124), so the skipped-layer embeddings are computed here the same way.
-    return {
-        "prompt_embeds": _clip_skip_embeddings(pipe, job.prompt, skip),
-        "negative_prompt_embeds": _clip_skip_embeddings(pipe, job.negative_prompt or "", skip),
-    }
-
-
-@torch.no_grad()
-def _clip_skip_embeddings(pipe: DiffusionPipeline, text: str, skip: int) -> torch.Tensor:
-    """CLIP hidden states `skip` layers before the last, through the final layer norm (as A1111 does)."""
-    encoder = pipe.text_encoder
-    # A multi-vector textual inversion's token stands for several: expanded as the pipeline's own path does.
-    text = pipe.maybe_convert_prompt(text, pipe.tokenizer)
-    tokens = pipe.tokenizer(
-        text,
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    mask = tokens.attention_mask.to(encoder.device) if getattr(encoder.config, "use_attention_mask", False) else None
-    output = encoder(tokens.input_ids.to(encoder.device), attention_mask=mask, output_hidden_states=True)
-    final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-    return final_layer_norm(output.hidden_states[-(skip + 1)]).to(dtype=encoder.dtype)
-
-
-def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
-
-
-def _repaint_mask(image: Image.Image, mask: Image.Image | None, size: tuple[int, int]) -> Image.Image:
-    """White where the model repaints: the given mask, else the source's transparent pixels."""
-    if mask is not None:
-        return _fit(mask.convert("L"), size)
-    return ImageOps.invert(image.getchannel("A"))
-
-
 def _step_callback(
     index: int, count: int, on_step: StepCallback | None, should_abort: AbortCheck | None
 ) -> Callable[..., Tensors]:
@@ -435,63 +337,3 @@ def _step_callback(
         return tensors
 
     return callback
-
-
-def _load_lora(pipe: DiffusionPipeline, lora: LoraSpec, path: Path, adapter_name: str) -> None:
-    try:
-        with MODULE_BUILD_LOCK:
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-    except Exception as error:
-        raise JobRejected(f"LoRA {lora.name!r} cannot be applied to this model: {error}") from error
-
-
-def _lora_weights(
-    pipe: DiffusionPipeline, names: list[str], lora_files: list[tuple[LoraSpec, Path]]
-) -> list[dict[str, float]]:
-    # Per-component weights: the UNet takes the model strength, the text encoders the clip strength.
-    components = pipe.get_list_adapters()
-    weights = []
-    for name, (lora, _) in zip(names, lora_files, strict=True):
-        strengths = {}
-        for component, adapters in components.items():
-            if name in adapters:
-                strengths[component] = lora.model_strength if component == "unet" else lora.clip_strength
-        weights.append(strengths)
-    return weights
-
-
-@contextmanager
-def _sampler(pipe: DiffusionPipeline, job: JobSpec) -> Iterator[None]:
-    """The job's sampler on the cached pipeline, then the model's own scheduler back.
-
-    Schedulers are stateful, and every job's sampler is built from the model's original scheduler
-    config, which must not pick up the previous job's overrides.
-    """
-    original = pipe.scheduler
-    pipe.scheduler = make_scheduler(job.sampler_name, job.karras, original.config)
-    try:
-        yield
-    finally:
-        pipe.scheduler = original
-
-
-@contextmanager
-def _seamless(pipe: DiffusionPipeline, enabled: bool) -> Iterator[None]:
-    """Circular padding in every convolution makes the image tile seamlessly; undone afterwards."""
-    if not enabled:
-        yield
-        return
-    convs = [
-        module
-        for component in (pipe.unet, pipe.vae)
-        for module in component.modules()
-        if isinstance(module, torch.nn.Conv2d)
-    ]
-    original = [conv.padding_mode for conv in convs]
-    try:
-        for conv in convs:
-            conv.padding_mode = "circular"
-        yield
-    finally:
-        for conv, mode in zip(convs, original, strict=True):
-            conv.padding_mode = mode

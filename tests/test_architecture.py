@@ -47,7 +47,7 @@ ENTRY_POINTS = ("coordinator.routes", "coordinator.cli", "coordinator.middleware
 MAX_MODULE_LINES = 400
 # Over the limit, and being changed by other work now; each is to be split, then removed from here
 # (the test fails while one listed here is short enough, so the list cannot go stale).
-OVERSIZE_FOR_NOW = {"coordinator/storage/sql.py", "node/inference.py"}
+OVERSIZE_FOR_NOW = {"coordinator/storage/sql.py"}
 SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE TABLE")
 
 

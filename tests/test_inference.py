@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from node.catalog import BUILTIN_MODELS, Catalog, ModelSpec, UnknownModel
 from node.devices import pick_device, pick_dtype
-from node.inference import Generator, _clip_skip_embeddings, encode_image
+from node.inference import Generator, encode_image
+from node.job_inputs import clip_skip_embeddings
 from node.jobspec import (
     GeneratedImage,
     InferenceAborted,
@@ -251,8 +252,8 @@ def test_clip_skip_embeddings_follow_the_pipeline_convention(cache: PipelineCach
     # Skipping no layer must reproduce the pipeline's own prompt embeddings exactly.
     pipe = cache.get(cache.catalog.resolve(TINY_MODEL_NAME))
     expected, _ = pipe.encode_prompt(PROMPT, CPU, 1, False)
-    assert torch.equal(_clip_skip_embeddings(pipe, PROMPT, 0), expected)
-    assert not torch.equal(_clip_skip_embeddings(pipe, PROMPT, 1), expected)
+    assert torch.equal(clip_skip_embeddings(pipe, PROMPT, 0), expected)
+    assert not torch.equal(clip_skip_embeddings(pipe, PROMPT, 1), expected)
 
 
 def test_clip_skip_beyond_the_text_encoder_is_rejected(generator: Generator) -> None:
