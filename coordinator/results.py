@@ -12,6 +12,7 @@ from typing import Any
 from coordinator.auth import Caller, require_account
 from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
+from coordinator.escrow import hold
 from coordinator.estimates import job_megapixelsteps, record_speed
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.outlook import ServiceLevels
@@ -283,18 +284,23 @@ class ResultIntake:
         account = await tx.account_by("id", request.account_id)
         return job.charge if account is not None and account.kudos >= job.charge - 0.005 else 0.0
 
-    @staticmethod
     async def _pay(
-        tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, settlement: Settlement, now: float
+        self, tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, settlement: Settlement, now: float
     ) -> None:
         """Save the node's counters and move the settlement's kudos: a funded image's spend and reward
-        share the job's id as reference; a volunteer reward (minted) is marked as such."""
+        share the job's id as reference; a volunteer reward (minted) is marked as such. With verification
+        on, the reward is held in escrow until the node's window closes (coordinator/escrow.py)."""
         node.kudos_rewards = round(node.kudos_rewards + settlement.reward, 2)
         await tx.save_worker_state(node)
         await tx.record_stats(int(now // 60), 1, job_megapixelsteps(job))
         await tx.record_model_stats(int(now // 86400), job.model or "")  # /v2/stats/img/models
         if settlement.charge > 0:
             await tx.move_kudos("spend", request.account_id, None, settlement.charge, job.id, now)
-        if settlement.reward > 0:
-            reference = job.id if settlement.charge > 0 else f"volunteer:{job.id}"
+        if settlement.reward <= 0:
+            return
+        reference = job.id if settlement.charge > 0 else f"{settlement.reason}:{job.id}"
+        verification = self.services.config.verification
+        if verification.enabled:
+            await hold(tx, node.id, node.owner_id, settlement.reward, reference, job.id, now, verification.window)
+        else:
             await tx.move_kudos("reward", None, node.owner_id, settlement.reward, reference, now)

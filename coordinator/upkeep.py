@@ -4,12 +4,14 @@ abandoned requests, pay uptime kudos, and prune old requests and images (never t
 import asyncio
 import logging
 
+from coordinator.escrow import hold, release_due
 from coordinator.lifecycle import TIME_LIMIT_EXCEEDED, fault_request, requeue_or_fault
 from coordinator.results import upload_name
 from coordinator.roster import count_missed_deadline, lift_maintenance, maintenance_over
 from coordinator.services import Services
 from coordinator.storage import StorageUnavailable
-from coordinator.storage.records import QueueEntry
+from coordinator.storage.records import QueueEntry, Worker
+from coordinator.storage.sql import Tx
 
 log = logging.getLogger("horde.coordinator.upkeep")
 UPTIME_PERIOD = 600.0
@@ -34,6 +36,7 @@ class Upkeep:
         await self.end_maintenance()
         await self.expire_abandoned()
         await self.pay_uptime()
+        await self.release_escrow()
         await self.prune()
 
     async def reissue_overdue(self) -> int:
@@ -101,12 +104,29 @@ class Upkeep:
                 if worker.last_uptime_award == 0:
                     worker.last_uptime_award = now
                 elif now - worker.last_uptime_award >= UPTIME_PERIOD:
-                    await tx.move_kudos("uptime", None, worker.owner_id, per_period, f"uptime:{worker.id}", now)
+                    await self._pay_uptime(tx, worker, per_period, now)
                     worker.last_uptime_award = now
                     worker.uptime += int(UPTIME_PERIOD)
                 else:
                     continue
                 await tx.save_worker_state(worker)
+
+    async def _pay_uptime(self, tx: Tx, worker: Worker, amount: float, now: float) -> None:
+        """Uptime is a reward like an image's: held in escrow while verification is on, so a node that
+        fails a check loses it too."""
+        verification = self.services.config.verification
+        if verification.enabled:
+            await hold(tx, worker.id, worker.owner_id, amount, f"uptime:{int(now)}", None, now, verification.window)
+        else:
+            await tx.move_kudos("uptime", None, worker.owner_id, amount, f"uptime:{worker.id}", now)
+
+    async def release_escrow(self) -> int:
+        """Rewards whose verification window closed clean go to their nodes' owners."""
+        if not self.services.config.verification.enabled:
+            return 0
+        async with self.services.database.transaction() as tx:
+            await tx.lock_ledger()
+            return await release_due(tx, self.services.clock())
 
     async def prune(self) -> int:
         cutoff = self.services.clock() - self.services.config.retention_hours * 3600

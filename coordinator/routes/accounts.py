@@ -50,6 +50,7 @@ async def create_account(request: web.Request) -> web.Response:
 async def user_details(request: web.Request, account: Account) -> UserDetails:
     workers = [w for w in await broker(request).roster.online() if w.owner_id == account.id]
     services = broker(request).services
+    held = await broker(request).bank.held(account.id)
     contributions = ContributionsDetails(
         megapixelsteps=round(sum(w.megapixelsteps for w in workers), 2),
         fulfillments=sum(w.requests_fulfilled for w in workers),
@@ -59,6 +60,7 @@ async def user_details(request: web.Request, account: Account) -> UserDetails:
         worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
         concurrency=services.config.concurrency, moderator=account.moderator,
         account_age=max(int(services.clock() - account.created), 0), contributions=contributions,
+        held_kudos=held.amount, held_until=held.next_release,
     )  # fmt: skip
 
 
