@@ -165,6 +165,7 @@ def declared(pop: PopRequest) -> dict[str, Any]:
         "post_processors": None if pop.post_processors is None else sorted(set(pop.post_processors)),
         "control_types": None if pop.control_types is None else sorted(set(pop.control_types)),
         "approximate_samplers": {name.lower(): note for name, note in pop.approximate_samplers.items()},
+        "hardware": pop.hardware or "",
     }
 
 

@@ -249,6 +249,7 @@ async def set_trust(services, name: str, trusted: bool) -> int:
         worker.trusted = trusted
         if trusted:
             worker.suspicion = 0  # the operator vouches for it: withheld rewards resume (coordinator/economy.py)
+            worker.suspended = None  # and failed spot checks no longer keep it from jobs (coordinator/verification.py)
         await tx.save_worker(worker)
     print(f"worker {name} is {'trusted' if trusted else 'not trusted'}")
     return 0

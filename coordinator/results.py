@@ -21,6 +21,7 @@ from coordinator.sources import RESULT_FORMATS, check_image
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, RequestRecord, Worker
 from coordinator.storage.sql import Tx
+from coordinator.verification import Verifier
 from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult
 from protocol.keys import KeyFormatError, PublicKey
@@ -62,6 +63,7 @@ class ResultIntake:
     def __init__(self, services: Services, service_levels: ServiceLevels) -> None:
         self.services = services
         self.service_levels = service_levels
+        self.verifier = Verifier(services)
 
     async def accept_upload(self, job_id: str, token: str, data: bytes) -> None:
         async with self.services.database.reader() as tx:
@@ -221,6 +223,10 @@ class ResultIntake:
         self.service_levels.record(request, job.model or "", now)
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
+        try:
+            await self.verifier.delivered(job_id)
+        except StorageUnavailable as error:  # the result stands; this image goes unchecked
+            log.warning("could not check job %s: %s", job_id, error)
         return settlement.reward
 
     async def _forget(self, name: str | None) -> None:
@@ -270,6 +276,7 @@ class ResultIntake:
             price=request.kudos_per_image, charge=await self._payable(tx, job, request),
             requester_id=request.account_id, requester_address=request.remote, owner_id=node.owner_id,
             node_address=remote, withheld=node.suspicion >= config.suspicion_threshold, allowance=allowance,
+            check=request.purpose == "check",
         )  # fmt: skip
         node.volunteer_credit, node.volunteer_at = round(allowance - settlement.minted, 4), now
         return settlement

@@ -14,6 +14,7 @@ import torch
 
 from node.config import NodeConfig
 from node.controlnet import ControlNets, declared_types
+from node.devices import configured_dtype, hardware_class, pick_device, torch_threads
 from node.postprocess import PostProcessors, available
 from node.safety import ContentPolicy, SafetyChecker
 
@@ -60,7 +61,17 @@ def declared(config: NodeConfig) -> dict[str, Any]:
         # SD 1.x ControlNets only: no SDXL ones (allow_sdxl_controlnet stays off).
         "allow_controlnet": bool(control_types),
         "control_types": control_types,  # ours: which of AI Horde's control types
+        "hardware": declared_hardware(config),  # ours: what spot checks compare its images by
     }
+
+
+def declared_hardware(config: NodeConfig) -> str:
+    device = pick_device(None if config.device == "auto" else config.device)
+    encoding = "webp-lossless" if config.image_format == "webp" and config.image_lossless else (
+        f"{config.image_format}-{config.image_quality}"
+    )  # fmt: skip
+    threads = torch_threads(device, config.torch_threads)
+    return hardware_class(device, configured_dtype(device, config.dtype), threads, encoding)
 
 
 def serves_tis(config: NodeConfig) -> bool:

@@ -65,6 +65,9 @@ class PopRequest(BaseModel):
     # The post-processors and ControlNet types it runs (None: all, as an AI Horde worker with the flag).
     post_processors: list[PostProcessor] | None = Field(default=None, max_length=16)
     control_types: list[ControlType] | None = Field(default=None, max_length=16)
+    # Ours: the node's hardware class (device, dtype, library versions; `/deterministic` when its images
+    # repeat bit for bit), which spot checks compare images by (coordinator/likeness.py).
+    hardware: str | None = Field(default=None, max_length=200)
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)

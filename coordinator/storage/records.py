@@ -77,6 +77,12 @@ class Worker:
     approximate_samplers: dict[str, str] = field(default_factory=dict)  # name → what runs instead
     post_processors: list[str] | None = None  # None: every one (with post_processing)
     control_types: list[str] | None = None  # None: every one (with controlnet)
+    # Verified work (coordinator/verification.py): the hardware class it declares, and its record of checks.
+    hardware: str = ""
+    checks_passed: int = 0
+    checks_failed: int = 0
+    passes_since_failure: int = 0
+    suspended: str | None = None  # why spot checks suspended it; only an operator lifts it (`trust`)
 
 
 @dataclass
@@ -131,6 +137,7 @@ class RequestRecord:
     rank: float = 0.0
     remote: str = ""  # the requester's address, to pay nothing for a node's requests to itself
     webhook_sent: list[str] = field(default_factory=list)  # job ids (and "end") whose webhook POST was claimed
+    purpose: str = ""  # "check": a spot check's re-run (coordinator/verification.py), never told to its node
 
     @cached_property
     def generation(self) -> GenerationRequest:
