@@ -3,6 +3,7 @@ two hardware classes (float32 and bfloat16 on the CPU) are never penalised, and 
 that runs it, an ordinary job. Real coordinator, real HTTP, real signatures, real tiny-pipeline inference;
 every image is checked (rate 1) so each path runs on purpose, and nothing waits on a timer."""
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -140,11 +141,16 @@ async def test_a_check_looks_like_any_job_to_its_node(
     tmp_path: Path, database_url: str | None, tiny_model_dir: Path
 ) -> None:
     async with network(tmp_path, database_url, tiny_model_dir) as net:
-        await generate(net.payer, BODY)
+        await generate(net.payer, small(steps=8))  # a random seed
         await net.serve("cheater")  # honest here: its image gets a check, queued for another owner
         check = await net.nodes["f32"].worker.pop()
+        subject = await fetch_all(
+            net.coordinator, "SELECT j.info FROM jobs j JOIN workers w ON w.id = j.worker_id WHERE w.name = 'cheater'"
+        )
+        seed = json.loads(subject[0]["info"])["job_document"]["payload"]["seed"]
+        assert check.body["payload"]["seed"] == seed  # the same image is asked for again
         other = requester(net.coordinator, await net.coordinator.create_account("other", kudos=100))
-        await generate(other, BODY)  # the very same request, made by an ordinary requester
+        await generate(other, small(steps=8, seed=seed))  # the very same request, made by an ordinary requester
         ordinary = await net.nodes["bf16"].worker.pop()
         assert check.status == ordinary.status == 200 and check.body["ids"] and ordinary.body["ids"]
         assert_alike(check.body, ordinary.body)
