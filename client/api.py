@@ -44,6 +44,7 @@ from protocol.httpsig import sign_request
 from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
 from protocol.keys import Identity
 from protocol.ledger import LedgerEntry, LedgerHead
+from protocol.verdicts import ImageChecks
 
 DEFAULT_TIMEOUT = 60.0
 # Extra time a long-poll gets beyond its wait, for the server's own work and the network.
@@ -195,6 +196,10 @@ class HordeClient:
 
     async def ledger_head(self) -> LedgerHead:
         return await self._call(LedgerHead, "GET", "/ledger/head")
+
+    async def image_checks(self, job_id: str) -> ImageChecks:
+        """Whether an image (by its job id) was spot-checked, and the signed verdicts (ours)."""
+        return await self._call(ImageChecks, "GET", f"/verdicts/{quote(job_id, safe='')}")
 
     # --- network ---------------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ from coordinator.queueing import queue_entry
 from coordinator.services import Services
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord, Worker
 from coordinator.storage.sql import Tx
-from coordinator.verdicts import record_verdict
+from coordinator.verdicts import image_checks, record_verdict
 from protocol.generation import REQUEST_WORKERS_MAX, GenerationRequest
+from protocol.verdicts import Comparison, ImageChecks
 
 log = logging.getLogger("horde.coordinator.verification")
 CHECK = "check"
@@ -88,6 +89,11 @@ class Verifier:
             await self._judge(check)
         elif checkable(job, request) and _random.random() < self._rate(worker):
             await self._issue(job, request, 1, [worker.owner_id], {})
+
+    async def checks_of(self, job_id: str) -> ImageChecks:
+        """Whether an image was checked, how, and by whom (`horde verify --checks`)."""
+        async with self.services.database.reader() as tx:
+            return await image_checks(tx, job_id)
 
     def _rate(self, worker: Worker) -> float:
         s = self.settings
@@ -204,8 +210,8 @@ class Verifier:
                 if worker is None:
                     continue
                 evidence = [
-                    {"job_id": other.job.id, "worker_id": other.worker.id, "worker_name": other.worker.name,
-                     "hardware": other.worker.hardware, "distance": _distance(opinion, other)}
+                    Comparison(job_id=other.job.id, worker_id=other.worker.id, worker_name=other.worker.name,
+                               hardware=other.worker.hardware, distance=_distance(opinion, other))
                     for other in against
                 ]  # fmt: skip
                 verdict_id = await record_verdict(

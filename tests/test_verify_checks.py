@@ -4,78 +4,17 @@ that runs it, an ordinary job. Real coordinator, real HTTP, real signatures, rea
 every image is checked (rate 1) so each path runs on purpose, and nothing waits on a timer."""
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from coordinator.config import VerificationSettings
-from tests import conftest
-from tests.api_support import custom_coordinator, fetch_all, generate, ledger_rows, node, requester, small
-from tests.conftest import RunningCoordinator
-from tests.helpers import Api
-from tests.verify_support import CHEATS, TinyNode, tiny_generator
+from tests.api_support import fetch_all, generate, ledger_rows, requester, small
+from tests.verify_support import CHEATS, WINDOW, audit_ok, network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-WINDOW = 3600.0
-ALWAYS = VerificationSettings(enabled=True, window=WINDOW, new_rate=1.0, settled_rate=1.0, suspect_rate=1.0)
 BODY = small(steps=8, seed="1234")
-
-
-@dataclass
-class Network:
-    coordinator: RunningCoordinator
-    payer: Api
-    owners: dict[str, conftest.TestAccount]
-    nodes: dict[str, TinyNode]
-
-    async def serve(self, *names: str) -> None:
-        """Each named node in turn pops and answers one job, which must be there."""
-        for name in names:
-            reply = await self.nodes[name].serve_one()
-            assert reply is not None and reply.status == 200, (name, reply)
-
-    async def verdicts(self) -> dict[str, list[str]]:
-        rows = await fetch_all(
-            self.coordinator,
-            "SELECT w.name, v.outcome FROM verdicts v JOIN workers w ON w.id = v.worker_id ORDER BY v.id",
-        )
-        found: dict[str, list[str]] = {}
-        for row in rows:
-            found.setdefault(row["name"], []).append(row["outcome"])
-        return found
-
-    async def held(self, name: str) -> tuple[float, float]:
-        reply = await Api(self.coordinator.url, apikey=self.owners[name].apikey).get("/v2/find_user")
-        return reply.body["kudos"], reply.body["held_kudos"]
-
-
-@asynccontextmanager
-async def network(
-    tmp_path: Path, database_url: str | None, tiny_model_dir: Path, cheat: str | None = None,
-    settings: VerificationSettings = ALWAYS, **cheater: Any,
-) -> AsyncIterator[Network]:  # fmt: skip
-    """Honest nodes `f32` (float32) and `bf16` (bfloat16), and `cheater` (float32) cheating as told; one owner each."""
-    async with custom_coordinator(tmp_path, database_url, verification=settings) as coordinator:
-        payer = requester(coordinator, await coordinator.create_account("payer", kudos=1000))
-        owners = {name: await coordinator.create_account(f"owner-{name}") for name in ("f32", "bf16", "cheater")}
-        f32, bf16 = tiny_generator(tiny_model_dir, torch.float32), tiny_generator(tiny_model_dir, torch.bfloat16)
-        nodes = {
-            "f32": TinyNode.of(node(coordinator, owners["f32"], "f32"), f32, torch.float32),
-            "bf16": TinyNode.of(node(coordinator, owners["bf16"], "bf16"), bf16, torch.bfloat16),
-            "cheater": TinyNode.of(node(coordinator, owners["cheater"], "cheater"), f32, torch.float32,
-                                   cheat=cheat, **cheater),
-        }  # fmt: skip
-        yield Network(coordinator, payer, owners, nodes)
-
-
-async def audit_ok(coordinator: RunningCoordinator) -> None:
-    report = await coordinator.broker.bank.audit()
-    assert report.ok, report.problems
 
 
 @pytest.mark.parametrize("cheat", CHEATS)

@@ -1,7 +1,7 @@
 """HTTP handlers, one module per area of the API. Each module lists its endpoints in
 `ENDPOINTS`; the app registers them and the OpenAPI document is generated from them."""
 
-from coordinator.routes import accounts, generate, jobs, notices, status, stream, workers
+from coordinator.routes import accounts, generate, jobs, notices, status, stream, verification, workers
 from coordinator.routes.endpoint import Endpoint
 
 ENDPOINTS: list[Endpoint] = [
@@ -12,4 +12,5 @@ ENDPOINTS: list[Endpoint] = [
     *status.ENDPOINTS,
     *notices.ENDPOINTS,
     *stream.ENDPOINTS,
+    *verification.ENDPOINTS,
 ]
