@@ -93,7 +93,8 @@ class ResultIntake:
         if body.state == "faulted":
             await self._fault(job.id, worker, body)
             return SubmitResult(reward=0)
-        return SubmitResult(reward=await self._store(job.id, worker, body, image, remote))
+        reward = await self._store(job.id, worker, body, image, remote)
+        return SubmitResult(reward=reward, held=reward if self.services.config.verification.enabled else 0.0)
 
     @staticmethod
     async def _assigned(tx: Tx, caller: Caller, job: JobRecord) -> Worker | None:

@@ -194,3 +194,6 @@ class SubmitRequest(BaseModel):
 
 class SubmitResult(BaseModel):
     reward: float
+    # Ours: how much of `reward` is held in escrow until the node's verification window closes clean
+    # (docs/security.md, "Verified work"): earned, not yet its owner's to spend.
+    held: float = ours(0.0)
