@@ -6,20 +6,26 @@ an honest node.
    cheater's answer (noise; a quarter of the steps; another seed; a cached image). Each is compared with the
    float32 image by the coordinator's own rule (coordinator/likeness.py): the per-check detection rate of
    each cheat, and the false disagreements (and the largest distance) between honest classes.
-2. Computed and simulated, with the coordinator's own check-rate policy (coordinator/verification.py,
+2. End to end: a real coordinator (in this process, on a loopback port, the default check policy) with honest
+   float32 and bfloat16 nodes and one new cheater of each kind, every image made by the tiny pipeline and
+   delivered over real HTTP: the cheater's jobs until its first failed check, the kudos it kept, the checks
+   and images made, and verdicts against honest nodes.
+3. Computed and simulated, with the coordinator's own check-rate policy (coordinator/verification.py,
    default settings) and the measured rates: per cheater kind and cheating fraction f, the jobs until first
    caught, the kudos it kept (rewards released before the verdict), and the probability of being caught
    within 300 jobs; for honest nodes, the verification overhead (extra inference per image) once they have a
-   record, and the expected false verdicts over 10,000 jobs.
+   record, and the false disagreements between honest classes.
 
-    python bench/verify.py            # 200 seeds, 2,000 simulated nodes per case
-    python bench/verify.py --short    # CI: 12 seeds, 200 simulated nodes
+    python bench/verify.py            # 60 seeds, 40 end-to-end rounds, 2,000 simulated nodes per case
+    python bench/verify.py --short    # CI: 6 seeds, 6 rounds, 200 simulated nodes
 """
 
 import argparse
+import asyncio
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,8 +36,9 @@ from coordinator.config import VerificationSettings
 from coordinator.likeness import agree, distance, fingerprint
 from coordinator.storage.records import Worker
 from coordinator.verification import check_rate
+from tests.api_support import count, generate, small
 from tests.helpers import Api, SimWorker
-from tests.verify_support import CHEATS, TinyNode, class_of, tiny_generator
+from tests.verify_support import CHEATS, Network, TinyNode, class_of, network, tiny_generator
 
 JOBS_WINDOW = 300  # the target: a node cheating on >= 10% of its images is caught within 300 jobs, >= 99%
 PAYLOAD = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "ddim_steps": 8, "sampler_name": "k_euler_a",
@@ -67,6 +74,39 @@ def measure(tiny: Path, seeds: int) -> tuple[dict[str, float], dict[str, tuple[i
             caught[kind] += not agree(reference, answer, honest_class, honest_class, max_distance)
     rates = {kind: caught[kind] / seeds for kind in CHEATS}
     return rates, {name: (false[name], max(values)) for name, values in honest.items()}
+
+
+async def end_to_end(tiny: Path, cheat: str, fraction: float, rounds: int) -> tuple[int | None, float, int, int, int]:
+    """A real coordinator (the default check policy) with honest float32 and bfloat16 nodes and one new cheater,
+    over real HTTP: each round three requests of one image, popped first by the cheater, `f32` and `bf16` in
+    turn, then the checks they raise. Returns (the cheater's jobs until its first failed check, None if never;
+    the kudos it kept after it: available plus held; checks issued; images made in all; failed verdicts
+    against honest nodes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        async with network(Path(folder), None, tiny, cheat, VerificationSettings(enabled=True), rate=fraction) as net:
+            caught, made = None, 0
+            for round_ in range(rounds):
+                for index, name in enumerate(("cheater", "f32", "bf16")):
+                    await generate(net.payer, small(steps=8, seed=str(3 * round_ + index)))
+                    made += await serve_all(net, first=name)
+                if "fail" in (await net.verdicts()).get("cheater", []):
+                    caught = net.nodes["cheater"].jobs
+                    break
+            verdicts = await net.verdicts()
+            wronged = sum(found.count("fail") for name, found in verdicts.items() if name != "cheater")
+            return caught, sum(await net.held("cheater")), await count(net.coordinator, "checks"), made, wronged
+
+
+async def serve_all(net: Network, first: str) -> int:
+    """`first` pops the new request; then every node serves checks until none is left. Images made."""
+    made, progress = 0, True
+    order = [first, *[name for name in net.nodes if name != first]]
+    while progress:
+        progress = False
+        for name in order:
+            if await net.nodes[name].serve_one() is not None:
+                made, progress = made + 1, True
+    return made
 
 
 def simulate(detect: float, fraction: float, settings: VerificationSettings, nodes: int, rng: random.Random
@@ -121,7 +161,7 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="CI: fewer seeds and simulated nodes")
     args = parser.parse_args()
     tiny = Path(os.environ.get("HORDE_TINY_MODEL_DIR", ".cache/tiny-sd"))
-    seeds, nodes = (12, 200) if args.short else (200, 2000)
+    seeds, nodes, rounds = (6, 200, 6) if args.short else (60, 2000, 40)
     settings = VerificationSettings()
     rates, honest = measure(tiny, seeds)
     print(f"measured on {seeds} seeds (tiny pipeline, 64x64, 8 steps), threshold {settings.max_distance}:")
@@ -139,6 +179,16 @@ def main() -> int:
             settled = analytic(detect, fraction, settings.settled_rate)
             print(f"  {kind:9} {fraction:4.2f}  {median:10d}            {kept:6.3f}       {within:6.3f}"
                   f"             {settled:.3f}")
+    print("end to end (real coordinator, real HTTP, tiny pipeline; new cheater vs honest float32 + bfloat16):")
+    print("cheater      f     jobs to first catch  kudos kept  checks  images  verdicts against honest nodes")
+    cases = [(kind, 1.0) for kind in CHEATS] + [("seed", 0.25)]
+    e2e_wronged = 0
+    for kind, fraction in cases:
+        caught, kept, checks, made, wronged = asyncio.run(end_to_end(tiny, kind, fraction, rounds))
+        e2e_wronged += wronged
+        shown = "not caught" if caught is None else str(caught)
+        print(f"  {kind:9} {fraction:4.2f}  {shown:>10}            {kept:8.2f}  {checks:6d}  {made:6d}  {wronged}",
+              flush=True)
     early, settled = overhead(settings, 1000)
     print(f"overhead: {early:.3f} extra inference per image over a new node's first 1000 jobs; {settled:.3f} "
           "once it has a record (plus a third run per disagreement)")
@@ -146,7 +196,7 @@ def main() -> int:
     pairs = 2 * seeds
     print(f"false verdicts against honest nodes: {false_pairs} disagreements in {pairs} honest cross-class pairs; "
           "a verdict needs a third node to side against it too")
-    return 1 if false_pairs else 0
+    return 1 if false_pairs or e2e_wronged else 0
 
 
 if __name__ == "__main__":

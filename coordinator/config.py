@@ -41,7 +41,7 @@ class VerificationSettings:
     # fewer than `record` passed checks, falling evenly to `settled_rate` at `record`; `suspect_rate` for a
     # node with a failed check (until `record` more pass).
     new_rate: float = 0.5
-    settled_rate: float = 0.02
+    settled_rate: float = 0.04
     suspect_rate: float = 1.0
     record: int = 50
     failures_to_suspend: int = 2  # failed checks after which the node is suspended until an operator looks
