@@ -44,6 +44,8 @@ class VerificationSettings:
     settled_rate: float = 0.04
     suspect_rate: float = 1.0
     record: int = 50
+    # A new or suspect node gets a canary (a trusted node's image, asked again of it alone) at most this often.
+    canary_interval: float = 600.0
     failures_to_suspend: int = 2  # failed checks after which the node is suspended until an operator looks
     # Images compared across hardware classes (or where a class is not deterministic): the most their
     # 16×16 greyscale versions may differ on average, out of 255 (calibrated in bench/verify.py).

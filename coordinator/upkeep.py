@@ -1,9 +1,11 @@
 """The coordinator's periodic chores: reissue overdue jobs, lift automatic maintenance, expire
-abandoned requests, pay uptime kudos, and prune old requests and images (never the ledger)."""
+abandoned requests, pay uptime kudos, release escrow and queue canaries (verified work), and prune old
+requests and images (never the ledger)."""
 
 import asyncio
 import logging
 
+from coordinator.canaries import Canaries
 from coordinator.escrow import hold, release_due
 from coordinator.lifecycle import TIME_LIMIT_EXCEEDED, fault_request, requeue_or_fault
 from coordinator.results import upload_name
@@ -12,6 +14,7 @@ from coordinator.services import Services
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import QueueEntry, Worker
 from coordinator.storage.sql import Tx
+from coordinator.verification import Verifier
 
 log = logging.getLogger("horde.coordinator.upkeep")
 UPTIME_PERIOD = 600.0
@@ -20,6 +23,7 @@ UPTIME_PERIOD = 600.0
 class Upkeep:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.canaries = Canaries(services, Verifier(services))
 
     async def run_forever(self) -> None:
         while True:
@@ -37,6 +41,7 @@ class Upkeep:
         await self.expire_abandoned()
         await self.pay_uptime()
         await self.release_escrow()
+        await self.canaries.issue()
         await self.prune()
 
     async def reissue_overdue(self) -> int:

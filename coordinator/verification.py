@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.canaries import remember_reference
 from coordinator.escrow import VERIFIER, extend, forfeit, system_account
 from coordinator.likeness import Fingerprint, agree, distance, fingerprint
 from coordinator.queueing import queue_entry
@@ -87,7 +88,9 @@ class Verifier:
             return
         if check is not None:
             await self._judge(check)
-        elif checkable(job, request) and _random.random() < self._rate(worker):
+        elif checkable(job, request) and worker.trusted:
+            await remember_reference(self.services, job.id)  # a known answer for canaries
+        elif checkable(job, request) and _random.random() < self.rate(worker):
             await self._issue(job, request, 1, [worker.owner_id], {})
 
     async def checks_of(self, job_id: str) -> ImageChecks:
@@ -95,20 +98,26 @@ class Verifier:
         async with self.services.database.reader() as tx:
             return await image_checks(tx, job_id)
 
-    def _rate(self, worker: Worker) -> float:
+    def rate(self, worker: Worker) -> float:
         s = self.settings
         return check_rate(worker, s.new_rate, s.settled_rate, s.suspect_rate, s.record)
 
+    async def issue_canary(self, subject: JobRecord, request: RequestRecord, worker: Worker) -> None:
+        """A trusted node's image, asked again of `worker` alone (coordinator/canaries.py)."""
+        await self._issue(subject, request, 1, [], {"canary": worker.id}, pinned=worker.id)
+
     # --- issuing checks ----------------------------------------------------------------
     async def _issue(
-        self, subject: JobRecord, request: RequestRecord, round_: int, owners: list[int], info: dict[str, Any]
-    ) -> None:
-        """Queue the subject's job again for a node of none of `owners`."""
+        self, subject: JobRecord, request: RequestRecord, round_: int, owners: list[int], info: dict[str, Any],
+        pinned: str | None = None,
+    ) -> None:  # fmt: skip
+        """Queue the subject's job again for a node of none of `owners`, or (a canary) for the `pinned` node."""
         now = self.services.clock()
         async with self.services.database.transaction() as tx:
             verifier = await system_account(tx, VERIFIER, now)
             excluded = (await _workers_of(tx, owners))[:REQUEST_WORKERS_MAX]  # see docs/security.md
-            check_request, job, entry = self._check_request(subject, request, verifier.id, excluded, now)
+            nodes = ([pinned], False) if pinned else (excluded, True)
+            check_request, job, entry = self._check_request(subject, request, verifier.id, nodes, now)
             await tx.insert_request(check_request)
             await tx.insert_jobs([job])
             await tx.enqueue([entry])
@@ -124,14 +133,15 @@ class Verifier:
 
     @staticmethod
     def _check_request(
-        subject: JobRecord, request: RequestRecord, verifier_id: int, excluded: list[str], now: float
+        subject: JobRecord, request: RequestRecord, verifier_id: int, nodes: tuple[list[str], bool], now: float
     ) -> tuple[RequestRecord, JobRecord, QueueEntry]:
-        """A request of one image with the subject's body, model and seed, for nodes not in `excluded`."""
+        """A request of one image with the subject's body, model and seed, for the nodes named (a worker list,
+        and whether it is a blacklist)."""
         body = dict(request.body)
         seed = str((subject.job_document or {}).get("payload", {}).get("seed", subject.seed))
         body["params"] = {**body.get("params", {}), "n": 1, "seed": seed}
         body["models"] = [subject.model] if subject.model else body.get("models", [])
-        body["workers"], body["worker_blacklist"] = excluded, True
+        body["workers"], body["worker_blacklist"] = nodes
         generation = GenerationRequest.model_validate(body)
         check = RequestRecord(
             id=str(uuid.uuid4()), account_id=verifier_id, created=now, updated=now, state="active", n=1,
@@ -256,6 +266,8 @@ def _distance(a: Opinion, b: Opinion) -> float | None:
 
 async def _workers_of(tx: Tx, owners: list[int]) -> list[str]:
     """Every node of these owners: the check goes to none of them."""
+    if not owners:
+        return []
     marks = ",".join("?" * len(owners))
     rows = await tx.driver.fetchall(f"SELECT id FROM workers WHERE owner_id IN ({marks})", owners)
     return [row["id"] for row in rows]

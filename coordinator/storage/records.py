@@ -83,6 +83,7 @@ class Worker:
     checks_failed: int = 0
     passes_since_failure: int = 0
     suspended: str | None = None  # why spot checks suspended it; only an operator lifts it (`trust`)
+    last_canary: float = 0.0  # when it was last given a known-answer job (coordinator/canaries.py)
 
 
 @dataclass

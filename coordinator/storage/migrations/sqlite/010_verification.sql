@@ -39,3 +39,9 @@ CREATE TABLE verdicts (
 );
 CREATE INDEX verdicts_by_job ON verdicts (job_id);
 CREATE INDEX verdicts_by_worker ON verdicts (worker_id);
+
+-- Canaries' reference set: images made by trusted nodes, whose jobs are queued again as known-answer jobs.
+CREATE TABLE canaries (
+    job_id TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
