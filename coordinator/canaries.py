@@ -10,6 +10,7 @@ nothing of the honest network (no second node re-runs anything unless the answer
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from typing import TYPE_CHECKING
@@ -49,9 +50,16 @@ class Canaries:
     def __init__(self, services: Services, verifier: Verifier) -> None:
         self.services = services
         self.verifier = verifier
+        # One round at a time in this process, so two rounds never both see a node without its canary.
+        # (Two coordinator processes may still each queue one: a node then gets two, which costs it nothing.)
+        self._round = asyncio.Lock()
 
     async def issue(self) -> int:
         """Queue one canary for each node that wants one; how many were queued."""
+        async with self._round:
+            return await self._issue()
+
+    async def _issue(self) -> int:
         settings, config = self.services.config.verification, self.services.config
         if not settings.enabled or settings.canary_interval <= 0:
             return 0
