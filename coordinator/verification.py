@@ -126,8 +126,11 @@ class Verifier:
                 "VALUES (?, ?, ?, 'pending', ?, ?)",
                 (job.id, subject.id, round_, now, _json(info)),
             )
-            # The subject's reward stays held until the check can conclude.
-            await extend(tx, subject.id, now + self.settings.window)
+            # The rewards under judgement (the subject's, and in a second round the first checker's) stay held
+            # until the check can conclude.
+            for judged in (subject.id, info.get("first_check")):
+                if judged:
+                    await extend(tx, judged, now + self.settings.window)
         self.services.hub.jobs_queued([entry])
         await self.services.database.announce("jobs", check_request.id)
 
