@@ -39,6 +39,7 @@ from protocol.generation import DryRunResult, GenerationRequest, RequestAccepted
 from protocol.jobs import PopRequest, PopResponse, SubmitRequest, SubmitResult
 from protocol.keys import Identity
 from protocol.ledger import LedgerEntry, LedgerHead, LedgerPage
+from protocol.verdicts import ImageChecks
 from transport.session import Answer, SignedSession, TransportError, wire_json
 
 DEFAULT_TIMEOUT = 60.0
@@ -186,6 +187,10 @@ class HordeClient:
 
     async def ledger_head(self) -> LedgerHead:
         return await self._call(LedgerHead, "GET", "/ledger/head")
+
+    async def image_checks(self, job_id: str) -> ImageChecks:
+        """Whether an image (by its job id) was spot-checked, and the signed verdicts (ours)."""
+        return await self._call(ImageChecks, "GET", f"/verdicts/{quote(job_id, safe='')}")
 
     # --- network ---------------------------------------------------------------------------
 

@@ -153,6 +153,8 @@ def _add_demo(sub: Parser) -> None:
 def _add_verify(sub: Parser) -> None:
     sub.add_argument("files", nargs="+", metavar="FILE", help="saved image (or its .json sidecar)")
     sub.add_argument("--coordinator-key", help="require the job to be signed by this key (ed25519:...)")
+    sub.add_argument("--checks", action="store_true",
+                     help="also ask the coordinator whether each image was spot-checked, and by whom")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,12 @@ def entry_line(entry: LedgerEntry, account_id: int) -> str:
     return f"  #{entry.seq:<6} {when}  {entry.kind:<8} {amount:>10}{reference}"
 
 
+def held_line(held: float, until: float | None) -> str:
+    """Escrowed rewards: not spendable until their verification window closes clean."""
+    due = f"; the first is released {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until else ""
+    return f"  {held:.2f} kudos held in escrow until your nodes' checks clear{due}"
+
+
 async def kudos(ctx: Context) -> int:
     async with ctx.client() as client:
         user = await client.find_user()
@@ -40,11 +46,15 @@ async def kudos(ctx: Context) -> int:
                 "username": user.username,
                 "id": user.id,
                 "kudos": user.kudos,
+                "held_kudos": user.held_kudos,
+                "held_until": user.held_until,
                 "entries": [entry.model_dump(mode="json") for entry in entries],
             }
         )
         return 0
-    ctx.output.line(f"{user.username}: {user.kudos:.2f} kudos")
+    ctx.output.line(f"{user.username}: {user.kudos:.2f} kudos available")
+    if user.held_kudos:
+        ctx.output.line(held_line(user.held_kudos, user.held_until))
     if entries:
         ctx.output.line("recent ledger entries:")
     for entry in entries:

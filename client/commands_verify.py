@@ -1,4 +1,5 @@
-"""`horde verify FILE...` (offline) and `horde ledger verify` (downloads, then checks locally)."""
+"""`horde verify FILE...` (offline; with `--checks`, also the spot-check verdicts) and `horde ledger verify`
+(downloads, then checks locally)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from client.context import Context
 from client.errors import UserError
-from client.verify import ImageReport, check_ledger, verify_image
+from client.verify import ImageReport, check_ledger, describe_checks, verify_image
 
 if TYPE_CHECKING:
     from client.api import HordeClient
@@ -16,13 +17,25 @@ from protocol.keys import KeyFormatError, PublicKey
 
 
 async def verify(ctx: Context) -> int:
-    """Exit 0 only if every file verifies; each problem is printed on its own line."""
+    """Exit 0 only if every file verifies; each problem is printed on its own line. With `--checks`, also
+    ask the coordinator whether each image was spot-checked, and check the verdicts' signatures."""
     reports = [verify_image(Path(name), pinned_key=ctx.args.coordinator_key) for name in ctx.args.files]
+    checks: dict[Path, list[str]] = {}
+    if ctx.args.checks:
+        async with ctx.client() as client:
+            for report in reports:
+                if report.ok and report.job_id:
+                    lines, problems = describe_checks(await client.image_checks(report.job_id), report.coordinator_key)
+                    checks[report.image] = lines
+                    report.problems += problems
     if ctx.output.json:
-        ctx.output.emit_json(reports[0].as_json() if len(reports) == 1 else [r.as_json() for r in reports])
+        found = [{**r.as_json(), **({"checks": checks[r.image]} if r.image in checks else {})} for r in reports]
+        ctx.output.emit_json(found[0] if len(found) == 1 else found)
     else:
         for report in reports:
             _print_image_report(ctx, report)
+            for line in checks.get(report.image, []):
+                ctx.output.line(f"  {line}")
     return 0 if all(report.ok for report in reports) else 1
 
 

@@ -17,6 +17,7 @@ from client.sidecar import SIDECAR_FORMAT
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.ledger import LedgerEntry, LedgerHead, verify_chain, verify_head
 from protocol.provenance import JobDocument, ResultDocument, request_digest, sha256_hex, verify_provenance
+from protocol.verdicts import ImageChecks, verify_verdict
 
 Doc = TypeVar("Doc", JobDocument, ResultDocument)
 
@@ -182,3 +183,25 @@ def check_ledger(entries: Iterable[LedgerEntry], head: LedgerHead, key: PublicKe
     elif chain.ok and chain.head_hash != head.hash:
         problems.append(f"The signed head hash {head.hash} does not match the chain's {chain.head_hash}.")
     return LedgerReport(ok=not problems, checked=chain.checked, head=head, problems=problems)
+
+
+def describe_checks(checks: ImageChecks, coordinator_key: str | None) -> tuple[list[str], list[str]]:
+    """(lines, problems) for an image's spot checks: each verdict, by whom, its signature checked against the
+    key that signed the image's job (a verdict signed by any other key is a problem)."""
+    lines: list[str] = []
+    problems: list[str] = []
+    try:
+        key = PublicKey.from_text(coordinator_key or "")
+    except KeyFormatError:
+        key = None
+    for verdict in checks.verdicts:
+        doc = verdict.document
+        if key is None or not verify_verdict(key, verdict):
+            problems.append(f"the verdict on node {doc.worker_name} does not verify with the coordinator's key")
+        others = ", ".join(
+            f"{c.worker_name} ({c.hardware or 'no class'}, distance {c.distance})" for c in doc.compared_with
+        )
+        lines.append(f"check: node {doc.worker_name} {doc.outcome.upper()} against {others}")
+    if not checks.verdicts:
+        lines.append("check: a spot check is under way" if checks.pending else "check: this image was not checked")
+    return lines, problems

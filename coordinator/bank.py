@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from coordinator.economy import requester_key
 from coordinator.errors import HordeError, bad_request, not_found
+from coordinator.escrow import Held, held_by
 from coordinator.services import Services
 from coordinator.storage import NameTaken, NotEnoughKudos
 from coordinator.storage.records import Account
@@ -133,6 +134,11 @@ class Bank:
             if amount >= 0:
                 return await tx.move_kudos("admin", None, account_id, amount, reference, self.services.clock())
             return await tx.move_kudos("admin", account_id, None, -amount, reference, self.services.clock())
+
+    async def held(self, account_id: int) -> Held:
+        """What the account's nodes earned that escrow still holds (coordinator/escrow.py)."""
+        async with self.services.database.reader() as tx:
+            return await held_by(tx, "owner_id", account_id)
 
     async def ledger_page(self, after: int, limit: int) -> list[LedgerEntry]:
         async with self.services.database.reader() as tx:

@@ -210,6 +210,7 @@ def declared(pop: PopRequest) -> dict[str, Any]:
         "sdxl_tis": "sdxl_tis" in features,
         "model_baselines": {model: family(name) for model, name in pop.model_baselines.items() if model in pop.models},
         "approximate_samplers": {name.lower(): note for name, note in pop.approximate_samplers.items()},
+        "hardware": pop.hardware or "",
     }
 
 

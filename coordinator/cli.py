@@ -106,6 +106,10 @@ def parser() -> argparse.ArgumentParser:
                        help="let webhooks reach loopback, link-local and private addresses (a closed network)")
     serve.add_argument("--webhook-retry-seconds", type=float, default=float(env("WEBHOOK_RETRY_SECONDS") or 600),
                        help="how long a failing webhook is retried, with backoff")
+    serve.add_argument("--verify", action="store_true", default=env("VERIFY") == "1",
+                       help="verified work: hold rewards in escrow and spot-check nodes (docs/security.md)")
+    serve.add_argument("--verification-window", type=float, default=float(env("VERIFICATION_WINDOW") or 3600),
+                       help="seconds a node's reward stays held before it is released (with --verify)")
     limits = ConnectionLimits()
     serve.add_argument("--header-timeout", type=float, default=float(env("HEADER_TIMEOUT") or limits.header_timeout),
                        help="seconds for a request's headers to arrive (also the idle keep-alive time)")
@@ -164,6 +168,7 @@ def config_from(args: argparse.Namespace) -> CoordinatorConfig:
         config.trust_forwarded_for = args.trust_proxy
         config.webhook_private_addresses = args.webhooks_to_private
         config.webhook_retry_seconds = args.webhook_retry_seconds
+        config.verification = replace(config.verification, enabled=args.verify, window=args.verification_window)
         config.connection_limits = replace(
             config.connection_limits, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             per_ip=args.connections_per_ip, long_polls_per_ip=args.long_polls_per_ip, total=args.max_connections,

@@ -28,6 +28,30 @@ class ConnectionLimits:
     total: int = 0  # concurrent connections in all; 0: the open-files limit less a reserve
 
 
+@dataclass(frozen=True)
+class VerificationSettings:
+    """Verified work (docs/security.md, "Verified work"): escrowed rewards and spot checks.
+
+    Off in a bare config (rewards are paid at once, nothing is re-run); `horde-coordinator serve` turns
+    it on unless told `--no-verification`. The reasons for each number are in docs/security.md."""
+
+    enabled: bool = False
+    window: float = 3600.0  # seconds a reward stays held before it is released
+    # The chance that a delivered image is re-run by a node of another owner: `new_rate` for a node with
+    # fewer than `record` passed checks, falling evenly to `settled_rate` at `record`; `suspect_rate` for a
+    # node with a failed check (until `record` more pass).
+    new_rate: float = 0.5
+    settled_rate: float = 0.04
+    suspect_rate: float = 1.0
+    record: int = 50
+    # A new or suspect node gets a canary (a trusted node's image, asked again of it alone) at most this often.
+    canary_interval: float = 600.0
+    failures_to_suspend: int = 2  # failed checks after which the node is suspended until an operator looks
+    # Images compared across hardware classes (or where a class is not deterministic): the most their
+    # 16×16 greyscale versions may differ on average, out of 255 (calibrated in bench/verify.py).
+    max_distance: float = 3.0
+
+
 @dataclass
 class CoordinatorConfig:
     data_dir: Path = Path("horde-data")
@@ -76,6 +100,7 @@ class CoordinatorConfig:
     webhook_retry_seconds: float = 600.0
     webhook_private_addresses: bool = False
     maintenance_interval: float = 5.0
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
     version: str = "0.1.0"
 
     @property

@@ -7,6 +7,7 @@ from typing import Any
 
 from coordinator.auth import Caller
 from coordinator.capabilities import any_model, row_skip_reason
+from coordinator.errors import HordeError
 from coordinator.lifecycle import excluded, release_job
 from coordinator.metrics import DISPATCH_LATENCY
 from coordinator.preferences import favoured_first, favoured_requesters, refusal_reason, refused_rows
@@ -16,6 +17,7 @@ from coordinator.roster import Roster, in_maintenance, maintenance_refusal
 from coordinator.services import Services
 from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
 from coordinator.storage.sql import CANDIDATES_PER_MODEL, Tx
+from protocol.errors import RC
 from protocol.generation import GenerationRequest
 from protocol.jobs import JobPayload, PopRequest, PopResponse, SignedJob
 from protocol.kudos import job_time_limit
@@ -76,6 +78,8 @@ class Dispatcher:
         worker = await self.roster.register(caller, pop)
         if in_maintenance(worker, self.services.clock()):
             raise maintenance_refusal(worker)  # AI Horde's answer, which nodes wait on; never an empty pop
+        if worker.suspended:
+            raise HordeError(403, RC.WORKER_MAINTENANCE, f"Worker {worker.name} is {worker.suspended}")
         caps = WorkerCaps.of(
             worker, pop.blacklist, require_upfront_kudos=pop.require_upfront_kudos, extra_slow=pop.extra_slow_worker
         )

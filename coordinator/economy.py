@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 VOLUNTEER_PERIOD = 600.0  # seconds over which the allowance refills (as uptime kudos are paid)
 OWN_NODE, SAME_ADDRESS, WITHHELD, FUNDED, VOLUNTEER = "own node", "same address", "withheld", "funded", "volunteer"
+CHECK = "check"
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,15 @@ def settle(
     node_address: str,
     withheld: bool,
     allowance: float,
+    check: bool = False,
 ) -> Settlement:
     """The movement for one delivered image. `charge` is what was reserved for it at submit (0: unfunded);
-    `requester_id` is 0 for an anonymous requester."""
+    `requester_id` is 0 for an anonymous requester. A spot check's re-run (`check`) is paid its image's
+    price by the network, as any job would be: verification is a cost the network bears (docs/security.md)."""
     if withheld:
         return Settlement(0.0, 0.0, WITHHELD)
+    if check:
+        return Settlement(0.0, price, CHECK)
     if requester_id and requester_id == owner_id:
         return Settlement(0.0, 0.0, OWN_NODE)
     if charge > 0:

@@ -22,7 +22,8 @@ class Moderation:
 
     async def trust_worker(self, name: str, trusted: bool) -> Worker | None:
         """The operator's word on a worker (by name, any case); None if there is none of that name.
-        Trusting it clears its suspicion, so its withheld rewards resume (coordinator/economy.py)."""
+        Trusting it clears its suspicion, so its withheld rewards resume (coordinator/economy.py), and lifts a
+        suspension for failed spot checks (coordinator/verification.py)."""
         async with self.services.database.transaction() as tx:
             worker = await tx.worker_by("name", name)
             if worker is None:
@@ -30,6 +31,7 @@ class Moderation:
             worker.trusted = trusted
             if trusted:
                 worker.suspicion = 0
+                worker.suspended = None
             await tx.save_worker(worker)
         return worker
 

@@ -12,6 +12,7 @@ from typing import Any
 from coordinator.auth import Caller, require_account
 from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
+from coordinator.escrow import hold
 from coordinator.estimates import job_megapixelsteps, record_speed
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.outlook import ServiceLevels
@@ -21,6 +22,7 @@ from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, RequestRecord, Worker
 from coordinator.storage.sharedkeys import add_utilized
 from coordinator.storage.sql import Tx
+from coordinator.verification import Verifier
 from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult
 from protocol.keys import KeyFormatError, PublicKey
@@ -63,6 +65,7 @@ class ResultIntake:
     def __init__(self, services: Services, service_levels: ServiceLevels) -> None:
         self.services = services
         self.service_levels = service_levels
+        self.verifier = Verifier(services)
 
     async def accept_upload(self, job_id: str, token: str, data: bytes) -> None:
         async with self.services.database.reader() as tx:
@@ -92,7 +95,8 @@ class ResultIntake:
         if body.state == "faulted":
             await self._fault(job.id, worker, body)
             return SubmitResult(reward=0)
-        return SubmitResult(reward=await self._store(job.id, worker, body, image, remote))
+        reward = await self._store(job.id, worker, body, image, remote)
+        return SubmitResult(reward=reward, held=reward if self.services.config.verification.enabled else 0.0)
 
     @staticmethod
     async def _assigned(tx: Tx, caller: Caller, job: JobRecord) -> Worker | None:
@@ -222,6 +226,10 @@ class ResultIntake:
         self.service_levels.record(request, job.model or "", now)
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
+        try:
+            await self.verifier.delivered(job_id)
+        except StorageUnavailable as error:  # the result stands; this image goes unchecked
+            log.warning("could not check job %s: %s", job_id, error)
         return settlement.reward
 
     async def _forget(self, name: str | None) -> None:
@@ -271,6 +279,7 @@ class ResultIntake:
             price=request.kudos_per_image, charge=await self._payable(tx, job, request),
             requester_id=request.account_id, requester_address=request.remote, owner_id=node.owner_id,
             node_address=remote, withheld=node.suspicion >= config.suspicion_threshold, allowance=allowance,
+            check=request.purpose == "check",
         )  # fmt: skip
         node.volunteer_credit, node.volunteer_at = round(allowance - settlement.minted, 4), now
         return settlement
@@ -285,12 +294,12 @@ class ResultIntake:
         account = await tx.account_by("id", request.account_id)
         return job.charge if account is not None and hundredths(account.kudos) >= hundredths(job.charge) else 0.0
 
-    @staticmethod
     async def _pay(
-        tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, settlement: Settlement, now: float
+        self, tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, settlement: Settlement, now: float
     ) -> None:
         """Save the node's counters and move the settlement's kudos: a funded image's spend and reward
-        share the job's id as reference; a volunteer reward (minted) is marked as such."""
+        share the job's id as reference; a volunteer reward (minted) is marked as such. With verification
+        on, the reward is held in escrow until the node's window closes (coordinator/escrow.py)."""
         node.kudos_rewards = round(node.kudos_rewards + settlement.reward, 2)
         await tx.save_worker_state(node)
         await tx.record_stats(int(now // 60), 1, job_megapixelsteps(job))
@@ -299,6 +308,11 @@ class ResultIntake:
             await tx.move_kudos("spend", request.account_id, None, settlement.charge, job.id, now)
             if request.sharedkey:  # the key it was funded through counts the charge (coordinator/sharing.py)
                 await add_utilized(tx, request.sharedkey, settlement.charge)
-        if settlement.reward > 0:
-            reference = job.id if settlement.charge > 0 else f"volunteer:{job.id}"
+        if settlement.reward <= 0:
+            return
+        reference = job.id if settlement.charge > 0 else f"{settlement.reason}:{job.id}"
+        verification = self.services.config.verification
+        if verification.enabled:
+            await hold(tx, node.id, node.owner_id, settlement.reward, reference, job.id, now, verification.window)
+        else:
             await tx.move_kudos("reward", None, node.owner_id, settlement.reward, reference, now)

@@ -1,15 +1,20 @@
 """The coordinator's periodic chores: reissue overdue jobs, lift automatic maintenance, expire
-abandoned requests, pay uptime kudos, and prune old requests and images (never the ledger)."""
+abandoned requests, pay uptime kudos, release escrow and queue canaries (verified work), and prune old
+requests and images (never the ledger)."""
 
 import asyncio
 import logging
 
+from coordinator.canaries import Canaries
+from coordinator.escrow import hold, release_due
 from coordinator.lifecycle import TIME_LIMIT_EXCEEDED, fault_request, requeue_or_fault
 from coordinator.results import upload_name
 from coordinator.roster import count_missed_deadline, lift_maintenance, maintenance_over
 from coordinator.services import Services
 from coordinator.storage import StorageUnavailable
-from coordinator.storage.records import QueueEntry
+from coordinator.storage.records import QueueEntry, Worker
+from coordinator.storage.sql import Tx
+from coordinator.verification import Verifier
 
 log = logging.getLogger("horde.coordinator.upkeep")
 UPTIME_PERIOD = 600.0
@@ -18,6 +23,7 @@ UPTIME_PERIOD = 600.0
 class Upkeep:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.canaries = Canaries(services, Verifier(services))
 
     async def run_forever(self) -> None:
         while True:
@@ -34,6 +40,8 @@ class Upkeep:
         await self.end_maintenance()
         await self.expire_abandoned()
         await self.pay_uptime()
+        await self.release_escrow()
+        await self.canaries.issue()
         await self.prune()
 
     async def reissue_overdue(self) -> int:
@@ -101,12 +109,29 @@ class Upkeep:
                 if worker.last_uptime_award == 0:
                     worker.last_uptime_award = now
                 elif now - worker.last_uptime_award >= UPTIME_PERIOD:
-                    await tx.move_kudos("uptime", None, worker.owner_id, per_period, f"uptime:{worker.id}", now)
+                    await self._pay_uptime(tx, worker, per_period, now)
                     worker.last_uptime_award = now
                     worker.uptime += int(UPTIME_PERIOD)
                 else:
                     continue
                 await tx.save_worker_state(worker)
+
+    async def _pay_uptime(self, tx: Tx, worker: Worker, amount: float, now: float) -> None:
+        """Uptime is a reward like an image's: held in escrow while verification is on, so a node that
+        fails a check loses it too."""
+        verification = self.services.config.verification
+        if verification.enabled:
+            await hold(tx, worker.id, worker.owner_id, amount, f"uptime:{int(now)}", None, now, verification.window)
+        else:
+            await tx.move_kudos("uptime", None, worker.owner_id, amount, f"uptime:{worker.id}", now)
+
+    async def release_escrow(self) -> int:
+        """Rewards whose verification window closed clean go to their nodes' owners."""
+        if not self.services.config.verification.enabled:
+            return 0
+        async with self.services.database.transaction() as tx:
+            await tx.lock_ledger()
+            return await release_due(tx, self.services.clock())
 
     async def prune(self) -> int:
         cutoff = self.services.clock() - self.services.config.retention_hours * 3600

@@ -42,6 +42,7 @@ class Users:
     async def details(self, account: Account) -> UserDetails:
         """What AI Horde shows of an account, with its online workers' contributions."""
         workers = [worker for worker in await self.roster.online() if worker.owner_id == account.id]
+        held = await self.bank.held(account.id)
         contributions = ContributionsDetails(
             megapixelsteps=round(sum(w.megapixelsteps for w in workers), 2),
             fulfillments=sum(w.requests_fulfilled for w in workers),
@@ -51,6 +52,7 @@ class Users:
             worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
             concurrency=self.services.config.concurrency, moderator=account.moderator,
             account_age=max(int(self.services.clock() - account.created), 0), contributions=contributions,
+            held_kudos=held.amount, held_until=held.next_release,
         )  # fmt: skip
 
     async def by_id(self, account_id: int) -> UserDetails:

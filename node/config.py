@@ -98,6 +98,9 @@ class NodeConfig(BaseModel):
     torch_threads: int = Field(
         0, ge=0, le=1024, description="CPU threads for torch; 0 = auto (on the CPU: every core but one)."
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description='Inference precision; "auto" = float16 on CUDA, float32 elsewhere.'
+    )
     memory_budget: str = Field("auto", description='Memory for loaded models, e.g. "6GiB"; "auto" = pick.')
     # Output
     image_format: Literal["webp", "png", "jpeg"] = Field("webp", description="Format of returned images.")

@@ -38,7 +38,8 @@ MESSAGES: dict[str, str] = {
     "job_done": "job {job} done in {seconds:.1f}s",
     "job_faulted": "job {job} faulted: {reason}",
     "job_refused": "REFUSED job {job}: {reason}",
-    "submitted": "job {job} delivered: +{kudos:.2f} kudos ({kudos_per_hour:.1f}/h) · {done} ok, {faulted} faulted",
+    "submitted": "job {job} delivered: +{kudos:.2f} kudos{held_note} ({kudos_per_hour:.1f}/h) · {done} ok, "
+    "{faulted} faulted",
     "settled": "job {job} was already settled by the coordinator ({rc})",
     "rejected": "job {job}: the coordinator rejected the result ({error}); kept in {where}",
     "paused": "pausing pops for {seconds:.0f}s: {reason}",

@@ -126,8 +126,12 @@ class CoordinatorClient:
 
     async def submit(self, request: SubmitRequest) -> float:
         """The kudos reward; raises ApiError (see `is_final_submit`) or Unreachable."""
+        return (await self.submit_result(request)).reward
+
+    async def submit_result(self, request: SubmitRequest) -> SubmitResult:
+        """The reward and how much of it the coordinator holds in escrow (ours)."""
         body = wire_json(request, exclude_none=True)
-        return SubmitResult.model_validate(await self._call("POST", "v2/generate/submit", body)).reward
+        return SubmitResult.model_validate(await self._call("POST", "v2/generate/submit", body))
 
     async def progress(self, job_id: str, step: int, total: int) -> None:
         """Report a job's step (our coordinators' optional extension; AI Horde has no such call)."""

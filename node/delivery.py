@@ -13,7 +13,7 @@ from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
 from node.spool import Spool, SpoolEntry
 from protocol.generation import GenMetadataEntry
-from protocol.jobs import SubmitRequest
+from protocol.jobs import SubmitRequest, SubmitResult
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class NodeStats:
     jobs_refused: int = 0
     jobs_submitted: int = 0
     kudos_earned: float = 0.0
+    kudos_held: float = 0.0  # of kudos_earned, held in escrow when they were earned (docs/security.md)
     started_at: float = 0.0
     submitted_ids: list[str] = field(default_factory=list)
 
@@ -113,7 +114,7 @@ class Delivery:
         """Retries until the coordinator gives a final answer; only then leaves the spool."""
         while True:
             try:
-                reward = await self._attempt(entry)
+                result = await self._attempt(entry)
             except Unreachable as exc:
                 await self._wait_out(exc)
                 continue
@@ -124,10 +125,10 @@ class Delivery:
                     continue
                 self._settle(entry, exc)
                 return
-            self._acknowledged(entry, reward)
+            self._acknowledged(entry, result.reward, result.held)
             return
 
-    async def _attempt(self, entry: SpoolEntry) -> float:
+    async def _attempt(self, entry: SpoolEntry) -> SubmitResult:
         generation = ""
         if entry.has_image:
             generation = await self._image_field(entry)
@@ -140,7 +141,7 @@ class Delivery:
             gen_metadata=[GenMetadataEntry.model_validate(item) for item in entry.gen_metadata],
             signature=entry.signature,
         )
-        return await self.client.submit(request)
+        return await self.client.submit_result(request)
 
     async def _image_field(self, entry: SpoolEntry) -> str:
         image = self.spool.image(entry)
@@ -167,7 +168,7 @@ class Delivery:
         self.online.clear()
         await asyncio.sleep(delay)
 
-    def _acknowledged(self, entry: SpoolEntry, reward: float) -> None:
+    def _acknowledged(self, entry: SpoolEntry, reward: float, held: float = 0.0) -> None:
         if not self.online.is_set():
             self.console.event("reachable")
         self.online.set()
@@ -176,11 +177,15 @@ class Delivery:
         self.stats.jobs_submitted += 1
         self.stats.submitted_ids.append(entry.job_id)
         self.stats.kudos_earned += reward
+        self.stats.kudos_held += held
         self.console.event(
             "submitted",
             job=entry.job_id,
             state=entry.state,
             kudos=reward,
+            held=held,
+            # Held kudos are its owner's only once the node's verification window closes clean.
+            held_note=" (held until checks clear)" if held else "",
             kudos_total=round(self.stats.kudos_earned, 2),
             kudos_per_hour=self.stats.kudos_per_hour(self._clock()),
             done=self.stats.jobs_done,

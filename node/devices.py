@@ -24,6 +24,31 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def configured_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """The operator's dtype ("auto": `pick_dtype`)."""
+    return pick_dtype(device) if name == "auto" else DTYPES[name]
+
+
+def hardware_class(device: torch.device, dtype: torch.dtype, threads: int | None, image: str) -> str:
+    """The node's hardware class, declared in its pops: spot checks compare two images exactly when both
+    nodes are of one deterministic class, and by perceptual distance otherwise (coordinator/likeness.py).
+
+    Everything that changes an image's pixels is in it: device, dtype, library versions, CPU threads (a
+    matrix product splits its sums by thread), and the image encoding. The CPU repeats an image bit for bit
+    for one class (measured in bench/verify.py); a GPU's kernels need not, so it does not claim to.
+    """
+    import diffusers
+
+    parts = [
+        device.type, str(dtype).removeprefix("torch."), f"torch-{torch.__version__}",
+        f"diffusers-{diffusers.__version__}", f"threads-{threads or 0}", image,
+    ]  # fmt: skip
+    return "/".join(parts + (["deterministic"] if device.type == "cpu" else []))
+
+
 def torch_threads(device: torch.device, configured: int = 0) -> int | None:
     """How many CPU threads torch should use; None keeps torch's default.
 

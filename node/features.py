@@ -15,6 +15,7 @@ import torch
 from node.catalog import Catalog
 from node.config import NodeConfig
 from node.controlnet import ControlNets, declared_types
+from node.devices import configured_dtype, hardware_class, pick_device, torch_threads
 from node.postprocess import PostProcessors, available
 from node.safety import ContentPolicy, SafetyChecker
 
@@ -63,6 +64,7 @@ def declared(config: NodeConfig) -> dict[str, Any]:
         "control_types": control_types,  # ours: which of AI Horde's control types, with image_is_control
         "annotators": annotated,  # ours: those whose map it makes from a plain image
         "model_baselines": model_baselines(config),  # ours: so ControlNet and TI jobs go to models they fit
+        "hardware": declared_hardware(config),  # ours: what spot checks compare its images by
     }
 
 
@@ -70,6 +72,15 @@ def model_baselines(config: NodeConfig) -> dict[str, str]:
     """The baseline of each model the node serves, from its catalog (the pipeline family it loads)."""
     catalog = Catalog.from_config(config.catalog_table())
     return {name: catalog[name].baseline for name in config.models if name in catalog}
+
+
+def declared_hardware(config: NodeConfig) -> str:
+    device = pick_device(None if config.device == "auto" else config.device)
+    encoding = "webp-lossless" if config.image_format == "webp" and config.image_lossless else (
+        f"{config.image_format}-{config.image_quality}"
+    )  # fmt: skip
+    threads = torch_threads(device, config.torch_threads)
+    return hardware_class(device, configured_dtype(device, config.dtype), threads, encoding)
 
 
 def serves_tis(config: NodeConfig) -> bool:

@@ -15,7 +15,7 @@ from node.config import NodeConfig
 from node.console import Console
 from node.coordinator_api import ApiError, CoordinatorClient, Unreachable
 from node.delivery import Backoff
-from node.devices import pick_device, torch_threads
+from node.devices import configured_dtype, pick_device, torch_threads
 from node.features import SharedFeatures
 from node.inference import Generator
 from node.pipelines import PipelineCache
@@ -121,7 +121,9 @@ async def preload(
             if problems:
                 return "catalog: " + "; ".join(problems)
             catalog = Catalog.from_config(config.catalog_table())
-            cache = PipelineCache(catalog, pick_device(device_of(config)), budget_bytes=config.budget_bytes)
+            device = pick_device(device_of(config))
+            dtype = configured_dtype(device, config.dtype)
+            cache = PipelineCache(catalog, device, dtype=dtype, budget_bytes=config.budget_bytes)
     except ValueError as exc:
         return f"catalog: {exc}"
 

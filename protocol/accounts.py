@@ -70,6 +70,10 @@ class UserDetails(BaseModel):
     usage: UsageDetails = Field(default_factory=UsageDetails)
     public_key: str | None = ours()
     records: dict[str, Any] = Field(default_factory=dict)
+    # Kudos its nodes earned that are held in escrow until their verification window closes (not in `kudos`
+    # yet), and when the soonest of them is due (docs/security.md, "Verified work").
+    held_kudos: float = ours(0.0)
+    held_until: float | None = ours()
 
 
 class ModifyUser(BaseModel):

@@ -72,6 +72,9 @@ class PopRequest(NullMeansDefault):
     annotators: list[ControlType] | None = Field(default=None, max_length=16)
     # The baseline of each model it serves (protocol/baselines.py); a model left out is looked up there.
     model_baselines: dict[Name, BaselineName] = Field(default_factory=dict, max_length=POP_MODELS_MAX)
+    # Ours: the node's hardware class (device, dtype, library versions; `/deterministic` when its images
+    # repeat bit for bit), which spot checks compare images by (coordinator/likeness.py).
+    hardware: str | None = Field(default=None, max_length=200)
     require_upfront_kudos: bool = False
     extra_slow_worker: bool = False
     priority_usernames: list[Name] = Field(default_factory=list, max_length=PRIORITY_USERNAMES_MAX)
@@ -161,3 +164,6 @@ class SubmitRequest(BaseModel):
 
 class SubmitResult(BaseModel):
     reward: float
+    # Ours: how much of `reward` is held in escrow until the node's verification window closes clean
+    # (docs/security.md, "Verified work"): earned, not yet its owner's to spend.
+    held: float = ours(0.0)

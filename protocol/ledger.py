@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.canonical import canonical_json
 from protocol.keys import Identity, KeyFormatError, PublicKey, b64url_decode, b64url_encode
 
-KINDS = ("reward", "spend", "transfer", "uptime", "admin")
-Kind = Literal["reward", "spend", "transfer", "uptime", "admin"]
+KINDS = ("reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit")
+# hold: a node's reward (or uptime) put in escrow until its verification window closes; release: escrow →
+# the node's owner, the window closed clean; forfeit: escrow → the network, a check failed
+# (coordinator/escrow.py). Each names the node in its reference, so a node's verified record is public.
+Kind = Literal["reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit"]
 GENESIS_HASH = "0" * 64
 
 

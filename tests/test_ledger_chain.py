@@ -132,7 +132,7 @@ def test_entries_need_distinct_accounts() -> None:
 
 
 def test_kinds() -> None:
-    assert KINDS == ("reward", "spend", "transfer", "uptime", "admin")
+    assert KINDS == ("reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit")
 
 
 def test_balances() -> None:

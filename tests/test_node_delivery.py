@@ -13,7 +13,7 @@ from node.console import Console
 from node.coordinator_api import ApiError, Unreachable, api_root
 from node.delivery import Backoff, Delivery, NodeStats
 from node.spool import REJECTED, Spool, SpoolEntry
-from protocol.jobs import SubmitRequest
+from protocol.jobs import SubmitRequest, SubmitResult
 
 
 class FakeCoordinator:
@@ -25,12 +25,12 @@ class FakeCoordinator:
         self.submits: list[SubmitRequest] = []
         self.uploads: list[tuple[str, bytes]] = []
 
-    async def submit(self, request: SubmitRequest) -> float:
+    async def submit_result(self, request: SubmitRequest) -> SubmitResult:
         self.submits.append(request)
         outcome = self.outcomes.pop(0) if self.outcomes else 1.0
         if isinstance(outcome, Exception):
             raise outcome
-        return float(outcome)  # type: ignore[arg-type]
+        return SubmitResult(reward=float(outcome))  # type: ignore[arg-type]
 
     def is_own_url(self, url: str) -> bool:
         return url.startswith("http://coordinator/")

@@ -34,7 +34,7 @@ async def submit(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await parse(request, SubmitRequest)
     broker(request).limiter.check("submit", rate_key(request, who))
-    return reply(await broker(request).results.submit(who, body, client_ip(request)))
+    return reply(await broker(request).results.submit(who, body, client_ip(request)), ours=wants_provenance(request))
 
 
 async def upload(request: web.Request) -> web.Response:

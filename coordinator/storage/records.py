@@ -86,6 +86,13 @@ class Worker:
     sd2_controlnet: bool = False
     sdxl_tis: bool = False
     model_baselines: dict[str, str] = field(default_factory=dict)  # model → family (protocol/baselines.py)
+    # Verified work (coordinator/verification.py): the hardware class it declares, and its record of checks.
+    hardware: str = ""
+    checks_passed: int = 0
+    checks_failed: int = 0
+    passes_since_failure: int = 0
+    suspended: str | None = None  # why spot checks suspended it; only an operator lifts it (`trust`)
+    last_canary: float = 0.0  # when it was last given a known-answer job (coordinator/canaries.py)
 
 
 @dataclass
@@ -143,6 +150,7 @@ class RequestRecord:
     webhook_sent: list[str] = field(default_factory=list)  # job ids (and "end") whose webhook POST was claimed
     sharedkey: str | None = None  # the hash of the shared key it spends through (coordinator/sharing.py)
     unsafe_ip: bool = False  # sent from an unsafe address by an untrusted requester (coordinator/preferences.py)
+    purpose: str = ""  # "check": a spot check's re-run (coordinator/verification.py), never told to its node
 
     @cached_property
     def generation(self) -> GenerationRequest:

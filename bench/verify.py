@@ -1,0 +1,203 @@
+"""Verified work (issue 17): how fast spot checks catch cheaters, what they cost, and whether they ever wrong
+an honest node.
+
+1. Measured, on the real tiny pipeline (64×64, 8 steps, k_euler_a): for N seeds, the honest image in
+   float32 (1 CPU thread), the same in bfloat16 and in float32 on 2 threads (honest "classes"), and each
+   cheater's answer (noise; a quarter of the steps; another seed; a cached image). Each is compared with the
+   float32 image by the coordinator's own rule (coordinator/likeness.py): the per-check detection rate of
+   each cheat, and the false disagreements (and the largest distance) between honest classes.
+2. End to end: a real coordinator (in this process, on a loopback port, the default check policy) with honest
+   float32 and bfloat16 nodes and one new cheater of each kind, every image made by the tiny pipeline and
+   delivered over real HTTP: the cheater's jobs until its first failed check, the kudos it kept, the checks
+   and images made, and verdicts against honest nodes.
+3. Computed and simulated, with the coordinator's own check-rate policy (coordinator/verification.py,
+   default settings) and the measured rates: per cheater kind and cheating fraction f, the jobs until first
+   caught, the kudos it kept (rewards released before the verdict), and the probability of being caught
+   within 300 jobs; for honest nodes, the verification overhead (extra inference per image) once they have a
+   record, and the false disagreements between honest classes.
+
+    python bench/verify.py            # 60 seeds, 40 end-to-end rounds, 2,000 simulated nodes per case
+    python bench/verify.py --short    # CI: 6 seeds, 6 rounds, 200 simulated nodes
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from coordinator.config import VerificationSettings
+from coordinator.likeness import agree, distance, fingerprint
+from coordinator.storage.records import Worker
+from coordinator.verification import check_rate
+from tests.api_support import count, generate, small
+from tests.helpers import Api, SimWorker
+from tests.verify_support import CHEATS, Network, TinyNode, class_of, network, tiny_generator
+
+JOBS_WINDOW = 300  # the target: a node cheating on >= 10% of its images is caught within 300 jobs, >= 99%
+PAYLOAD = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "ddim_steps": 8, "sampler_name": "k_euler_a",
+           "cfg_scale": 7.5, "n_iter": 1}  # fmt: skip
+
+
+def measure(tiny: Path, seeds: int) -> tuple[dict[str, float], dict[str, tuple[int, float]]]:
+    """Per cheat: the share of its images the rule tells apart from the honest one. Per honest class:
+    (false disagreements, largest distance) against float32 on 1 thread."""
+    f32, bf16 = tiny_generator(tiny, torch.float32), tiny_generator(tiny, torch.bfloat16)
+    honest_class, bf16_class = class_of(torch.float32), class_of(torch.bfloat16)
+    max_distance = VerificationSettings().max_distance
+    dummy = SimWorker(Api("http://unused"), "bench")
+    cheaters = {kind: TinyNode(dummy, f32, cheat=kind) for kind in CHEATS}
+    caught = dict.fromkeys(CHEATS, 0)
+    honest: dict[str, list[float]] = {"bfloat16": [], "2 threads": []}
+    false = {"bfloat16": 0, "2 threads": 0}
+    for seed in range(seeds):
+        payload = {**PAYLOAD, "seed": str(1000 + seed)}
+        torch.set_num_threads(1)
+        reference = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
+        other = fingerprint(TinyNode(dummy, bf16).make("tiny-sd", payload))
+        honest["bfloat16"].append(distance(reference, other))
+        false["bfloat16"] += not agree(reference, other, honest_class, bf16_class, max_distance)
+        torch.set_num_threads(2)
+        threads = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
+        torch.set_num_threads(1)
+        honest["2 threads"].append(distance(reference, threads))
+        # Two thread counts are two classes (threads are in the class), so the distance rule applies.
+        false["2 threads"] += not agree(reference, threads, honest_class, honest_class + "-2", max_distance)
+        for kind, node in cheaters.items():
+            answer = fingerprint(node.make("tiny-sd", payload))
+            caught[kind] += not agree(reference, answer, honest_class, honest_class, max_distance)
+    rates = {kind: caught[kind] / seeds for kind in CHEATS}
+    return rates, {name: (false[name], max(values)) for name, values in honest.items()}
+
+
+async def end_to_end(tiny: Path, cheat: str, fraction: float, rounds: int) -> tuple[int | None, float, int, int, int]:
+    """A real coordinator (the default check policy) with honest float32 and bfloat16 nodes and one new cheater,
+    over real HTTP: each round three requests of one image, popped first by the cheater, `f32` and `bf16` in
+    turn, then the checks they raise. Returns (the cheater's jobs until its first failed check, None if never;
+    the kudos it kept after it: available plus held; checks issued; images made in all; failed verdicts
+    against honest nodes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        async with network(Path(folder), None, tiny, cheat, VerificationSettings(enabled=True), rate=fraction) as net:
+            caught, made = None, 0
+            for round_ in range(rounds):
+                for index, name in enumerate(("cheater", "f32", "bf16")):
+                    await generate(net.payer, small(steps=8, seed=str(3 * round_ + index)))
+                    made += await serve_all(net, first=name)
+                if "fail" in (await net.verdicts()).get("cheater", []):
+                    caught = net.nodes["cheater"].jobs
+                    break
+            verdicts = await net.verdicts()
+            wronged = sum(found.count("fail") for name, found in verdicts.items() if name != "cheater")
+            return caught, sum(await net.held("cheater")), await count(net.coordinator, "checks"), made, wronged
+
+
+async def serve_all(net: Network, first: str) -> int:
+    """`first` pops the new request; then every node serves checks until none is left. Images made."""
+    made, progress = 0, True
+    order = [first, *[name for name in net.nodes if name != first]]
+    while progress:
+        progress = False
+        for name in order:
+            if await net.nodes[name].serve_one() is not None:
+                made, progress = made + 1, True
+    return made
+
+
+def simulate(detect: float, fraction: float, settings: VerificationSettings, nodes: int, rng: random.Random
+             ) -> tuple[float, float, float]:  # fmt: skip
+    """A new node cheating on `fraction` of its jobs (each cheat caught with `detect` when checked), under the
+    policy. Returns (median jobs until first caught, mean rewards kept as a share of jobs' rewards before
+    then, share caught within 300 jobs). Rewards are released `window_jobs` jobs after they were earned."""
+    window_jobs = 100  # the window, counted in the node's jobs (an hour at ~100 images an hour)
+    firsts, kept = [], []
+    within = 0
+    for _ in range(nodes):
+        worker = Worker(id="w", name="w", owner_id=1, public_key=None, models=[], max_pixels=0, nsfw=False,
+                        threads=1, img2img=False, painting=False, lora=False, post_processing=False,
+                        bridge_agent="", created=0, last_seen=0)  # fmt: skip
+        job = 0
+        while job < 10 * JOBS_WINDOW:
+            job += 1
+            cheated = rng.random() < fraction
+            rate = check_rate(worker, settings.new_rate, settings.settled_rate, settings.suspect_rate, settings.record)
+            if rng.random() < rate:
+                if cheated and rng.random() < detect:
+                    break
+                worker.checks_passed += 1
+                worker.passes_since_failure += 1
+        firsts.append(job)
+        within += job <= JOBS_WINDOW
+        kept.append(max(0, job - window_jobs) / job)
+    firsts.sort()
+    return firsts[len(firsts) // 2], sum(kept) / nodes, within / nodes
+
+
+def analytic(detect: float, fraction: float, rate: float, jobs: int = JOBS_WINDOW) -> float:
+    """Caught within `jobs` at a constant check rate: 1 - (1 - p·f·d)^jobs."""
+    return 1 - (1 - rate * fraction * detect) ** jobs
+
+
+def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
+    """Extra inference per image for an honest node: over its first `jobs`, and once it has a record."""
+    worker = Worker(id="w", name="w", owner_id=1, public_key=None, models=[], max_pixels=0, nsfw=False, threads=1,
+                    img2img=False, painting=False, lora=False, post_processing=False, bridge_agent="", created=0,
+                    last_seen=0)  # fmt: skip
+    total, rng = 0.0, random.Random(3)
+    for _ in range(jobs):
+        rate = check_rate(worker, settings.new_rate, settings.settled_rate, settings.suspect_rate, settings.record)
+        total += rate
+        worker.checks_passed += rng.random() < rate
+    return total / jobs, settings.settled_rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="CI: fewer seeds and simulated nodes")
+    args = parser.parse_args()
+    tiny = Path(os.environ.get("HORDE_TINY_MODEL_DIR", ".cache/tiny-sd"))
+    seeds, nodes, rounds = (6, 200, 6) if args.short else (60, 2000, 40)
+    settings = VerificationSettings()
+    rates, honest = measure(tiny, seeds)
+    print(f"measured on {seeds} seeds (tiny pipeline, 64x64, 8 steps), threshold {settings.max_distance}:")
+    for kind, rate in rates.items():
+        print(f"  per-check detection, {kind:8}: {rate:.3f}")
+    for name, (false, largest) in honest.items():
+        print(f"  honest float32 vs {name:9}: {false} false disagreements, largest distance {largest:.3f}")
+    rng = random.Random(11)
+    print(f"policy: new {settings.new_rate} -> settled {settings.settled_rate} over {settings.record} passes, "
+          f"suspect {settings.suspect_rate}")  # fmt: skip
+    print("cheater      f     median jobs to catch  kept share  caught<=300 (sim)  settled-node analytic")
+    for kind, detect in rates.items():
+        for fraction in (1.0, 0.1):
+            median, kept, within = simulate(detect, fraction, settings, nodes, rng)
+            settled = analytic(detect, fraction, settings.settled_rate)
+            print(f"  {kind:9} {fraction:4.2f}  {median:10d}            {kept:6.3f}       {within:6.3f}"
+                  f"             {settled:.3f}")
+    print("end to end (real coordinator, real HTTP, tiny pipeline; new cheater vs honest float32 + bfloat16):")
+    print("cheater      f     jobs to first catch  kudos kept  checks  images  verdicts against honest nodes")
+    cases = [(kind, 1.0) for kind in CHEATS] + [("seed", 0.25)]
+    e2e_wronged = 0
+    for kind, fraction in cases:
+        caught, kept, checks, made, wronged = asyncio.run(end_to_end(tiny, kind, fraction, rounds))
+        e2e_wronged += wronged
+        shown = "not caught" if caught is None else str(caught)
+        print(f"  {kind:9} {fraction:4.2f}  {shown:>10}            {kept:8.2f}  {checks:6d}  {made:6d}  {wronged}",
+              flush=True)
+    early, settled = overhead(settings, 1000)
+    print(f"overhead: {early:.3f} extra inference per image over a new node's first 1000 jobs; {settled:.3f} "
+          "once it has a record (plus a third run per disagreement)")
+    false_pairs = sum(false for false, _ in honest.values())
+    pairs = 2 * seeds
+    print(f"false verdicts against honest nodes: {false_pairs} disagreements in {pairs} honest cross-class pairs; "
+          "a verdict needs a third node to side against it too")
+    return 1 if false_pairs or e2e_wronged else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

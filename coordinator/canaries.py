@@ -1,0 +1,105 @@
+"""Canary jobs: known-answer jobs for nodes without a record (docs/security.md, "Verified work").
+
+Images made by trusted nodes form the reference set. The upkeep loop queues, for each online node that is
+new or suspect and has had no canary for `canary_interval` seconds, one reference job again as a request of
+the verifier account pinned to that node. It is built like any spot check (coordinator/verification.py),
+so to the node it is an ordinary job, and its answer is judged the same way: compared with the trusted
+node's image, and a disagreement goes to a third owner's node before anyone gets a verdict. A canary asks
+nothing of the honest network (no second node re-runs anything unless the answer disagrees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import TYPE_CHECKING
+
+from coordinator.services import Services
+from coordinator.storage.records import Worker
+
+if TYPE_CHECKING:
+    from coordinator.verification import Verifier
+
+REFERENCES = 200  # the reference set keeps the newest this many images
+_random = random.SystemRandom()
+
+
+async def remember_reference(services: Services, job_id: str) -> None:
+    """A trusted node's image joins the reference set (the oldest leaves beyond REFERENCES)."""
+    now = services.clock()
+    async with services.database.transaction() as tx:
+        await tx.driver.execute("INSERT INTO canaries (job_id, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                (job_id, now))  # fmt: skip
+        await tx.driver.execute(
+            "DELETE FROM canaries WHERE job_id NOT IN (SELECT job_id FROM canaries ORDER BY created DESC LIMIT ?)",
+            (REFERENCES,),
+        )
+
+
+def wants_canary(worker: Worker, now: float, interval: float, online: float, settled_rate: float, rate: float) -> bool:
+    """A node online, not trusted (its images are the references) nor suspended, whose check rate is still
+    above the settled one (new, or suspect), and that had no canary for `interval` seconds."""
+    return (
+        not worker.trusted and worker.suspended is None and now - worker.last_seen < online
+        and rate > settled_rate and now - worker.last_canary >= interval
+    )  # fmt: skip
+
+
+class Canaries:
+    def __init__(self, services: Services, verifier: Verifier) -> None:
+        self.services = services
+        self.verifier = verifier
+        # One round at a time in this process, so two rounds never both see a node without its canary.
+        # (Two coordinator processes may still each queue one: a node then gets two, which costs it nothing.)
+        self._round = asyncio.Lock()
+
+    async def issue(self) -> int:
+        """Queue one canary for each node that wants one; how many were queued."""
+        async with self._round:
+            return await self._issue()
+
+    async def _issue(self) -> int:
+        settings, config = self.services.config.verification, self.services.config
+        if not settings.enabled or settings.canary_interval <= 0:
+            return 0
+        now = self.services.clock()
+        async with self.services.database.reader() as tx:
+            rows = await tx.driver.fetchall(
+                "SELECT c.job_id FROM canaries c JOIN jobs j ON j.id = c.job_id ORDER BY c.created DESC LIMIT 50"
+            )
+            references = [job for row in rows if (job := await tx.get_job(row["job_id"])) is not None]
+            waiting = {
+                json.loads(row["info"]).get("canary")
+                for row in await tx.driver.fetchall("SELECT info FROM checks WHERE state = 'pending' AND round = 1")
+            }  # one canary at a time per node
+            due = [
+                w for w in await tx.list_workers()
+                if w.id not in waiting and wants_canary(
+                    w, now, settings.canary_interval, config.worker_online_seconds, settings.settled_rate,
+                    self.verifier.rate(w),
+                )
+            ]  # fmt: skip
+        issued = 0
+        for worker in due:
+            issued += await self._one(worker, references, now)
+        return issued
+
+    async def _one(self, worker: Worker, references: list, now: float) -> int:
+        async with self.services.database.reader() as tx:
+            makers = {job.id: await tx.worker_by("id", job.worker_id) for job in references if job.worker_id}
+        usable = [job for job in references if (m := makers.get(job.id)) is not None and m.owner_id != worker.owner_id]
+        if not usable:
+            return 0
+        subject = _random.choice(usable)
+        async with self.services.database.reader() as tx:
+            request = await tx.get_request(subject.request_id)
+        if request is None:
+            return 0
+        await self.verifier.issue_canary(subject, request, worker)
+        async with self.services.database.transaction() as tx:
+            current = await tx.worker_by("id", worker.id)
+            if current is not None:
+                current.last_canary = now
+                await tx.save_worker_state(current)
+        return 1

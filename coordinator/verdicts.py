@@ -1,0 +1,41 @@
+"""Verdicts: what a spot check concluded about one node's image, as a document the coordinator signs
+(protocol/verdicts.py).
+
+A verdict names the image (its job, and the SHA-256 its node signed), the node, the outcome, and the
+evidence: which nodes' images of the same job it was compared with, their hardware classes and the
+distance. Anyone holding the coordinator's public key can check it offline; a failure's forfeits name
+its id in the public ledger (`forfeit:WORKER:JOB:verdict:ID`).
+"""
+
+from coordinator.storage.records import JobRecord, Worker
+from coordinator.storage.sql import Tx
+from protocol.keys import Identity
+from protocol.verdicts import Comparison, ImageChecks, SignedVerdict, VerdictDocument, sign_verdict
+
+
+async def record_verdict(
+    tx: Tx, identity: Identity, job: JobRecord, worker: Worker, outcome: str, evidence: list[Comparison],
+    now: float,
+) -> int:  # fmt: skip
+    """Store a signed verdict; its id."""
+    document = VerdictDocument(
+        job_id=job.id, image_sha256=job.image_sha256, worker_id=worker.id, worker_name=worker.name,
+        hardware=worker.hardware, outcome=outcome, compared_with=evidence, created=int(now),
+    )  # fmt: skip
+    signed = SignedVerdict(document=document, signature=sign_verdict(identity, document))
+    row = await tx.driver.fetchone(
+        "INSERT INTO verdicts (job_id, worker_id, outcome, created, info) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (job.id, worker.id, outcome, now, signed.model_dump_json()),
+    )
+    assert row is not None
+    return int(row["id"])
+
+
+async def image_checks(tx: Tx, job_id: str) -> ImageChecks:
+    """The verdicts about one image, and whether a check of it is still open."""
+    rows = await tx.driver.fetchall("SELECT info FROM verdicts WHERE job_id = ? ORDER BY id", (job_id,))
+    pending = await tx.driver.fetchone(
+        "SELECT job_id FROM checks WHERE subject_job = ? AND state = 'pending' LIMIT 1", (job_id,)
+    )
+    verdicts = [SignedVerdict.model_validate_json(row["info"]) for row in rows]
+    return ImageChecks(job_id=job_id, pending=pending is not None, verdicts=verdicts)

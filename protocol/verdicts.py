@@ -1,0 +1,59 @@
+"""Verdicts of spot checks (docs/security.md, "Verified work"): what the coordinator concluded about one node's
+image after other nodes re-ran its job, signed so anyone holding its key can check them offline."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from protocol.canonical import canonical_json
+from protocol.keys import Identity, PublicKey, b64url_decode, b64url_encode
+
+
+class Comparison(BaseModel):
+    """Another node's image of the same job, as the verdict weighed it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str
+    worker_id: str
+    worker_name: str
+    hardware: str
+    distance: float | None  # 16×16 greyscale mean difference out of 255 (coordinator/likeness.py)
+
+
+class VerdictDocument(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str
+    image_sha256: str | None
+    worker_id: str
+    worker_name: str
+    hardware: str
+    outcome: str  # pass | fail
+    compared_with: list[Comparison]
+    created: int
+
+
+class SignedVerdict(BaseModel):
+    document: VerdictDocument
+    signature: str
+
+
+class ImageChecks(BaseModel):
+    """`GET /v2/verdicts/{job_id}` (ours): whether an image was checked, how, and by whom."""
+
+    job_id: str
+    pending: bool = False  # a check of it is queued or running
+    verdicts: list[SignedVerdict] = []
+
+
+def sign_verdict(identity: Identity, document: VerdictDocument) -> str:
+    return b64url_encode(identity.sign(canonical_json(document)))
+
+
+def verify_verdict(key: PublicKey, verdict: SignedVerdict) -> bool:
+    try:
+        raw = b64url_decode(verdict.signature)
+    except (ValueError, TypeError):
+        return False
+    return key.verify(canonical_json(verdict.document), raw)
