@@ -79,7 +79,7 @@ class RequestDesk:
         if (refused := refusal(body)) is not None:
             raise refused
         who = requester_key(caller.account.id if caller.account else None, remote)
-        if not body.dry_run:  # a flood past the cap costs no source decoding (`_admit` decides, exactly)
+        if not body.dry_run and body.source_image:  # a flood past the cap costs no decoding (`_admit` decides)
             async with self.services.database.reader() as tx:
                 queued, _reserved = await tx.requester_load(who)
             self._check_cap(caller, queued, body.params.n)
@@ -135,12 +135,12 @@ class RequestDesk:
         # Balances and reservations read here stay true until commit: every kudos movement, and every other
         # admission, waits for this lock (SQLite's single writer already serializes them).
         await tx.lock_ledger()
-        queued, reserved = await tx.requester_load(jobs[0].requester)
+        account_id = caller.account.id if caller.account else None
+        queued, reserved, balance = await tx.requester_funds(jobs[0].requester, account_id)
         self._check_cap(caller, queued, len(jobs))
         if caller.account is None:
             return
-        account = await tx.account_by("id", caller.account.id)
-        available = round((account.kudos if account else 0.0) - reserved, 2)
+        available = round((balance or 0.0) - reserved, 2)
         if upfront and available < round(price * len(jobs), 2):
             raise upfront_refused(round(price * len(jobs), 2), available)
         for job in jobs[: funded_images(available, price, len(jobs))]:

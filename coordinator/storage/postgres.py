@@ -23,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -30,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from coordinator.metrics import DB_ROUND_TRIPS, ENDPOINT
 from coordinator.storage.base import Database, Listener, NameTaken, Row, StorageUnavailable
 from coordinator.storage.migrations import migration_scripts
 from coordinator.storage.sql import Tx
@@ -104,31 +106,108 @@ def affected(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-class PostgresDriver:
-    """The Driver interface over one asyncpg connection."""
+class RoundTrips(Counter[str]):
+    """Round trips to the server, by the route that made them (`metrics.ENDPOINT`): this database's
+    own tally (tests read it) and the process's `horde_db_round_trips` metric (benchmarks scrape it)."""
 
-    def __init__(self, connection: asyncpg.Connection, on_lost: Callable[[], None]) -> None:
+    def add(self) -> None:
+        endpoint = ENDPOINT.get()
+        self[endpoint] += 1
+        DB_ROUND_TRIPS.labels(endpoint).inc()
+
+
+class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection that counts each wait for the server: every statement, BEGIN, COMMIT,
+    NOTIFY and reset goes through one of these calls, once. (A statement asyncpg has not prepared on
+    this connection yet costs one more, the first time only: its statement cache keeps it.)"""
+
+    trips: RoundTrips | None = None
+
+    def _count(self) -> None:
+        if self.trips is not None:
+            self.trips.add()
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        self._count()
+        return await super().execute(query, *args, timeout=timeout)
+
+    async def executemany(self, command: str, args: Any, *, timeout: float | None = None) -> None:
+        self._count()  # the rows go in one pipelined batch
+        await super().executemany(command, args, timeout=timeout)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:
+        self._count()
+        return await super().fetch(query, *args, timeout=timeout, record_class=record_class)
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:
+        self._count()
+        return await super().fetchrow(query, *args, timeout=timeout, record_class=record_class)
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        self._count()
+        return await super().fetchval(query, *args, column=column, timeout=timeout)
+
+
+# A statement that only reads committed rows: before a transaction's first write it runs outside it.
+PLAIN_READ = re.compile(r"^\s*SELECT\b(?!.*\bFOR\s+(?:UPDATE|NO\s+KEY|SHARE|KEY\s+SHARE)\b)(?!.*pg_advisory)",
+                        re.IGNORECASE | re.DOTALL)  # fmt: skip
+BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+
+class PostgresDriver:
+    """The Driver interface over one asyncpg connection.
+
+    In a write transaction (`deferred_begin`), BEGIN waits for the first statement that writes or locks:
+    at READ COMMITTED each statement reads what was committed when it started, inside a transaction or
+    not, so the reads before it are the same without it, and a transaction that turns out to write
+    nothing costs no BEGIN and no COMMIT. A first statement without parameters (the ledger's lock) goes
+    in one message with BEGIN."""
+
+    def __init__(self, connection: asyncpg.Connection, on_lost: Callable[[], None], deferred_begin: bool = False
+                 ) -> None:  # fmt: skip
         self.connection = connection
         self.on_lost = on_lost
+        self.begin_pending = deferred_begin
+        self.began = False
+
+    async def _enter(self, sql: str, together: bool = False) -> bool:
+        """Before `sql`: BEGIN if it is due; with `together`, BEGIN and `sql` (no parameters) go in one
+        message. True when `sql` has so been sent."""
+        if not self.begin_pending or PLAIN_READ.match(sql):
+            return False
+        self.begin_pending, self.began = False, True
+        await self.connection.execute(f"{BEGIN}; {sql}" if together else BEGIN)
+        return together
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         with self.errors():
+            if await self._enter(sql, together=not args):
+                return 0  # a script answers no row count; no parameterless statement of ours needs one
             return affected(await self.connection.execute(numbered(sql), *args))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             with self.errors():
+                await self._enter(sql)
                 await self.connection.executemany(numbered(sql), rows)
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
         with self.errors():
+            await self._enter(sql)
             record = await self.connection.fetchrow(numbered(sql), *args)
         return dict(record) if record is not None else None
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with self.errors():
+            await self._enter(sql)
             records = await self.connection.fetch(numbered(sql), *args)
         return [dict(record) for record in records]
+
+    async def finish(self, commit: bool) -> None:
+        """COMMIT or ROLLBACK, if BEGIN was sent."""
+        if self.began:
+            self.began = False
+            await self.connection.execute("COMMIT" if commit else "ROLLBACK")
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -156,6 +235,7 @@ class PostgresDatabase(Database):
         self._pool: asyncpg.Pool | None = None
         self._listening: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.round_trips = RoundTrips()
 
     # --- opening and closing ------------------------------------------------------------
     async def open(self) -> None:
@@ -181,8 +261,19 @@ class PostgresDatabase(Database):
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=POOL_MIN, max_size=POOL_MAX, command_timeout=COMMAND_TIMEOUT,
             timeout=CONNECT_TIMEOUT, server_settings={"application_name": "horde-coordinator"},
+            connection_class=CountingConnection, init=self._counted, reset=self._keep_session,
         )  # fmt: skip
         await self._migrate()
+
+    async def _counted(self, connection: CountingConnection) -> None:
+        connection.trips = self.round_trips
+
+    @staticmethod
+    async def _keep_session(connection: asyncpg.Connection) -> None:
+        """What the pool does to a connection it takes back, instead of asyncpg's reset query (a round trip
+        per use, which was a third of ours): nothing. The session has nothing to reset: advisory locks
+        are transaction-scoped, no cursor outlives its statement, no setting is changed, and LISTEN runs
+        on a connection of its own. (An open transaction is still rolled back, by the pool itself.)"""
 
     async def _migrate(self) -> None:
         """Apply new migrations in one transaction; the advisory lock makes processes that
@@ -245,19 +336,16 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._connection() as connection:
-            driver = PostgresDriver(connection, self._expire_connections)
-            transaction = connection.transaction(isolation="read_committed")
-            with driver.errors():
-                await transaction.start()
+            driver = PostgresDriver(connection, self._expire_connections, deferred_begin=True)
             try:
                 yield Tx(driver, self.dialect)
             except BaseException:
                 # If the connection is gone the server has already rolled back.
                 with contextlib.suppress(Exception):
-                    await transaction.rollback()
+                    await driver.finish(commit=False)
                 raise
             with driver.errors():
-                await transaction.commit()
+                await driver.finish(commit=True)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Tx]:

@@ -29,6 +29,10 @@ PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
+# A job's row and its request's (the request's columns prefixed `r_`), for `Tx.job_and_request`.
+JOB_AND_REQUEST = "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, " + \
+    ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info")) + \
+    " FROM jobs AS j LEFT JOIN requests AS r ON r.id = j.request_id"
 
 
 def _demand_values(entry: QueueEntry) -> list[Any]:
@@ -46,11 +50,14 @@ class Tx:
         # The ledger's head as this transaction last wrote it: a second append (a result pays the
         # node and charges the requester) needs no second read, since the lock is held until commit.
         self._ledger_head: tuple[int, str] | None = None
+        self._ledger_locked = False
 
     async def lock_ledger(self) -> None:
-        """Serialize ledger appends across processes (SQLite's write lock already does)."""
-        if self.dialect == "postgresql":
+        """Serialize ledger appends across processes (SQLite's write lock already does). Held until
+        commit, so taken once per transaction."""
+        if self.dialect == "postgresql" and not self._ledger_locked:
             await self.driver.execute("SELECT pg_advisory_xact_lock(7301)")
+            self._ledger_locked = True
 
     # --- accounts -------------------------------------------------------------------
     async def create_account(
@@ -257,6 +264,15 @@ class Tx:
         )
         return claimed == 1
 
+    async def job_and_request(self, job_id: str) -> tuple[JobRecord | None, RequestRecord | None]:
+        """A job and its request in one statement (a pop choosing it, a result settling it)."""
+        row = await self.driver.fetchone(f"SELECT {JOB_AND_REQUEST} WHERE j.id = ?", (job_id,))
+        if row is None:
+            return None, None
+        request = {column: row[f"r_{column}"] for column in (*REQUEST_COLUMNS, "info")}
+        job = job_from_row({key: value for key, value in row.items() if not key.startswith("r_")})
+        return job, join_record(RequestRecord, request, REQUEST_COLUMNS) if request["id"] is not None else None
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self.driver.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return job_from_row(row) if row else None
@@ -283,6 +299,18 @@ class Tx:
             (requester,),
         )
         return (int(row["n"]), round(float(row["reserved"]), 2)) if row else (0, 0.0)
+
+    async def requester_funds(self, requester: str, account_id: int | None) -> tuple[int, float, float | None]:
+        """`requester_load` and the account's balance (None: no such account, or anonymous), in one statement."""
+        row = await self.driver.fetchone(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(charge), 0) AS reserved, "
+            "(SELECT kudos FROM accounts WHERE id = ?) AS kudos FROM jobs "
+            "WHERE requester = ? AND state IN ('waiting', 'processing')",
+            (account_id, requester),
+        )
+        assert row is not None  # an aggregate always answers one row
+        balance = float(row["kudos"]) if row["kudos"] is not None else None
+        return int(row["n"]), round(float(row["reserved"]), 2), balance
 
     async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
         if not job_ids:
