@@ -24,15 +24,19 @@ pytestmark = pytest.mark.skipif(not POSTGRES_DSN, reason="set HORDE_TEST_POSTGRE
 
 POP, GENERATE = "/api/v2/generate/pop", "/api/v2/generate/async"
 CHECK, STATUS, SUBMIT = "/api/v2/generate/check/{id}", "/api/v2/generate/status/{id}", "/api/v2/generate/submit"
-# The most round trips each call of the cycle may take (today's figures; before issue 19 in brackets).
+# The most round trips each call of the cycle may take. Before issue 19: pop (empty) 10, generate 15, check
+# (waiting) 9, pop (job) 21, submit 33, check (done) 3, status 3.
 PINNED = {
     "pop (empty)": 5,  # apikey, node key, nonce; the queue; the queue's head to explain `skipped`
-    "generate": 8,  # apikey; BEGIN + ledger lock; cap and balance; request, jobs, queue rows; COMMIT; NOTIFY
+    "generate": 6,  # apikey; BEGIN + ledger lock; cap and balance; request, jobs and queue rows as one; COMMIT; NOTIFY
     "check (waiting)": 6,  # request, jobs, 2 counts of the queue ahead; the forecast (the new request made it stale)
-    "pop (job)": 12,  # auth 3; the queue, job and request, jobs held; BEGIN, claim 2, COMMIT; NOTIFY; webhooks' look
-    # auth 3, the job; BEGIN + lock, job and request, node, payer; 10 writes and 2 reads; COMMIT; NOTIFY; webhooks'
-    # look (webhooks.py reads a changed request in a task of its own, which may still be the pop's: 21 or 22)
-    "submit": 22,
+    # apikey, node key, nonce; the queue; job and request; jobs held; BEGIN; the claim (queue rows and job as one);
+    # COMMIT; NOTIFY; webhooks.py's look at the request (in a task of its own, which may still be the last call's)
+    "pop (job)": 11,
+    # apikey, node key, nonce; the job; BEGIN + lock; job and request; node; payer; job, node, stats and the charge
+    # as one; the ledger's head; both entries and the reward as one; unfinished images; request state; COMMIT;
+    # NOTIFY; webhooks.py's look
+    "submit": 16,
     "check (done)": 2,  # request, jobs
     "status": 2,
 }

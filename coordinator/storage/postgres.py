@@ -33,6 +33,7 @@ import asyncpg
 
 from coordinator.metrics import DB_ROUND_TRIPS, ENDPOINT
 from coordinator.storage.base import Database, Listener, NameTaken, Row, StorageUnavailable
+from coordinator.storage.batch import WriteBatch, rows_as_one
 from coordinator.storage.migrations import migration_scripts
 from coordinator.storage.sql import Tx
 
@@ -155,20 +156,25 @@ BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
 
 class PostgresDriver:
-    """The Driver interface over one asyncpg connection.
+    """The Driver interface over one asyncpg connection, with as few round trips as its answers allow.
 
-    In a write transaction (`deferred_begin`), BEGIN waits for the first statement that writes or locks:
-    at READ COMMITTED each statement reads what was committed when it started, inside a transaction or
-    not, so the reads before it are the same without it, and a transaction that turns out to write
-    nothing costs no BEGIN and no COMMIT. A first statement without parameters (the ledger's lock) goes
-    in one message with BEGIN."""
+    In a write transaction (`in_transaction`):
+    - BEGIN waits for the first statement that writes or locks: at READ COMMITTED each statement reads what
+      was committed when it started, inside a transaction or not, so the reads before it are the same
+      without it, and a transaction that writes nothing costs no BEGIN and no COMMIT. A first statement
+      without parameters (the ledger's lock) goes in one message with BEGIN;
+    - writes nobody needs an answer from (`write`, and `executemany`'s rows) wait in a `WriteBatch` and go
+      as one statement with the next write that needs its row count, or on their own before the next read
+      or the commit (storage/batch.py); a transaction whose only writes are one batch sends it alone, with
+      no BEGIN and no COMMIT, since one statement is atomic by itself."""
 
-    def __init__(self, connection: asyncpg.Connection, on_lost: Callable[[], None], deferred_begin: bool = False
+    def __init__(self, connection: asyncpg.Connection, on_lost: Callable[[], None], in_transaction: bool = False
                  ) -> None:  # fmt: skip
         self.connection = connection
         self.on_lost = on_lost
-        self.begin_pending = deferred_begin
+        self.begin_pending = in_transaction
         self.began = False
+        self.batch = WriteBatch() if in_transaction else None
 
     async def _enter(self, sql: str, together: bool = False) -> bool:
         """Before `sql`: BEGIN if it is due; with `together`, BEGIN and `sql` (no parameters) go in one
@@ -179,32 +185,74 @@ class PostgresDriver:
         await self.connection.execute(f"{BEGIN}; {sql}" if together else BEGIN)
         return together
 
+    async def _send_batch(self) -> int:
+        """The held writes as one statement; the last write's row count."""
+        assert self.batch is not None
+        statement, args = self.batch.statement()
+        self.batch.clear()
+        await self._enter(statement)
+        row = await self.connection.fetchrow(numbered(statement), *args)
+        return int(row[-1]) if row is not None else 0
+
+    async def flush(self) -> None:
+        """Send the held writes, if any."""
+        if self.batch:
+            with self.errors():
+                await self._send_batch()
+
+    async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        if self.batch is not None and not self.batch.takes(sql):
+            await self.flush()
+        if self.batch is not None and self.batch.takes(sql):
+            self.batch.add(sql, list(args))
+        else:
+            await self.execute(sql, args)
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        if self.batch:
+            if self.batch.takes(sql):  # the held writes go with this one, in one round trip
+                self.batch.add(sql, list(args))
+                with self.errors():
+                    return await self._send_batch()
+            await self.flush()
         with self.errors():
             if await self._enter(sql, together=not args):
                 return 0  # a script answers no row count; no parameterless statement of ours needs one
             return affected(await self.connection.execute(numbered(sql), *args))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            with self.errors():
-                await self._enter(sql)
-                await self.connection.executemany(numbered(sql), rows)
+        if not rows:
+            return
+        if self.batch is not None and (one := rows_as_one(sql, [tuple(row) for row in rows])) is not None:
+            await self.write(*one)
+            return
+        await self.flush()
+        with self.errors():
+            await self._enter(sql)
+            await self.connection.executemany(numbered(sql), rows)
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        await self.flush()
         with self.errors():
             await self._enter(sql)
             record = await self.connection.fetchrow(numbered(sql), *args)
         return dict(record) if record is not None else None
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        await self.flush()
         with self.errors():
             await self._enter(sql)
             records = await self.connection.fetch(numbered(sql), *args)
         return [dict(record) for record in records]
 
     async def finish(self, commit: bool) -> None:
-        """COMMIT or ROLLBACK, if BEGIN was sent."""
+        """Send what is held and COMMIT, or drop it and ROLLBACK (each only if BEGIN was sent)."""
+        if self.batch and commit:
+            if self.begin_pending:
+                self.begin_pending = False  # the held writes are the whole transaction: one statement is atomic
+            await self._send_batch()
+        if self.batch is not None:
+            self.batch.clear()
         if self.began:
             self.began = False
             await self.connection.execute("COMMIT" if commit else "ROLLBACK")
@@ -336,16 +384,16 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._connection() as connection:
-            driver = PostgresDriver(connection, self._expire_connections, deferred_begin=True)
+            driver = PostgresDriver(connection, self._expire_connections, in_transaction=True)
             try:
                 yield Tx(driver, self.dialect)
+                with driver.errors():
+                    await driver.finish(commit=True)  # the held writes can fail here
             except BaseException:
                 # If the connection is gone the server has already rolled back.
                 with contextlib.suppress(Exception):
                     await driver.finish(commit=False)
                 raise
-            with driver.errors():
-                await driver.finish(commit=True)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Tx]:

@@ -124,14 +124,14 @@ class Tx:
             if await self.driver.execute(f"UPDATE accounts SET kudos = kudos - ? WHERE id = ?{guard}", args) != 1:
                 raise NotEnoughKudos(source)
         if target is not None:
-            await self.driver.execute("UPDATE accounts SET kudos = kudos + ? WHERE id = ?", (amount, target))
+            await self.driver.write("UPDATE accounts SET kudos = kudos + ? WHERE id = ?", (amount, target))
         seq, prev_hash = self._ledger_head or await self.ledger_head()
         fields_ = {
             "seq": seq + 1, "created": now, "kind": kind, "source": source, "target": target,
             "amount": amount, "reference": reference, "prev_hash": prev_hash,
         }
         entry = LedgerEntry(**fields_, hash=entry_hash(**fields_))
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO ledger (seq, created, kind, source, target, amount, reference, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (entry.seq, entry.created, entry.kind, entry.source, entry.target, entry.amount, entry.reference,
@@ -159,7 +159,7 @@ class Tx:
         )
 
     async def remember_transfer(self, source: int, key: str, seq: int, amount: float) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO transfers (source, idempotency_key, ledger_seq, amount) VALUES (?, ?, ?, ?)",
             (source, key, seq, amount),
         )
@@ -190,7 +190,7 @@ class Tx:
         """Save what changes as a node works (counters, maintenance), never its name or key:
         no uniqueness to check, unlike `save_worker`."""
         _values, info = split_record(worker, WORKER_COLUMNS)
-        await self.driver.execute("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
+        await self.driver.write("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
 
     async def count_workers(self, owner_id: int) -> int:
         """The account's workers, online or not. On PostgreSQL the account's row stays locked until
@@ -211,21 +211,21 @@ class Tx:
     # --- requests and jobs ------------------------------------------------------------
     async def insert_request(self, request: RequestRecord) -> None:
         values, info = split_record(request, REQUEST_COLUMNS)
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO requests (id, account_id, created, updated, state, info) VALUES (?, ?, ?, ?, ?, ?)",
             (*values, info),
         )
 
     async def update_request(self, request: RequestRecord) -> None:
         _values, info = split_record(request, REQUEST_COLUMNS)
-        await self.driver.execute(
+        await self.driver.write(
             "UPDATE requests SET updated = ?, state = ?, info = ? WHERE id = ?",
             (request.updated, request.state, info, request.id),
         )
 
     async def set_request_state(self, request: RequestRecord) -> None:
         """Save only the request's state and time (its body and the rest are unchanged)."""
-        await self.driver.execute(
+        await self.driver.write(
             "UPDATE requests SET updated = ?, state = ? WHERE id = ?", (request.updated, request.state, request.id)
         )
 
@@ -246,7 +246,7 @@ class Tx:
 
     async def save_job(self, job: JobRecord) -> None:
         _values, info = split_record(job, JOB_COLUMNS)
-        await self.driver.execute(
+        await self.driver.write(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ?",
             (job.state, job.worker_id, job.deadline, info, job.id),
         )
@@ -257,7 +257,7 @@ class Tx:
         # Queue rows before the job row: cancelling and faulting also go queue → jobs, so on
         # PostgreSQL the two wait for each other instead of deadlocking. A job that is not
         # waiting has no business in the queue, so the delete is right even if the claim fails.
-        await self.driver.execute("DELETE FROM queue WHERE job_id = ?", (job.id,))
+        await self.driver.write("DELETE FROM queue WHERE job_id = ?", (job.id,))
         claimed = await self.driver.execute(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ? AND state = 'waiting'",
             (job.state, job.worker_id, job.deadline, info, job.id),
@@ -383,7 +383,7 @@ class Tx:
         return {row["id"]: json.loads(row["workers"]) if row["workers"] else [] for row in rows}
 
     async def dequeue_request(self, request_id: str) -> None:
-        await self.driver.execute("DELETE FROM queue WHERE request_id = ?", (request_id,))
+        await self.driver.write("DELETE FROM queue WHERE request_id = ?", (request_id,))
 
     async def queue_candidates(self, caps: WorkerCaps, per_model: int = CANDIDATES_PER_MODEL) -> list[Row]:
         """The best waiting rows for each model the node serves, filtered by what indexes can check."""
@@ -438,7 +438,7 @@ class Tx:
         return float(row["pixelsteps"] or 0) if row else 0.0
 
     async def record_fault(self, minute: int) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO fault_stats (minute, faults) VALUES (?, 1) ON CONFLICT (minute) DO UPDATE SET "
             "faults = fault_stats.faults + 1",
             (minute,),
@@ -459,14 +459,14 @@ class Tx:
         return int(row["n"]) if row else 0
 
     async def record_stats(self, minute: int, images: int, pixelsteps: float) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO stats (minute, images, ps) VALUES (?, ?, ?) ON CONFLICT (minute) DO UPDATE SET "
             "images = stats.images + excluded.images, ps = stats.ps + excluded.ps",
             (minute, images, pixelsteps),
         )
 
     async def record_model_stats(self, day: int, model: str) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO model_stats (day, model, images) VALUES (?, ?, 1) ON CONFLICT (day, model) DO UPDATE SET "
             "images = model_stats.images + 1",
             (day, model),
