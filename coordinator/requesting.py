@@ -201,8 +201,7 @@ class RequestDesk:
     # --- reporting ------------------------------------------------------------------
     async def load(self, request_id: str) -> tuple[RequestRecord, list[JobRecord]]:
         async with self.services.database.reader() as tx:
-            request = await tx.get_request(request_id)
-            jobs = await tx.jobs_of(request_id) if request else []
+            request, jobs = await tx.request_and_jobs(request_id)
         if request is None:
             raise not_found("request")
         return request, jobs

@@ -29,7 +29,7 @@ CHECK, STATUS, SUBMIT = "/api/v2/generate/check/{id}", "/api/v2/generate/status/
 PINNED = {
     "pop (empty)": 5,  # apikey, node key, nonce; the queue; the queue's head to explain `skipped`
     "generate": 6,  # apikey; BEGIN + ledger lock; cap and balance; request, jobs and queue rows as one; COMMIT; NOTIFY
-    "check (waiting)": 6,  # request, jobs, 2 counts of the queue ahead; the forecast (the new request made it stale)
+    "check (waiting)": 4,  # request and jobs; the queue ahead; the forecast (the new request made it stale): 2
     # apikey, node key, nonce; the queue; job and request; jobs held; BEGIN; the claim (queue rows and job as one);
     # COMMIT; NOTIFY; webhooks.py's look at the request (in a task of its own, which may still be the last call's)
     "pop (job)": 11,
@@ -37,8 +37,8 @@ PINNED = {
     # as one; the ledger's head; both entries and the reward as one; unfinished images; request state; COMMIT;
     # NOTIFY; webhooks.py's look
     "submit": 16,
-    "check (done)": 2,  # request, jobs
-    "status": 2,
+    "check (done)": 1,  # request and jobs
+    "status": 1,
 }
 
 

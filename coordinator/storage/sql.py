@@ -29,6 +29,13 @@ PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
+# A request's row (`request_id` NULL), then its jobs' rows, in one result: the columns of both tables side by side.
+REQUEST_AND_JOBS = (
+    "SELECT id, account_id, created, updated, state, info, NULL AS request_id, NULL AS idx, NULL AS worker_id, "
+    "NULL AS deadline, NULL AS requester, NULL AS charge FROM requests WHERE id = ? "
+    "UNION ALL SELECT id, NULL, NULL, NULL, state, info, request_id, idx, worker_id, deadline, requester, charge "
+    "FROM jobs WHERE request_id = ? ORDER BY idx NULLS FIRST"
+)
 # A job's row and its request's (the request's columns prefixed `r_`), for `Tx.job_and_request`.
 JOB_AND_REQUEST = "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, " + \
     ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info")) + \
@@ -273,6 +280,14 @@ class Tx:
         job = job_from_row({key: value for key, value in row.items() if not key.startswith("r_")})
         return job, join_record(RequestRecord, request, REQUEST_COLUMNS) if request["id"] is not None else None
 
+    async def request_and_jobs(self, request_id: str) -> tuple[RequestRecord | None, list[JobRecord]]:
+        """A request and its jobs in index order, in one statement (a check or a status)."""
+        rows = await self.driver.fetchall(REQUEST_AND_JOBS, (request_id, request_id))
+        if not rows or rows[0]["request_id"] is not None:  # the request's own row comes first
+            return None, []
+        request = join_record(RequestRecord, rows[0], REQUEST_COLUMNS)
+        return request, [job_from_row(row) for row in rows[1:]]
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self.driver.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return job_from_row(row) if row else None
@@ -417,11 +432,12 @@ class Tx:
         A job that may run on several models has a row per model and counts once for each;
         counting distinct jobs instead would sort every row ahead (450 ms at 100k waiting).
         """
-        higher = await self.driver.fetchone("SELECT COUNT(*) AS n FROM queue WHERE tier > ?", (tier,))
-        same = await self.driver.fetchone(
-            "SELECT COUNT(*) AS n FROM queue WHERE tier = ? AND rank > ?", (tier, rank)
+        row = await self.driver.fetchone(
+            "SELECT (SELECT COUNT(*) FROM queue WHERE tier > ?) AS higher, "
+            "(SELECT COUNT(*) FROM queue WHERE tier = ? AND rank > ?) AS same",
+            (tier, tier, rank),
         )
-        return sum(int(row["n"]) for row in (higher, same) if row)
+        return int(row["higher"]) + int(row["same"]) if row else 0
 
     async def queue_by_model(self) -> list[Row]:
         """Per model: waiting jobs and their pixel-steps (a job that may run on several models counts
