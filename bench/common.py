@@ -350,14 +350,19 @@ class Errors:
 class Api:
     """One shared session; each call names its caller (apikey, identity) and a label for the error counts."""
 
-    def __init__(self, base_url: str, errors: Errors, *, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, errors: Errors, *, timeout: float = 60.0, local_address: str | None = None
+                 ) -> None:  # fmt: skip
         self.base = base_url.rstrip("/") + "/api"
         self.errors = errors
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.session: aiohttp.ClientSession | None = None
+        # Connect from this loopback address (127.0.0.2, …): the coordinator limits connections and
+        # long-polls per address, and a real network's nodes come from many.
+        self.local_address = local_address
 
     async def __aenter__(self) -> "Api":
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False)
+        local = (self.local_address, 0) if self.local_address else None
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False, local_addr=local)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self
 

@@ -23,6 +23,7 @@ figure, 842 B at 100k, fell with depth for that reason). The database's own byte
 """
 
 import asyncio
+import contextlib
 import random
 import sys
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ POPULARITY = [1 / (rank + 1) ** 0.9 for rank in range(len(QUEUED_MODELS))]
 SIZES = [(512, 512), (768, 768), (1024, 1024), (512, 768)]
 SIZE_WEIGHTS = [0.55, 0.25, 0.1, 0.1]
 IMAGES_PER_REQUEST = 20
+NODE_ADDRESSES = 32  # loopback addresses the nodes pop from: ~31 nodes each at 1,000
 TARGETS = {"pop_p99_ms_at_100k": 20.0, "p99_ratio_100k_to_1k": 3.0, "bytes_per_waiting_image": 4096}
 
 
@@ -202,12 +204,19 @@ async def measure(
 ) -> float:  # fmt: skip
     """Every node online at once until `pops` pops were measured; returns the seconds it took."""
     shared = Online(pops)
-    started = now()
-    tasks = [asyncio.create_task(online_node(api, depth, node, keys, shared, interval, rng)) for node in nodes]
-    tasks.append(asyncio.create_task(top_up(api, shared, requester_keys, rng)))
-    await shared.done.wait()
-    seconds = now() - started
-    await gather_cancelling(tasks)
+    async with contextlib.AsyncExitStack() as stack:
+        # Nodes come from NODE_ADDRESSES loopback addresses, as a network's come from many (the coordinator
+        # caps connections and long-polls per address).
+        apis = [await stack.enter_async_context(Api(api.base.removesuffix("/api"), api.errors,
+                                                    local_address=f"127.0.1.{index + 1}"))
+                for index in range(NODE_ADDRESSES)]  # fmt: skip
+        started = now()
+        tasks = [asyncio.create_task(online_node(apis[index % NODE_ADDRESSES], depth, node, keys, shared, interval,
+                                                 rng)) for index, node in enumerate(nodes)]  # fmt: skip
+        tasks.append(asyncio.create_task(top_up(api, shared, requester_keys, rng)))
+        await shared.done.wait()
+        seconds = now() - started
+        await gather_cancelling(tasks)
     return seconds
 
 
@@ -345,7 +354,7 @@ def main() -> int:
         help="waiting images, ascending, comma-separated",
     )
     parser.add_argument("--pops", type=int, default=1000, help="measured pops per depth")
-    parser.add_argument("--interval", type=float, default=10.0,
+    parser.add_argument("--interval", type=float, default=30.0,
                         help="seconds a node works on a job, or waits after an empty pop (about)")  # fmt: skip
     parser.add_argument("--submitters", type=int, default=4, help="concurrent submitters while filling")
     parser.add_argument("--checks", type=int, default=50, help="measured /generate/check calls per depth")
