@@ -166,8 +166,10 @@ class PostgresDriver:
                     return await self._send_batch()
             await self.flush()
         with self.errors():
-            if await self._enter(sql, together=not args):
-                return 0  # a script answers no row count; no parameterless statement of ours needs one
+            # A parameterless SELECT (the ledger's lock) goes with BEGIN: a script answers no row count, which
+            # only a write's caller reads.
+            if await self._enter(sql, together=not args and sql.lstrip()[:6].upper() == "SELECT"):
+                return 0
             return affected(await self.connection.execute(numbered(sql), *args))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
