@@ -111,8 +111,8 @@ class PostgresDriver:
     In a write transaction (`in_transaction`):
     - BEGIN waits for the first statement that writes or locks: at READ COMMITTED each statement reads what
       was committed when it started, inside a transaction or not, so the reads before it are the same
-      without it, and a transaction that writes nothing costs no BEGIN and no COMMIT. A first statement
-      without parameters (the ledger's lock) goes in one message with BEGIN;
+      without it, and a transaction that writes nothing costs no BEGIN and no COMMIT. A first parameterless
+      SELECT (the ledger's lock) goes in one message with BEGIN;
     - writes nobody needs an answer from (`write`, and `executemany`'s rows) wait in a `WriteBatch` and go
       as one statement with the next write that needs its row count, or on their own before the next read
       or the commit (storage/batch.py); a transaction whose only writes are one batch sends it alone, with
