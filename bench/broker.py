@@ -1,11 +1,16 @@
 """Brokering throughput: the full job cycle through the real HTTP API.
 
-C requesters each keep one request open: POST /generate/async, long-poll /generate/check?wait= until done,
-then GET /generate/status. W simulated nodes pop (long-poll `wait`, or AI Horde-style: no wait and a 1 s sleep
-when the queue is empty), sign and submit a tiny valid WebP at once. The coordinator runs as its own process.
+C requesters each keep one request open: POST /generate/async, then /generate/check until done, then GET
+/generate/status. W simulated nodes pop, sign and submit a tiny valid WebP at once. Two cadences: long-polling
+(nodes pop with `wait`, requesters check with `?wait=30`), and AI Horde's (nodes pop without waiting and sleep
+about 1 s when the queue is empty, requesters check every 1 s without waiting). Every sleep is drawn from 0.5–1.5×
+its cadence, as real workers and clients that started at different times are spread out: sleeping exactly 1 s
+made all nodes empty the queue, sleep and wake together (117 or 26 jobs/s in two runs of the same code). The
+coordinator runs as its own process.
 
 Reports jobs/s, requester-visible latency (submit → status done), pop and submit latency, every non-2xx answer
-by status and rc, and the coordinator's CPU seconds and peak memory.
+by status and rc, the coordinator's CPU seconds and peak memory, and on PostgreSQL the CPU of the server processes
+serving the benchmark's database and the coordinator's round trips to them (its `horde_db_round_trips` metric).
 
     python bench/broker.py                      # 32 requesters, 32 nodes, 20 s, long-poll and AI Horde-style
     python bench/broker.py --short              # CI: a few seconds, fails on any error
@@ -15,6 +20,7 @@ by status and rc, and the coordinator's CPU seconds and peak memory.
 
 import asyncio
 import base64
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +34,12 @@ from bench.common import (
     Report,
     base_parser,
     bench_database,
+    cpu_between,
     create_accounts,
+    database_cpu,
     gather_cancelling,
     now,
+    round_trips,
     self_cpu_seconds,
     summary,
     table,
@@ -43,10 +52,15 @@ from protocol.provenance import ResultDocument, sha256_hex, sign_result
 MODEL = "bench-model"
 TARGET_JOBS_PER_SECOND = 300
 SCENARIOS = {
-    # name: (node pop wait in seconds, node sleep after an empty pop)
-    "longpoll": (20.0, 0.0),
-    "horde-poll": (0.0, 1.0),
+    # name: (node pop wait in seconds, node sleep after an empty pop, requester sleep between checks; 0: long-poll)
+    "longpoll": (20.0, 0.0, 0.0),
+    "horde-poll": (0.0, 1.0, 1.0),
 }
+
+
+def spread(seconds: float) -> float:
+    """A sleep of about `seconds`: independent clients drift apart, and so do these."""
+    return seconds * random.uniform(0.5, 1.5)
 
 
 @dataclass
@@ -100,7 +114,7 @@ async def requester(api: Api, apikey: str, tally: Tally, n: int, check_poll: flo
                 break
             finished = check["finished"]
             if check_poll > 0:
-                await asyncio.sleep(check_poll)
+                await asyncio.sleep(spread(check_poll))
         if status != 200:
             continue
         before = now()
@@ -131,7 +145,7 @@ async def node(api: Api, name: str, apikey: str, tally: Tally, wait: float, idle
         if not job["ids"]:
             tally.pops_empty.append(Timed(after, after - before))
             if idle_sleep:
-                await asyncio.sleep(idle_sleep)
+                await asyncio.sleep(spread(idle_sleep))
             continue
         tally.pops_with_job.append(Timed(after, after - before))
         for job_id, signed in zip(job["ids"], job["jobs"], strict=True):
@@ -153,7 +167,8 @@ def profile_path(args: Any, workdir: Path, scenario: str) -> Path | None:
 
 
 async def run_scenario(args: Any, scenario: str, report: Report, workdir: Path) -> dict[str, Any]:
-    wait, idle_sleep = SCENARIOS[scenario]
+    wait, idle_sleep, check_poll = SCENARIOS[scenario]
+    check_poll = args.check_poll if args.check_poll is not None else check_poll
     data_dir = workdir / scenario
     async with bench_database(args.db) as db:
         requesters = [f"requester{i}" for i in range(args.requesters)]
@@ -170,13 +185,15 @@ async def run_scenario(args: Any, scenario: str, report: Report, workdir: Path) 
                 ]
                 await asyncio.sleep(0.5)  # every node has registered and is waiting
                 clients = [
-                    asyncio.create_task(requester(api, keys[name], tally, args.n, args.check_poll))
+                    asyncio.create_task(requester(api, keys[name], tally, args.n, check_poll))
                     for name in requesters
                 ]
                 await asyncio.sleep(args.warmup)
+                db_before, trips_before = await database_cpu(db), await round_trips(coordinator.url)
                 start, before, client_cpu = now(), coordinator.sample(), self_cpu_seconds()
                 await asyncio.sleep(args.duration)
                 end, after, client_cpu = now(), coordinator.sample(), self_cpu_seconds() - client_cpu
+                db_cpu, trips_after = cpu_between(db_before, await database_cpu(db)), await round_trips(coordinator.url)
                 tally.stop = True
                 _done, pending = await asyncio.wait(clients, timeout=35)
                 if pending:
@@ -189,6 +206,8 @@ async def run_scenario(args: Any, scenario: str, report: Report, workdir: Path) 
             report.notes.append(f"{scenario}: {args.profile} profile of the coordinator in {profile_out}")
     window = end - start
     images = sum(1 for at in tally.images if start <= at < end)
+    coordinator_cpu = after.cpu_seconds - before.cpu_seconds
+    trips = per_job(trips_before, trips_after, images)
     return {
         "scenario": scenario,
         "pop_wait": wait,
@@ -207,19 +226,37 @@ async def run_scenario(args: Any, scenario: str, report: Report, workdir: Path) 
         "coordinator_cpu_percent": round(100 * (after.cpu_seconds - before.cpu_seconds) / window, 1),
         "coordinator_cpu_ms_per_job": round(1000 * (after.cpu_seconds - before.cpu_seconds) / max(images, 1), 2),
         "coordinator_peak_rss_mb": round(after.hwm_kb / 1024, 1),
+        "database_cpu_ms_per_job": None if db_cpu is None else round(1000 * db_cpu / max(images, 1), 2),
+        # SQLite runs inside the coordinator; on PostgreSQL the server's processes for this database add theirs.
+        "total_cpu_ms_per_job": round(1000 * (coordinator_cpu + (db_cpu or 0.0)) / max(images, 1), 2),
+        "round_trips_per_job": trips,
+        "check_poll": check_poll,
+        "check_ms": summary(within(tally.checks, start, end)),
         "loadgen_cpu_percent": round(100 * client_cpu / window, 1),
     }
+
+
+def per_job(before: dict[str, float] | None, after: dict[str, float] | None, jobs: int) -> dict[str, float] | None:
+    """Round trips to the database per finished job, by endpoint and in all (None: SQLite, or code that does not
+    count them)."""
+    if before is None or after is None:
+        return None
+    made = {endpoint: count - before.get(endpoint, 0.0) for endpoint, count in after.items()}
+    trips = {endpoint.removeprefix("/api/v2/"): round(count / max(jobs, 1), 2) for endpoint, count in made.items()
+             if count}  # fmt: skip
+    return trips | {"all": round(sum(made.values()) / max(jobs, 1), 2)}
 
 
 def tables(runs: list[dict[str, Any]]) -> list[str]:
     headline = table(
         "Brokering throughput",
-        ["scenario", "jobs/s", "http req/s", "lat p50", "p95", "p99", "coord CPU%", "CPU ms/job", "peak RSS MB",
-         "loadgen CPU%"],
+        ["scenario", "jobs/s", "http req/s", "lat p50", "p95", "p99", "coord CPU%", "CPU ms/job", "+ db ms/job",
+         "trips/job", "peak RSS MB", "loadgen CPU%"],
         [[r["scenario"], r["jobs_per_second"], r["http_requests_per_second"], r["latency_ms"].get("p50"),
           r["latency_ms"].get("p95"), r["latency_ms"].get("p99"), r["coordinator_cpu_percent"],
-          r["coordinator_cpu_ms_per_job"],
-          r["coordinator_peak_rss_mb"], r["loadgen_cpu_percent"]] for r in runs],
+          r["coordinator_cpu_ms_per_job"], r["database_cpu_ms_per_job"],
+          (r["round_trips_per_job"] or {}).get("all"), r["coordinator_peak_rss_mb"], r["loadgen_cpu_percent"]]
+         for r in runs],
     )  # fmt: skip
     calls = table(
         "Call latency (ms; long-poll pops include the time spent waiting for a job)",
@@ -227,7 +264,7 @@ def tables(runs: list[dict[str, Any]]) -> list[str]:
         [[r["scenario"], name, r[key].get("n"), r[key].get("p50"), r[key].get("p99"), r[key].get("max")]
          for r in runs for name, key in (("pop (job)", "pop_with_job_ms"), ("pop (empty)", "pop_empty_ms"),
                                          ("submit", "submit_ms"), ("generate", "generate_ms"),
-                                         ("status", "status_ms"))],
+                                         ("check", "check_ms"), ("status", "status_ms"))],
     )  # fmt: skip
     return [headline, calls]
 
@@ -261,7 +298,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--n", type=int, default=1, help="images per request")
     parser.add_argument(
-        "--check-poll", type=float, default=0.0, help="requesters poll /check every S seconds instead of long-polling"
+        "--check-poll", type=float, help="requesters poll /check every S seconds (0: long-poll) in every scenario"
     )
     parser.add_argument(
         "--scenarios",

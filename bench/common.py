@@ -80,16 +80,84 @@ def proc_sample(pid: int) -> ProcSample:
     return ProcSample(cpu, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
 
 
+def cpu_seconds_of(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process still running."""
+    seconds = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            seconds[pid] = proc_sample(pid).cpu_seconds
+    return seconds
+
+
+async def database_cpu(url: str | None) -> dict[int, float] | None:
+    """CPU seconds of each PostgreSQL server process serving the database at `url` (not this query's own), when
+    the server runs on this machine; None otherwise (SQLite runs inside the coordinator, whose CPU counts it).
+    Take two samples and `cpu_between` them: a backend that ended between the two is lost, so the coordinator's
+    pool keeps its connections open for the benchmark (asyncpg closes idle ones only after 5 minutes)."""
+    if not is_postgres(url) or urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1", None):
+        return None
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return cpu_seconds_of(row["pid"] for row in rows)
+
+
+def cpu_between(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """CPU seconds spent between two `database_cpu` samples (a process started since counts whole)."""
+    if before is None or after is None:
+        return None
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+async def round_trips(url: str) -> dict[str, float] | None:
+    """The coordinator's `horde_db_round_trips` by endpoint, from its /metrics (None: code without the metric)."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    trips: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("horde_db_round_trips_total{"):
+            labels, _, value = line.rpartition(" ")
+            endpoint = labels.split('endpoint="', 1)[1].rsplit('"', 1)[0]
+            trips[endpoint] = float(value)
+    return trips or None
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+# Runs the coordinator with two signals for measuring the memory its Python objects hold: SIGUSR1 starts
+# tracemalloc, SIGUSR2 writes the bytes traced since (still allocated) to $HORDE_BENCH_MEMORY_FILE and stops.
+# tracemalloc sees Python's allocations only: SQLite's page cache (C allocations) is not among them.
+MEMORY_PROBE = """
+import os, runpy, signal, sys, tracemalloc
+def start(*_):
+    tracemalloc.start()
+def report(*_):
+    path = os.environ["HORDE_BENCH_MEMORY_FILE"]
+    with open(path + ".tmp", "w") as out:
+        out.write(str(tracemalloc.get_traced_memory()[0]))
+    tracemalloc.stop()
+    os.replace(path + ".tmp", path)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, report)
+sys.argv[0] = "coordinator.cli"
+runpy.run_module("coordinator.cli", run_name="__main__")
+"""
 
 
 class Coordinator:
     """`python -m coordinator.cli serve` in its own process, on a free loopback port.
 
     `profile`: None, "py-spy" (sampling, needs `pip install py-spy`) or "cprofile"; the profile is written to
-    `profile_out` when the coordinator stops.
+    `profile_out` when the coordinator stops. `python_memory`: run it under MEMORY_PROBE (`trace_python_memory`).
     """
 
     def __init__(
@@ -99,8 +167,10 @@ class Coordinator:
         extra_args: Sequence[str] = (),
         profile: str | None = None,
         profile_out: Path | None = None,
+        python_memory: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.python_memory = python_memory
         self.db = db
         self.extra_args = list(extra_args)
         self.profile = profile
@@ -109,6 +179,7 @@ class Coordinator:
         self.pid = 0
         self.port = 0
         self.log_path = data_dir / "coordinator.log"
+        self.memory_file = data_dir / "python-memory"
 
     @property
     def url(self) -> str:
@@ -125,7 +196,7 @@ class Coordinator:
         ]  # fmt: skip
         if self.profile == "cprofile":
             return [sys.executable, "-m", "cProfile", "-o", str(self.profile_out), "-m", "coordinator.cli", *serve]
-        python = [sys.executable, "-m", "coordinator.cli", *serve]
+        python = [sys.executable, *(["-c", MEMORY_PROBE] if self.python_memory else ["-m", "coordinator.cli"]), *serve]
         if self.profile == "py-spy":
             spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
             record = ["record", "--rate", "250", "--threads", "--format", "raw", "-o", str(self.profile_out)]
@@ -136,7 +207,7 @@ class Coordinator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port_file = self.data_dir / f"port-{uuid.uuid4().hex[:8]}"
         path = os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
+        env = {**os.environ, "PYTHONPATH": path, "HORDE_BENCH_MEMORY_FILE": str(self.memory_file)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(port_file), cwd=SOURCE, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -167,6 +238,21 @@ class Coordinator:
 
     def sample(self) -> ProcSample:
         return proc_sample(self.pid)
+
+    def trace_python_memory(self) -> None:
+        """Start counting the memory the coordinator's Python objects take from now on (`python_memory`)."""
+        os.kill(self.pid, signal.SIGUSR1)
+
+    async def traced_python_bytes(self, timeout: float = 30.0) -> int:
+        """Bytes allocated by Python since `trace_python_memory` and still held; tracing stops."""
+        self.memory_file.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not self.memory_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the coordinator did not report its Python memory")
+            await asyncio.sleep(0.05)
+        return int(self.memory_file.read_text())
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -264,14 +350,19 @@ class Errors:
 class Api:
     """One shared session; each call names its caller (apikey, identity) and a label for the error counts."""
 
-    def __init__(self, base_url: str, errors: Errors, *, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, errors: Errors, *, timeout: float = 60.0, local_address: str | None = None
+                 ) -> None:  # fmt: skip
         self.base = base_url.rstrip("/") + "/api"
         self.errors = errors
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.session: aiohttp.ClientSession | None = None
+        # Connect from this loopback address (127.0.0.2, …): the coordinator limits connections and
+        # long-polls per address, and a real network's nodes come from many.
+        self.local_address = local_address
 
     async def __aenter__(self) -> "Api":
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False)
+        local = (self.local_address, 0) if self.local_address else None
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False, local_addr=local)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self
 

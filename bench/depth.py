@@ -1,15 +1,21 @@
-"""Pop latency and coordinator memory as the queue grows.
+"""Pop latency and coordinator memory as the queue grows, with every node online at once.
 
-1,000 nodes register (one pop each, on an empty queue) with different model lists, sizes, nsfw and img2img
-settings; 10% serve only models nobody asks for, at a size no request has, so their pops find nothing. The
-queue is then filled through the API (requests of n=20 images, several submitters at once) to 1k, 10k and 100k
-waiting images spread over 200 models (Zipf-like popularity; mixed sizes, nsfw flags, img2img, 5% any-model
-requests). At each depth, random nodes pop one job at a time (amount=1, no wait, one pop in flight); popped
-jobs stay with their node and the queue is topped up between batches so its depth stays within one batch of
-the target. Then plain /generate/check calls on waiting requests (each computes a queue position).
+1,000 nodes register with different model lists, sizes, nsfw and img2img settings; 10% serve only models nobody
+asks for, at a size no request has, so their pops find nothing. The queue is then filled through the API
+(requests of n=20 images, several submitters at once) to 1k, 10k and 100k waiting images spread over 200 models
+(Zipf-like popularity; mixed sizes, nsfw flags, img2img, 5% any-model requests). At each depth every node is
+online together, as on a real network: each pops (amount=1, no wait), and after a job "works" for about
+`--interval` seconds, after an empty pop sleeps about as long (each sleep drawn from 0.5–1.5×, the nodes
+starting at random moments), so the coordinator serves ~nodes/interval pops a second from all of them at once.
+Popped jobs stay with their node, and the queue is topped up as it drains, so its depth stays near the target.
+Then plain /generate/check calls on waiting requests (each computes a queue position).
 
-Reports pop p50/p99 (all pops, pops that found a job, pops that found nothing), the coordinator's resident
-memory per waiting image (RSS growth since the nodes registered / waiting images) and the database's size.
+Memory per waiting image is what the coordinator's Python objects hold for it: tracemalloc in the coordinator
+(bench/common.py MEMORY_PROBE) counts the bytes allocated while a depth's images are added and still held
+after, divided by the images added. The resident size is reported too, but it is no measure per image: most
+of its growth is SQLite's page cache, which fills to its cap (64 MiB per connection) and then stays, so
+"RSS growth / waiting images" falls as the queue deepens whatever the coordinator keeps per image (the earlier
+figure, 842 B at 100k, fell with depth for that reason). The database's own bytes per image are given apart.
 
     python bench/depth.py                     # 1k, 10k, 100k
     python bench/depth.py --short             # CI: 50 nodes, 200 and 1,000 images
@@ -17,6 +23,7 @@ memory per waiting image (RSS growth since the nodes registered / waiting images
 """
 
 import asyncio
+import contextlib
 import random
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ from bench.common import (
     base_parser,
     bench_database,
     create_accounts,
+    gather_cancelling,
     now,
     summary,
     table,
@@ -47,6 +55,7 @@ POPULARITY = [1 / (rank + 1) ** 0.9 for rank in range(len(QUEUED_MODELS))]
 SIZES = [(512, 512), (768, 768), (1024, 1024), (512, 768)]
 SIZE_WEIGHTS = [0.55, 0.25, 0.1, 0.1]
 IMAGES_PER_REQUEST = 20
+NODE_ADDRESSES = 32  # loopback addresses the nodes pop from: ~31 nodes each at 1,000
 TARGETS = {"pop_p99_ms_at_100k": 20.0, "p99_ratio_100k_to_1k": 3.0, "bytes_per_waiting_image": 4096}
 
 
@@ -151,25 +160,64 @@ async def register(api: Api, nodes: list[BenchNode], keys: dict[str, str], concu
     await asyncio.gather(*(one() for _ in range(concurrency)))
 
 
-async def measure(
-    api: Api, depth: Depth, nodes: list[BenchNode], keys: dict[str, str], requester_keys: list[str],
-    pops: int, batch: int, rng: random.Random,
-) -> int:  # fmt: skip
-    """`pops` sequential pops from random nodes, topping the queue up after every batch; returns images taken."""
-    taken = owed = 0
-    for index in range(pops):
-        elapsed, got = await pop(api, rng.choice(nodes), keys)
+def spread(seconds: float, rng: random.Random) -> float:
+    return seconds * rng.uniform(0.5, 1.5)
+
+
+@dataclass
+class Online:
+    """What the nodes online together share while a depth is measured."""
+
+    pops: int  # pops to measure
+    owed: int = 0  # images taken since the last top-up
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def online_node(api: Api, depth: Depth, node: BenchNode, keys: dict[str, str], shared: Online,
+                      interval: float, rng: random.Random) -> None:  # fmt: skip
+    """One node: pop, then work on its job (or wait when it got none) for about `interval`, until enough pops."""
+    await asyncio.sleep(rng.uniform(0, interval))
+    while not shared.done.is_set():
+        elapsed, got = await pop(api, node, keys)
         if got > 0:
             depth.pops_job.append(elapsed)
-            taken += got
-            owed += got
+            shared.owed += got
         elif got == 0:
             depth.pops_empty.append(elapsed)
-        if (index + 1) % batch == 0 and owed >= IMAGES_PER_REQUEST:
-            requests = owed // IMAGES_PER_REQUEST
+        if len(depth.pops_job) + len(depth.pops_empty) >= shared.pops:
+            shared.done.set()
+        await asyncio.sleep(spread(interval, rng))
+
+
+async def top_up(api: Api, shared: Online, requester_keys: list[str], rng: random.Random) -> None:
+    """Keep the depth: whenever a request's worth of images was taken, queue as many again."""
+    while not shared.done.is_set():
+        if shared.owed >= IMAGES_PER_REQUEST:
+            requests, shared.owed = divmod(shared.owed, IMAGES_PER_REQUEST)  # the rest waits for the next round
             await submit_requests(api, requester_keys, requests, rng, 4)
-            owed -= requests * IMAGES_PER_REQUEST
-    return taken
+        await asyncio.sleep(0.2)
+
+
+async def measure(
+    api: Api, depth: Depth, nodes: list[BenchNode], keys: dict[str, str], requester_keys: list[str],
+    pops: int, interval: float, rng: random.Random,
+) -> float:  # fmt: skip
+    """Every node online at once until `pops` pops were measured; returns the seconds it took."""
+    shared = Online(pops)
+    async with contextlib.AsyncExitStack() as stack:
+        # Nodes come from NODE_ADDRESSES loopback addresses, as a network's come from many (the coordinator
+        # caps connections and long-polls per address).
+        apis = [await stack.enter_async_context(Api(api.base.removesuffix("/api"), api.errors,
+                                                    local_address=f"127.0.1.{index + 1}"))
+                for index in range(NODE_ADDRESSES)]  # fmt: skip
+        started = now()
+        tasks = [asyncio.create_task(online_node(apis[index % NODE_ADDRESSES], depth, node, keys, shared, interval,
+                                                 rng)) for index, node in enumerate(nodes)]  # fmt: skip
+        tasks.append(asyncio.create_task(top_up(api, shared, requester_keys, rng)))
+        await shared.done.wait()
+        seconds = now() - started
+        await gather_cancelling(tasks)
+    return seconds
 
 
 def database_bytes(data_dir: Path) -> int:
@@ -185,7 +233,7 @@ async def run(args: Any, report: Report, workdir: Path) -> list[dict[str, Any]]:
     rows = []
     async with bench_database(args.db) as db:
         keys = await create_accounts(data_dir, db, requesters + owners, kudos=1000)
-        coordinator = Coordinator(data_dir, db).start()
+        coordinator = Coordinator(data_dir, db, python_memory=True).start()
         try:
             async with Api(coordinator.url, report.errors) as api:
                 nodes = make_nodes(args.nodes, owners, rng)
@@ -200,15 +248,19 @@ async def run(args: Any, report: Report, workdir: Path) -> list[dict[str, Any]]:
                 for target in args.depths:
                     started = now()
                     requests = max(0, target - waiting + IMAGES_PER_REQUEST - 1) // IMAGES_PER_REQUEST
-                    waiting += await submit_requests(api, requester_keys, requests, rng, args.submitters, request_ids)
+                    coordinator.trace_python_memory()
+                    added = await submit_requests(api, requester_keys, requests, rng, args.submitters, request_ids)
                     fill_seconds = now() - started
                     await asyncio.sleep(0.5)
+                    traced = await coordinator.traced_python_bytes()
+                    waiting += added
                     filled = coordinator.sample()
                     disk = database_bytes(data_dir) if not db else 0
                     depth = Depth(target)
                     before = coordinator.sample()
-                    await measure(api, depth, nodes, keys, requester_keys, args.pops, args.batch, rng)
+                    seconds = await measure(api, depth, nodes, keys, requester_keys, args.pops, args.interval, rng)
                     after = coordinator.sample()
+                    pops_measured = len(depth.pops_job) + len(depth.pops_empty)
                     check_times = await checks(api, request_ids[-requests:] or request_ids, args.checks, rng)
                     rows.append({
                         "depth": target, "waiting_images": waiting,
@@ -217,11 +269,14 @@ async def run(args: Any, report: Report, workdir: Path) -> list[dict[str, Any]]:
                         "pop_with_job_ms": summary(depth.pops_job),
                         "pop_empty_ms": summary(depth.pops_empty),
                         "check_ms": summary(check_times),
+                        "pops_per_second": round(pops_measured / seconds, 1),
                         "coordinator_cpu_ms_per_pop": round(
-                            1000 * (after.cpu_seconds - before.cpu_seconds) / max(args.pops, 1), 2),
+                            1000 * (after.cpu_seconds - before.cpu_seconds) / max(pops_measured, 1), 2),
                         "rss_mb": round(filled.rss_kb / 1024, 1),
                         "rss_growth_mb": round((filled.rss_kb - base.rss_kb) / 1024, 1),
-                        "bytes_per_waiting_image": round((filled.rss_kb - base.rss_kb) * 1024 / max(waiting, 1)),
+                        "rss_growth_bytes_per_image": round((filled.rss_kb - base.rss_kb) * 1024 / max(waiting, 1)),
+                        "images_added": added,
+                        "bytes_per_waiting_image": round(traced / max(added, 1)),
                         "database_bytes_per_image": round(disk / max(waiting, 1)) if disk else None,
                         "peak_rss_mb": round(after.hwm_kb / 1024, 1),
                     })  # fmt: skip
@@ -252,17 +307,20 @@ def check_targets(rows: list[dict[str, Any]], report: Report) -> dict[str, Any]:
 
 
 async def main_async(args: Any) -> int:
-    config = {key: getattr(args, key) for key in ("nodes", "depths", "pops", "batch", "submitters", "checks", "seed")}
+    keys = ("nodes", "depths", "pops", "interval", "submitters", "checks", "seed")
+    config = {key: getattr(args, key) for key in keys}
     config |= {"db": "postgresql" if args.db else "sqlite", "short": args.short}
     report = Report("depth", config)
     with temporary_dir(args.keep, "horde-bench-depth-") as workdir:
         rows = await run(args, report, workdir)
     report.results |= {"depths": rows, "targets": check_targets(rows, report)}
     report.tables.append(table(
-        f"Pop latency by queue depth ({args.nodes} nodes, {args.pops} pops per depth, ms)",
-        ["waiting", "fill img/s", "all p50", "all p99", "job n", "job p50", "job p99", "empty n", "empty p50",
-         "empty p99", "CPU ms/pop"],
-        [[r["waiting_images"], r["fill_images_per_second"], r["pop_ms"].get("p50"), r["pop_ms"].get("p99"),
+        f"Pop latency by queue depth ({args.nodes} nodes online at once, each popping about every "
+        f"{args.interval} s; {args.pops} pops per depth, ms)",
+        ["waiting", "fill img/s", "pops/s", "all p50", "all p99", "job n", "job p50", "job p99", "empty n",
+         "empty p50", "empty p99", "CPU ms/pop"],
+        [[r["waiting_images"], r["fill_images_per_second"], r["pops_per_second"], r["pop_ms"].get("p50"),
+          r["pop_ms"].get("p99"),
           r["pop_with_job_ms"]["n"], r["pop_with_job_ms"].get("p50"), r["pop_with_job_ms"].get("p99"),
           r["pop_empty_ms"]["n"], r["pop_empty_ms"].get("p50"), r["pop_empty_ms"].get("p99"),
           r["coordinator_cpu_ms_per_pop"]] for r in rows],
@@ -275,9 +333,10 @@ async def main_async(args: Any) -> int:
     ))  # fmt: skip
     report.tables.append(table(
         f"Coordinator memory (RSS {report.results.get('baseline_rss_mb')} MB once the nodes had registered)",
-        ["waiting", "RSS MB", "growth MB", "B/waiting image", "DB B/image", "peak RSS MB"],
-        [[r["waiting_images"], r["rss_mb"], r["rss_growth_mb"], r["bytes_per_waiting_image"],
-          r["database_bytes_per_image"], r["peak_rss_mb"]] for r in rows],
+        ["waiting", "Python B/image added", "RSS MB", "RSS growth MB", "(RSS growth/image)", "DB B/image",
+         "peak RSS MB"],
+        [[r["waiting_images"], r["bytes_per_waiting_image"], r["rss_mb"], r["rss_growth_mb"],
+          r["rss_growth_bytes_per_image"], r["database_bytes_per_image"], r["peak_rss_mb"]] for r in rows],
     ))  # fmt: skip
     for row in rows:
         if row["pop_ms"]["n"] == 0 or row["pop_with_job_ms"]["n"] == 0:
@@ -295,13 +354,14 @@ def main() -> int:
         help="waiting images, ascending, comma-separated",
     )
     parser.add_argument("--pops", type=int, default=1000, help="measured pops per depth")
-    parser.add_argument("--batch", type=int, default=100, help="pops between top-ups of the queue")
+    parser.add_argument("--interval", type=float, default=30.0,
+                        help="seconds a node works on a job, or waits after an empty pop (about)")  # fmt: skip
     parser.add_argument("--submitters", type=int, default=4, help="concurrent submitters while filling")
     parser.add_argument("--checks", type=int, default=50, help="measured /generate/check calls per depth")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     if args.short:
-        args.nodes, args.depths, args.pops, args.batch, args.checks = min(args.nodes, 50), [200, 1000], 40, 20, 10
+        args.nodes, args.depths, args.pops, args.interval, args.checks = min(args.nodes, 50), [200, 1000], 40, 1.0, 10
     if args.depths != sorted(args.depths):
         parser.error("--depths must be ascending")
     return asyncio.run(main_async(args))

@@ -141,11 +141,12 @@ class Dispatcher:
     async def _claim(
         self, caps: WorkerCaps, worker: Worker, amount: int
     ) -> tuple[RequestRecord, list[JobRecord]] | None:
-        # Most pops of a busy network find the queue empty (nodes wait for work): look without
-        # taking the write lock first.
-        async with self.services.database.reader() as tx:
-            if not await tx.queue_candidates(caps, 1):
-                return None
+        # Most pops of a busy network find the queue empty (nodes wait for work): on SQLite, look without
+        # taking the write lock first. (A PostgreSQL transaction locks nothing before its first write.)
+        if self.services.database.dialect == "sqlite":
+            async with self.services.database.reader() as tx:
+                if not await tx.queue_candidates(caps, 1):
+                    return None
         async with self.services.database.transaction() as tx:
             tried: set[str] = set()
             per_model = CANDIDATES_PER_MODEL
@@ -158,12 +159,12 @@ class Dispatcher:
                     if row["job_id"] in tried or not _worker_filter_allows(row, caps, lists):
                         continue
                     tried.add(row["job_id"])
-                    request = await tx.get_request(row["request_id"])
-                    if request is None or self._refused(request, caps):
+                    first, request = await tx.job_and_request(row["job_id"])
+                    if first is None or request is None or self._refused(request, caps):
                         continue
                     model = row["model"] or any_model(caps)
                     jobs = await self._claim_batch(
-                        tx, request, row["job_id"], worker, model, amount, funded_only=caps.require_upfront_kudos
+                        tx, request, first, worker, model, amount, funded_only=caps.require_upfront_kudos
                     )
                     if jobs:
                         return request, jobs
@@ -185,13 +186,12 @@ class Dispatcher:
         return refusal_reason(request, caps) is not None
 
     async def _claim_batch(
-        self, tx: Tx, request: RequestRecord, first_id: str, worker: Worker, model: str, amount: int,
+        self, tx: Tx, request: RequestRecord, first: JobRecord, worker: Worker, model: str, amount: int,
         *, funded_only: bool = False,
     ) -> list[JobRecord]:
         """The chosen job plus, when the node asks for more, the next images of the same request, each one
         the node may take (`_takeable`: checked here, on the few candidates, not in the query)."""
-        first = await tx.get_job(first_id)
-        if first is None or first.state != "waiting" or not self._takeable(first, worker, funded_only):
+        if first.state != "waiting" or not self._takeable(first, worker, funded_only):
             return []
         batch = [first]
         if amount > 1 and not request.body.get("disable_batching"):

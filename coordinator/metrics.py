@@ -14,6 +14,7 @@ Two kinds:
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,12 @@ STREAMS_OPEN = Gauge("horde_streams_open", "Progress streams (server-sent events
 WEBHOOK_DELIVERIES = Counter(
     "horde_webhook_deliveries", "Webhook POSTs, by outcome (delivered, retried, abandoned, refused).", ["outcome"]
 )
+DB_ROUND_TRIPS = Counter(
+    "horde_db_round_trips", "Round trips to the PostgreSQL server, by the route whose handling made them "
+    "('background': upkeep and other chores).", ["endpoint"],
+)  # fmt: skip
+# The route being answered, for the metrics of work done on its behalf deeper down (storage).
+ENDPOINT: ContextVar[str] = ContextVar("endpoint", default="background")
 
 
 class TimedDriver:
@@ -101,6 +108,8 @@ async def request_metrics(request: web.Request, handler: Handler) -> web.StreamR
     """Outermost middleware: counts every answer, including the `{message, rc}` ones."""
     started = time.perf_counter()
     status = 500
+    endpoint = route_name(request)
+    token = ENDPOINT.set(endpoint)
     try:
         response = await handler(request)
         status = response.status
@@ -109,7 +118,7 @@ async def request_metrics(request: web.Request, handler: Handler) -> web.StreamR
         status = error.status
         raise
     finally:
-        endpoint = route_name(request)
+        ENDPOINT.reset(token)
         elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(endpoint, request.method, str(status)).inc()
         HTTP_LATENCY.labels(endpoint).observe(elapsed)

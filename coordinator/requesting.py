@@ -87,7 +87,7 @@ class RequestDesk:
         if caller.sharedkey and (refused := request_refusal(caller.sharedkey, body, self.services.clock())):
             raise refused
         who = requester_key(caller.account.id if caller.account else None, remote)
-        if not body.dry_run:  # a flood past the cap costs no source decoding (`_admit` decides, exactly)
+        if not body.dry_run and body.source_image:  # a flood past the cap costs no decoding (`_admit` decides)
             async with self.services.database.reader() as tx:
                 queued, _reserved = await tx.requester_load(who)
             self._check_cap(caller, queued, body.params.n)
@@ -146,12 +146,12 @@ class RequestDesk:
         # Balances and reservations read here stay true until commit: every kudos movement, and every other
         # admission, waits for this lock (SQLite's single writer already serializes them).
         await tx.lock_ledger()
-        queued, reserved = await tx.requester_load(jobs[0].requester)
+        account_id = caller.account.id if caller.account else None
+        queued, reserved, balance = await tx.requester_funds(jobs[0].requester, account_id)
         self._check_cap(caller, queued, len(jobs))
         if caller.account is None:
             return
-        account = await tx.account_by("id", caller.account.id)
-        available = round((account.kudos if account else 0.0) - reserved, 2)
+        available = round((balance or 0.0) - reserved, 2)
         available = await self.sharing.spendable(tx, caller, available, round(price * len(jobs), 2), downgrade)
         if upfront and available < round(price * len(jobs), 2):
             raise upfront_refused(round(price * len(jobs), 2), available)
@@ -215,8 +215,7 @@ class RequestDesk:
     # --- reporting ------------------------------------------------------------------
     async def load(self, request_id: str) -> tuple[RequestRecord, list[JobRecord]]:
         async with self.services.database.reader() as tx:
-            request = await tx.get_request(request_id)
-            jobs = await tx.jobs_of(request_id) if request else []
+            request, jobs = await tx.request_and_jobs(request_id)
         if request is None:
             raise not_found("request")
         return request, jobs

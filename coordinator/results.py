@@ -192,8 +192,7 @@ class ResultIntake:
         # could both read "processing" and both pay. The ledger's lock (SQLite's write lock already)
         # makes each wait for the other's commit, and then read what it wrote.
         await tx.lock_ledger()
-        job = await tx.get_job(job_id)
-        request = await tx.get_request(job.request_id) if job else None
+        job, request = await tx.job_and_request(job_id)
         if job is None or request is None or job.state != "processing" or job.worker_id != worker.id:
             raise Aborted()
         return job, request

@@ -35,6 +35,10 @@ class Driver(Protocol):
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
 
+    async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """A write whose row count nobody reads: within a transaction it may be sent later, with the
+        transaction's next statement (PostgreSQL, storage/batch.py), but always before its next read."""
+
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None: ...

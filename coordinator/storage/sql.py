@@ -35,6 +35,18 @@ CACHED_HUNDREDTHS = "ROUND(kudos * 100)"
 # Add a count of hundredths (the parameter) and divide once: IEEE division is correctly rounded, so the
 # cache again holds the float nearest to the exact balance, with no error carried from earlier entries.
 NEW_BALANCE = f"({CACHED_HUNDREDTHS} + ?) / 100.0"
+# A request's row (`request_id` NULL), then its jobs' rows, in one result: the columns of both tables side by side.
+REQUEST_AND_JOBS = (
+    f"SELECT {', '.join(REQUEST_COLUMNS)}, info, NULL AS request_id, NULL AS idx, NULL AS worker_id, "
+    "NULL AS deadline, NULL AS requester, NULL AS charge FROM requests WHERE id = ? "
+    # A job's own id and state line up under the request's; the request's other columns are NULL for it.
+    f"UNION ALL SELECT {', '.join(c if c in ('id', 'state') else 'NULL' for c in REQUEST_COLUMNS)}, info, "
+    "request_id, idx, worker_id, deadline, requester, charge FROM jobs WHERE request_id = ? ORDER BY idx NULLS FIRST"
+)
+# A job's row and its request's (the request's columns prefixed `r_`), for `Tx.job_and_request`.
+JOB_AND_REQUEST = "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, " + \
+    ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info")) + \
+    " FROM jobs AS j LEFT JOIN requests AS r ON r.id = j.request_id"
 
 
 def _demand_values(entry: QueueEntry) -> list[Any]:
@@ -52,11 +64,14 @@ class Tx:
         # The ledger's head as this transaction last wrote it: a second append (a result pays the
         # node and charges the requester) needs no second read, since the lock is held until commit.
         self._ledger_head: tuple[int, str] | None = None
+        self._ledger_locked = False
 
     async def lock_ledger(self) -> None:
-        """Serialize ledger appends across processes (SQLite's write lock already does)."""
-        if self.dialect == "postgresql":
+        """Serialize ledger appends across processes (SQLite's write lock already does). Held until
+        commit, so taken once per transaction."""
+        if self.dialect == "postgresql" and not self._ledger_locked:
             await self.driver.execute("SELECT pg_advisory_xact_lock(7301)")
+            self._ledger_locked = True
 
     # --- accounts -------------------------------------------------------------------
     async def create_account(
@@ -129,8 +144,8 @@ class Tx:
             if await self.driver.execute(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?{guard}", args) != 1:
                 raise NotEnoughKudos(source)
         if target is not None:
-            await self.driver.execute(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?", (count, target))
-        await self.driver.execute(
+            await self.driver.write(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?", (count, target))
+        await self.driver.write(
             "INSERT INTO ledger (seq, created, kind, source, target, amount, reference, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (entry.seq, entry.created, entry.kind, entry.source, entry.target, entry.amount, entry.reference,
@@ -158,7 +173,7 @@ class Tx:
         )
 
     async def remember_transfer(self, source: int, key: str, seq: int, amount: float) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO transfers (source, idempotency_key, ledger_seq, amount) VALUES (?, ?, ?, ?)",
             (source, key, seq, amount),
         )
@@ -189,7 +204,7 @@ class Tx:
         """Save what changes as a node works (counters, maintenance), never its name or key:
         no uniqueness to check, unlike `save_worker`."""
         _values, info = split_record(worker, WORKER_COLUMNS)
-        await self.driver.execute("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
+        await self.driver.write("UPDATE workers SET info = ? WHERE id = ?", (info, worker.id))
 
     async def count_workers(self, owner_id: int) -> int:
         """The account's workers, online or not. On PostgreSQL the account's row stays locked until
@@ -210,7 +225,7 @@ class Tx:
     # --- requests and jobs ------------------------------------------------------------
     async def insert_request(self, request: RequestRecord) -> None:
         values, info = split_record(request, REQUEST_COLUMNS)
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO requests (id, account_id, created, updated, state, sharedkey, info) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (*values, info),
@@ -218,14 +233,14 @@ class Tx:
 
     async def update_request(self, request: RequestRecord) -> None:
         _values, info = split_record(request, REQUEST_COLUMNS)
-        await self.driver.execute(
+        await self.driver.write(
             "UPDATE requests SET updated = ?, state = ?, info = ? WHERE id = ?",
             (request.updated, request.state, info, request.id),
         )
 
     async def set_request_state(self, request: RequestRecord) -> None:
         """Save only the request's state and time (its body and the rest are unchanged)."""
-        await self.driver.execute(
+        await self.driver.write(
             "UPDATE requests SET updated = ?, state = ? WHERE id = ?", (request.updated, request.state, request.id)
         )
 
@@ -246,7 +261,7 @@ class Tx:
 
     async def save_job(self, job: JobRecord) -> None:
         _values, info = split_record(job, JOB_COLUMNS)
-        await self.driver.execute(
+        await self.driver.write(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ?",
             (job.state, job.worker_id, job.deadline, info, job.id),
         )
@@ -257,12 +272,29 @@ class Tx:
         # Queue rows before the job row: cancelling and faulting also go queue → jobs, so on
         # PostgreSQL the two wait for each other instead of deadlocking. A job that is not
         # waiting has no business in the queue, so the delete is right even if the claim fails.
-        await self.driver.execute("DELETE FROM queue WHERE job_id = ?", (job.id,))
+        await self.driver.write("DELETE FROM queue WHERE job_id = ?", (job.id,))
         claimed = await self.driver.execute(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ? AND state = 'waiting'",
             (job.state, job.worker_id, job.deadline, info, job.id),
         )
         return claimed == 1
+
+    async def job_and_request(self, job_id: str) -> tuple[JobRecord | None, RequestRecord | None]:
+        """A job and its request in one statement (a pop choosing it, a result settling it)."""
+        row = await self.driver.fetchone(f"SELECT {JOB_AND_REQUEST} WHERE j.id = ?", (job_id,))
+        if row is None:
+            return None, None
+        request = {column: row[f"r_{column}"] for column in (*REQUEST_COLUMNS, "info")}
+        job = job_from_row({key: value for key, value in row.items() if not key.startswith("r_")})
+        return job, join_record(RequestRecord, request, REQUEST_COLUMNS) if request["id"] is not None else None
+
+    async def request_and_jobs(self, request_id: str) -> tuple[RequestRecord | None, list[JobRecord]]:
+        """A request and its jobs in index order, in one statement (a check or a status)."""
+        rows = await self.driver.fetchall(REQUEST_AND_JOBS, (request_id, request_id))
+        if not rows or rows[0]["request_id"] is not None:  # the request's own row comes first
+            return None, []
+        request = join_record(RequestRecord, rows[0], REQUEST_COLUMNS)
+        return request, [job_from_row(row) for row in rows[1:]]
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self.driver.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -290,6 +322,18 @@ class Tx:
             (requester,),
         )
         return (int(row["n"]), round_kudos(row["reserved"])) if row else (0, 0.0)
+
+    async def requester_funds(self, requester: str, account_id: int | None) -> tuple[int, float, float | None]:
+        """`requester_load` and the account's balance (None: no such account, or anonymous), in one statement."""
+        row = await self.driver.fetchone(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(charge), 0) AS reserved, "
+            "(SELECT kudos FROM accounts WHERE id = ?) AS kudos FROM jobs "
+            "WHERE requester = ? AND state IN ('waiting', 'processing')",
+            (account_id, requester),
+        )
+        assert row is not None  # an aggregate always answers one row
+        balance = float(row["kudos"]) if row["kudos"] is not None else None
+        return int(row["n"]), round(float(row["reserved"]), 2), balance
 
     async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
         if not job_ids:
@@ -362,7 +406,7 @@ class Tx:
         return {row["id"]: json.loads(row["workers"]) if row["workers"] else [] for row in rows}
 
     async def dequeue_request(self, request_id: str) -> None:
-        await self.driver.execute("DELETE FROM queue WHERE request_id = ?", (request_id,))
+        await self.driver.write("DELETE FROM queue WHERE request_id = ?", (request_id,))
 
     async def queue_candidates(self, caps: WorkerCaps, per_model: int = CANDIDATES_PER_MODEL) -> list[Row]:
         """The best waiting rows for each model the node serves, filtered by what indexes can check."""
@@ -395,11 +439,12 @@ class Tx:
         A job that may run on several models has a row per model and counts once for each;
         counting distinct jobs instead would sort every row ahead (450 ms at 100k waiting).
         """
-        higher = await self.driver.fetchone("SELECT COUNT(*) AS n FROM queue WHERE tier > ?", (tier,))
-        same = await self.driver.fetchone(
-            "SELECT COUNT(*) AS n FROM queue WHERE tier = ? AND rank > ?", (tier, rank)
+        row = await self.driver.fetchone(
+            "SELECT (SELECT COUNT(*) FROM queue WHERE tier > ?) AS higher, "
+            "(SELECT COUNT(*) FROM queue WHERE tier = ? AND rank > ?) AS same",
+            (tier, tier, rank),
         )
-        return sum(int(row["n"]) for row in (higher, same) if row)
+        return int(row["higher"]) + int(row["same"]) if row else 0
 
     async def queue_by_model(self) -> list[Row]:
         """Per model: waiting jobs and their pixel-steps (a job that may run on several models counts
@@ -416,7 +461,7 @@ class Tx:
         return float(row["pixelsteps"] or 0) if row else 0.0
 
     async def record_fault(self, minute: int) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO fault_stats (minute, faults) VALUES (?, 1) ON CONFLICT (minute) DO UPDATE SET "
             "faults = fault_stats.faults + 1",
             (minute,),
@@ -437,14 +482,14 @@ class Tx:
         return int(row["n"]) if row else 0
 
     async def record_stats(self, minute: int, images: int, pixelsteps: float) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO stats (minute, images, ps) VALUES (?, ?, ?) ON CONFLICT (minute) DO UPDATE SET "
             "images = stats.images + excluded.images, ps = stats.ps + excluded.ps",
             (minute, images, pixelsteps),
         )
 
     async def record_model_stats(self, day: int, model: str) -> None:
-        await self.driver.execute(
+        await self.driver.write(
             "INSERT INTO model_stats (day, model, images) VALUES (?, ?, 1) ON CONFLICT (day, model) DO UPDATE SET "
             "images = model_stats.images + 1",
             (day, model),

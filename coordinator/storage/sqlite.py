@@ -52,6 +52,9 @@ class LoopDriver:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.connection.executemany(sql, rows)
 
+    async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self.connection.execute(sql, args)  # in-process: nothing to gain by holding it back
+
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
         row = self.connection.execute(sql, args).fetchone()
         return dict(row) if row is not None else None
