@@ -83,7 +83,7 @@ def _relay(broker: Broker):
 
     def on_event(channel: str, payload: str) -> None:
         if channel == "jobs":
-            broker.services.hub.wake_all_nodes()
+            broker.services.hub.jobs_announced(payload)
         elif channel == "request":
             broker.services.hub.request_changed(payload)
         elif channel == PROGRESS_CHANNEL:
