@@ -15,9 +15,11 @@ from coordinator.storage.records import Account, QueueEntry, Worker, WorkerCaps
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
-# What other processes and components change in the workers table (nodes registered elsewhere,
-# maintenance, counters) shows here within this long; this process's own pops show at once.
-ROSTER_RELOAD_SECONDS = 2.0
+# What other components change in the workers table (maintenance, counters, deletions) shows here
+# within this long. This process's pops show at once, and so do nodes registered (or changed) by
+# another process's pops, which that process announces. Reading every worker costs O(nodes): a
+# second of CPU per 10,000 on a loaded machine, so not often.
+ROSTER_RELOAD_SECONDS = 30.0
 ROSTER_SWEEP_SECONDS = 1.0  # how often nodes that went quiet leave the online list
 # A pop refreshes `last_seen`; writing it on every pop would cost a write per pop.
 LAST_SEEN_WRITE_INTERVAL = 15.0
@@ -190,19 +192,33 @@ class Roster:
             if new_for is not None and await tx.count_workers(new_for.id) >= (limit := worker_limit(new_for)):
                 raise too_many_workers(new_for, limit)
             await tx.save_worker(worker)
-        self._seen(worker)
+        if self._seen(worker):
+            await self.services.database.announce("worker", worker.id)  # other processes: `changed`
 
-    def _seen(self, worker: Worker) -> None:
-        """A node popped: update its entry. Its last-seen time alone changes nothing in the lists (the
-        entry they hold is updated in place); what it can do, or its coming online, rebuilds them."""
+    def _seen(self, worker: Worker) -> bool:
+        """A node popped: update its entry; True when more than its last-seen time changed. Its
+        last-seen time alone changes nothing in the lists (the entry they hold is updated in place);
+        what it can do, or its coming online, rebuilds them."""
         known = self._known.get(worker.id)
-        if known is not None and replace(known, last_seen=worker.last_seen) == worker:
-            known.last_seen = worker.last_seen
-        else:
+        news = known is None or replace(known, last_seen=worker.last_seen) != worker
+        if news:
             self._known[worker.id] = worker
             self._view = None
+        else:
+            known.last_seen = worker.last_seen
         if worker.id not in self._online_ids and self._is_online(worker, self.services.clock()):
             self._online_ids.add(worker.id)
+            self._view = None
+        return news
+
+    async def changed(self, worker_id: str) -> None:
+        """Another process registered or changed this node: read that one row."""
+        async with self.services.database.reader() as tx:
+            worker = await tx.worker_by("id", worker_id)
+        if worker is not None:
+            self._seen(worker)
+        elif self._known.pop(worker_id, None) is not None:
+            self._online_ids.discard(worker_id)
             self._view = None
 
     def _is_online(self, worker: Worker, now: float) -> bool:
