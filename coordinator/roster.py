@@ -2,11 +2,12 @@
 short-lived in-memory view of who is online (for `is_possible`, ETAs and `/status/models`)."""
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from coordinator.auth import Caller, require_account
-from coordinator.capabilities import declared
+from coordinator.capabilities import DEMAND_COLUMNS, declared
 from coordinator.errors import HordeError
 from coordinator.events import can_serve
 from coordinator.services import Services
@@ -21,6 +22,7 @@ from protocol.jobs import PopRequest
 # second of CPU per 10,000 on a loaded machine, so not often.
 ROSTER_RELOAD_SECONDS = 30.0
 ROSTER_SWEEP_SECONDS = 1.0  # how often nodes that went quiet leave the online list
+ABLE_CACHED = 4096  # answers of `Roster.able` kept while the online nodes stay the same
 # A pop refreshes `last_seen`; writing it on every pop would cost a write per pop.
 LAST_SEEN_WRITE_INTERVAL = 15.0
 # Far above any request (3072×3072), and within a 32-bit database integer, whatever a node claims.
@@ -252,6 +254,16 @@ class Roster:
         """The online nodes that could serve `entry` (for warnings, `is_possible` and ETAs): only those
         serving one of its models are looked at."""
         view = await self._current()
+        key = demand_key(entry)
+        able = view.able.get(key)
+        if able is None:
+            if len(view.able) >= ABLE_CACHED:
+                view.able.clear()
+            able = view.able[key] = self._able(view, entry)
+        return able
+
+    @staticmethod
+    def _able(view: "OnlineView", entry: QueueEntry) -> list[Worker]:
         if len(entry.models) == 1:
             pairs = view.by_model.get(entry.models[0], [])
         elif entry.models:  # a node serving several of them is looked at once
@@ -261,6 +273,13 @@ class Roster:
         return [worker for worker, caps in pairs if can_serve(caps, entry)]
 
 
+def demand_key(entry: QueueEntry) -> tuple[Any, ...]:
+    """What decides which nodes can serve `entry` (every `can_serve` input): a request's checks and
+    its images ask the same question while the online nodes stay the same."""
+    demands = tuple(getattr(entry, column) for column in DEMAND_COLUMNS)
+    return tuple(entry.models), demands, tuple(entry.workers), entry.worker_blacklist, tuple(entry.excluded)
+
+
 @dataclass(frozen=True)
 class OnlineView:
     """The online nodes, by name, with what they can do, and indexed by model."""
@@ -268,6 +287,7 @@ class OnlineView:
     workers: list[Worker]
     pairs: list[tuple[Worker, WorkerCaps]]
     by_model: dict[str, list[tuple[Worker, WorkerCaps]]]
+    able: dict[tuple[Any, ...], list[Worker]] = field(default_factory=dict)  # `Roster.able` by demand
 
     @classmethod
     def of(cls, workers: list[Worker]) -> "OnlineView":
