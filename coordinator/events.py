@@ -247,6 +247,8 @@ def read_jobs_message(message: str) -> list[QueueEntry]:
 
 
 async def wait_for(event: asyncio.Event, timeout: float) -> bool:
+    # asyncio.timeout, not asyncio.wait_for: no task per waiter (thousands of nodes park at once).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     return event.is_set()
