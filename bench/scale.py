@@ -11,7 +11,7 @@ answering with its job (the dispatch a requester waits for); the coordinator's R
 with every node parked less RSS with them registered and none parked, over N).
 
 On PostgreSQL with 2 processes, nodes and requesters are split over both. Then a second phase measures
-what a request costs the OTHER process: requests on process 0 for a model only one node of process 0
+what a request costs the OTHER process: requests on process 0 for a model only a few nodes of process 0
 serves, while process 1's nodes stay parked; process 1's CPU in that phase less its CPU over an idle
 phase as long, per request.
 
@@ -55,6 +55,8 @@ MODELS = [f"scale-{i}" for i in range(10)]
 SOLO_MODEL = "scale-solo"  # served by one node of process 0 only (the other-process phase)
 WORKERS_PER_OWNER = 3  # an untrusted account's limit (coordinator/roster.py)
 POP_WAIT = 20.0
+CHECK_FOR = 30.0  # seconds a requester checks its request before giving up on it
+SOLO_NODES = 4
 IMAGE = tiny_webp()
 IMAGE_SHA = sha256_hex(IMAGE)
 IMAGE_B64 = base64.b64encode(IMAGE).decode()
@@ -145,7 +147,8 @@ async def request_one(run: Run, process: int, apikey: str, model: str) -> None:
         return
     run.generate.append(now() - before)
     run.accepted[request_digest(answer["id"])] = now()
-    for _ in range(200):
+    deadline = now() + CHECK_FOR
+    while now() < deadline:
         await asyncio.sleep(0.2)
         before = now()
         status, check = await api.call("GET", f"/v2/generate/check/{answer['id']}", label="check", apikey=apikey)
@@ -180,7 +183,8 @@ async def start_cluster(
     owners = [f"owner-{i}" for i in range((nodes + WORKERS_PER_OWNER) // WORKERS_PER_OWNER + 1)]
     requesters = [f"requester-{i}" for i in range(8)]
     first = workdir / "coordinator-0"
-    keys = await create_accounts(first, db, [*owners, *requesters, "solo-owner"], kudos=1_000_000)
+    solo_owners = [f"solo-owner-{i}" for i in range(SOLO_NODES)]
+    keys = await create_accounts(first, db, [*owners, *requesters, *solo_owners], kudos=1_000_000)
     coordinators = []
     limits = ["--connections-per-ip", "1000000", "--long-polls-per-ip", "1000000", "--header-timeout", "60"]
     for index in range(processes):
@@ -238,9 +242,10 @@ async def scenario(
 
 async def other_process_cpu(args: Any, run: Run, coordinators: list[Coordinator], requesters: list[str]) -> float:
     """Process 1's CPU per request queued on process 0 for a model none of process 1's nodes serve."""
-    solo = Node("scale-solo-node", "solo-owner", SOLO_MODEL, 0)
-    await pop(run, solo, 0)  # registered before the idle phase
-    solo_loop = asyncio.create_task(node_loop(run, solo))
+    solos = [Node(f"scale-solo-node-{i}", f"solo-owner-{i}", SOLO_MODEL, 0) for i in range(SOLO_NODES)]
+    for solo in solos:
+        await pop(run, solo, 0)  # registered before the idle phase
+    solo_loops = [asyncio.create_task(node_loop(run, solo)) for solo in solos]
     seconds = max(2.0, args.seconds / 2)
     other = coordinators[1]
     try:
@@ -254,8 +259,9 @@ async def other_process_cpu(args: Any, run: Run, coordinators: list[Coordinator]
         idle *= (now() - started) / seconds  # the busy phase ran a little longer (its last checks)
         return round(max(0.0, busy - idle) * 1000 / max(sent, 1), 3)
     finally:
-        solo_loop.cancel()
-        await asyncio.gather(solo_loop, return_exceptions=True)
+        for task in solo_loops:
+            task.cancel()
+        await asyncio.gather(*solo_loops, return_exceptions=True)
 
 
 async def register(run: Run, nodes: list[Node], concurrency: int = 16) -> None:
