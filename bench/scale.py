@@ -110,10 +110,13 @@ async def pop(run: Run, node: Node, wait: float) -> dict[str, Any] | None:
     return answer if status == 200 else None
 
 
-async def node_loop(run: Run, node: Node) -> None:
-    """Long-poll; submit each job at once; poll again."""
+async def node_loop(run: Run, node: Node, first_wait: float = POP_WAIT) -> None:
+    """Long-poll; submit each job at once; poll again. `first_wait` spreads the nodes' re-polls over
+    POP_WAIT (all started together, they would otherwise all poll again in the same moment)."""
+    wait = first_wait
     while not run.stopping:
-        answer = await pop(run, node, POP_WAIT)
+        answer = await pop(run, node, wait)
+        wait = POP_WAIT
         if answer is None:
             await asyncio.sleep(1.0)  # an error: counted by Api; do not spin
             continue
@@ -214,7 +217,8 @@ async def scenario(
     try:
         await register(run, nodes)
         registered = [c.sample().rss_kb for c in coordinators]
-        loops = [asyncio.create_task(node_loop(run, node)) for node in nodes]
+        spread = random.Random(3)
+        loops = [asyncio.create_task(node_loop(run, node, spread.uniform(1.0, POP_WAIT))) for node in nodes]
         await asyncio.sleep(args.settle)  # every node sends its pop and parks
         parked = [c.sample().rss_kb for c in coordinators]
         sent = await requests_at(run, args.rate, args.seconds, requesters, list(range(processes)), MODELS)
