@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -78,15 +78,18 @@ def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.App
     return app
 
 
-def _relay(broker: Broker):
+def _relay(broker: Broker) -> Callable[[str, str], Awaitable[None] | None]:
     """Feed other processes' announcements into this process's wake-ups."""
 
-    def on_event(channel: str, payload: str) -> None:
+    def on_event(channel: str, payload: str) -> Awaitable[None] | None:
         if channel == "jobs":
-            broker.services.hub.wake_all_nodes()
+            broker.services.hub.jobs_announced(payload)
         elif channel == "request":
             broker.services.hub.request_changed(payload)
+        elif channel == "worker":
+            return broker.roster.changed(payload)
         elif channel == PROGRESS_CHANNEL:
             broker.live.relayed(payload)
+        return None
 
     return on_event

@@ -8,6 +8,7 @@ from typing import Any
 from coordinator.auth import Caller
 from coordinator.capabilities import any_model, row_skip_reason
 from coordinator.errors import HordeError
+from coordinator.events import queue_announced
 from coordinator.lifecycle import excluded, release_job
 from coordinator.metrics import DISPATCH_LATENCY
 from coordinator.preferences import favoured_first, favoured_requesters, refusal_reason, refused_rows
@@ -90,11 +91,13 @@ class Dispatcher:
         deadline = time.monotonic() + pop.wait
         with self.services.hub.job_waiter(caps) as waiter:
             while True:
-                waiter.woken.clear()
-                answer = await self._claim_for_connection(caps, worker, pop.amount, base_url)
+                offer = waiter.take()
+                # Most pops of a busy network find the queue empty (nodes wait for work): look without
+                # taking the write lock first.
+                servable = await self._anything_for(caps)
+                answer = await self._claim_for_connection(caps, worker, pop.amount, base_url) if servable else None
+                self.services.hub.settle(offer, gone=not servable)  # the job it was woken for, if any
                 if answer is not None:
-                    if waiter.woken.is_set():
-                        self.services.hub.pass_on(caps)
                     return answer
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.services.hub.closing or not await waiter.wait(remaining):
@@ -115,6 +118,7 @@ class Dispatcher:
                 waited = self.services.clock() - claimed[0].created
                 for _job in claimed[1]:
                     DISPATCH_LATENCY.observe(max(waited, 0.0))
+                self.services.hub.claimed(job.id for job in claimed[1])
                 # `processing` changed: checks and streams waiting on the request answer now.
                 self.services.hub.request_changed(claimed[0].id)
                 await self.services.database.announce("request", claimed[0].id)
@@ -135,18 +139,15 @@ class Dispatcher:
             await tx.lock_ledger()  # serializes job-state changes across processes, as submit and upkeep do
             entries = [entry for job in jobs if (entry := await release_job(tx, job, request))]
         if entries:
-            self.services.hub.jobs_queued(entries)
-            await self.services.database.announce("jobs", request.id)
+            await queue_announced(self.services.hub, self.services.database, entries)
+
+    async def _anything_for(self, caps: WorkerCaps) -> bool:
+        async with self.services.database.reader() as tx:
+            return bool(await tx.queue_candidates(caps, 1))
 
     async def _claim(
         self, caps: WorkerCaps, worker: Worker, amount: int
     ) -> tuple[RequestRecord, list[JobRecord]] | None:
-        # Most pops of a busy network find the queue empty (nodes wait for work): on SQLite, look without
-        # taking the write lock first. (A PostgreSQL transaction locks nothing before its first write.)
-        if self.services.database.dialect == "sqlite":
-            async with self.services.database.reader() as tx:
-                if not await tx.queue_candidates(caps, 1):
-                    return None
         async with self.services.database.transaction() as tx:
             tried: set[str] = set()
             per_model = CANDIDATES_PER_MODEL

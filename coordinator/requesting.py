@@ -10,7 +10,7 @@ from coordinator.auth import Caller
 from coordinator.capabilities import refusal
 from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
-from coordinator.events import wait_for
+from coordinator.events import queue_announced, wait_for
 from coordinator.outlook import Outlooks
 from coordinator.preferences import is_unsafe
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
@@ -109,9 +109,8 @@ class RequestDesk:
         except BaseException:
             await self._forget_sources(request)
             raise
-        self.services.hub.jobs_queued(entries)
         self.outlooks.arrived(request, len(jobs))
-        await self.services.database.announce("jobs", request.id)
+        await queue_announced(self.services.hub, self.services.database, entries)
         return RequestAccepted(id=request.id, kudos=total, warnings=await self._warnings(entries[0]))
 
     @staticmethod

@@ -14,6 +14,7 @@ from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.escrow import hold
 from coordinator.estimates import job_megapixelsteps, record_speed
+from coordinator.events import queue_announced
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.outlook import ServiceLevels
 from coordinator.services import Services
@@ -181,8 +182,7 @@ class ResultIntake:
             job, request = await self._current(tx, job_id, worker)
             entry = await requeue_or_fault(tx, job, request, self.services.config.max_job_faults, now, reason)
         if entry is not None:
-            self.services.hub.jobs_queued([entry])
-            await self.services.database.announce("jobs", request.id)
+            await queue_announced(self.services.hub, self.services.database, [entry])
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
 

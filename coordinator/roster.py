@@ -2,11 +2,12 @@
 short-lived in-memory view of who is online (for `is_possible`, ETAs and `/status/models`)."""
 
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from coordinator.auth import Caller, require_account
-from coordinator.capabilities import declared
+from coordinator.capabilities import DEMAND_COLUMNS, declared
 from coordinator.errors import HordeError
 from coordinator.events import can_serve
 from coordinator.services import Services
@@ -15,7 +16,13 @@ from coordinator.storage.records import Account, QueueEntry, Worker, WorkerCaps
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
-ROSTER_REFRESH_SECONDS = 2.0
+# What other components change in the workers table (maintenance, counters, deletions) shows here
+# within this long. This process's pops show at once, and so do nodes registered (or changed) by
+# another process's pops, which that process announces. Reading every worker costs O(nodes): a
+# second of CPU per 10,000 on a loaded machine, so not often.
+ROSTER_RELOAD_SECONDS = 30.0
+ROSTER_SWEEP_SECONDS = 1.0  # how often nodes that went quiet leave the online list
+ABLE_CACHED = 4096  # answers of `Roster.able` kept while the online nodes stay the same
 # A pop refreshes `last_seen`; writing it on every pop would cost a write per pop.
 LAST_SEEN_WRITE_INTERVAL = 15.0
 # Far above any request (3072×3072), and within a 32-bit database integer, whatever a node claims.
@@ -101,11 +108,20 @@ def wrong_credentials(message: str) -> HordeError:
 
 
 class Roster:
+    """Also this process's view of who is online, kept up to date as nodes pop: a pop (a node's
+    last-seen time) updates its one entry, never the list. The workers table is read whole only
+    every ROSTER_RELOAD_SECONDS, for what other processes and other components changed (`loads`
+    counts those reads). Online lists and the per-model index are rebuilt only when who is online,
+    or what one of them can do, changed."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._online: list[Worker] = []
-        self._online_caps: list[tuple[Worker, WorkerCaps]] = []
+        self.loads = 0  # whole reads of the workers table
+        self._known: dict[str, Worker] = {}  # every worker, as last seen by this process
+        self._online_ids: set[str] = set()
+        self._view: OnlineView | None = None  # None: membership or capabilities changed since built
         self._loaded_at = float("-inf")
+        self._swept_at = float("-inf")
 
     async def register(self, caller: Caller, pop: PopRequest) -> Worker:
         """The worker behind this pop, created or updated from what the pop says it can do."""
@@ -135,6 +151,8 @@ class Roster:
             now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL
         ):
             await self._save(worker, None if existing else account)
+        else:
+            self._seen(worker)
         return worker
 
     @staticmethod
@@ -176,25 +194,106 @@ class Roster:
             if new_for is not None and await tx.count_workers(new_for.id) >= (limit := worker_limit(new_for)):
                 raise too_many_workers(new_for, limit)
             await tx.save_worker(worker)
-        self._loaded_at = float("-inf")
+        if self._seen(worker):
+            await self.services.database.announce("worker", worker.id)  # other processes: `changed`
 
-    async def online(self) -> list[Worker]:
+    def _seen(self, worker: Worker) -> bool:
+        """A node popped: update its entry; True when more than its last-seen time changed. Its
+        last-seen time alone changes nothing in the lists (the entry they hold is updated in place);
+        what it can do, or its coming online, rebuilds them."""
+        known = self._known.get(worker.id)
+        news = known is None or replace(known, last_seen=worker.last_seen) != worker
+        if known is None or news:
+            self._known[worker.id] = worker
+            self._view = None
+        else:
+            known.last_seen = worker.last_seen
+        if worker.id not in self._online_ids and self._is_online(worker, self.services.clock()):
+            self._online_ids.add(worker.id)
+            self._view = None
+        return news
+
+    async def changed(self, worker_id: str) -> None:
+        """Another process registered or changed this node: read that one row."""
+        async with self.services.database.reader() as tx:
+            worker = await tx.worker_by("id", worker_id)
+        if worker is not None:
+            self._seen(worker)
+        elif self._known.pop(worker_id, None) is not None:
+            self._online_ids.discard(worker_id)
+            self._view = None
+
+    def _is_online(self, worker: Worker, now: float) -> bool:
+        return worker.last_seen >= now - self.services.config.worker_online_seconds and not in_maintenance(worker, now)
+
+    async def _current(self) -> "OnlineView":
         now = self.services.clock()
-        if now - self._loaded_at > ROSTER_REFRESH_SECONDS:
+        if now - self._loaded_at > ROSTER_RELOAD_SECONDS:
             async with self.services.database.reader() as tx:
                 workers = await tx.list_workers()
-            cutoff = now - self.services.config.worker_online_seconds
-            self._online = [w for w in workers if w.last_seen >= cutoff and not in_maintenance(w, now)]
-            self._online_caps = [(worker, WorkerCaps.of(worker)) for worker in self._online]
-            self._loaded_at = now
-        return self._online
+            self.loads += 1
+            self._known = {worker.id: worker for worker in workers}
+            self._loaded_at, self._swept_at, self._view = now, float("-inf"), None
+        if now - self._swept_at > ROSTER_SWEEP_SECONDS:  # who went quiet, whose maintenance ended
+            online = {worker.id for worker in self._known.values() if self._is_online(worker, now)}
+            if online != self._online_ids:
+                self._online_ids, self._view = online, None
+            self._swept_at = now
+        if self._view is None:
+            self._view = OnlineView.of(sorted((self._known[i] for i in self._online_ids), key=lambda w: w.name))
+        return self._view
+
+    async def online(self) -> list[Worker]:
+        return (await self._current()).workers
 
     async def online_caps(self) -> list[tuple[Worker, WorkerCaps]]:
         """The online nodes with what they can do (for the wait forecast)."""
-        await self.online()
-        return self._online_caps
+        return (await self._current()).pairs
 
     async def able(self, entry: QueueEntry) -> list[Worker]:
-        """The online nodes that could serve `entry` (for warnings, `is_possible` and ETAs)."""
-        await self.online()
-        return [worker for worker, caps in self._online_caps if can_serve(caps, entry)]
+        """The online nodes that could serve `entry` (for warnings, `is_possible` and ETAs): only those
+        serving one of its models are looked at."""
+        view = await self._current()
+        key = demand_key(entry)
+        able = view.able.get(key)
+        if able is None:
+            if len(view.able) >= ABLE_CACHED:
+                view.able.clear()
+            able = view.able[key] = self._able(view, entry)
+        return able
+
+    @staticmethod
+    def _able(view: "OnlineView", entry: QueueEntry) -> list[Worker]:
+        if len(entry.models) == 1:
+            pairs = view.by_model.get(entry.models[0], [])
+        elif entry.models:  # a node serving several of them is looked at once
+            pairs = list({id(p[0]): p for model in entry.models for p in view.by_model.get(model, ())}.values())
+        else:
+            pairs = view.pairs
+        return [worker for worker, caps in pairs if can_serve(caps, entry)]
+
+
+def demand_key(entry: QueueEntry) -> tuple[Any, ...]:
+    """What decides which nodes can serve `entry` (every `can_serve` input): a request's checks and
+    its images ask the same question while the online nodes stay the same."""
+    demands = tuple(getattr(entry, column) for column in DEMAND_COLUMNS)
+    return tuple(entry.models), demands, tuple(entry.workers), entry.worker_blacklist, tuple(entry.excluded)
+
+
+@dataclass(frozen=True)
+class OnlineView:
+    """The online nodes, by name, with what they can do, and indexed by model."""
+
+    workers: list[Worker]
+    pairs: list[tuple[Worker, WorkerCaps]]
+    by_model: dict[str, list[tuple[Worker, WorkerCaps]]]
+    able: dict[tuple[Any, ...], list[Worker]] = field(default_factory=dict)  # `Roster.able` by demand
+
+    @classmethod
+    def of(cls, workers: list[Worker]) -> "OnlineView":
+        pairs = [(worker, WorkerCaps.of(worker)) for worker in workers]
+        by_model: dict[str, list[tuple[Worker, WorkerCaps]]] = {}
+        for pair in pairs:
+            for model in pair[0].models:
+                by_model.setdefault(model, []).append(pair)
+        return cls(workers, pairs, by_model)

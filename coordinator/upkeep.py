@@ -7,6 +7,7 @@ import logging
 
 from coordinator.canaries import Canaries
 from coordinator.escrow import hold, release_due
+from coordinator.events import queue_announced
 from coordinator.lifecycle import TIME_LIMIT_EXCEEDED, fault_request, requeue_or_fault
 from coordinator.results import upload_name
 from coordinator.roster import count_missed_deadline, lift_maintenance, maintenance_over
@@ -157,8 +158,7 @@ class Upkeep:
 
     async def _announce(self, requeued: list[QueueEntry], touched: set[str]) -> None:
         if requeued:
-            self.services.hub.jobs_queued(requeued)
-            await self.services.database.announce("jobs", "requeued")
+            await queue_announced(self.services.hub, self.services.database, requeued)
         for request_id in touched:
             self.services.hub.request_changed(request_id)
             await self.services.database.announce("request", request_id)

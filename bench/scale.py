@@ -1,0 +1,353 @@
+"""Many nodes online at once: N nodes long-polling together while requests arrive at a steady rate.
+
+Every node is a raw HTTP client with its own signing key: it long-polls `/generate/pop` (`wait`), and
+submits a signed result at once for every job it gets, then polls again; so all N are parked in the
+coordinator whenever they have nothing to do. Each node serves one of MODELS; each request (n=1, 64×64)
+asks for one of them at random, so a job can be served by about N/len(MODELS) of the parked nodes.
+Requesters check each request (no wait) until it is done.
+
+Reported: generate, check and submit p50/p99; "pop" is the time from a request's 202 to a node's pop
+answering with its job (the dispatch a requester waits for); the coordinator's RSS per parked node (RSS
+with every node parked less RSS with them registered and none parked, over N).
+
+On PostgreSQL with 2 processes, nodes and requesters are split over both. Then a second phase measures
+what a request costs the OTHER process: requests on process 0 for a model only a few nodes of process 0
+serves, while process 1's nodes stay parked; process 1's CPU in that phase less its CPU over an idle
+phase as long, per request.
+
+    python bench/scale.py                                   # SQLite: 1, 1,000 and 10,000 nodes
+    python bench/scale.py --db postgresql://postgres@127.0.0.1/postgres --processes 1,2 --nodes 1000
+    python bench/scale.py --short                           # CI: 50 nodes, a few seconds, sanity only
+
+Full mode exits non-zero when a target (TARGETS) is missed; short mode only checks that jobs flow.
+"""
+
+import asyncio
+import base64
+import random
+import resource
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/scale.py` from anywhere
+
+from bench.common import (
+    Api,
+    Coordinator,
+    Report,
+    base_parser,
+    bench_database,
+    create_accounts,
+    is_postgres,
+    now,
+    summary,
+    table,
+    temporary_dir,
+    tiny_webp,
+)
+from protocol.keys import Identity
+from protocol.provenance import ResultDocument, request_digest, sha256_hex, sign_result
+
+MODELS = [f"scale-{i}" for i in range(10)]
+SOLO_MODEL = "scale-solo"  # served by one node of process 0 only (the other-process phase)
+WORKERS_PER_OWNER = 3  # an untrusted account's limit (coordinator/roster.py)
+POP_WAIT = 20.0
+CHECK_FOR = 30.0  # seconds a requester checks its request before giving up on it
+SOLO_NODES = 4
+IMAGE = tiny_webp()
+IMAGE_SHA = sha256_hex(IMAGE)
+IMAGE_B64 = base64.b64encode(IMAGE).decode()
+TARGETS = {
+    "sqlite_generate_p99_ms": 20.0,  # at the most nodes measured
+    "sqlite_generate_p99_ratio": 2.0,  # most nodes / 1 node
+    "rss_bytes_per_parked_node": 10 * 1024,
+    "pg2_submit_p99_ms": 50.0,
+    "pg2_other_cpu_ms_per_request": 1.0,
+}
+
+
+@dataclass
+class Node:
+    name: str
+    owner: str
+    model: str
+    process: int
+    identity: Identity = field(default_factory=Identity.generate)
+
+    def body(self, wait: float) -> dict[str, Any]:
+        return {"name": self.name, "models": [self.model], "max_pixels": 512 * 512, "amount": 1, "wait": wait,
+                "bridge_agent": "scale-bench:1:local"}  # fmt: skip
+
+
+@dataclass
+class Run:
+    """What one scenario's clients saw."""
+
+    apis: list[Api]
+    keys: dict[str, str]
+    generate: list[float] = field(default_factory=list)
+    check: list[float] = field(default_factory=list)
+    submit: list[float] = field(default_factory=list)
+    dispatch: list[float] = field(default_factory=list)
+    accepted: dict[str, float] = field(default_factory=dict)  # request id → when its 202 arrived
+    jobs: int = 0
+    stopping: bool = False
+
+
+def raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def pop(run: Run, node: Node, wait: float) -> dict[str, Any] | None:
+    api = run.apis[node.process]
+    status, answer = await api.call("POST", "/v2/generate/pop", node.body(wait), label="pop",
+                                    apikey=run.keys[node.owner], identity=node.identity)  # fmt: skip
+    return answer if status == 200 else None
+
+
+async def node_loop(run: Run, node: Node, first_wait: float = POP_WAIT) -> None:
+    """Long-poll; submit each job at once; poll again. `first_wait` spreads the nodes' re-polls over
+    POP_WAIT (all started together, they would otherwise all poll again in the same moment)."""
+    wait = first_wait
+    while not run.stopping:
+        answer = await pop(run, node, wait)
+        wait = POP_WAIT
+        if answer is None:
+            await asyncio.sleep(1.0)  # an error: counted by Api; do not spin
+            continue
+        for index, job_id in enumerate(answer.get("ids") or []):
+            request_id = answer["jobs"][index]["document"]["request_sha256"]
+            seed = answer["jobs"][index]["document"]["payload"]["seed"]
+            await submit(run, node, job_id, seed, request_id)
+
+
+async def submit(run: Run, node: Node, job_id: str, seed: str, request_digest: str) -> None:
+    accepted = run.accepted.get(request_digest)
+    if accepted is not None:
+        run.dispatch.append(now() - accepted)
+    document = ResultDocument(job_id=job_id, image_sha256=IMAGE_SHA, seed=seed, state="ok")
+    body = {"id": job_id, "generation": IMAGE_B64, "state": "ok", "seed": seed,
+            "signature": sign_result(node.identity, document)}  # fmt: skip
+    before = now()
+    status, _ = await run.apis[node.process].call("POST", "/v2/generate/submit", body, label="submit",
+                                                  apikey=run.keys[node.owner], identity=node.identity)  # fmt: skip
+    if status == 200:
+        run.submit.append(now() - before)
+        run.jobs += 1
+
+
+async def request_one(run: Run, process: int, apikey: str, model: str) -> None:
+    api = run.apis[process]
+    body = {"prompt": "a lighthouse", "models": [model], "params": {"width": 64, "height": 64, "steps": 4, "n": 1}}
+    before = now()
+    status, answer = await api.call("POST", "/v2/generate/async", body, label="generate", apikey=apikey)
+    if status != 202:
+        return
+    run.generate.append(now() - before)
+    run.accepted[request_digest(answer["id"])] = now()
+    deadline = now() + CHECK_FOR
+    while now() < deadline:
+        await asyncio.sleep(0.2)
+        before = now()
+        status, check = await api.call("GET", f"/v2/generate/check/{answer['id']}", label="check", apikey=apikey)
+        run.check.append(now() - before)
+        if status != 200 or check.get("done"):
+            return
+
+
+async def requests_at(
+    run: Run, rate: float, seconds: float, requesters: list[str], processes: list[int], models: list[str]
+) -> int:
+    """Requests at a steady rate, each on one of `processes`, for one of `models`; waits for them all."""
+    rng = random.Random(7)
+    tasks, started = [], now()
+    for index in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + index / rate - now()))
+        process = processes[index % len(processes)]
+        tasks.append(asyncio.create_task(request_one(run, process, requesters[index % len(requesters)],
+                                                     rng.choice(models))))  # fmt: skip
+    await asyncio.gather(*tasks)
+    return len(tasks)
+
+
+def make_nodes(count: int, processes: int) -> list[Node]:
+    return [Node(f"scale-node-{i}", f"owner-{i // WORKERS_PER_OWNER}", MODELS[i % len(MODELS)], i % processes)
+            for i in range(count)]  # fmt: skip
+
+
+async def start_cluster(
+    workdir: Path, db: str | None, processes: int, nodes: int, profile: str | None = None
+) -> tuple[list[Coordinator], dict[str, str]]:
+    owners = [f"owner-{i}" for i in range((nodes + WORKERS_PER_OWNER) // WORKERS_PER_OWNER + 1)]
+    requesters = [f"requester-{i}" for i in range(8)]
+    first = workdir / "coordinator-0"
+    solo_owners = [f"solo-owner-{i}" for i in range(SOLO_NODES)]
+    keys = await create_accounts(first, db, [*owners, *requesters, *solo_owners], kudos=1_000_000)
+    coordinators = []
+    limits = ["--connections-per-ip", "1000000", "--long-polls-per-ip", "1000000", "--header-timeout", "60"]
+    for index in range(processes):
+        data_dir = workdir / f"coordinator-{index}"
+        if index:
+            data_dir.mkdir(parents=True)
+            for name in ("coordinator.key", "secret.key"):
+                shutil.copy2(first / name, data_dir / name)
+        profile_out = workdir.parent / f"scale-{nodes}-{index}.prof" if profile else None
+        coordinators.append(
+            Coordinator(data_dir, db, extra_args=limits, profile=profile, profile_out=profile_out).start()
+        )
+    return coordinators, keys
+
+
+async def scenario(
+    args: Any, report: Report, workdir: Path, db: str | None, processes: int, count: int
+) -> dict[str, Any]:
+    coordinators, keys = await start_cluster(workdir, db, processes, count, args.profile)
+    apis = [Api(c.url, report.errors, timeout=POP_WAIT + 30) for c in coordinators]
+    for api in apis:
+        await api.__aenter__()
+    run = Run(apis, keys)
+    requesters = [keys[f"requester-{i}"] for i in range(8)]
+    nodes = make_nodes(count, processes)
+    loops: list[asyncio.Task[None]] = []
+    try:
+        await register(run, nodes)
+        registered = [c.sample().rss_kb for c in coordinators]
+        spread = random.Random(3)
+        loops = [asyncio.create_task(node_loop(run, node, spread.uniform(1.0, POP_WAIT))) for node in nodes]
+        await asyncio.sleep(args.settle)  # every node sends its pop and parks
+        parked = [c.sample().rss_kb for c in coordinators]
+        sent = await requests_at(run, args.rate, args.seconds, requesters, list(range(processes)), MODELS)
+        row: dict[str, Any] = {
+            "engine": "postgresql" if is_postgres(db) else "sqlite", "processes": processes, "nodes": count,
+            "requests": sent, "jobs": run.jobs,
+            "rss_bytes_per_parked_node": round(sum(parked) * 1024 / count - sum(registered) * 1024 / count)
+            if count >= 100 else None,
+            **{name: summary(values) for name, values in
+               (("generate", run.generate), ("check", run.check), ("pop", run.dispatch), ("submit", run.submit))},
+        }  # fmt: skip
+        if processes > 1:
+            row["other_cpu_ms_per_request"] = await other_process_cpu(args, run, coordinators, requesters)
+        return row
+    finally:
+        run.stopping = True
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for api in apis:
+            await api.__aexit__()
+        for coordinator in coordinators:
+            coordinator.stop(grace=None if args.profile else 1.0)
+
+
+async def other_process_cpu(args: Any, run: Run, coordinators: list[Coordinator], requesters: list[str]) -> float:
+    """Process 1's CPU per request queued on process 0 for a model none of process 1's nodes serve."""
+    solos = [Node(f"scale-solo-node-{i}", f"solo-owner-{i}", SOLO_MODEL, 0) for i in range(SOLO_NODES)]
+    for solo in solos:
+        await pop(run, solo, 0)  # registered before the idle phase
+    solo_loops = [asyncio.create_task(node_loop(run, solo)) for solo in solos]
+    seconds = max(2.0, args.seconds / 2)
+    other = coordinators[1]
+    try:
+        idle_before = other.sample().cpu_seconds
+        await asyncio.sleep(seconds)
+        idle = other.sample().cpu_seconds - idle_before
+        busy_before = other.sample().cpu_seconds
+        started = now()
+        sent = await requests_at(run, args.rate, seconds, requesters[:1], [0], [SOLO_MODEL])
+        busy = other.sample().cpu_seconds - busy_before
+        idle *= (now() - started) / seconds  # the busy phase ran a little longer (its last checks)
+        return round(max(0.0, busy - idle) * 1000 / max(sent, 1), 3)
+    finally:
+        for task in solo_loops:
+            task.cancel()
+        await asyncio.gather(*solo_loops, return_exceptions=True)
+
+
+async def register(run: Run, nodes: list[Node], concurrency: int = 16) -> None:
+    """One pop each on an empty queue: the nodes exist (and are online) before the measure starts."""
+    pending = list(nodes)
+
+    async def one() -> None:
+        while pending:
+            await pop(run, pending.pop(), 0)
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+
+
+def check_targets(rows: list[dict[str, Any]], report: Report, short: bool) -> None:
+    for row in rows:
+        if row["nodes"] >= 50 and row["jobs"] < row["requests"] * 0.9:  # one node cannot keep up by design
+            report.problems.append(f"{row['engine']} ×{row['processes']} {row['nodes']} nodes: only {row['jobs']} "
+                                   f"of {row['requests']} requests were served")  # fmt: skip
+    if short:
+        return
+    sqlite = sorted((r for r in rows if r["engine"] == "sqlite"), key=lambda r: r["nodes"])
+    if len(sqlite) >= 2:
+        one, most = sqlite[0], sqlite[-1]
+        p99 = most["generate"].get("p99", float("inf"))  # none answered: missed
+        limit = min(
+            TARGETS["sqlite_generate_p99_ms"], TARGETS["sqlite_generate_p99_ratio"] * one["generate"].get("p99", 0)
+        )
+        if p99 > limit:
+            report.problems.append(f"SQLite generate p99 at {most['nodes']} nodes is {p99} ms (target ≤ {limit:.1f})")
+        per_node = most["rss_bytes_per_parked_node"]
+        if per_node is not None and per_node > TARGETS["rss_bytes_per_parked_node"]:
+            report.problems.append(f"RSS per parked node is {per_node} B (target ≤ 10 KiB)")
+    for row in rows:
+        if row["engine"] == "postgresql" and row["processes"] == 2:
+            if row["submit"].get("p99", float("inf")) > TARGETS["pg2_submit_p99_ms"]:
+                report.problems.append(f"PostgreSQL ×2 submit p99 is {row['submit'].get('p99')} ms (target ≤ 50)")
+            if row["other_cpu_ms_per_request"] > TARGETS["pg2_other_cpu_ms_per_request"]:
+                report.problems.append(f"PostgreSQL ×2: {row['other_cpu_ms_per_request']} ms CPU per request in the "
+                                       "other process (target ≤ 1)")  # fmt: skip
+
+
+async def main_async(args: Any) -> int:
+    raise_open_files()
+    counts = [int(n) for n in args.nodes.split(",")]
+    processes = [int(p) for p in args.processes.split(",")] if is_postgres(args.db) else [1]
+    report = Report("scale", {"nodes": counts, "processes": processes, "rate": args.rate, "seconds": args.seconds,
+                              "pop_wait": POP_WAIT, "models": len(MODELS), "targets": TARGETS})  # fmt: skip
+    rows = []
+    for process_count in processes:
+        for count in counts:
+            with temporary_dir(args.keep, "horde-bench-scale-") as workdir:
+                async with bench_database(args.db) as db:
+                    rows.append(await scenario(args, report, workdir, db, process_count, count * process_count))
+    report.results["rows"] = rows
+    report.tables.append(table(
+        "Nodes long-polling at once; requests at a steady rate (ms; pop = 202 → a node's pop has the job)",
+        ["engine", "procs", "nodes", "jobs", "gen p50", "gen p99", "check p50", "check p99", "pop p50", "pop p99",
+         "submit p50", "submit p99", "B/parked node", "other CPU ms/req"],
+        [[r["engine"], r["processes"], r["nodes"], r["jobs"], r["generate"].get("p50"), r["generate"].get("p99"),
+          r["check"].get("p50"), r["check"].get("p99"), r["pop"].get("p50"), r["pop"].get("p99"),
+          r["submit"].get("p50"), r["submit"].get("p99"), r["rss_bytes_per_parked_node"],
+          r.get("other_cpu_ms_per_request")] for r in rows],
+    ))  # fmt: skip
+    check_targets(rows, report, args.short)
+    return report.emit(args.json)
+
+
+def main() -> int:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="1,1000,10000", help="nodes per process, comma-separated")
+    parser.add_argument("--processes", default="1,2", help="coordinator processes (PostgreSQL only)")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long requests arrive")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds for every node to park")
+    parser.add_argument(
+        "--profile", choices=("cprofile", "py-spy"), help="profile each coordinator (file beside the data dir)"
+    )
+    args = parser.parse_args()
+    if args.short:
+        args.nodes, args.rate, args.seconds, args.settle = "50", 10.0, 3.0, 1.0
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
