@@ -10,9 +10,7 @@ pair in config.toml (`identity_binding`), and an apikey of any other account goe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 from client.errors import UserError
 from protocol.keys import Identity, KeyFormatError, PublicKey
 from transport import keyfiles
+from transport.tomlfile import toml_value, write_toml
 
 DEFAULT_URL = "http://127.0.0.1:7001"
 ANONYMOUS_APIKEY = "0000000000"
@@ -55,15 +54,6 @@ def read_config_file(path: Path) -> dict[str, Scalar]:
     return {key: value for key, value in data.items() if isinstance(value, Scalar)}
 
 
-def _toml_value(value: Scalar) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    # A JSON string literal (ASCII-escaped) is also a valid TOML basic string.
-    return json.dumps(value)
-
-
 def write_config_file(path: Path, updates: Mapping[str, Scalar | None]) -> None:
     """Merge updates into the file (None deletes a key); written 0600 because it holds the apikey."""
     data: dict[str, Scalar] = read_config_file(path)
@@ -72,17 +62,7 @@ def write_config_file(path: Path, updates: Mapping[str, Scalar | None]) -> None:
             data.pop(key, None)
         else:
             data[key] = value
-    text = "".join(f"{key} = {_toml_value(value)}\n" for key, value in sorted(data.items()))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_toml(path, "".join(f"{key} = {toml_value(value)}\n" for key, value in sorted(data.items())))
 
 
 @dataclass(frozen=True)

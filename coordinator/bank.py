@@ -160,11 +160,12 @@ class Bank:
         problems = list(report.problems)
         derived = balance_hundredths(entries)  # the protocol's own sum, the one anyone re-walking the chain does
         async with self.services.database.reader() as tx:
-            cached = await tx.cached_balances()
-        for account_id, balance in cached.items():
+            cached = await tx.cached_hundredths()
+        for account_id, count in cached.items():
             expected = derived.get(account_id, 0)
-            if hundredths(balance) != expected:  # exact: both sides are whole hundredths
+            if count != expected:  # exact: both sides are whole hundredths
                 problems.append(
-                    f"account {account_id}: cached balance {balance} but the ledger says {from_hundredths(expected)}"
+                    f"account {account_id}: cached balance {from_hundredths(count)} "
+                    f"but the ledger says {from_hundredths(expected)}"
                 )
         return AuditReport(not problems, report.checked, report.head_seq, report.head_hash, problems)

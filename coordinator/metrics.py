@@ -26,6 +26,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from coordinator.storage.records import JOB_STATES
+from protocol.ledger import from_hundredths
 
 # Buckets for HTTP answers and pops: a pop or a check may be held up to 30 s (long-poll).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -188,10 +189,10 @@ class Metrics:
             jobs = await tx.jobs_by_state()
             queue = [(row["model"], int(row["jobs"]), float(row["pixelsteps"] or 0) / 1e6)
                      for row in await tx.queue_by_model()]  # fmt: skip
-            held = sum((await tx.cached_balances()).values())
+            held = from_hundredths(sum((await tx.cached_hundredths()).values()))
         await self._read_ledger(services.database)
         online = len(await broker.roster.online())
-        self.collector.state = NetworkState(jobs=jobs, queue=queue, nodes_online=online, kudos_held=round(held, 2))
+        self.collector.state = NetworkState(jobs=jobs, queue=queue, nodes_online=online, kudos_held=held)
 
     async def _read_ledger(self, database: Any) -> None:
         totals = self.collector.ledger

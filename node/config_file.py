@@ -4,13 +4,10 @@ other layers of settings, are node/config.py's."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
-from typing import Any
 
 from node.config import NodeConfig
+from transport.tomlfile import toml_value, write_toml
 
 _SECTIONS = {
     "coordinator_url": "Network",
@@ -57,32 +54,6 @@ def render_toml(config: NodeConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def toml_value(value: Any) -> str:
-    """A TOML literal for the value types settings use."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"TOML settings must be finite numbers, not {value}")
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes are a subset of TOML basic-string escapes; ensure_ascii=False avoids
-        # \\uD83D-style surrogate pairs, which TOML rejects.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
-
-
 def write_config(config: NodeConfig, path: Path) -> None:
     """Write atomically, readable by the owner only (it holds the apikey)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(render_toml(config))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_toml(path, render_toml(config))

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from protocol.extensions import ours
 from protocol.samplers import ControlType, PostProcessingOrder, PostProcessor, SamplerName, SourceProcessing
+from protocol.seeds import seed_text
 
 LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -97,10 +98,7 @@ class GenerationParams(NullMeansDefault):
     extra_texts: list[dict[str, Any]] = Field(default_factory=list, max_length=10)
     special: dict[str, Any] = Field(default_factory=dict, max_length=10)
 
-    @field_validator("seed", mode="before")
-    @classmethod
-    def seed_as_string(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+    seed_as_string = field_validator("seed", mode="before")(seed_text)
 
 
 class GenerationRequest(NullMeansDefault):

@@ -17,6 +17,7 @@ from protocol.generation import (
     TextualInversionEntry,
 )
 from protocol.samplers import ControlType, GenerationState, PostProcessor
+from protocol.seeds import seed_text
 
 # What a node of ours declares it does beyond AI Horde's pop flags (coordinator/capabilities.py reads
 # "censor_nsfw", "hires_fix", "tis", "lora_civitai", "sd2_controlnet", "sdxl_tis"; a name it does not know
@@ -151,10 +152,7 @@ class SubmitRequest(BaseModel):
     gen_metadata: list[GenMetadataEntry] = Field(default_factory=list, max_length=METADATA_MAX)
     signature: str | None = Field(default=None, max_length=SIGNATURE_MAX)
 
-    @field_validator("seed", mode="before")
-    @classmethod
-    def seed_as_string(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+    seed_as_string = field_validator("seed", mode="before")(seed_text)
 
     @field_validator("gen_metadata", mode="before")
     @classmethod

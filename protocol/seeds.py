@@ -10,6 +10,12 @@ SEED_SPACE = 2**32
 _NUMBER = re.compile(r"[+-]?[0-9]+")
 
 
+def seed_text(value: object) -> object:
+    """A seed is text on the wire, but AI Horde's clients may send it as a JSON integer: its digits.
+    (A pydantic `before` validator for every model that carries a seed.)"""
+    return str(value) if isinstance(value, int) else value
+
+
 def seed_number(seed: object) -> int:
     """A seed in [0, 2**32): an integer (sign allowed: "-17" is 2**32 - 17) as itself modulo 2**32,
     any other text hashed stably, nothing (None, blank) a random seed."""

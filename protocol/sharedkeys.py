@@ -5,16 +5,16 @@ kudos, within the key's limits (a kudos total, an expiry, the largest image and 
 Field names, bounds and defaults are AI Horde's; -1 means "no limit" as there.
 """
 
-from typing import Any
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from protocol.generation import NullMeansDefault
 
 NAME_MAX = 255  # AI Horde's
 KUDOS_MAX = 50_000_000  # AI Horde's bound on a key's kudos limit
 UNLIMITED = -1
 
 
-class SharedKeyInput(BaseModel):
+class SharedKeyInput(NullMeansDefault):
     """`PUT /v2/sharedkeys` (create) and `PATCH /v2/sharedkeys/{id}` (only the fields sent change)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -25,14 +25,6 @@ class SharedKeyInput(BaseModel):
     max_image_pixels: int = Field(default=UNLIMITED, ge=UNLIMITED, le=3072 * 3072)
     max_image_steps: int = Field(default=UNLIMITED, ge=UNLIMITED, le=500)
     max_text_tokens: int = Field(default=UNLIMITED, ge=UNLIMITED, le=500_000)  # this network makes no text
-
-    @model_validator(mode="before")
-    @classmethod
-    def drop_nulls(cls, data: Any) -> Any:
-        """horde-sdk sends explicit nulls for what it leaves unset: the default (or, on PATCH, unchanged)."""
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
 
 class SharedKeyDetails(BaseModel):

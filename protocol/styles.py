@@ -8,9 +8,9 @@ in `overridable`, or `all`; `ceilings` cap the ones a request may set (`width`, 
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from protocol.generation import NAME_MAX, REQUEST_MODELS_MAX, GenerationParams, Name
+from protocol.generation import NAME_MAX, REQUEST_MODELS_MAX, GenerationParams, Name, NullMeansDefault
 
 PROMPT_MAX = 20000  # a request's own bound
 INFO_MAX = 1000
@@ -26,7 +26,7 @@ class StyleParameterPolicy(BaseModel):
     ceilings: dict[str, int] | None = Field(default=None, max_length=len(CEILING_PARAMS))
 
 
-class StyleInput(BaseModel):
+class StyleInput(NullMeansDefault):
     """`POST /v2/styles/image` (all of it) and `PATCH /v2/styles/image/{id}` (only the fields sent change)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -43,13 +43,6 @@ class StyleInput(BaseModel):
     # Accepted so that they can be refused by name when set (coordinator/styling.py).
     template_fields: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
     sharedkey: str | None = Field(default=None, max_length=36)
-
-    @model_validator(mode="before")
-    @classmethod
-    def drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
 
 class StylePatch(StyleInput):

@@ -57,6 +57,14 @@ def test_written_file_is_private_and_merges(tmp_path: Path) -> None:
     assert read_config_file(path)["note"] == 'quote " and ünïcode \\ slash'
 
 
+def test_any_text_survives_the_file(tmp_path: Path) -> None:
+    # Emoji (outside the BMP: JSON's ASCII escapes would write a surrogate pair, which TOML rejects),
+    # DEL (JSON leaves it raw, TOML forbids it) and control characters, through the writer the node shares.
+    text = "horse 🐎, del \x7f, tab \t, bell \x07, quote \" and back \\ slash"
+    write_config_file(tmp_path / "config.toml", {"note": text, "apikey": "k"})
+    assert read_config_file(tmp_path / "config.toml") == {"note": text, "apikey": "k"}
+
+
 def test_broken_config_file_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("url = [unclosed\n")
     with pytest.raises(UserError, match="not valid TOML"):

@@ -30,6 +30,7 @@ from coordinator.bank import Bank
 from coordinator.config import CoordinatorConfig
 from coordinator.services import Services
 from protocol.keys import Identity
+from protocol.ledger import hundredths
 from protocol.provenance import JobDocument, verify_job
 from tests.conftest import POSTGRES_DSN
 from tests.helpers import Api, Reply, SimWorker
@@ -318,8 +319,8 @@ async def check_ledger(cluster: Cluster, minted_for_requesters: float) -> None:
     assert report.ok, report.problems
     # Rewards are minted for node owners and the same amounts burned from requesters.
     async with cluster.services.database.reader() as tx:
-        balances = await tx.cached_balances()
-    assert abs(sum(balances.values()) - minted_for_requesters) < 0.01
+        balances = await tx.cached_hundredths()
+    assert sum(balances.values()) == hundredths(minted_for_requesters)
     audit = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "coordinator.cli", "--data-dir", str(cluster.services.config.data_dir),
         "--db", cluster.database_url, "audit", cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

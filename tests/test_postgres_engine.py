@@ -102,7 +102,7 @@ async def test_accounts_and_ledger_primitives(db: PostgresDatabase) -> None:
         assert (await tx.account_by("username", "aLiCe")).id == alice.id
         assert (await tx.account_by("public_key", "ed25519:alice")).username == "Alice"
         assert (await tx.account_by("apikey_hash", "hash-b")).trusted is True
-        assert await tx.cached_balances() == {alice.id: 87.65, bob.id: 12.35}
+        assert await tx.cached_hundredths() == {alice.id: 8765, bob.id: 1235}
         assert (await tx.transfer_by_key(alice.id, "key-1"))["ledger_seq"] == entry.seq
         assert [e.seq for e in await tx.account_ledger(bob.id, 10)] == [2]
         seq, head = await tx.ledger_head()
@@ -234,7 +234,7 @@ async def test_concurrent_ledger_appends_and_claims_across_processes(pg_url: str
         entries = [entry async for batch in databases[1].iterate_ledger(batch=7) for entry in batch]
         assert verify_chain(entries).ok and len(entries) == 51
         async with databases[2].reader() as tx:
-            assert await tx.cached_balances() == {payer.id: 0.0, payee.id: 50.0}
+            assert await tx.cached_hundredths() == {payer.id: 0, payee.id: 5000}
     finally:
         await asyncio.gather(*(database.close() for database in databases))
 

@@ -50,7 +50,7 @@ def write_secret(path: Path, text: str, *, replace: bool) -> bool:
     try:
         # mkstemp already uses 0600; fchmod pins it regardless of an unusual umask.
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # keys are ASCII; settings files may not be
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

@@ -4,7 +4,7 @@ on one database.
 Write transactions run at READ COMMITTED. The decisions processes race for are settled by
 the database itself, not by an earlier read: a job is claimed with
 `UPDATE ... WHERE state = 'waiting'` (the loser sees 0 rows), funds are debited with
-`UPDATE ... WHERE kudos >= ?`, and ledger appends hold a transaction-scoped advisory lock
+`UPDATE ... WHERE kudos_hundredths >= ?`, and ledger appends hold a transaction-scoped advisory lock
 (`Tx.lock_ledger`), so the hash chain has one writer at a time.
 
 Processes tell each other about new jobs and changed requests with NOTIFY on one channel;

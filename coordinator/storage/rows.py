@@ -8,7 +8,7 @@ from typing import Any
 
 from coordinator.storage.base import Row
 from coordinator.storage.records import Account, JobRecord
-from protocol.ledger import round_kudos
+from protocol.ledger import from_hundredths
 
 WORKER_COLUMNS = ("id", "name", "owner_id", "public_key")
 REQUEST_COLUMNS = ("id", "account_id", "created", "updated", "state", "sharedkey")  # sharedkey never changes
@@ -21,7 +21,7 @@ def account_from_row(row: Row) -> Account:
         id=row["id"],
         username=row["username"],
         public_key=row["public_key"],
-        kudos=round_kudos(row["kudos"]),  # the column is a float; kudos are counted in hundredths
+        kudos=from_hundredths(int(row["kudos_hundredths"])),  # the column counts whole hundredths
         trusted=bool(row["trusted"]),
         created=row["created"],
         moderator=bool(row["moderator"]),

@@ -19,7 +19,7 @@ from coordinator.storage.rows import (
     join_record,
     split_record,
 )
-from protocol.ledger import GENESIS_HASH, Kind, LedgerEntry, hundredths, round_kudos
+from protocol.ledger import GENESIS_HASH, Kind, LedgerEntry, from_hundredths, hundredths, round_kudos
 
 # The job's demands are coordinator/capabilities.py's columns, in its order.
 QUEUE_COLUMNS = ", ".join(
@@ -29,12 +29,8 @@ PIXELSTEPS = "CAST(pixels AS DOUBLE PRECISION) * steps"
 # Candidates fetched per model before filtering in Python for the rarer constraints.
 CANDIDATES_PER_MODEL = 8
 MODELS_PER_STATEMENT = 250
-# A cached balance in whole hundredths: the column holds the float nearest to an exact hundredth, so
-# ×100 is within a hair of an integer and ROUND recovers it exactly (both engines' ROUND(x) is a float).
-CACHED_HUNDREDTHS = "ROUND(kudos * 100)"
-# Add a count of hundredths (the parameter) and divide once: IEEE division is correctly rounded, so the
-# cache again holds the float nearest to the exact balance, with no error carried from earlier entries.
-NEW_BALANCE = f"({CACHED_HUNDREDTHS} + ?) / 100.0"
+# Add a count of hundredths (the first parameter, negative to take) to one account's cached balance.
+ADD_TO_BALANCE = "UPDATE accounts SET kudos_hundredths = kudos_hundredths + ? WHERE id = ?"
 # A request's row (`request_id` NULL), then its jobs' rows, in one result: the columns of both tables side by side.
 REQUEST_AND_JOBS = (
     f"SELECT {', '.join(REQUEST_COLUMNS)}, info, NULL AS request_id, NULL AS idx, NULL AS worker_id, "
@@ -84,7 +80,7 @@ class Tx:
         if taken:
             raise NameTaken(username)
         row = await self.driver.fetchone(
-            "INSERT INTO accounts (username, apikey_hash, public_key, kudos, trusted, created) "
+            "INSERT INTO accounts (username, apikey_hash, public_key, kudos_hundredths, trusted, created) "
             "VALUES (?, ?, ?, 0, 0, ?) RETURNING *",
             (username, apikey_hash, public_key, now),
         )
@@ -105,13 +101,14 @@ class Tx:
 
     async def list_accounts(self, offset: int, limit: int, order: str) -> list[Account]:
         """A page of accounts by kudos (`order` "kudos", the most first) or by age ("age", the oldest first)."""
-        by = "kudos DESC, id" if order == "kudos" else "id"
+        by = "kudos_hundredths DESC, id" if order == "kudos" else "id"
         rows = await self.driver.fetchall(f"SELECT * FROM accounts ORDER BY {by} LIMIT ? OFFSET ?", (limit, offset))
         return [account_from_row(row) for row in rows]
 
-    async def cached_balances(self) -> dict[int, float]:
-        rows = await self.driver.fetchall("SELECT id, kudos FROM accounts")
-        return {row["id"]: round_kudos(row["kudos"]) for row in rows}
+    async def cached_hundredths(self) -> dict[int, int]:
+        """Every account's cached balance, in the whole hundredths the ledger counts in."""
+        rows = await self.driver.fetchall("SELECT id, kudos_hundredths FROM accounts")
+        return {row["id"]: int(row["kudos_hundredths"]) for row in rows}
 
     # --- ledger ---------------------------------------------------------------------
     async def ledger_head(self) -> tuple[int, str]:
@@ -133,16 +130,16 @@ class Tx:
         first and the chain's head is read after them, so the pending writes ride on those statements
         (pg_driver's batching) instead of costing round trips of their own."""
         await self.lock_ledger()
-        # The cache is a float column, but its arithmetic is in whole hundredths (see CACHED_HUNDREDTHS),
-        # so no float error accumulates however many entries touch an account.
-        count = float(hundredths(amount))  # the entry's own amount, exact: hundredths stay far below 2**53
+        # The cache counts whole hundredths, as the ledger does: integer addition, exact however many
+        # entries touch an account.
+        count = hundredths(amount)  # the entry's own amount
         if source is not None:
-            guard = f" AND {CACHED_HUNDREDTHS} >= ?" if require_funds else ""
+            guard = " AND kudos_hundredths >= ?" if require_funds else ""
             args: tuple[Any, ...] = (-count, source, count) if require_funds else (-count, source)
-            if await self.driver.execute(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?{guard}", args) != 1:
+            if await self.driver.execute(f"{ADD_TO_BALANCE}{guard}", args) != 1:
                 raise NotEnoughKudos(source)
         if target is not None:
-            await self.driver.write(f"UPDATE accounts SET kudos = {NEW_BALANCE} WHERE id = ?", (count, target))
+            await self.driver.write(ADD_TO_BALANCE, (count, target))
         entry = LedgerEntry.after(
             self._ledger_head or await self.ledger_head(),
             created=now, kind=kind, source=source, target=target, amount=amount, reference=reference,
@@ -329,12 +326,12 @@ class Tx:
         """`requester_load` and the account's balance (None: no such account, or anonymous), in one statement."""
         row = await self.driver.fetchone(
             "SELECT COUNT(*) AS n, COALESCE(SUM(charge), 0) AS reserved, "
-            "(SELECT kudos FROM accounts WHERE id = ?) AS kudos FROM jobs "
+            "(SELECT kudos_hundredths FROM accounts WHERE id = ?) AS balance FROM jobs "
             "WHERE requester = ? AND state IN ('waiting', 'processing')",
             (account_id, requester),
         )
         assert row is not None  # an aggregate always answers one row
-        balance = float(row["kudos"]) if row["kudos"] is not None else None
+        balance = from_hundredths(int(row["balance"])) if row["balance"] is not None else None
         return int(row["n"]), round(float(row["reserved"]), 2), balance
 
     async def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
