@@ -22,23 +22,13 @@ from protocol.kudos import job_time_limit
 from protocol.provenance import ResultDocument, sha256_hex, sign_result
 from tests.api_support import balance, execute, expire_job, generate, node, pop_job, requester, seed_of, small
 from tests.conftest import RunningCoordinator
-from tests.helpers import Api, Reply, SimWorker, tiny_webp
+from tests.helpers import Api, FakeClock, Reply, SimWorker, tiny_webp
 from tests.node_support import RecordingConsole, finished, node_config, request_images, running, until
 
 PARSE_FAILED = {"type": "source_image", "value": "parse_failed", "ref": "cannot identify image file"}
 NODE_OWN_FAULT = {"type": "information", "value": "see_ref", "ref": "CUDA out of memory"}
 # 64×64, 4 steps: the time limit of one image of `small()`.
 LIMIT = job_time_limit(width=64, height=64, steps=4)
-
-
-class FakeClock:
-    """The coordinator's clock, moved by the test (signatures keep real time: auth doesn't use it)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,9 @@ from protocol.kudos import image_kudos
 from protocol.ledger import LedgerEntry, LedgerHead, balances, verify_chain, verify_head
 from tests.api_support import (
     balance,
+    custom_coordinator,
+    execute,
+    fetch_one,
     generate,
     ledger_rows,
     node,
@@ -22,7 +27,7 @@ from tests.api_support import (
     snapshot,
 )
 from tests.conftest import RunningCoordinator
-from tests.helpers import Api
+from tests.helpers import Api, FakeClock
 
 PRICE = image_kudos(width=64, height=64, steps=4)
 
@@ -219,6 +224,48 @@ async def test_audit_passes_then_catches_an_edited_ledger_row(coordinator: Runni
     # The public copy of the ledger shows the break to anyone who re-walks it.
     entries = [LedgerEntry(**e) for e in (await Api(coordinator.url).get("/v2/ledger")).body["entries"]]
     assert not verify_chain(entries).ok
+
+
+async def test_audit_catches_a_cached_balance_the_ledger_does_not_back(coordinator: RunningCoordinator) -> None:
+    """The chain itself intact, but an account's cached balance edited behind the ledger's back: the audit's
+    second half (cached balances against the ledger's sums) must name that account, and only it."""
+    alice = await coordinator.create_account("alice", kudos=10)
+    bob = await coordinator.create_account("bob", kudos=10)
+    await requester(coordinator, alice).post("/v2/kudos/transfer", {"username": "bob", "amount": 3})
+    assert (await coordinator.broker.bank.audit()).ok
+    assert await execute(coordinator, "UPDATE accounts SET kudos = kudos + 500 WHERE id = ?", bob.id) == 1
+    report = await coordinator.broker.bank.audit()
+    assert not report.ok
+    assert report.problems == [f"account {bob.id}: cached balance 513.0 but the ledger says 13.0"]
+
+
+async def test_uptime_kudos_pay_an_online_nodes_owner_every_ten_minutes(tmp_path: Path,
+                                                                      database_url: str | None) -> None:
+    """tests/conftest.py turns uptime kudos off for every other test (they would move balances under them):
+    here they are on. A node seen lately earns its owner the configured amount per 10 minutes, once; a node
+    that stopped popping earns nothing."""
+    async with custom_coordinator(tmp_path, database_url, uptime_kudos_per_10_minutes=50) as coordinator:
+        clock = FakeClock(time.time())
+        coordinator.broker.services.clock = clock
+        owner, absent = await coordinator.create_account("owner"), await coordinator.create_account("absent")
+        stayer, leaver = node(coordinator, owner, "stayer"), node(coordinator, absent, "leaver")
+        assert (await stayer.pop()).status == (await leaver.pop()).status == 200
+        start = clock.now
+        clock.now = start + 1
+        await coordinator.broker.upkeep.pay_uptime()  # first seen: the period starts now
+        clock.now = start + 400
+        assert (await stayer.pop()).status == 200  # still here; `leaver` was last seen 400 s ago
+        clock.now = start + 601
+        for _ in range(2):  # a second round in the same period pays nothing more
+            await coordinator.broker.upkeep.pay_uptime()
+        assert (await balance(coordinator, owner), await balance(coordinator, absent)) == (50, 0)
+        [entry] = [row for row in await ledger_rows(coordinator) if row["kind"] == "uptime"]
+        stayer_id = (await fetch_one(coordinator, "SELECT id FROM workers WHERE name = 'stayer'") or {})["id"]
+        assert (entry["source"], entry["target"], entry["amount"]) == (None, owner.id, 50)
+        assert entry["reference"] == f"uptime:{stayer_id}"
+        details = await Api(coordinator.url).get(f"/v2/workers/{stayer_id}")
+        assert details.body["uptime"] == 600, details.body
+        assert (await coordinator.broker.bank.audit()).ok
 
 
 async def test_an_accounts_recent_ledger_entries_newest_first(coordinator: RunningCoordinator) -> None:

@@ -392,6 +392,22 @@ async def test_worker_list_filter_and_blacklist(coordinator: RunningCoordinator)
     assert first_b.body["jobs"][0]["document"]["request_sha256"] == request_digest(only_b)
 
 
+async def test_a_nodes_word_blacklist_keeps_matching_prompts_from_it(coordinator: RunningCoordinator) -> None:
+    """A node's `blacklist` (words it will not draw, any case, anywhere in the prompt) passes over those
+    requests, which stay queued for other nodes."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    api = requester(coordinator, alice)
+    owner = await coordinator.create_account("owner")
+    unwanted = await generate(api, small("A red FOXglove in a vase"))
+    wanted = await generate(api, small("a cat"))
+    picky = node(coordinator, owner, "picky", extra={"blacklist": ["fox", "wolf"]})
+    first = await pop_job(picky)
+    assert first.body["jobs"][0]["document"]["request_sha256"] == request_digest(wanted)
+    assert (await picky.pop()).body["ids"] == []
+    other = await pop_job(node(coordinator, owner, "other"))
+    assert other.body["jobs"][0]["document"]["request_sha256"] == request_digest(unwanted)
+
+
 @pytest.mark.parametrize("models", [499, 500])
 async def test_pop_with_many_models(coordinator: RunningCoordinator, models: int) -> None:
     owner = await coordinator.create_account("owner")
