@@ -8,7 +8,7 @@ look and its wait still wakes it.
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +55,10 @@ class EventHub:
         self._job_waiters: list[JobWaiter] = []
         self._request_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.request_listeners: list[Callable[[str], None]] = []
+        # Long-polls parked right now, by what they wait for ("pop:<node name>", "check:<request id>"):
+        # a test waits on this (`until_parked`) instead of sleeping and hoping its long-poll got there.
+        self._parked: Counter[str] = Counter()
+        self._parked_news = asyncio.Event()
 
     def jobs_queued(self, entries: list[QueueEntry]) -> None:
         """Wake one node per new job among those that can serve it, idle and oldest first."""
@@ -87,6 +91,23 @@ class EventHub:
             listener(request_id)
         for event in self._request_waiters.get(request_id, ()):
             event.set()
+
+    @contextlib.contextmanager
+    def parked(self, what: str) -> Iterator[None]:
+        """Count a long-poll as parked under `what` while inside."""
+        self._parked[what] += 1
+        self._parked_news.set()
+        try:
+            yield
+        finally:
+            self._parked[what] -= 1
+            self._parked_news.set()
+
+    async def until_parked(self, what: str, count: int = 1) -> None:
+        """Return once `count` long-polls are parked under `what`."""
+        while self._parked[what] < count:
+            self._parked_news.clear()
+            await self._parked_news.wait()
 
     @contextlib.contextmanager
     def job_waiter(self, caps: WorkerCaps) -> Iterator[JobWaiter]:

@@ -1,6 +1,7 @@
 """Shared helpers for the coordinator API tests (tests/test_api_*.py): small request bodies,
 nodes and requesters over real HTTP, and direct looks at the database the coordinator uses."""
 
+import asyncio
 import base64
 import io
 import json
@@ -63,6 +64,12 @@ async def pop_job(worker: SimWorker, **kw: Any) -> Reply:
     assert popped.status == 200, popped.body
     assert popped.body["ids"], popped.body
     return popped
+
+
+async def parked(coordinator: RunningCoordinator, what: str, count: int = 1, timeout: float = 15.0) -> None:
+    """Until `count` long-polls are parked on the coordinator under `what` ("pop:<node name>", "check:<request
+    id>"): what a test waits for before it changes something, so the change is what wakes them."""
+    await asyncio.wait_for(coordinator.broker.services.hub.until_parked(what, count), timeout)
 
 
 async def fetch_one(coordinator: RunningCoordinator, sql: str, *args: Any) -> dict[str, Any] | None:

@@ -26,6 +26,8 @@ POSTGRES_DSN = os.environ.get("HORDE_TEST_POSTGRES_DSN")
 
 @dataclass
 class TestAccount:
+    __test__ = False  # a record, not a test class: pytest must not try to collect it
+
     id: int
     username: str
     apikey: str

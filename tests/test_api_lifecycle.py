@@ -31,6 +31,7 @@ from tests.api_support import (
     job_state,
     ledger_rows,
     node,
+    parked,
     pop_job,
     requester,
     seed_of,
@@ -368,7 +369,8 @@ async def test_shutdown_answers_open_long_polls_at_once(tmp_path: Path) -> None:
     assert (await worker.pop()).status == 200
     pop = asyncio.create_task(worker.pop(wait=30))
     check = asyncio.create_task(requester(running, alice).get(f"/v2/generate/check/{request_id}?wait=30"))
-    await asyncio.sleep(0.5)
+    await parked(running, "pop:n1")
+    await parked(running, f"check:{request_id}")
     started = time.monotonic()
     # Well under the 30 s the long-polls asked for: shutdown must not wait them out.
     await asyncio.wait_for(running.stop(), 10)

@@ -19,6 +19,7 @@ from tests.api_support import (
     generate,
     job_state,
     node,
+    parked,
     png,
     pop_job,
     requester,
@@ -65,7 +66,7 @@ async def test_long_poll_pop_gets_a_job_queued_after_it_started(coordinator: Run
     worker = node(coordinator, owner, "n1")
     assert (await worker.pop()).body["ids"] == []  # registered
     waiting = asyncio.create_task(worker.pop(wait=20))
-    await asyncio.sleep(0.3)
+    await parked(coordinator, "pop:n1")
     assert not waiting.done()
     alice = await coordinator.create_account("alice", kudos=100)
     request_id = await generate(requester(coordinator, alice), small())
@@ -81,15 +82,18 @@ async def test_long_poll_pop_wakes_the_node_a_restricted_request_names(coordinat
     node_a, node_b = node(coordinator, owner, "node-a"), node(coordinator, owner, "node-b")
     await node_a.pop()
     await node_b.pop()
-    wait_a = asyncio.create_task(node_a.pop(wait=1.5))
-    await asyncio.sleep(0.2)
+    wait_a = asyncio.create_task(node_a.pop(wait=10))
+    await parked(coordinator, "pop:node-a")
     wait_b = asyncio.create_task(node_b.pop(wait=10))
-    await asyncio.sleep(0.2)
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), {**small(), "workers": ["node-b"]})
-    got_b, got_a = await asyncio.gather(wait_b, wait_a)
-    assert got_a.body["ids"] == []
-    assert len(got_b.body["ids"]) == 1
+    await parked(coordinator, "pop:node-b")
+    api = requester(coordinator, await coordinator.create_account("alice", kudos=100))
+    for_b = await generate(api, {**small(), "workers": ["node-b"]})
+    got_b = await asyncio.wait_for(wait_b, 15)
+    assert [job["document"]["request_sha256"] for job in got_b.body["jobs"]] == [request_digest(for_b)]
+    assert not wait_a.done()  # still parked: the wake-up went to B
+    for_anyone = await generate(api, small())
+    got_a = await asyncio.wait_for(wait_a, 15)
+    assert [job["document"]["request_sha256"] for job in got_a.body["jobs"]] == [request_digest(for_anyone)]
 
 
 async def test_long_poll_pop_wakes_a_node_that_allows_post_processing(coordinator: RunningCoordinator) -> None:
@@ -98,15 +102,18 @@ async def test_long_poll_pop_wakes_a_node_that_allows_post_processing(coordinato
     full = node(coordinator, owner, "full")
     await plain.pop()
     await full.pop()
-    wait_plain = asyncio.create_task(plain.pop(wait=1.5))
-    await asyncio.sleep(0.2)
+    wait_plain = asyncio.create_task(plain.pop(wait=10))
+    await parked(coordinator, "pop:plain")
     wait_full = asyncio.create_task(full.pop(wait=10))
-    await asyncio.sleep(0.2)
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small(post_processing=["GFPGAN"]))
-    got_full, got_plain = await asyncio.gather(wait_full, wait_plain)
-    assert got_plain.body["ids"] == []
-    assert len(got_full.body["ids"]) == 1
+    await parked(coordinator, "pop:full")
+    api = requester(coordinator, await coordinator.create_account("alice", kudos=100))
+    post_processed = await generate(api, small(post_processing=["GFPGAN"]))
+    got_full = await asyncio.wait_for(wait_full, 15)
+    assert [job["document"]["request_sha256"] for job in got_full.body["jobs"]] == [request_digest(post_processed)]
+    assert not wait_plain.done()  # still parked: the wake-up went to the node that can serve it
+    plain_request = await generate(api, small())
+    got_plain = await asyncio.wait_for(wait_plain, 15)
+    assert [job["document"]["request_sha256"] for job in got_plain.body["jobs"]] == [request_digest(plain_request)]
 
 
 async def test_concurrent_pops_never_hand_out_a_job_twice(coordinator: RunningCoordinator) -> None:

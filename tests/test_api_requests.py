@@ -13,6 +13,7 @@ from tests.api_support import (
     generate,
     job_state,
     node,
+    parked,
     pop_job,
     requester,
     seed_of,
@@ -167,7 +168,7 @@ async def test_long_poll_check_returns_when_an_image_finishes(coordinator: Runni
 
     started = time.monotonic()
     waiting = asyncio.create_task(api.get(f"/v2/generate/check/{request_id}?wait=20"))
-    await asyncio.sleep(0.3)
+    await parked(coordinator, f"check:{request_id}")
     assert not waiting.done()  # nothing changed yet: the check is still held
     assert (await worker.submit(popped.body["ids"][0], seed_of(popped))).status == 200
     check = await asyncio.wait_for(waiting, 15)
