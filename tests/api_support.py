@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -47,6 +47,25 @@ def node(coordinator: RunningCoordinator, owner: TestAccount, name: str, *, sign
     """A simulated node owned by `owner`: apikey plus (by default) its own signing key."""
     key = (identity or Identity.generate()) if signed else None
     return SimWorker(Api(coordinator.url, apikey=owner.apikey, identity=key), name, **kw)
+
+
+class RequesterAndNode(NamedTuple):
+    """The set-up most API tests start from (the `pair` fixture): requester `alice` with 100 kudos and her
+    apikey's `api`, and a signing node `worker` named n1, owned by another account, `owner`."""
+
+    alice: TestAccount
+    api: Api
+    owner: TestAccount
+    worker: SimWorker
+
+
+async def requester_and_node(coordinator: RunningCoordinator, kudos: float = 100, name: str = "n1",
+                             **node_settings: Any) -> RequesterAndNode:
+    """Alice (created first) and `owner`'s node; the node registers with its first pop, as a real one does."""
+    alice = await coordinator.create_account("alice", kudos=kudos)
+    owner = await coordinator.create_account("owner")
+    worker = node(coordinator, owner, name, **node_settings)
+    return RequesterAndNode(alice, requester(coordinator, alice), owner, worker)
 
 
 async def generate(api: Api, body: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from PIL import Image
 from protocol.kudos import image_kudos
 from tests.api_support import (
     MODEL,
+    RequesterAndNode,
     balance,
     custom_coordinator,
     fetch_one,
@@ -132,11 +133,11 @@ async def test_pinning_a_node_costs_ten_percent_more(coordinator: RunningCoordin
     assert image_kudos(width=64, height=64, steps=4, pinned=True) == pytest.approx(PRICE * 1.1, abs=0.011)
 
 
-async def test_images_of_the_wrong_size_are_refused_and_cost_nothing(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
-    await generate(requester(coordinator, alice), small())
+async def test_images_of_the_wrong_size_are_refused_and_cost_nothing(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner, worker = pair
+    await generate(api, small())
     popped = await pop_job(worker)
     before = await snapshot(coordinator)
     for wrong in (tiny_webp(size=1), webp(64, 65), webp(128, 128)):
@@ -151,11 +152,11 @@ async def test_images_of_the_wrong_size_are_refused_and_cost_nothing(coordinator
     await audit_ok(coordinator)
 
 
-async def test_an_upscaler_result_must_have_the_upscaled_size(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
-    await generate(requester(coordinator, alice), small(post_processing=["RealESRGAN_x2plus"]))
+async def test_an_upscaler_result_must_have_the_upscaled_size(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
+    await generate(api, small(post_processing=["RealESRGAN_x2plus"]))
     popped = await pop_job(worker)
     unscaled = await worker.submit(popped.body["ids"][0], seed_of(popped), image=webp(64, 64))
     assert (unscaled.status, unscaled.rc) == (400, "ImageSizeMismatch")

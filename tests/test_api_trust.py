@@ -21,6 +21,7 @@ from protocol.provenance import (
     verify_provenance,
 )
 from tests.api_support import (
+    RequesterAndNode,
     balance,
     generate,
     job_state,
@@ -155,15 +156,14 @@ async def test_registration_must_prove_the_key(coordinator: RunningCoordinator) 
     assert bad_name.status == 400
 
 
-async def test_node_key_is_bound_on_first_signed_pop(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
+async def test_node_key_is_bound_on_first_signed_pop(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
     first_key, second_key = Identity.generate(), Identity.generate()
     bound = node(coordinator, owner, "keyed", identity=first_key)
     assert (await bound.pop()).status == 200
     [listed] = (await Api(coordinator.url).get("/v2/workers")).body
     assert listed["public_key"] == first_key.public_key.text()
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
+    await generate(api, small())
     impostor = await node(coordinator, owner, "keyed", identity=second_key).pop()
     assert (impostor.status, impostor.rc) == (403, "WrongCredentials")
     # The bound key alone (no apikey) is enough for the node.
@@ -175,7 +175,7 @@ async def test_node_key_is_bound_on_first_signed_pop(coordinator: RunningCoordin
     other_name = await SimWorker(Api(coordinator.url, identity=first_key), "another-name").pop()
     assert (other_name.status, other_name.rc) == (403, "WrongCredentials")
     # The owner's apikey alone still works (AI Horde-compatible), and its results are unsigned.
-    await generate(requester(coordinator, alice), small())
+    await generate(api, small())
     unsigned = node(coordinator, owner, "keyed", signed=False)
     popped = await pop_job(unsigned)
     assert (await unsigned.submit(popped.body["ids"][0], seed_of(popped))).status == 200
@@ -190,11 +190,11 @@ async def test_node_key_of_another_owner_is_refused(coordinator: RunningCoordina
     assert (stolen.status, stolen.rc) == (401, "ApikeySignatureMismatch")
 
 
-async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner, worker = pair
+    request_id = await generate(api, small())
     popped = await pop_job(worker)
     job_id, seed = popped.body["ids"][0], seed_of(popped)
     image = tiny_webp()
@@ -214,15 +214,14 @@ async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(coordinator:
     assert await balance(coordinator, owner) == 0 and await balance(coordinator, alice) == 100
     # The job is still the node's to finish properly.
     assert (await worker.submit(job_id, seed, image=image)).status == 200
-    assert (await requester(coordinator, alice).get(f"/v2/generate/status/{request_id}")).body["done"] is True
+    assert (await api.get(f"/v2/generate/status/{request_id}")).body["done"] is True
 
 
-async def test_provenance_verifies_from_public_data_only(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_provenance_verifies_from_public_data_only(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, small(n=2))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     popped = await pop_job(worker, amount=2)
     coordinator_key = PublicKey.from_text((await Api(coordinator.url).get("/v2/coordinator")).body["public_key"])
     for index, job_id in enumerate(popped.body["ids"]):
@@ -254,13 +253,13 @@ async def test_provenance_verifies_from_public_data_only(coordinator: RunningCoo
                                      generation["signature"], worker_key)
 
 
-async def test_provenance_holds_when_the_node_reports_another_seed(coordinator: RunningCoordinator) -> None:
+async def test_provenance_holds_when_the_node_reports_another_seed(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
     """The status's `seed` is the one the node reported and signed (as on AI Horde), so the result document
     can be rebuilt from it; the job document still shows the seed the coordinator asked for."""
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small(seed="00042"))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+    api, worker = pair.api, pair.worker
+    request_id = await generate(api, small(seed="00042"))
     popped = await pop_job(worker)
     job_id = popped.body["ids"][0]
     image = tiny_webp()
