@@ -1,6 +1,7 @@
 """Kudos end to end: charges and rewards, transfers, upfront kudos, the public ledger and its audit."""
 
 import asyncio
+import re
 import sqlite3
 import subprocess
 import sys
@@ -113,7 +114,7 @@ async def test_idempotent_transfer_is_applied_once(coordinator: RunningCoordinat
     assert [r.body for r in replies] == [{"transferred": 10}] * 3
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (40, 10)
     transfers = [r for r in await ledger_rows(coordinator) if r["kind"] == "transfer"]
-    assert len(transfers) == 1
+    assert [r["reference"] for r in transfers] == ["transfer:payment-42"]  # the key is the public reference
     # Replayed concurrently, still once; a new key is a new transfer.
     concurrent = await asyncio.gather(*(api.post("/v2/kudos/transfer", {"username": "bob", "amount": 5},
                                                  headers={"Idempotency-Key": "payment-43"}) for _ in range(5)))
@@ -124,6 +125,14 @@ async def test_idempotent_transfer_is_applied_once(coordinator: RunningCoordinat
     back = await bob_api.post("/v2/kudos/transfer", {"username": "alice", "amount": 1}, headers=headers)
     assert back.status == 200
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (36, 14)
+    # Without a key each transfer gets a reference of its own; a one-letter key is a key.
+    for key in (None, None, "z"):
+        sent = await api.post("/v2/kudos/transfer", {"username": "bob", "amount": 1},
+                              headers={"Idempotency-Key": key} if key else None)
+        assert sent.status == 200, sent.body
+    references = [r["reference"] for r in await ledger_rows(coordinator) if r["kind"] == "transfer"][-3:]
+    assert all(re.fullmatch(r"transfer:[0-9a-f-]{36}", ref) for ref in references[:2]), references
+    assert references[0] != references[1] and references[2] == "transfer:z"
 
 
 async def test_concurrent_transfers_never_overdraw(coordinator: RunningCoordinator) -> None:

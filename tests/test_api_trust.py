@@ -150,8 +150,11 @@ async def test_registration_must_prove_the_key(coordinator: RunningCoordinator) 
     # The key is taken now, and so is the name.
     _, again = await register_signed(coordinator, "second", claimed)
     assert again.status == 400 and again.rc == "NameAlreadyExists"
+    # The message names the clash, and the key's holder, so the user knows which account to use.
+    assert again.body["message"].startswith(f"This key is already registered, as owner-of-key#{first.body['id']}")
     same_name = await Api(coordinator.url).post("/v2/accounts", {"username": "OWNER-of-key"})
     assert same_name.status == 400 and same_name.rc == "NameAlreadyExists"
+    assert same_name.body["message"] == "The username OWNER-of-key is already taken; choose another."
     bad_name = await Api(coordinator.url).post("/v2/accounts", {"username": "no spaces please"})
     assert bad_name.status == 400
 
