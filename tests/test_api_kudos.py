@@ -239,11 +239,15 @@ async def test_audit_catches_a_cached_balance_the_ledger_does_not_back(coordinat
     alice = await coordinator.create_account("alice", kudos=10)
     bob = await coordinator.create_account("bob", kudos=10)
     await requester(coordinator, alice).post("/v2/kudos/transfer", {"username": "bob", "amount": 3})
-    assert (await coordinator.broker.bank.audit()).ok
+    honest = await coordinator.broker.bank.audit()
+    assert honest.ok and (honest.entries, honest.head_seq) == (3, 3)  # two grants and the transfer
+    assert honest.head_hash == (await ledger_rows(coordinator))[-1]["hash"]
     assert await execute(coordinator, "UPDATE accounts SET kudos = kudos + 500 WHERE id = ?", bob.id) == 1
+    assert await execute(coordinator, "UPDATE accounts SET kudos = kudos - 0.01 WHERE id = ?", alice.id) == 1
     report = await coordinator.broker.bank.audit()
     assert not report.ok
-    assert report.problems == [f"account {bob.id}: cached balance 513.0 but the ledger says 13.0"]
+    assert sorted(report.problems) == sorted([f"account {bob.id}: cached balance 513.0 but the ledger says 13.0",
+                                              f"account {alice.id}: cached balance 6.99 but the ledger says 7.0"])
 
 
 async def test_uptime_kudos_pay_an_online_nodes_owner_every_ten_minutes(tmp_path: Path,
