@@ -8,7 +8,7 @@ from typing import Any
 from coordinator.auth import Caller
 from coordinator.capabilities import any_model, row_skip_reason
 from coordinator.errors import HordeError
-from coordinator.events import queue_announced
+from coordinator.events import JobWaiter, queue_announced
 from coordinator.lifecycle import excluded, release_job
 from coordinator.metrics import DISPATCH_LATENCY
 from coordinator.preferences import favoured_first, favoured_requesters, refusal_reason, refused_rows
@@ -100,8 +100,13 @@ class Dispatcher:
                 if answer is not None:
                     return answer
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.services.hub.closing or not await waiter.wait(remaining):
+                if remaining <= 0 or self.services.hub.closing or not await self._park(waiter, remaining):
                     return PopResponse(skipped=await self._skipped(caps))
+
+    async def _park(self, waiter: JobWaiter, timeout: float) -> bool:
+        """Wait for a wake-up, counted as a parked pop (tests wait for one: `EventHub.until_parked`)."""
+        with self.services.hub.parked(f"pop:{waiter.caps.worker_name}"):
+            return await waiter.wait(timeout)
 
     async def _claim_for_connection(
         self, caps: WorkerCaps, worker: Worker, amount: int, base_url: str

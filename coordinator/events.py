@@ -17,7 +17,7 @@ processes carries each job's demands (`jobs_messages`), so they offer it the sam
 import asyncio
 import contextlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -86,6 +86,10 @@ class EventHub:
         self._request_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.request_listeners: list[Callable[[str], None]] = []
         self.wakeups = 0  # nodes woken for a job since start (tests and bench/scale.py count them)
+        # Long-polls parked right now, by what they wait for ("pop:<node name>", "check:<request id>"):
+        # a test waits on this (`until_parked`) instead of sleeping and hoping its long-poll got there.
+        self._parked: Counter[str] = Counter()
+        self._parked_news = asyncio.Event()
 
     # --- jobs for parked nodes ---------------------------------------------------------------------
     def jobs_queued(self, entries: Iterable[QueueEntry]) -> None:
@@ -184,6 +188,23 @@ class EventHub:
             listener(request_id)
         for event in self._request_waiters.get(request_id, ()):
             event.set()
+
+    @contextlib.contextmanager
+    def parked(self, what: str) -> Iterator[None]:
+        """Count a long-poll as parked under `what` while inside."""
+        self._parked[what] += 1
+        self._parked_news.set()
+        try:
+            yield
+        finally:
+            self._parked[what] -= 1
+            self._parked_news.set()
+
+    async def until_parked(self, what: str, count: int = 1) -> None:
+        """Return once `count` long-polls are parked under `what`."""
+        while self._parked[what] < count:
+            self._parked_news.clear()
+            await self._parked_news.wait()
 
     @contextlib.contextmanager
     def request_waiter(self, request_id: str) -> Iterator[asyncio.Event]:

@@ -236,7 +236,8 @@ class RequestDesk:
         clock (looked at every NEWS_POLL_SECONDS: a pop elsewhere moves it without an event), or `wait` ends."""
         started, fresh = time.monotonic(), report
         while (remaining := started + wait - time.monotonic()) > 0:
-            woken = await wait_for(changed, min(remaining, NEWS_POLL_SECONDS))
+            with self.services.hub.parked(f"check:{request_id}"):
+                woken = await wait_for(changed, min(remaining, NEWS_POLL_SECONDS))
             request, jobs = await self.load(request_id)
             fresh = await self._check(request, jobs)
             if woken or is_news(report, fresh, time.monotonic() - started):

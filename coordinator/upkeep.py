@@ -103,6 +103,8 @@ class Upkeep:
             return
         now = self.services.clock()
         async with self.services.database.transaction() as tx:
+            # Before reading when each node was last paid: two processes' rounds at once must not both pay it.
+            await tx.lock_ledger()
             for worker in await tx.list_workers():
                 online = now - worker.last_seen < self.services.config.worker_online_seconds
                 if not online or worker.maintenance:

@@ -1,6 +1,7 @@
 """Shared helpers for the coordinator API tests (tests/test_api_*.py): small request bodies,
 nodes and requesters over real HTTP, and direct looks at the database the coordinator uses."""
 
+import asyncio
 import base64
 import io
 import json
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -48,6 +49,25 @@ def node(coordinator: RunningCoordinator, owner: TestAccount, name: str, *, sign
     return SimWorker(Api(coordinator.url, apikey=owner.apikey, identity=key), name, **kw)
 
 
+class RequesterAndNode(NamedTuple):
+    """The set-up most API tests start from (the `pair` fixture): requester `alice` with 100 kudos and her
+    apikey's `api`, and a signing node `worker` named n1, owned by another account, `owner`."""
+
+    alice: TestAccount
+    api: Api
+    owner: TestAccount
+    worker: SimWorker
+
+
+async def requester_and_node(coordinator: RunningCoordinator, kudos: float = 100, name: str = "n1",
+                             **node_settings: Any) -> RequesterAndNode:
+    """Alice (created first) and `owner`'s node; the node registers with its first pop, as a real one does."""
+    alice = await coordinator.create_account("alice", kudos=kudos)
+    owner = await coordinator.create_account("owner")
+    worker = node(coordinator, owner, name, **node_settings)
+    return RequesterAndNode(alice, requester(coordinator, alice), owner, worker)
+
+
 async def generate(api: Api, body: dict[str, Any]) -> str:
     reply = await api.post("/v2/generate/async", body)
     assert reply.status == 202, reply.body
@@ -63,6 +83,12 @@ async def pop_job(worker: SimWorker, **kw: Any) -> Reply:
     assert popped.status == 200, popped.body
     assert popped.body["ids"], popped.body
     return popped
+
+
+async def parked(coordinator: RunningCoordinator, what: str, count: int = 1, timeout: float = 15.0) -> None:
+    """Until `count` long-polls are parked on the coordinator under `what` ("pop:<node name>", "check:<request
+    id>"): what a test waits for before it changes something, so the change is what wakes them."""
+    await asyncio.wait_for(coordinator.broker.services.hub.until_parked(what, count), timeout)
 
 
 async def fetch_one(coordinator: RunningCoordinator, sql: str, *args: Any) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
@@ -21,11 +22,16 @@ from coordinator.routes.http import BROKER
 from coordinator.storage.records import Account
 from protocol.keys import PublicKey
 
+if TYPE_CHECKING:
+    from tests.api_support import RequesterAndNode
+
 POSTGRES_DSN = os.environ.get("HORDE_TEST_POSTGRES_DSN")
 
 
 @dataclass
 class TestAccount:
+    __test__ = False  # a record, not a test class: pytest must not try to collect it
+
     id: int
     username: str
     apikey: str
@@ -117,6 +123,14 @@ async def coordinator(tmp_path: Path, database_url: str | None) -> AsyncIterator
         yield running
     finally:
         await running.stop()
+
+
+@pytest.fixture
+async def pair(coordinator: RunningCoordinator) -> "RequesterAndNode":
+    """Requester alice (100 kudos) and node n1 of another account (tests/api_support.py `requester_and_node`)."""
+    from tests.api_support import requester_and_node
+
+    return await requester_and_node(coordinator)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,16 @@ def tiny_webp(color: tuple[int, int, int] = (200, 30, 30), size: int = 64) -> by
     return buffer.getvalue()
 
 
+class FakeClock:
+    """The coordinator's clock, moved by the test (signatures keep real time: auth doesn't use it)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Reply:
     status: int

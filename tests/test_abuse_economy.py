@@ -23,6 +23,7 @@ from PIL import Image
 from protocol.kudos import image_kudos
 from tests.api_support import (
     MODEL,
+    RequesterAndNode,
     balance,
     custom_coordinator,
     fetch_one,
@@ -132,11 +133,11 @@ async def test_pinning_a_node_costs_ten_percent_more(coordinator: RunningCoordin
     assert image_kudos(width=64, height=64, steps=4, pinned=True) == pytest.approx(PRICE * 1.1, abs=0.011)
 
 
-async def test_images_of_the_wrong_size_are_refused_and_cost_nothing(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
-    await generate(requester(coordinator, alice), small())
+async def test_images_of_the_wrong_size_are_refused_and_cost_nothing(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner, worker = pair
+    await generate(api, small())
     popped = await pop_job(worker)
     before = await snapshot(coordinator)
     for wrong in (tiny_webp(size=1), webp(64, 65), webp(128, 128)):
@@ -151,11 +152,11 @@ async def test_images_of_the_wrong_size_are_refused_and_cost_nothing(coordinator
     await audit_ok(coordinator)
 
 
-async def test_an_upscaler_result_must_have_the_upscaled_size(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
-    await generate(requester(coordinator, alice), small(post_processing=["RealESRGAN_x2plus"]))
+async def test_an_upscaler_result_must_have_the_upscaled_size(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
+    await generate(api, small(post_processing=["RealESRGAN_x2plus"]))
     popped = await pop_job(worker)
     unscaled = await worker.submit(popped.body["ids"][0], seed_of(popped), image=webp(64, 64))
     assert (unscaled.status, unscaled.rc) == (400, "ImageSizeMismatch")
@@ -341,10 +342,12 @@ async def test_suspicion_past_the_threshold_withholds_rewards(tmp_path: Path, da
 
 
 def test_the_economy_rules_directly() -> None:
-    from coordinator.economy import funded_images, settle, volunteer_allowance
+    from coordinator.economy import funded_images, settle, volunteer_allowance, withheld_reason
 
     assert funded_images(available=3 * 2.9, price=2.9, n=5) == 3  # exactly three prices fund three images
     assert funded_images(available=2.89, price=2.9, n=5) == 0 and funded_images(-4.0, 2.9, 2) == 0
+    assert funded_images(available=0.02, price=0.01, n=5) == 2  # a one-hundredth price is a price
+    assert funded_images(available=0.0, price=0.001, n=3) == 3  # a price that rounds to nothing costs nothing
     assert volunteer_allowance(0.0, since=0.0, now=60.0, per_period=50.0) == pytest.approx(5.0)
     assert volunteer_allowance(10.0, since=0.0, now=10_000.0, per_period=50.0) == 50.0  # capped
     common = {"price": 7.61, "requester_address": "203.0.113.9", "owner_id": 2, "node_address": "203.0.113.9",
@@ -357,6 +360,11 @@ def test_the_economy_rules_directly() -> None:
     stranger = {**common, "requester_address": "198.51.100.1"}
     assert settle(**stranger, charge=0, requester_id=0, withheld=False).reward == 7.61
     assert settle(**{**stranger, "allowance": 3.339}, charge=0, requester_id=0, withheld=False).reward == 3.33
+    cheap = settle(**stranger, charge=0.5, requester_id=1, withheld=False)  # funded, though under one kudo
+    assert (cheap.charge, cheap.reward) == (0.5, 0.5)
+    # The node's page says rewards are withheld exactly when `settle` is told they are (suspicion >= threshold).
+    assert withheld_reason(4, threshold=5) is None
+    assert "5 results came back faster" in (withheld_reason(5, threshold=5) or "")
 
 
 async def test_a_node_asking_for_upfront_kudos_gets_only_the_images_they_were_reserved_for(

@@ -20,25 +20,26 @@ from coordinator.storage.records import Worker
 from node.daemon import NodeDaemon
 from protocol.kudos import job_time_limit
 from protocol.provenance import ResultDocument, sha256_hex, sign_result
-from tests.api_support import balance, execute, expire_job, generate, node, pop_job, requester, seed_of, small
+from tests.api_support import (
+    RequesterAndNode,
+    balance,
+    execute,
+    expire_job,
+    generate,
+    node,
+    pop_job,
+    requester,
+    seed_of,
+    small,
+)
 from tests.conftest import RunningCoordinator
-from tests.helpers import Api, Reply, SimWorker, tiny_webp
+from tests.helpers import Api, FakeClock, Reply, SimWorker, tiny_webp
 from tests.node_support import RecordingConsole, finished, node_config, request_images, running, until
 
 PARSE_FAILED = {"type": "source_image", "value": "parse_failed", "ref": "cannot identify image file"}
 NODE_OWN_FAULT = {"type": "information", "value": "see_ref", "ref": "CUDA out of memory"}
 # 64×64, 4 steps: the time limit of one image of `small()`.
 LIMIT = job_time_limit(width=64, height=64, steps=4)
-
-
-class FakeClock:
-    """The coordinator's clock, moved by the test (signatures keep real time: auth doesn't use it)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -104,12 +105,13 @@ async def test_a_job_that_failed_on_a_node_never_goes_back_to_it(coordinator: Ru
     assert status["done"] is True and [g["worker_name"] for g in status["generations"]] == ["second"]
 
 
-async def test_a_node_waiting_for_work_hands_on_a_job_it_may_not_take(coordinator: RunningCoordinator) -> None:
+async def test_a_node_waiting_for_work_hands_on_a_job_it_may_not_take(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
     """The faulting node is often the one long-polling when its fault requeues the job: the wake-up
     must reach a node that can take it, not end with the one that may not."""
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
+    api, owner = pair.api, pair.owner
+    await generate(api, small())
     first, second = node(coordinator, owner, "first"), node(coordinator, owner, "second")
     popped = await pop_job(first)
     hub = coordinator.broker.services.hub
@@ -156,11 +158,11 @@ async def test_a_payload_fault_counts_against_no_node_and_the_request_faults_aft
 # --- case 5: a crashed node is not stranded ----------------------------------------------------
 
 
-async def test_a_crashed_node_holding_four_jobs_collects_one_missed_deadline(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_a_crashed_node_holding_four_jobs_collects_one_missed_deadline(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
     await generate(api, small(n=4))
-    owner = await coordinator.create_account("owner")
     crashed = node(coordinator, owner, "crashed")
     popped = await pop_job(crashed, amount=4)
     assert len(popped.body["ids"]) == 4

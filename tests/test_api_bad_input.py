@@ -8,6 +8,7 @@ import pytest
 
 from coordinator.config import RateLimit
 from tests.api_support import (
+    RequesterAndNode,
     b64,
     count,
     custom_coordinator,
@@ -92,37 +93,33 @@ async def test_edge_values_are_accepted(coordinator: RunningCoordinator) -> None
         assert reply.status == 202, (body, reply.body)
 
 
-async def test_odd_seeds_reach_the_node_as_numbers(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_odd_seeds_reach_the_node_as_numbers(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
     for seed in ("²", "١٢٣", "hello"):
-        await generate(requester(coordinator, alice), small(seed=seed))
+        await generate(api, small(seed=seed))
         popped = await worker.pop()
         assert popped.status == 200, popped.body
         assert popped.body["payload"]["seed"].isascii() and popped.body["payload"]["seed"].isdigit()
 
 
-async def test_unknown_fields_are_ignored(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
+async def test_unknown_fields_are_ignored(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
     body = {**small(), "flux_capacitor": True, "params": {**small()["params"], "extra_thing": [1, 2]},
             "replacement_filter": True}  # proxied_account is refused by name (tests/test_capabilities.py)
-    reply = await requester(coordinator, alice).post("/v2/generate/async", body)
+    reply = await api.post("/v2/generate/async", body)
     assert reply.status == 202, reply.body
-    owner = await coordinator.create_account("owner")
     popped = await node(coordinator, owner, "n1", extra={"unknown_pop_field": 1}).pop()
     assert popped.body["ids"] and "extra_thing" not in popped.body["payload"]
 
 
-async def test_text_that_cannot_be_utf8_is_refused(coordinator: RunningCoordinator) -> None:
+async def test_text_that_cannot_be_utf8_is_refused(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
     """A lone surrogate escape is valid JSON but no valid text: refuse it, don't let it jam the queue."""
-    alice = await coordinator.create_account("alice", kudos=100)
+    api, owner = pair.api, pair.owner
     before = await snapshot(coordinator)
-    reply = await requester(coordinator, alice).post("/v2/generate/async",
+    reply = await api.post("/v2/generate/async",
                                                      b'{"prompt": "a cat \\ud800", "models": ["tiny-sd"]}')
     assert reply.status == 400, reply.body
     assert await snapshot(coordinator) == before
-    owner = await coordinator.create_account("owner")
     popped = await node(coordinator, owner, "n1").pop()
     assert popped.status == 200
 
@@ -279,10 +276,9 @@ async def test_rate_limited_generate_is_429(tmp_path: Path, database_url: str | 
         assert (await requester(coordinator, bob).post("/v2/generate/async", small())).status == 202
 
 
-async def test_upload_of_garbage_and_of_nothing(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
+async def test_upload_of_garbage_and_of_nothing(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, small())
     popped = await node(coordinator, owner, "n1").pop()
     url = popped.body["r2_upload"]
     async with aiohttp.ClientSession() as session:

@@ -9,7 +9,17 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from protocol.provenance import ResultDocument, request_digest, sign_result
-from tests.api_support import b64, custom_coordinator, generate, node, png, pop_job, requester, small
+from tests.api_support import (
+    RequesterAndNode,
+    b64,
+    custom_coordinator,
+    generate,
+    node,
+    png,
+    pop_job,
+    requester,
+    small,
+)
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api, tiny_webp
 
@@ -52,10 +62,9 @@ def details_key(worker: Any) -> str:
     return worker.api.identity.public_key.text()
 
 
-async def test_pop_carries_signed_jobs_only_when_asked(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small(n=2))
-    owner = await coordinator.create_account("owner")
+async def test_pop_carries_signed_jobs_only_when_asked(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, small(n=2))
     bare = node(coordinator, owner, "bare")
     bare.api.provenance = False
     first = await pop_job(bare)

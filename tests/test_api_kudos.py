@@ -1,9 +1,12 @@
 """Kudos end to end: charges and rewards, transfers, upfront kudos, the public ledger and its audit."""
 
 import asyncio
+import re
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +14,11 @@ from protocol.keys import PublicKey
 from protocol.kudos import image_kudos
 from protocol.ledger import LedgerEntry, LedgerHead, balances, verify_chain, verify_head
 from tests.api_support import (
+    RequesterAndNode,
     balance,
+    custom_coordinator,
+    execute,
+    fetch_one,
     generate,
     ledger_rows,
     node,
@@ -22,17 +29,14 @@ from tests.api_support import (
     snapshot,
 )
 from tests.conftest import RunningCoordinator
-from tests.helpers import Api
+from tests.helpers import Api, FakeClock
 
 PRICE = image_kudos(width=64, height=64, steps=4)
 
 
-async def test_charges_and_rewards_per_delivered_image(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    api = requester(coordinator, alice)
+async def test_charges_and_rewards_per_delivered_image(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    alice, api, owner, worker = pair
     request_id = await generate(api, small(n=3))
-    worker = node(coordinator, owner, "n1")
     first = await worker.serve_one()
     assert first.body["reward"] == PRICE
     assert await balance(coordinator, alice) == pytest.approx(100 - PRICE)
@@ -110,7 +114,7 @@ async def test_idempotent_transfer_is_applied_once(coordinator: RunningCoordinat
     assert [r.body for r in replies] == [{"transferred": 10}] * 3
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (40, 10)
     transfers = [r for r in await ledger_rows(coordinator) if r["kind"] == "transfer"]
-    assert len(transfers) == 1
+    assert [r["reference"] for r in transfers] == ["transfer:payment-42"]  # the key is the public reference
     # Replayed concurrently, still once; a new key is a new transfer.
     concurrent = await asyncio.gather(*(api.post("/v2/kudos/transfer", {"username": "bob", "amount": 5},
                                                  headers={"Idempotency-Key": "payment-43"}) for _ in range(5)))
@@ -121,6 +125,14 @@ async def test_idempotent_transfer_is_applied_once(coordinator: RunningCoordinat
     back = await bob_api.post("/v2/kudos/transfer", {"username": "alice", "amount": 1}, headers=headers)
     assert back.status == 200
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (36, 14)
+    # Without a key each transfer gets a reference of its own; a one-letter key is a key.
+    for key in (None, None, "z"):
+        sent = await api.post("/v2/kudos/transfer", {"username": "bob", "amount": 1},
+                              headers={"Idempotency-Key": key} if key else None)
+        assert sent.status == 200, sent.body
+    references = [r["reference"] for r in await ledger_rows(coordinator) if r["kind"] == "transfer"][-3:]
+    assert all(re.fullmatch(r"transfer:[0-9a-f-]{36}", ref) for ref in references[:2]), references
+    assert references[0] != references[1] and references[2] == "transfer:z"
 
 
 async def test_concurrent_transfers_never_overdraw(coordinator: RunningCoordinator) -> None:
@@ -219,6 +231,55 @@ async def test_audit_passes_then_catches_an_edited_ledger_row(coordinator: Runni
     # The public copy of the ledger shows the break to anyone who re-walks it.
     entries = [LedgerEntry(**e) for e in (await Api(coordinator.url).get("/v2/ledger")).body["entries"]]
     assert not verify_chain(entries).ok
+
+
+async def test_audit_catches_a_cached_balance_the_ledger_does_not_back(coordinator: RunningCoordinator) -> None:
+    """The chain itself intact, but an account's cached balance edited behind the ledger's back: the audit's
+    second half (cached balances against the ledger's sums) must name that account, and only it."""
+    alice = await coordinator.create_account("alice", kudos=10)
+    bob = await coordinator.create_account("bob", kudos=10)
+    await requester(coordinator, alice).post("/v2/kudos/transfer", {"username": "bob", "amount": 3})
+    honest = await coordinator.broker.bank.audit()
+    assert honest.ok and (honest.entries, honest.head_seq) == (3, 3)  # two grants and the transfer
+    assert honest.head_hash == (await ledger_rows(coordinator))[-1]["hash"]
+    assert await execute(coordinator, "UPDATE accounts SET kudos = kudos + 500 WHERE id = ?", bob.id) == 1
+    assert await execute(coordinator, "UPDATE accounts SET kudos = kudos - 0.01 WHERE id = ?", alice.id) == 1
+    report = await coordinator.broker.bank.audit()
+    assert not report.ok
+    assert sorted(report.problems) == sorted([f"account {bob.id}: cached balance 513.0 but the ledger says 13.0",
+                                              f"account {alice.id}: cached balance 6.99 but the ledger says 7.0"])
+
+
+async def test_uptime_kudos_pay_an_online_nodes_owner_every_ten_minutes(tmp_path: Path,
+                                                                      database_url: str | None) -> None:
+    """tests/conftest.py turns uptime kudos off for every other test (they would move balances under them):
+    here they are on. A node seen lately earns its owner the configured amount per 10 minutes, once; a node
+    that stopped popping earns nothing. Upkeep rounds are run here, by hand (two at once, as two processes
+    sharing a database do), not by the coordinator's timer."""
+    async with custom_coordinator(tmp_path, database_url, uptime_kudos_per_10_minutes=50,
+                                  maintenance_interval=3600) as coordinator:
+        clock = FakeClock(time.time())
+        coordinator.broker.services.clock = clock
+        owner, absent = await coordinator.create_account("owner"), await coordinator.create_account("absent")
+        stayer, leaver = node(coordinator, owner, "stayer"), node(coordinator, absent, "leaver")
+        assert (await stayer.pop()).status == (await leaver.pop()).status == 200
+        start = clock.now
+        clock.now = start + 1
+        await coordinator.broker.upkeep.pay_uptime()  # first seen: the period starts now
+        clock.now = start + 400
+        assert (await stayer.pop()).status == 200  # still here; `leaver` was last seen 400 s ago
+        clock.now = start + 601
+        upkeep = coordinator.broker.upkeep
+        await asyncio.gather(upkeep.pay_uptime(), upkeep.pay_uptime())  # each period is paid once
+        await upkeep.pay_uptime()
+        assert (await balance(coordinator, owner), await balance(coordinator, absent)) == (50, 0)
+        [entry] = [row for row in await ledger_rows(coordinator) if row["kind"] == "uptime"]
+        stayer_id = (await fetch_one(coordinator, "SELECT id FROM workers WHERE name = 'stayer'") or {})["id"]
+        assert (entry["source"], entry["target"], entry["amount"]) == (None, owner.id, 50)
+        assert entry["reference"] == f"uptime:{stayer_id}"
+        details = await Api(coordinator.url).get(f"/v2/workers/{stayer_id}")
+        assert details.body["uptime"] == 600, details.body
+        assert (await coordinator.broker.bank.audit()).ok
 
 
 async def test_an_accounts_recent_ledger_entries_newest_first(coordinator: RunningCoordinator) -> None:

@@ -22,6 +22,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.logs import LIBRARIES, StructuredFormatter, configure_logging
 from coordinator.storage import StorageUnavailable
 from tests.api_support import (
+    RequesterAndNode,
     balance,
     count,
     custom_coordinator,
@@ -31,6 +32,7 @@ from tests.api_support import (
     job_state,
     ledger_rows,
     node,
+    parked,
     pop_job,
     requester,
     seed_of,
@@ -80,11 +82,11 @@ async def test_missed_deadline_reissues_to_another_node(coordinator: RunningCoor
     assert '"missed_deadlines": 1' in worker["info"]
 
 
-async def test_in_flight_job_of_a_cancelled_request_is_not_reissued(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_in_flight_job_of_a_cancelled_request_is_not_reissued(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner = pair.alice, pair.api, pair.owner
     request_id = await generate(api, small(n=2))
-    owner = await coordinator.create_account("owner")
     slow, other = node(coordinator, owner, "slow"), node(coordinator, owner, "other")
     first = await pop_job(slow)
     assert (await api.call("DELETE", f"/v2/generate/status/{request_id}")).status == 200
@@ -97,12 +99,11 @@ async def test_in_flight_job_of_a_cancelled_request_is_not_reissued(coordinator:
     assert await balance(coordinator, alice) == 100
 
 
-async def test_fault_on_a_cancelled_request_does_not_requeue(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_fault_on_a_cancelled_request_does_not_requeue(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     popped = await pop_job(worker)
     assert (await api.call("DELETE", f"/v2/generate/status/{request_id}")).status == 200
     assert (await worker.submit(popped.body["ids"][0], seed_of(popped), state="faulted")).status == 200
@@ -110,10 +111,10 @@ async def test_fault_on_a_cancelled_request_does_not_requeue(coordinator: Runnin
     assert await count(coordinator, "queue") == 0
 
 
-async def test_three_missed_deadlines_put_a_node_in_maintenance(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
-    owner = await coordinator.create_account("owner")
+async def test_three_missed_deadlines_put_a_node_in_maintenance(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
     sleepy = node(coordinator, owner, "sleepy")
     for _ in range(3):
         await generate(api, small())
@@ -368,7 +369,8 @@ async def test_shutdown_answers_open_long_polls_at_once(tmp_path: Path) -> None:
     assert (await worker.pop()).status == 200
     pop = asyncio.create_task(worker.pop(wait=30))
     check = asyncio.create_task(requester(running, alice).get(f"/v2/generate/check/{request_id}?wait=30"))
-    await asyncio.sleep(0.5)
+    await parked(running, "pop:n1")
+    await parked(running, f"check:{request_id}")
     started = time.monotonic()
     # Well under the 30 s the long-polls asked for: shutdown must not wait them out.
     await asyncio.wait_for(running.stop(), 10)

@@ -11,6 +11,7 @@ from coordinator.results import upload_name
 from protocol.provenance import request_digest
 from tests.api_support import (
     MODEL,
+    RequesterAndNode,
     b64,
     balance,
     count,
@@ -19,6 +20,7 @@ from tests.api_support import (
     generate,
     job_state,
     node,
+    parked,
     png,
     pop_job,
     requester,
@@ -60,15 +62,15 @@ async def test_pop_on_an_empty_queue(coordinator: RunningCoordinator) -> None:
     assert popped.body["id"] is None
 
 
-async def test_long_poll_pop_gets_a_job_queued_after_it_started(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_long_poll_pop_gets_a_job_queued_after_it_started(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
     assert (await worker.pop()).body["ids"] == []  # registered
     waiting = asyncio.create_task(worker.pop(wait=20))
-    await asyncio.sleep(0.3)
+    await parked(coordinator, "pop:n1")
     assert not waiting.done()
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small())
+    request_id = await generate(api, small())
     popped = await asyncio.wait_for(waiting, 15)
     assert popped.status == 200
     assert len(popped.body["ids"]) == 1
@@ -81,15 +83,18 @@ async def test_long_poll_pop_wakes_the_node_a_restricted_request_names(coordinat
     node_a, node_b = node(coordinator, owner, "node-a"), node(coordinator, owner, "node-b")
     await node_a.pop()
     await node_b.pop()
-    wait_a = asyncio.create_task(node_a.pop(wait=1.5))
-    await asyncio.sleep(0.2)
+    wait_a = asyncio.create_task(node_a.pop(wait=10))
+    await parked(coordinator, "pop:node-a")
     wait_b = asyncio.create_task(node_b.pop(wait=10))
-    await asyncio.sleep(0.2)
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), {**small(), "workers": ["node-b"]})
-    got_b, got_a = await asyncio.gather(wait_b, wait_a)
-    assert got_a.body["ids"] == []
-    assert len(got_b.body["ids"]) == 1
+    await parked(coordinator, "pop:node-b")
+    api = requester(coordinator, await coordinator.create_account("alice", kudos=100))
+    for_b = await generate(api, {**small(), "workers": ["node-b"]})
+    got_b = await asyncio.wait_for(wait_b, 15)
+    assert [job["document"]["request_sha256"] for job in got_b.body["jobs"]] == [request_digest(for_b)]
+    assert not wait_a.done()  # still parked: the wake-up went to B
+    for_anyone = await generate(api, small())
+    got_a = await asyncio.wait_for(wait_a, 15)
+    assert [job["document"]["request_sha256"] for job in got_a.body["jobs"]] == [request_digest(for_anyone)]
 
 
 async def test_long_poll_pop_wakes_a_node_that_allows_post_processing(coordinator: RunningCoordinator) -> None:
@@ -98,15 +103,18 @@ async def test_long_poll_pop_wakes_a_node_that_allows_post_processing(coordinato
     full = node(coordinator, owner, "full")
     await plain.pop()
     await full.pop()
-    wait_plain = asyncio.create_task(plain.pop(wait=1.5))
-    await asyncio.sleep(0.2)
+    wait_plain = asyncio.create_task(plain.pop(wait=10))
+    await parked(coordinator, "pop:plain")
     wait_full = asyncio.create_task(full.pop(wait=10))
-    await asyncio.sleep(0.2)
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small(post_processing=["GFPGAN"]))
-    got_full, got_plain = await asyncio.gather(wait_full, wait_plain)
-    assert got_plain.body["ids"] == []
-    assert len(got_full.body["ids"]) == 1
+    await parked(coordinator, "pop:full")
+    api = requester(coordinator, await coordinator.create_account("alice", kudos=100))
+    post_processed = await generate(api, small(post_processing=["GFPGAN"]))
+    got_full = await asyncio.wait_for(wait_full, 15)
+    assert [job["document"]["request_sha256"] for job in got_full.body["jobs"]] == [request_digest(post_processed)]
+    assert not wait_plain.done()  # still parked: the wake-up went to the node that can serve it
+    plain_request = await generate(api, small())
+    got_plain = await asyncio.wait_for(wait_plain, 15)
+    assert [job["document"]["request_sha256"] for job in got_plain.body["jobs"]] == [request_digest(plain_request)]
 
 
 async def test_concurrent_pops_never_hand_out_a_job_twice(coordinator: RunningCoordinator) -> None:
@@ -143,11 +151,9 @@ async def test_concurrent_first_pops_of_a_new_node_all_succeed(coordinator: Runn
     assert await count(coordinator, "workers") == 1
 
 
-async def test_amount_batches_consecutive_images_of_one_request(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small(n=4, seed="77"))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_amount_batches_consecutive_images_of_one_request(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
+    request_id = await generate(api, small(n=4, seed="77"))
     popped = await pop_job(worker, amount=3)
     assert len(popped.body["ids"]) == 3
     assert popped.body["payload"]["n_iter"] == 3
@@ -205,11 +211,11 @@ async def test_unknown_job_id_on_submit(coordinator: RunningCoordinator) -> None
     assert reply.status == 404 and reply.rc == "InvalidJobID"
 
 
-async def test_repeated_submit_is_a_duplicate_and_paid_once(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_repeated_submit_is_a_duplicate_and_paid_once(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner, worker = pair.api, pair.owner, pair.worker
+    await generate(api, small())
     popped = await pop_job(worker)
     first = await worker.submit(popped.body["ids"][0], seed_of(popped))
     assert first.status == 200 and first.body["reward"] > 0
@@ -219,11 +225,11 @@ async def test_repeated_submit_is_a_duplicate_and_paid_once(coordinator: Running
     assert await balance(coordinator, owner) == paid == first.body["reward"]
 
 
-async def test_submit_after_the_time_limit_is_aborted_and_unpaid(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_submit_after_the_time_limit_is_aborted_and_unpaid(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner, worker = pair
+    await generate(api, small())
     popped = await pop_job(worker)
     await expire_job(coordinator, popped.body["ids"][0])
     late = await worker.submit(popped.body["ids"][0], seed_of(popped))
@@ -232,18 +238,16 @@ async def test_submit_after_the_time_limit_is_aborted_and_unpaid(coordinator: Ru
     assert await balance(coordinator, alice) == 100
 
 
-async def test_upload_then_submit_r2(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_upload_then_submit_r2(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
+    request_id = await generate(api, small())
     popped = await pop_job(worker)
     image = tiny_webp((5, 6, 7))
     upload = popped.body["r2_upload"]
     assert upload == popped.body["r2_uploads"][0]
     reply = await worker.submit(popped.body["ids"][0], seed_of(popped), image=image, upload_url=upload)
     assert reply.status == 200, reply.body
-    status = await requester(coordinator, alice).get(f"/v2/generate/status/{request_id}")
+    status = await api.get(f"/v2/generate/status/{request_id}")
     generation = status.body["generations"][0]
     async with aiohttp.ClientSession() as session, session.get(generation["img"]) as response:
         assert await response.read() == image
@@ -261,11 +265,9 @@ async def test_submit_r2_without_upload_is_refused(coordinator: RunningCoordinat
     assert await job_state(coordinator, popped.body["ids"][0]) == "processing"
 
 
-async def test_upload_with_a_bad_token_is_refused(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small(n=2))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_upload_with_a_bad_token_is_refused(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
+    await generate(api, small(n=2))
     popped = await pop_job(worker, amount=2)
     first_url, second_url = popped.body["r2_uploads"]
     good_token = first_url.split("token=", 1)[1]
@@ -283,13 +285,14 @@ async def test_upload_with_a_bad_token_is_refused(coordinator: RunningCoordinato
         assert not await coordinator.broker.services.images.exists(name)
 
 
-async def test_late_upload_by_the_previous_node_does_not_reach_the_new_one(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
+async def test_late_upload_by_the_previous_node_does_not_reach_the_new_one(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
     # The new node is an unsigned (AI Horde) one: nothing but its upload says which image it made.
     slow, quick = node(coordinator, owner, "slow"), node(coordinator, owner, "quick", signed=False)
     await quick.pop()
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small())
+    request_id = await generate(api, small())
     first = await pop_job(slow)
     job_id = first.body["ids"][0]
     await expire_job(coordinator, job_id)
@@ -307,7 +310,7 @@ async def test_late_upload_by_the_previous_node_does_not_reach_the_new_one(coord
     reply = await quick.api.post("/v2/generate/submit", {"id": job_id, "generation": "R2", "state": "ok",
                                                          "seed": seed_of(second)})
     assert reply.status == 200, reply.body
-    [generation] = (await requester(coordinator, alice).get(f"/v2/generate/status/{request_id}")).body["generations"]
+    [generation] = (await api.get(f"/v2/generate/status/{request_id}")).body["generations"]
     async with aiohttp.ClientSession() as session, session.get(generation["img"]) as response:
         assert await response.read() == good
 
@@ -378,10 +381,8 @@ async def test_servable_job_behind_many_reserved_ones_is_found(coordinator: Runn
     assert popped.body["jobs"][0]["document"]["request_sha256"] == request_digest(open_id)
 
 
-async def test_worker_list_filter_and_blacklist(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
-    owner = await coordinator.create_account("owner")
+async def test_worker_list_filter_and_blacklist(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
     node_a, node_b = node(coordinator, owner, "node-a"), node(coordinator, owner, "node-b")
     only_b = await generate(api, {**small(), "workers": ["node-b"]})
     not_b = await generate(api, {**small(), "workers": ["node-b"], "worker_blacklist": True})
@@ -390,6 +391,22 @@ async def test_worker_list_filter_and_blacklist(coordinator: RunningCoordinator)
     assert (await node_a.pop()).body["ids"] == []
     first_b = await pop_job(node_b)
     assert first_b.body["jobs"][0]["document"]["request_sha256"] == request_digest(only_b)
+
+
+async def test_a_nodes_word_blacklist_keeps_matching_prompts_from_it(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    """A node's `blacklist` (words it will not draw, any case, anywhere in the prompt) passes over those
+    requests, which stay queued for other nodes."""
+    api, owner = pair.api, pair.owner
+    unwanted = await generate(api, small("A red FOXglove in a vase"))
+    wanted = await generate(api, small("a cat"))
+    picky = node(coordinator, owner, "picky", extra={"blacklist": ["fox", "wolf"]})
+    first = await pop_job(picky)
+    assert first.body["jobs"][0]["document"]["request_sha256"] == request_digest(wanted)
+    assert (await picky.pop()).body["ids"] == []
+    other = await pop_job(node(coordinator, owner, "other"))
+    assert other.body["jobs"][0]["document"]["request_sha256"] == request_digest(unwanted)
 
 
 @pytest.mark.parametrize("models", [499, 500])
@@ -403,16 +420,14 @@ async def test_pop_with_many_models(coordinator: RunningCoordinator, models: int
     assert popped.body["model"] == "m-7"
 
 
-async def test_maintenance_node_gets_nothing(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_maintenance_node_gets_nothing(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner, worker = pair.api, pair.owner, pair.worker
     await worker.pop()
     worker_id = (await fetch_worker_id(coordinator, "n1"))
     reply = await Api(coordinator.url, apikey=owner.apikey).call("PUT", f"/v2/workers/{worker_id}",
                                                                  {"maintenance": True})
     assert reply.status == 200, reply.body
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
+    await generate(api, small())
     refused = await worker.pop()  # AI Horde's answer, not an empty pop (tests/test_abuse_faults.py)
     assert (refused.status, refused.rc) == (403, "WorkerMaintenance"), refused.body
     reply = await Api(coordinator.url, apikey=owner.apikey).call("PUT", f"/v2/workers/{worker_id}",
@@ -425,12 +440,11 @@ async def fetch_worker_id(coordinator: RunningCoordinator, name: str) -> str:
     return next(w["id"] for w in workers.body if w["name"] == name)
 
 
-async def test_model_counts_in_status(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
+async def test_model_counts_in_status(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
     await node(coordinator, owner, "n1", models=[MODEL, "other"]).pop()
     await node(coordinator, owner, "n2", models=[MODEL]).pop()
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small(n=3, models=["queued-only"]))
+    await generate(api, small(n=3, models=["queued-only"]))
     models = {m["name"]: m for m in (await Api(coordinator.url).get("/v2/status/models")).body}
     assert Counter({name: m["count"] for name, m in models.items()}) == Counter(
         {MODEL: 2, "other": 1, "queued-only": 0})
@@ -505,14 +519,15 @@ async def test_require_upfront_kudos_takes_only_requests_their_requesters_can_pa
     assert len((await pop_job(anyone)).body["ids"]) == 1
 
 
-async def test_an_extra_slow_node_gets_no_request_that_refuses_slow_workers(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
-    alice = await coordinator.create_account("alice", kudos=100)
+async def test_an_extra_slow_node_gets_no_request_that_refuses_slow_workers(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
     slow = node(coordinator, owner, "slow", extra={"extra_slow_worker": True})
     assert (await slow.pop()).body["ids"] == []
-    hurried = await generate(requester(coordinator, alice), {**small(), "slow_workers": False})
+    hurried = await generate(api, {**small(), "slow_workers": False})
     assert (await slow.pop()).body["ids"] == []
-    relaxed = await generate(requester(coordinator, alice), small())
+    relaxed = await generate(api, small())
     assert (await pop_job(slow)).body["jobs"][0]["document"]["request_sha256"] == request_digest(relaxed)
     fast = await pop_job(node(coordinator, owner, "fast"))
     assert fast.body["jobs"][0]["document"]["request_sha256"] == request_digest(hurried)

@@ -9,10 +9,12 @@ import pytest
 
 from tests.api_support import (
     MODEL,
+    RequesterAndNode,
     count,
     generate,
     job_state,
     node,
+    parked,
     pop_job,
     requester,
     seed_of,
@@ -23,9 +25,11 @@ from tests.conftest import RunningCoordinator
 from tests.helpers import Api, tiny_webp
 
 
-async def test_accepted_shape_and_warning_without_nodes(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    reply = await requester(coordinator, alice).post("/v2/generate/async", small(n=2))
+async def test_accepted_shape_and_warning_without_nodes(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
+    reply = await api.post("/v2/generate/async", small(n=2))
     assert reply.status == 202, reply.body
     assert set(reply.body) >= {"id", "kudos", "warnings"}
     assert isinstance(reply.body["id"], str) and reply.body["id"]
@@ -35,9 +39,8 @@ async def test_accepted_shape_and_warning_without_nodes(coordinator: RunningCoor
     assert await count(coordinator, "queue") == 2
 
     # Once a node serving the model is online, the same request draws no warning.
-    owner = await coordinator.create_account("owner")
     assert (await node(coordinator, owner, "n1").pop()).status == 200
-    again = await requester(coordinator, alice).post("/v2/generate/async", small())
+    again = await api.post("/v2/generate/async", small())
     assert again.status == 202 and again.body["warnings"] == []
 
 
@@ -54,10 +57,11 @@ async def test_dry_run_prices_without_queueing(coordinator: RunningCoordinator) 
     assert real.body["kudos"] == priced.body["kudos"]
 
 
-async def test_defaults_and_negative_prompt_reach_the_node(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), {"prompt": "a red fox ### blurry, low quality"})
-    owner = await coordinator.create_account("owner")
+async def test_defaults_and_negative_prompt_reach_the_node(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, {"prompt": "a red fox ### blurry, low quality"})
     popped = await pop_job(node(coordinator, owner, "n1"))
     payload = popped.body["payload"]
     # One prompt with the negative after "###", as AI Horde sends it: its workers read no other field.
@@ -75,25 +79,24 @@ async def test_defaults_and_negative_prompt_reach_the_node(coordinator: RunningC
     assert document["job_id"] == popped.body["ids"][0]
 
 
-async def test_batch_seeds_are_request_seed_plus_index(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small(n=4, seed="1000"))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_batch_seeds_are_request_seed_plus_index(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
+    request_id = await generate(api, small(n=4, seed="1000"))
     seeds = []
     for _ in range(4):
         popped = await pop_job(worker)
         seeds.append(seed_of(popped))
         assert (await worker.submit(popped.body["ids"][0], seed_of(popped))).status == 200
     assert sorted(seeds, key=int) == ["1000", "1001", "1002", "1003"]
-    status = await requester(coordinator, alice).get(f"/v2/generate/status/{request_id}")
+    status = await api.get(f"/v2/generate/status/{request_id}")
     assert sorted(g["seed"] for g in status.body["generations"]) == ["1000", "1001", "1002", "1003"]
 
 
-async def test_random_seeds_are_distinct_within_a_batch(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small(n=5))
-    owner = await coordinator.create_account("owner")
+async def test_random_seeds_are_distinct_within_a_batch(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, small(n=5))
     popped = await pop_job(node(coordinator, owner, "n1"), amount=5)
     assert len(popped.body["ids"]) == 5
     seeds = [int(seed_of(popped, i)) for i in range(5)]
@@ -101,9 +104,8 @@ async def test_random_seeds_are_distinct_within_a_batch(coordinator: RunningCoor
     assert [(seed - seeds[0]) % 2**32 for seed in seeds] == [0, 1, 2, 3, 4]
 
 
-async def test_check_and_status_report_progress(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_check_and_status_report_progress(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, small(n=2))
     check = await api.get(f"/v2/generate/check/{request_id}")
     assert check.status == 200
@@ -113,8 +115,6 @@ async def test_check_and_status_report_progress(coordinator: RunningCoordinator)
     assert (check.body["waiting"], check.body["processing"], check.body["finished"]) == (2, 0, 0)
     assert check.body["done"] is False and check.body["faulted"] is False
 
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     popped = await pop_job(worker)
     check = await api.get(f"/v2/generate/check/{request_id}")
     assert (check.body["waiting"], check.body["processing"], check.body["finished"]) == (1, 1, 0)
@@ -144,12 +144,9 @@ async def test_check_and_status_report_progress(coordinator: RunningCoordinator)
     assert len(final.body["generations"]) == 2
 
 
-async def test_r2_false_returns_base64_images(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_r2_false_returns_base64_images(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, {**small(), "r2": False})
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     popped = await pop_job(worker)
     image = tiny_webp((9, 99, 199))
     assert (await worker.submit(popped.body["ids"][0], seed_of(popped), image=image)).status == 200
@@ -157,17 +154,16 @@ async def test_r2_false_returns_base64_images(coordinator: RunningCoordinator) -
     assert base64.b64decode(status.body["generations"][0]["img"]) == image
 
 
-async def test_long_poll_check_returns_when_an_image_finishes(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_long_poll_check_returns_when_an_image_finishes(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     popped = await pop_job(worker)
 
     started = time.monotonic()
     waiting = asyncio.create_task(api.get(f"/v2/generate/check/{request_id}?wait=20"))
-    await asyncio.sleep(0.3)
+    await parked(coordinator, f"check:{request_id}")
     assert not waiting.done()  # nothing changed yet: the check is still held
     assert (await worker.submit(popped.body["ids"][0], seed_of(popped))).status == 200
     check = await asyncio.wait_for(waiting, 15)
@@ -177,23 +173,21 @@ async def test_long_poll_check_returns_when_an_image_finishes(coordinator: Runni
     assert check.body["finished"] == 1 and check.body["done"] is True
 
 
-async def test_long_poll_check_returns_at_once_when_finished_differs(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_long_poll_check_returns_at_once_when_finished_differs(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
     request_id = await generate(api, small(n=2))
-    owner = await coordinator.create_account("owner")
     await node(coordinator, owner, "n1").serve_one()
     # The caller says it knows of 0 finished images; there is 1, so the answer is immediate.
     check = await asyncio.wait_for(api.get(f"/v2/generate/check/{request_id}?wait=30&finished=0"), 10)
     assert check.body["finished"] == 1
 
 
-async def test_is_possible_follows_the_online_nodes(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_is_possible_follows_the_online_nodes(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
     request_id = await generate(api, small(n=2, models=["rare-model"]))
     assert (await api.get(f"/v2/generate/check/{request_id}")).body["is_possible"] is False
-    owner = await coordinator.create_account("owner")
     # A node serving another model does not make it possible.
     assert (await node(coordinator, owner, "other", models=["tiny-sd"]).pop()).body["ids"] == []
     assert (await api.get(f"/v2/generate/check/{request_id}")).body["is_possible"] is False
@@ -204,12 +198,11 @@ async def test_is_possible_follows_the_online_nodes(coordinator: RunningCoordina
     assert check.body["is_possible"] is True
 
 
-async def test_cancel_by_owner_keeps_made_images_and_charges_only_them(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_cancel_by_owner_keeps_made_images_and_charges_only_them(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner, worker = pair
     request_id = await generate(api, small(n=3))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     await worker.serve_one()  # one image made
     in_flight = await pop_job(worker)  # one being made
     price = (await coordinator.broker.requests.load(request_id))[0].kudos_per_image

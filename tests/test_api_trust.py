@@ -21,6 +21,7 @@ from protocol.provenance import (
     verify_provenance,
 )
 from tests.api_support import (
+    RequesterAndNode,
     balance,
     generate,
     job_state,
@@ -151,21 +152,23 @@ async def test_registration_must_prove_the_key(coordinator: RunningCoordinator) 
     # The key is taken now, and so is the name.
     _, again = await register_signed(coordinator, "second", claimed)
     assert again.status == 400 and again.rc == "NameAlreadyExists"
+    # The message names the clash, and the key's holder, so the user knows which account to use.
+    assert again.body["message"].startswith(f"This key is already registered, as owner-of-key#{first.body['id']}")
     same_name = await Api(coordinator.url).post("/v2/accounts", {"username": "OWNER-of-key"})
     assert same_name.status == 400 and same_name.rc == "NameAlreadyExists"
+    assert same_name.body["message"] == "The username OWNER-of-key is already taken; choose another."
     bad_name = await Api(coordinator.url).post("/v2/accounts", {"username": "no spaces please"})
     assert bad_name.status == 400
 
 
-async def test_node_key_is_bound_on_first_signed_pop(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner")
+async def test_node_key_is_bound_on_first_signed_pop(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
+    api, owner = pair.api, pair.owner
     first_key, second_key = Identity.generate(), Identity.generate()
     bound = node(coordinator, owner, "keyed", identity=first_key)
     assert (await bound.pop()).status == 200
     [listed] = (await Api(coordinator.url).get("/v2/workers")).body
     assert listed["public_key"] == first_key.public_key.text()
-    alice = await coordinator.create_account("alice", kudos=100)
-    await generate(requester(coordinator, alice), small())
+    await generate(api, small())
     impostor = await node(coordinator, owner, "keyed", identity=second_key).pop()
     assert (impostor.status, impostor.rc) == (403, "WrongCredentials")
     # The bound key alone (no apikey) is enough for the node.
@@ -177,7 +180,7 @@ async def test_node_key_is_bound_on_first_signed_pop(coordinator: RunningCoordin
     other_name = await SimWorker(Api(coordinator.url, identity=first_key), "another-name").pop()
     assert (other_name.status, other_name.rc) == (403, "WrongCredentials")
     # The owner's apikey alone still works (AI Horde-compatible), and its results are unsigned.
-    await generate(requester(coordinator, alice), small())
+    await generate(api, small())
     unsigned = node(coordinator, owner, "keyed", signed=False)
     popped = await pop_job(unsigned)
     assert (await unsigned.submit(popped.body["ids"][0], seed_of(popped))).status == 200
@@ -192,11 +195,11 @@ async def test_node_key_of_another_owner_is_refused(coordinator: RunningCoordina
     assert (stolen.status, stolen.rc) == (401, "ApikeySignatureMismatch")
 
 
-async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small())
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    alice, api, owner, worker = pair
+    request_id = await generate(api, small())
     popped = await pop_job(worker)
     job_id, seed = popped.body["ids"][0], seed_of(popped)
     image = tiny_webp()
@@ -216,15 +219,14 @@ async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(coordinator:
     assert await balance(coordinator, owner) == 0 and await balance(coordinator, alice) == 100
     # The job is still the node's to finish properly.
     assert (await worker.submit(job_id, seed, image=image)).status == 200
-    assert (await requester(coordinator, alice).get(f"/v2/generate/status/{request_id}")).body["done"] is True
+    assert (await api.get(f"/v2/generate/status/{request_id}")).body["done"] is True
 
 
-async def test_provenance_verifies_from_public_data_only(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_provenance_verifies_from_public_data_only(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, small(n=2))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     popped = await pop_job(worker, amount=2)
     coordinator_key = PublicKey.from_text((await Api(coordinator.url).get("/v2/coordinator")).body["public_key"])
     for index, job_id in enumerate(popped.body["ids"]):
@@ -256,13 +258,13 @@ async def test_provenance_verifies_from_public_data_only(coordinator: RunningCoo
                                      generation["signature"], worker_key)
 
 
-async def test_provenance_holds_when_the_node_reports_another_seed(coordinator: RunningCoordinator) -> None:
+async def test_provenance_holds_when_the_node_reports_another_seed(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
     """The status's `seed` is the one the node reported and signed (as on AI Horde), so the result document
     can be rebuilt from it; the job document still shows the seed the coordinator asked for."""
-    alice = await coordinator.create_account("alice", kudos=100)
-    request_id = await generate(requester(coordinator, alice), small(seed="00042"))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
+    api, worker = pair.api, pair.worker
+    request_id = await generate(api, small(seed="00042"))
     popped = await pop_job(worker)
     job_id = popped.body["ids"][0]
     image = tiny_webp()

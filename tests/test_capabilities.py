@@ -22,7 +22,7 @@ from coordinator.storage.migrations import migration_scripts
 from coordinator.storage.records import QueueEntry, WorkerCaps
 from coordinator.storage.sqlite import SqliteDatabase
 from protocol.baselines import FAMILIES
-from tests.api_support import b64, count, generate, node, png, pop_job, requester, small
+from tests.api_support import RequesterAndNode, b64, count, generate, node, png, pop_job, requester, small
 from tests.conftest import RunningCoordinator
 
 MODELS = ["m1", "m2", "m3"]
@@ -109,16 +109,17 @@ def test_each_row_keeps_out_exactly_what_the_node_lacks() -> None:
     assert not model_allows(everything, "m2") and model_allows(everything, "")
 
 
-async def test_a_controlnet_job_waits_for_a_node_that_declares_it(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
+async def test_a_controlnet_job_waits_for_a_node_that_declares_it(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
     plain = node(coordinator, owner, "plain")
     empty = await plain.pop()  # online, but without ControlNet
     assert empty.status == 200 and not empty.body["ids"]
     body = {**small(control_type="canny"), "source_image": b64(png())}
-    request_id = await generate(requester(coordinator, alice), body)
+    request_id = await generate(api, body)
 
-    check = await requester(coordinator, alice).get(f"/v2/generate/check/{request_id}")
+    check = await api.get(f"/v2/generate/check/{request_id}")
     assert check.body["is_possible"] is False and "ControlNet" in check.body["is_possible_reason"]
     skipped = await plain.pop()
     assert not skipped.body["ids"] and skipped.body["skipped"] == {"controlnet": 1}
@@ -158,10 +159,11 @@ async def test_a_job_goes_only_to_a_node_that_declares_what_it_needs(
     assert able.body["payload"]["ddim_steps"] == params.get("steps", 4)
 
 
-async def test_a_controlnet_type_goes_only_to_a_node_that_runs_it(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    await generate(requester(coordinator, alice), {**small(control_type="depth"), "source_image": b64(png())})
+async def test_a_controlnet_type_goes_only_to_a_node_that_runs_it(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, {**small(control_type="depth"), "source_image": b64(png())})
     canny_only = {"allow_controlnet": True, "control_types": ["canny", "scribble"]}
     lacking = await node(coordinator, owner, "canny-only", extra=canny_only).pop()
     assert not lacking.body["ids"] and lacking.body["skipped"] == {"controlnet": 1}
@@ -171,10 +173,11 @@ async def test_a_controlnet_type_goes_only_to_a_node_that_runs_it(coordinator: R
     assert able.body["payload"]["control_type"] == "depth"
 
 
-async def test_limit_max_steps_still_takes_jobs_within_the_limit(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    await generate(requester(coordinator, alice), small(steps=30))
+async def test_limit_max_steps_still_takes_jobs_within_the_limit(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, small(steps=30))
     popped = await pop_job(node(coordinator, owner, "limited", extra={"limit_max_steps": True}))
     assert popped.body["payload"]["ddim_steps"] == 30
 
@@ -207,20 +210,19 @@ async def test_what_no_node_honours_is_refused_before_it_costs_anything(
     assert (await coordinator.account(alice.id)).kudos == 100
 
 
-async def test_disable_batching_gives_one_image_per_pop(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
-    await generate(requester(coordinator, alice), {**small(n=3), "disable_batching": True})
+async def test_disable_batching_gives_one_image_per_pop(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
+    await generate(api, {**small(n=3), "disable_batching": True})
     assert [len((await pop_job(worker, amount=3)).body["ids"]) for _ in range(3)] == [1, 1, 1]
-    await generate(requester(coordinator, alice), small(n=3))
+    await generate(api, small(n=3))
     assert len((await pop_job(worker, amount=3)).body["ids"]) == 3
 
 
-async def test_extra_slow_workers_false_keeps_extra_slow_nodes_away(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    owner = await coordinator.create_account("owner")
-    await generate(requester(coordinator, alice), {**small(), "extra_slow_workers": False})
+async def test_extra_slow_workers_false_keeps_extra_slow_nodes_away(
+    coordinator: RunningCoordinator, pair: RequesterAndNode
+) -> None:
+    api, owner = pair.api, pair.owner
+    await generate(api, {**small(), "extra_slow_workers": False})
     slow = await node(coordinator, owner, "slow", extra={"extra_slow_worker": True}).pop()
     assert not slow.body["ids"]
     assert (await pop_job(node(coordinator, owner, "fast"))).body["ids"]

@@ -11,6 +11,7 @@ from client.errors import CoordinatorUnreachable, HordeAPIError
 from protocol.errors import RC
 from protocol.generation import GenerationRequest
 from protocol.keys import Identity
+from tests.api_support import parked
 from tests.conftest import RunningCoordinator
 
 
@@ -71,7 +72,7 @@ async def test_long_poll_returns_when_the_request_changes(coordinator: RunningCo
     async with HordeClient(coordinator.url, apikey=user.apikey) as client:
         accepted = await client.generate(small_request())
         polling = asyncio.create_task(client.check(accepted.id, wait=20))
-        await asyncio.sleep(0.3)
+        await parked(coordinator, f"check:{accepted.id}")
         assert not polling.done()
         await client.cancel(accepted.id)
         check = await asyncio.wait_for(polling, 5)

@@ -4,6 +4,7 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from protocol.httpsig import (
+    MAX_NONCE_CHARS,
     DigestMismatch,
     SignatureError,
     SignatureExpired,
@@ -130,6 +131,12 @@ class LowerCaseHeaders(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@pytest.mark.parametrize("nonce", ["n", "n" * MAX_NONCE_CHARS])
+def test_nonces_of_one_to_the_most_characters_verify(nonce: str) -> None:
+    headers = sign_request(IDENTITY, "POST", URL, BODY, created=NOW, nonce=nonce)
+    assert verify(headers).nonce == nonce
 
 
 def test_header_names_are_case_insensitive() -> None:

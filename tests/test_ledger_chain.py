@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from protocol.canonical import canonical_json
-from protocol.keys import Identity
+from protocol.keys import Identity, b64url_decode
 from protocol.ledger import (
     GENESIS_HASH,
     KINDS,
@@ -138,6 +138,22 @@ def test_kinds() -> None:
 def test_balances() -> None:
     # 1: 100 - 10 - 2.2 + 0.2 - 7.77; 2: 12.35 + 10 - 5.5 + 1.1 + 7.77 - 0.01; 3: 5.5 + 0.1 - 0.2
     assert balances(build_chain()) == {1: 80.23, 2: 25.71, 3: 5.4}
+
+
+def test_an_account_debited_before_any_credit_goes_negative() -> None:
+    """An operator's negative grant can reach an account that was never credited: its balance is below zero,
+    not counted from some other starting point."""
+    debit = LedgerEntry.new(None, created=1_700_000_000, kind="admin", source=5, target=None, amount=2.5)
+    assert balances([debit]) == {5: -2.5}
+
+
+def test_the_head_signature_covers_the_documented_fields() -> None:
+    """The browser's verify.js and any offline verifier rebuild the signed bytes from the four fields
+    docs/api.md names, as RFC 8785 JSON: renaming one in Python alone would break them all."""
+    head = sign_head(COORDINATOR, 10, "ab" * 32, 1_700_000_100)
+    documented = {"seq": 10, "hash": "ab" * 32, "created": 1_700_000_100,
+                  "coordinator_key": COORDINATOR.public_key.text()}  # fmt: skip
+    assert COORDINATOR.public_key.verify(canonical_json(documented), b64url_decode(head.signature))
 
 
 def test_signed_head_verifies() -> None:

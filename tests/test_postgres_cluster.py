@@ -195,6 +195,7 @@ class Flow:
     delivered: int = 0
     target: int = 0
     reached: asyncio.Event = field(default_factory=asyncio.Event)
+    unavailable: asyncio.Event = field(default_factory=asyncio.Event)  # a node was answered 503
 
     def aim(self, target: int) -> None:
         self.target = target
@@ -216,6 +217,7 @@ async def run_node(node: Node, flow: Flow) -> None:
         reply = await node.worker.pop(wait=2, amount=node.amount)
         node.replies[reply.status] += 1
         if unavailable(reply):
+            flow.unavailable.set()
             await asyncio.sleep(0.2)
             continue
         assert reply.status == 200, reply.body
@@ -392,7 +394,7 @@ async def test_a_database_outage_mid_run_loses_nothing(cluster_with_outage: Clus
     await probe_outage(cluster, requesters[0], request_ids[0])
     flow.aim(120)
     flow.running.set()  # nodes keep polling through the outage and get 503s
-    await asyncio.sleep(1.0)
+    await until(flow.unavailable, tasks, timeout=30)
     await cluster.outage.restore()
     await until(flow.reached, tasks, timeout=90)
     await finish(flow, tasks)

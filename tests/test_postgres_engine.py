@@ -51,6 +51,22 @@ async def opened(url: str) -> PostgresDatabase:
     return database
 
 
+async def blocked_on_a_lock(url: str, timeout: float = 30) -> None:
+    """Until a session of this database waits for a lock another holds (PostgreSQL's own view of it)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        query = ("SELECT COUNT(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
+                 "WHERE NOT pg_locks.granted AND pg_stat_activity.datname = current_database()")  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await connection.fetchval(query):
+            assert asyncio.get_running_loop().time() < deadline, "nothing waited on a lock"
+            await asyncio.sleep(0.01)
+    finally:
+        await connection.close()
+
+
 def request_record(request_id: str, account_id: int, now: float = 1000.0) -> RequestRecord:
     return RequestRecord(id=request_id, account_id=account_id, created=now, updated=now, state="active", n=2,
                          kudos_per_image=1.5, body={"prompt": "a cat"}, tier=1, rank=-5.0 * now)  # fmt: skip
@@ -191,7 +207,8 @@ async def test_a_name_raced_by_two_processes_goes_to_one(pg_url: str) -> None:
                 await tx.create_account("zed", "hash-2", None, 1.0)
 
         racer = asyncio.create_task(race())
-        await asyncio.sleep(0.2)  # let it reach the index and wait on the first transaction
+        await blocked_on_a_lock(pg_url)  # the racer reached the index and waits on the first transaction
+        assert not racer.done()
         release.set()
         await holder
         with pytest.raises(NameTaken):
@@ -316,9 +333,19 @@ async def test_opening_waits_for_a_server_that_is_still_starting(pg_url: str) ->
     proxy = await OutageProxy(pg_url).start()
     await proxy.cut()
     database = PostgresDatabase(proxy.url, startup_wait=30)
+    refused, first_try = asyncio.Event(), database._open_once
+
+    async def one_try() -> None:
+        try:
+            await first_try()
+        except Exception:
+            refused.set()
+            raise
+
+    database._open_once = one_try  # type: ignore[method-assign]
     opening = asyncio.create_task(database.open())
-    await asyncio.sleep(0.5)
-    assert not opening.done()
+    await asyncio.wait_for(refused.wait(), 30)  # a connection was refused...
+    assert not opening.done()  # ...and opening waits on
     await proxy.restore()
     await opening
     try:

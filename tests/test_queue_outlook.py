@@ -13,7 +13,7 @@ import pytest
 
 from coordinator.queueing import AGEING_PER_SECOND, PRIORITY_KUDOS_CAP
 from protocol.provenance import request_digest
-from tests.api_support import custom_coordinator, generate, node, requester, small
+from tests.api_support import RequesterAndNode, custom_coordinator, generate, node, requester, small
 from tests.conftest import RunningCoordinator
 from tests.helpers import Api, SimWorker, tiny_webp
 
@@ -216,12 +216,9 @@ async def test_long_poll_answers_when_the_place_moves(coordinator: RunningCoordi
     assert (answer.body["queue_position"], answer.body["finished"]) == (0, 0)
 
 
-async def test_a_cancelled_request_reads_as_cancelled(coordinator: RunningCoordinator) -> None:
-    alice = await coordinator.create_account("alice", kudos=100)
-    api = requester(coordinator, alice)
+async def test_a_cancelled_request_reads_as_cancelled(pair: RequesterAndNode) -> None:
+    api, worker = pair.api, pair.worker
     request_id = await generate(api, small(n=2))
-    owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1")
     [(job_id, seed)] = await pop_ids(worker)
     assert (await api.call("DELETE", f"/v2/generate/status/{request_id}")).status == 200
     answer = await check(api, request_id)
