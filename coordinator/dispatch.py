@@ -92,10 +92,13 @@ class Dispatcher:
         with self.services.hub.job_waiter(caps) as waiter:
             while True:
                 offer = waiter.take()
-                # Most pops of a busy network find the queue empty (nodes wait for work): look without
-                # taking the write lock first.
-                servable = await self._anything_for(caps)
-                answer = await self._claim_for_connection(caps, worker, pop.amount, base_url) if servable else None
+                # Most pops of a busy network find the queue empty (nodes wait for work): on SQLite, look
+                # without taking the write lock first. A PostgreSQL claim locks nothing before its first
+                # write, so there its own first read is the look (one round trip fewer).
+                if self.services.database.dialect == "sqlite" and not await self._anything_for(caps):
+                    answer, servable = None, False
+                else:
+                    answer, servable = await self._claim_for_connection(caps, worker, pop.amount, base_url)
                 self.services.hub.settle(offer, gone=not servable)  # the job it was woken for, if any
                 if answer is not None:
                     return answer
@@ -110,15 +113,18 @@ class Dispatcher:
 
     async def _claim_for_connection(
         self, caps: WorkerCaps, worker: Worker, amount: int, base_url: str
-    ) -> PopResponse | None:
-        """Claim jobs and build the answer; if the node hangs up meanwhile, the jobs go back.
+    ) -> tuple[PopResponse | None, bool]:
+        """Claim jobs and build the answer, and whether the queue held anything this node can serve (see
+        `_claim`); if the node hangs up meanwhile, the jobs go back.
 
         The claim runs shielded: a cancelled handler (the node's connection dropped) must not
         leave jobs assigned to a node that will never hear of them until their time limit.
         """
+        servable = False
 
         async def claim_and_answer() -> tuple[PopResponse, RequestRecord, list[JobRecord]] | None:
-            claimed = await self._claim(caps, worker, amount)
+            nonlocal servable
+            claimed, servable = await self._claim(caps, worker, amount)
             if claimed is not None:
                 waited = self.services.clock() - claimed[0].created
                 for _job in claimed[1]:
@@ -137,7 +143,7 @@ class Dispatcher:
             if result is not None:
                 await self._release(result[1], result[2])
             raise
-        return None if result is None else result[0]
+        return (None if result is None else result[0]), servable
 
     async def _release(self, request: RequestRecord, jobs: list[JobRecord]) -> None:
         async with self.services.database.transaction() as tx:
@@ -152,12 +158,16 @@ class Dispatcher:
 
     async def _claim(
         self, caps: WorkerCaps, worker: Worker, amount: int
-    ) -> tuple[RequestRecord, list[JobRecord]] | None:
+    ) -> tuple[tuple[RequestRecord, list[JobRecord]] | None, bool]:
+        """The jobs claimed, if any, and whether the queue held any row this node's capabilities serve (a
+        wake-up's offer passes to the next node when it did but none could be taken: `EventHub.settle`)."""
         async with self.services.database.transaction() as tx:
             tried: set[str] = set()
             per_model = CANDIDATES_PER_MODEL
+            servable = False
             while True:
                 rows = await tx.queue_candidates(caps, per_model)
+                servable = servable or bool(rows)
                 rows.sort(key=lambda row: (row["tier"], row["rank"]), reverse=True)
                 rows = await favoured_first(tx, caps, rows)
                 lists = await tx.worker_lists({row["request_id"] for row in rows if row["named"]})
@@ -173,11 +183,11 @@ class Dispatcher:
                         tx, request, first, worker, model, amount, funded_only=caps.require_upfront_kudos
                     )
                     if jobs:
-                        return request, jobs
+                        return (request, jobs), True
                 # Everything fetched was for other nodes; look deeper if a model's list was cut short.
                 fetched = Counter(row["model"] for row in rows)
                 if per_model >= MAX_CANDIDATES_PER_MODEL or all(n < per_model for n in fetched.values()):
-                    return None
+                    return None, servable
                 per_model *= 8
 
     @staticmethod
