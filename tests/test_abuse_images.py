@@ -23,7 +23,7 @@ from PIL import EpsImagePlugin, Image, ImageCms, ImageFile
 from node.config import NodeConfig
 from node.coordinator_api import CoordinatorClient
 from node.daemon import NodeDaemon
-from protocol.jobs import SubmitRequest
+from protocol.jobs import SubmitRequest, SubmitResult
 from protocol.keys import Identity
 from protocol.provenance import sha256_hex
 from tests.api_support import b64, count, custom_coordinator, node, pop_job, requester, small
@@ -277,13 +277,13 @@ async def sqlite_coordinator(tmp_path: Path) -> AsyncIterator[RunningCoordinator
 def submits(monkeypatch: pytest.MonkeyPatch) -> list[SubmitRequest]:
     """Every submit the node sends (the real submit still runs)."""
     sent: list[SubmitRequest] = []
-    original = CoordinatorClient.submit
+    original = CoordinatorClient.submit_result
 
-    async def submit(self: CoordinatorClient, request: SubmitRequest) -> float:
+    async def submit_result(self: CoordinatorClient, request: SubmitRequest) -> SubmitResult:
         sent.append(request)
         return await original(self, request)
 
-    monkeypatch.setattr(CoordinatorClient, "submit", submit)
+    monkeypatch.setattr(CoordinatorClient, "submit_result", submit_result)
     return sent
 
 
