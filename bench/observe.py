@@ -38,8 +38,8 @@ async def statement_cost(app: web.Application, count: int) -> tuple[float, float
     database = app[BROKER].services.database
     async with database.reader() as tx:
         timed = tx.driver
-        plain = timed._driver  # the engine's own driver, under the timing wrapper
         assert isinstance(timed, TimedDriver)
+        plain = timed._driver  # the engine's own driver, under the timing wrapper
         results = []
         for driver in (plain, timed):
             started = time.perf_counter()

@@ -16,8 +16,9 @@ from coordinator.queueing import worker_list_allows
 from coordinator.results import upload_name
 from coordinator.roster import Roster, in_maintenance, maintenance_refusal
 from coordinator.services import Services
+from coordinator.storage.queue import CANDIDATES_PER_MODEL
 from coordinator.storage.records import JobRecord, RequestRecord, Worker, WorkerCaps
-from coordinator.storage.sql import CANDIDATES_PER_MODEL, Tx
+from coordinator.storage.sql import Tx
 from protocol.errors import RC
 from protocol.generation import GenerationRequest
 from protocol.jobs import JobPayload, PopRequest, PopResponse, SignedJob

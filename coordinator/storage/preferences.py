@@ -5,9 +5,10 @@ from typing import Any
 
 from coordinator.capabilities import sql_filters
 from coordinator.storage.base import Row
+from coordinator.storage.queue import QUEUE_COLUMNS
 from coordinator.storage.records import RequestRecord, WorkerCaps
 from coordinator.storage.rows import REQUEST_COLUMNS, join_record
-from coordinator.storage.sql import QUEUE_COLUMNS, Tx
+from coordinator.storage.sql import Tx
 
 PREFERRED_ROWS = 8  # as many as the pop query fetches per model
 
