@@ -47,6 +47,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed typecheck
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # mypy, configured in pyproject.toml: strict on protocol/ (the wire contract), the defaults elsewhere.
 typecheck: $(VENV)/.installed
