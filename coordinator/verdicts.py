@@ -7,6 +7,7 @@ distance. Anyone holding the coordinator's public key can check it offline; a fa
 its id in the public ledger (`forfeit:WORKER:JOB:verdict:ID`).
 """
 
+from coordinator.storage import checks as check_rows
 from coordinator.storage.records import JobRecord, Worker
 from coordinator.storage.sql import Tx
 from protocol.keys import Identity
@@ -23,19 +24,12 @@ async def record_verdict(
         hardware=worker.hardware, outcome=outcome, compared_with=evidence, created=int(now),
     )  # fmt: skip
     signed = SignedVerdict(document=document, signature=sign_verdict(identity, document))
-    row = await tx.driver.fetchone(
-        "INSERT INTO verdicts (job_id, worker_id, outcome, created, info) VALUES (?, ?, ?, ?, ?) RETURNING id",
-        (job.id, worker.id, outcome, now, signed.model_dump_json()),
-    )
-    assert row is not None
-    return int(row["id"])
+    return await check_rows.insert_verdict(tx, job.id, worker.id, outcome, now, signed.model_dump_json())
 
 
 async def image_checks(tx: Tx, job_id: str) -> ImageChecks:
     """The verdicts about one image, and whether a check of it is still open."""
-    rows = await tx.driver.fetchall("SELECT info FROM verdicts WHERE job_id = ? ORDER BY id", (job_id,))
-    pending = await tx.driver.fetchone(
-        "SELECT job_id FROM checks WHERE subject_job = ? AND state = 'pending' LIMIT 1", (job_id,)
-    )
-    verdicts = [SignedVerdict.model_validate_json(row["info"]) for row in rows]
-    return ImageChecks(job_id=job_id, pending=pending is not None, verdicts=verdicts)
+    verdicts = [SignedVerdict.model_validate_json(info) for info in await check_rows.verdicts_of(tx, job_id)]
+    checks = await check_rows.checks_of_subject(tx, job_id)
+    pending = any(check["state"] == check_rows.PENDING for check in checks)
+    return ImageChecks(job_id=job_id, pending=pending, verdicts=verdicts)

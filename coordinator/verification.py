@@ -16,7 +16,6 @@ name it in the public ledger.
 """
 
 import asyncio
-import json
 import logging
 import random
 import uuid
@@ -28,6 +27,7 @@ from coordinator.escrow import VERIFIER, extend, forfeit, system_account
 from coordinator.likeness import Fingerprint, agree, distance, fingerprint
 from coordinator.queueing import queue_entry
 from coordinator.services import Services
+from coordinator.storage import checks as check_rows
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord, Worker
 from coordinator.storage.sql import Tx
 from coordinator.verdicts import image_checks, record_verdict
@@ -80,7 +80,7 @@ class Verifier:
         if not self.settings.enabled:
             return
         async with self.services.database.reader() as tx:
-            check = await tx.driver.fetchone("SELECT * FROM checks WHERE job_id = ? AND state = 'pending'", (job_id,))
+            check = await check_rows.pending_check(tx, job_id)
             job = await tx.get_job(job_id)
             request = await tx.get_request(job.request_id) if job else None
             worker = await tx.worker_by("id", job.worker_id) if job and job.worker_id else None
@@ -115,17 +115,13 @@ class Verifier:
         now = self.services.clock()
         async with self.services.database.transaction() as tx:
             verifier = await system_account(tx, VERIFIER, now)
-            excluded = (await _workers_of(tx, owners))[:REQUEST_WORKERS_MAX]  # see docs/security.md
+            excluded = (await check_rows.workers_of(tx, owners))[:REQUEST_WORKERS_MAX]  # see docs/security.md
             nodes = ([pinned], False) if pinned else (excluded, True)
             check_request, job, entry = self._check_request(subject, request, verifier.id, nodes, now)
             await tx.insert_request(check_request)
             await tx.insert_jobs([job])
             await tx.enqueue([entry])
-            await tx.driver.execute(
-                "INSERT INTO checks (job_id, subject_job, round, state, created, info) "
-                "VALUES (?, ?, ?, 'pending', ?, ?)",
-                (job.id, subject.id, round_, now, _json(info)),
-            )
+            await check_rows.insert_check(tx, job.id, subject.id, round_, now, info)
             # The rewards under judgement (the subject's, and in a second round the first checker's) stay held
             # until the check can conclude.
             for judged in (subject.id, info.get("first_check")):
@@ -159,7 +155,7 @@ class Verifier:
 
     # --- judging ---------------------------------------------------------------------
     async def _judge(self, check: dict[str, Any]) -> None:
-        info = _loads(check["info"])
+        info = check["info"]
         async with self.services.database.reader() as tx:
             jobs = [check["subject_job"], *([info["first_check"]] if "first_check" in info else []), check["job_id"]]
             opinions = [await self._opinion(tx, job_id) for job_id in jobs]
@@ -231,7 +227,7 @@ class Verifier:
                     tx, self.services.identity, opinion.job, worker, outcome, evidence, now
                 )
                 await self._consequences(tx, worker, outcome, verdict_id, now)
-            await tx.driver.execute("UPDATE checks SET state = ? WHERE job_id = ?", (how, check_job))
+            await check_rows.set_check_state(tx, check_job, how)
 
     async def _consequences(self, tx: Tx, worker: Worker, outcome: str, verdict_id: int, now: float) -> None:
         if outcome == "pass":
@@ -248,7 +244,7 @@ class Verifier:
 
     async def _close(self, check_job: str, state: str) -> None:
         async with self.services.database.transaction() as tx:
-            await tx.driver.execute("UPDATE checks SET state = ? WHERE job_id = ?", (state, check_job))
+            await check_rows.set_check_state(tx, check_job, state)
 
 
 def suspension_reason(failures: int, verdict_id: int) -> str:
@@ -265,21 +261,3 @@ def _distance(a: Opinion, b: Opinion) -> float | None:
         return None
     value = distance(a.print, b.print)
     return round(value, 3) if value != float("inf") else None
-
-
-async def _workers_of(tx: Tx, owners: list[int]) -> list[str]:
-    """Every node of these owners: the check goes to none of them."""
-    if not owners:
-        return []
-    marks = ",".join("?" * len(owners))
-    rows = await tx.driver.fetchall(f"SELECT id FROM workers WHERE owner_id IN ({marks})", owners)
-    return [row["id"] for row in rows]
-
-
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value)
-
-
-def _loads(text: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
