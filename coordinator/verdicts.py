@@ -11,7 +11,7 @@ from coordinator.storage import checks as check_rows
 from coordinator.storage.records import JobRecord, Worker
 from coordinator.storage.sql import Tx
 from protocol.keys import Identity
-from protocol.verdicts import Comparison, ImageChecks, SignedVerdict, VerdictDocument, sign_verdict
+from protocol.verdicts import CheckRound, Comparison, ImageChecks, SignedVerdict, VerdictDocument, sign_verdict
 
 
 async def record_verdict(
@@ -32,4 +32,5 @@ async def image_checks(tx: Tx, job_id: str) -> ImageChecks:
     verdicts = [SignedVerdict.model_validate_json(info) for info in await check_rows.verdicts_of(tx, job_id)]
     checks = await check_rows.checks_of_subject(tx, job_id)
     pending = any(check["state"] == check_rows.PENDING for check in checks)
-    return ImageChecks(job_id=job_id, pending=pending, verdicts=verdicts)
+    rounds = [CheckRound(round=c["round"], state=c["state"], created=c["created"]) for c in checks]
+    return ImageChecks(job_id=job_id, pending=pending, verdicts=verdicts, checks=rounds)

@@ -36,6 +36,7 @@ from protocol.verdicts import Comparison, ImageChecks
 
 log = logging.getLogger("horde.coordinator.verification")
 CHECK = "check"
+EXPIRED, VOID = "expired", "void"  # a check whose job was cancelled (expired), or faulted
 _random = random.SystemRandom()  # a node must not be able to predict which of its images are checked
 
 
@@ -97,6 +98,17 @@ class Verifier:
         """Whether an image was checked, how, and by whom (`horde verify --checks`)."""
         async with self.services.database.reader() as tx:
             return await image_checks(tx, job_id)
+
+    async def void_lapsed(self) -> int:
+        """Close the checks whose job will never come back (its request expired or was cancelled: `expired`;
+        it faulted: `void`), so none stays pending for ever. Nobody is judged; the holds they extended are
+        released when that extension ends, like any other."""
+        async with self.services.database.transaction() as tx:
+            lapsed = await check_rows.lapsed_checks(tx)
+            for row in lapsed:
+                state = EXPIRED if row["job_state"] == "cancelled" else VOID
+                await check_rows.set_check_state(tx, row["job_id"], state)
+        return len(lapsed)
 
     def rate(self, worker: Worker) -> float:
         s = self.settings

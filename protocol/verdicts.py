@@ -39,12 +39,21 @@ class SignedVerdict(BaseModel):
     signature: str
 
 
+class CheckRound(BaseModel):
+    """One check of an image: its round (1: a second node; 2: a third) and where it stands."""
+
+    round: int
+    state: str  # pending | agreed | decided | disputed | expired | void | lapsed | no image to compare | ...
+    created: float
+
+
 class ImageChecks(BaseModel):
     """`GET /v2/verdicts/{job_id}` (ours): whether an image was checked, how, and by whom."""
 
     job_id: str
     pending: bool = False  # a check of it is queued or running
     verdicts: list[SignedVerdict] = []
+    checks: list[CheckRound] = []
 
 
 def sign_verdict(identity: Identity, document: VerdictDocument) -> str:

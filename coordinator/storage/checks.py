@@ -28,6 +28,15 @@ async def set_check_state(tx: Tx, job_id: str, state: str) -> None:
     await tx.driver.execute("UPDATE checks SET state = ? WHERE job_id = ?", (state, job_id))
 
 
+async def lapsed_checks(tx: Tx) -> list[Row]:
+    """Open checks whose job will never be delivered: cancelled (its request expired or was cancelled) or
+    faulted. (job_id, job_state)"""
+    return await tx.driver.fetchall(
+        "SELECT c.job_id, j.state AS job_state FROM checks c JOIN jobs j ON j.id = c.job_id "
+        "WHERE c.state = 'pending' AND j.state IN ('cancelled', 'faulted')"
+    )
+
+
 async def checks_of_subject(tx: Tx, subject_job: str) -> list[Row]:
     """Every check of one image, oldest first: (job_id, round, state, created)."""
     return await tx.driver.fetchall(
