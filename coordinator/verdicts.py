@@ -4,14 +4,23 @@
 A verdict names the image (its job, and the SHA-256 its node signed), the node, the outcome, and the
 evidence: which nodes' images of the same job it was compared with, their hardware classes and the
 distance. Anyone holding the coordinator's public key can check it offline; a failure's forfeits name
-its id in the public ledger (`forfeit:WORKER:JOB:verdict:ID`).
+its id in the public ledger (`forfeit:WORKER:JOB:verdict:ID`), and every verdict is a ledger entry of its own
+(kind `verdict`, amount 0: `verdict:JOB:WORKER:OUTCOME:SHA256 of the document`).
 """
 
 from coordinator.storage import checks as check_rows
 from coordinator.storage.records import JobRecord, Worker
 from coordinator.storage.sql import Tx
 from protocol.keys import Identity
-from protocol.verdicts import CheckRound, Comparison, ImageChecks, SignedVerdict, VerdictDocument, sign_verdict
+from protocol.verdicts import (
+    CheckRound,
+    Comparison,
+    ImageChecks,
+    SignedVerdict,
+    VerdictDocument,
+    sign_verdict,
+    verdict_reference,
+)
 
 
 async def record_verdict(
@@ -24,6 +33,8 @@ async def record_verdict(
         hardware=worker.hardware, outcome=outcome, compared_with=evidence, created=int(now),
     )  # fmt: skip
     signed = SignedVerdict(document=document, signature=sign_verdict(identity, document))
+    # On the public ledger too (an entry that moves nothing), so a node's record is in the hash chain.
+    await tx.move_kudos("verdict", None, worker.owner_id, 0, verdict_reference(document), now)
     return await check_rows.insert_verdict(tx, job.id, worker.id, outcome, now, signed.model_dump_json())
 
 

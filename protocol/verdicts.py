@@ -3,6 +3,8 @@ image after other nodes re-ran its job, signed so anyone holding its key can che
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, ConfigDict
 
 from protocol.canonical import canonical_json
@@ -66,3 +68,10 @@ def verify_verdict(key: PublicKey, verdict: SignedVerdict) -> bool:
     except (ValueError, TypeError):
         return False
     return key.verify(canonical_json(verdict.document), raw)
+
+
+def verdict_reference(document: VerdictDocument) -> str:
+    """The verdict's public ledger entry's reference: `verdict:JOB:WORKER:OUTCOME:SHA256`, the last the hash of
+    the document's RFC 8785 JSON, so the entry pins the signed document `GET /v2/verdicts/JOB` serves."""
+    digest = hashlib.sha256(canonical_json(document)).hexdigest()
+    return f"verdict:{document.job_id}:{document.worker_id}:{document.outcome}:{digest}"
