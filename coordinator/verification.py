@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.cached import Copy, copied_from, free_checkable
 from coordinator.canaries import remember_reference
 from coordinator.escrow import VERIFIER, extend, forfeit, system_account
 from coordinator.likeness import Fingerprint, agree, distance, fingerprint
@@ -87,12 +88,34 @@ class Verifier:
             worker = await tx.worker_by("id", job.worker_id) if job and job.worker_id else None
         if job is None or request is None or worker is None:
             return
+        copy = await self._cached(job, worker) if free_checkable(job, request) else None
+        if copy is not None and copy.same_owner:
+            if check is not None:  # the checking node sent a copy: its image says nothing of the subject's
+                await self._close(check["job_id"], VOID)
+            return
         if check is not None:
             await self._judge(check)
         elif checkable(job, request) and worker.trusted:
             await remember_reference(self.services, job.id)  # a known answer for canaries
-        elif checkable(job, request) and _random.random() < self.rate(worker):
+        elif checkable(job, request) and (copy is not None or _random.random() < self.rate(worker)):
             await self._issue(job, request, 1, [worker.owner_id], {})
+
+    async def _cached(self, job: JobRecord, worker: Worker) -> Copy | None:
+        """The free check (coordinator/cached.py): the earlier image of another job this one has the pixels of,
+        if any; when the same owner made both, the fail verdict and its consequences, at once."""
+        assert job.image is not None
+        print_ = await asyncio.to_thread(fingerprint, await self.services.images.read(job.image))
+        now = self.services.clock()
+        async with self.services.database.transaction() as tx:
+            copy = await copied_from(tx, job, worker, print_, now)
+            if copy is None or not copy.same_owner:
+                return copy
+            await tx.lock_ledger()
+            current = await tx.worker_by("id", worker.id)
+            if current is not None:
+                await self._verdict(tx, job, current, "fail", [copy.earlier], now, "cached")
+        log.warning("node %s delivered job %s's image for job %s", worker.name, copy.earlier.job_id, job.id)
+        return copy
 
     async def checks_of(self, job_id: str) -> ImageChecks:
         """Whether an image was checked, how, and by whom (`horde verify --checks`)."""
@@ -235,11 +258,15 @@ class Verifier:
                                hardware=other.worker.hardware, distance=_distance(opinion, other))
                     for other in against
                 ]  # fmt: skip
-                verdict_id = await record_verdict(
-                    tx, self.services.identity, opinion.job, worker, outcome, evidence, now
-                )
-                await self._consequences(tx, worker, outcome, verdict_id, now)
+                await self._verdict(tx, opinion.job, worker, outcome, evidence, now)
             await check_rows.set_check_state(tx, check_job, how)
+
+    async def _verdict(
+        self, tx: Tx, job: JobRecord, worker: Worker, outcome: str, evidence: list[Comparison], now: float,
+        rule: str = "rerun",
+    ) -> None:  # fmt: skip
+        verdict_id = await record_verdict(tx, self.services.identity, job, worker, outcome, evidence, now, rule)
+        await self._consequences(tx, worker, outcome, verdict_id, now)
 
     async def _consequences(self, tx: Tx, worker: Worker, outcome: str, verdict_id: int, now: float) -> None:
         if outcome == "pass":

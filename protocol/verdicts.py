@@ -34,6 +34,9 @@ class VerdictDocument(BaseModel):
     outcome: str  # pass | fail
     compared_with: list[Comparison]
     created: int
+    # rerun: other nodes re-ran the job (compared_with: their images); cached: the image is a copy of another
+    # job's (compared_with: that job's image, distance 0), found with no inference (coordinator/cached.py)
+    rule: str = "rerun"
 
 
 class SignedVerdict(BaseModel):

@@ -93,3 +93,20 @@ async def newest_references(tx: Tx, limit: int) -> list[str]:
         "SELECT c.job_id FROM canaries c JOIN jobs j ON j.id = c.job_id ORDER BY c.created DESC LIMIT ?", (limit,)
     )
     return [row["job_id"] for row in rows]
+
+
+# --- the free check: delivered images' pixel hashes (migration 014) ----------------------------
+async def earlier_image(tx: Tx, pixels_sha256: str, recipe: str) -> Row | None:
+    """An earlier delivered image with these pixels but another recipe (job_id, worker_id), if any."""
+    return await tx.driver.fetchone(
+        "SELECT job_id, worker_id FROM image_prints WHERE pixels_sha256 = ? AND recipe <> ? LIMIT 1",
+        (pixels_sha256, recipe),
+    )
+
+
+async def insert_print(tx: Tx, job_id: str, pixels_sha256: str, recipe: str, worker_id: str, now: float) -> None:
+    await tx.driver.execute(
+        "INSERT INTO image_prints (job_id, pixels_sha256, recipe, worker_id, created) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        (job_id, pixels_sha256, recipe, worker_id, now),
+    )
