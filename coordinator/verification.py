@@ -103,8 +103,10 @@ class Verifier:
     async def _cached(self, job: JobRecord, worker: Worker) -> Copy | None:
         """The free check (coordinator/cached.py): the earlier image of another job this one has the pixels of,
         if any; when the same owner made both, the fail verdict and its consequences, at once."""
-        assert job.image is not None
-        print_ = await asyncio.to_thread(fingerprint, await self.services.images.read(job.image))
+        data = await self.services.images.read(job.image) if job.image else None
+        if data is None:
+            return None  # the image is gone already: nothing to compare
+        print_ = await asyncio.to_thread(fingerprint, data)
         now = self.services.clock()
         async with self.services.database.transaction() as tx:
             copy = await copied_from(tx, job, worker, print_, now)
