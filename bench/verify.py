@@ -18,6 +18,12 @@ an honest node.
 
     python bench/verify.py            # 60 seeds, 40 end-to-end rounds, 2,000 simulated nodes per case
     python bench/verify.py --short    # CI: 6 seeds, 6 rounds, 200 simulated nodes
+    python bench/verify.py --pairs 10000 --minutes 30   # only the honest pairs, as many as fit the time
+
+`--pairs N` measures only honest pairs (the false-verdict figure): per seed, the float32 image on 1 thread
+against bfloat16 and against float32 on 2 threads (two pairs), at the tiny pipeline's smallest size (64×64),
+until N pairs or `--minutes` run out; it prints how many pairs ran, the false disagreements and the largest
+distance per class.
 """
 
 import argparse
@@ -26,6 +32,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,6 +50,46 @@ from tests.verify_support import CHEATS, Network, TinyNode, class_of, network, t
 JOBS_WINDOW = 300  # the target: a node cheating on >= 10% of its images is caught within 300 jobs, >= 99%
 PAYLOAD = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "ddim_steps": 8, "sampler_name": "k_euler_a",
            "cfg_scale": 7.5, "n_iter": 1}  # fmt: skip
+
+
+def honest_pairs(pairs: int, minutes: float, tiny: Path) -> dict[str, tuple[int, int, float]]:
+    """Per honest class: (pairs compared, false disagreements, largest distance) against float32 on 1 thread,
+    two pairs per seed, until `pairs` are done or `minutes` have passed."""
+    f32, bf16 = tiny_generator(tiny, torch.float32), tiny_generator(tiny, torch.bfloat16)
+    dummy = SimWorker(Api("http://unused"), "bench")
+    honest_class, bf16_class = class_of(torch.float32), class_of(torch.bfloat16)
+    max_distance = VerificationSettings().max_distance
+    found = {"bfloat16": [0, 0, 0.0], "2 threads": [0, 0, 0.0]}
+    deadline, seed = time.monotonic() + 60 * minutes, 0
+    while 2 * seed < pairs and time.monotonic() < deadline:
+        payload = {**PAYLOAD, "seed": str(500_000 + seed)}
+        torch.set_num_threads(1)
+        reference = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
+        other = fingerprint(TinyNode(dummy, bf16).make("tiny-sd", payload))
+        torch.set_num_threads(2)
+        threads = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
+        torch.set_num_threads(1)
+        for name, image, cls in (("bfloat16", other, bf16_class), ("2 threads", threads, honest_class + "-2")):
+            row = found[name]
+            row[0] += 1
+            row[1] += not agree(reference, image, honest_class, cls, max_distance)
+            row[2] = max(row[2], distance(reference, image))
+        seed += 1
+        if seed % 250 == 0:
+            print(f"  ... {2 * seed} pairs", flush=True)
+    return {name: (int(n), int(false), largest) for name, (n, false, largest) in found.items()}
+
+
+def report_pairs(pairs: int, minutes: float, tiny: Path) -> int:
+    started = time.monotonic()
+    found = honest_pairs(pairs, minutes, tiny)
+    total, false = sum(n for n, _, _ in found.values()), sum(f for _, f, _ in found.values())
+    print(f"honest pairs (tiny pipeline, 64x64, 8 steps, threshold {VerificationSettings().max_distance}), "
+          f"{time.monotonic() - started:.0f} s:")  # fmt: skip
+    for name, (n, wrong, largest) in found.items():
+        print(f"  float32 vs {name:9}: {n} pairs, {wrong} false disagreements, largest distance {largest:.3f}")
+    print(f"total: {total} pairs run (of {pairs} asked), {false} false disagreements")
+    return 1 if false else 0
 
 
 def measure(tiny: Path, seeds: int) -> tuple[dict[str, float], dict[str, tuple[int, float]]]:
@@ -159,8 +206,12 @@ def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="CI: fewer seeds and simulated nodes")
+    parser.add_argument("--pairs", type=int, default=0, help="only measure this many honest cross-class pairs")
+    parser.add_argument("--minutes", type=float, default=60.0, help="with --pairs: stop after this long")
     args = parser.parse_args()
     tiny = Path(os.environ.get("HORDE_TINY_MODEL_DIR", ".cache/tiny-sd"))
+    if args.pairs:
+        return report_pairs(args.pairs, args.minutes, tiny)
     seeds, nodes, rounds = (6, 200, 6) if args.short else (60, 2000, 40)
     settings = VerificationSettings()
     rates, honest = measure(tiny, seeds)

@@ -203,5 +203,19 @@ def describe_checks(checks: ImageChecks, coordinator_key: str | None) -> tuple[l
         )
         lines.append(f"check: node {doc.worker_name} {doc.outcome.upper()} against {others}")
     if not checks.verdicts:
-        lines.append("check: a spot check is under way" if checks.pending else "check: this image was not checked")
+        lines.append(_unjudged(checks))
     return lines, problems
+
+
+def _unjudged(checks: ImageChecks) -> str:
+    """What an image without verdicts says: a check under way, one that lapsed, or none at all."""
+    if checks.pending:
+        return "check: a spot check is under way"
+    states = {check.state for check in checks.checks}
+    if "expired" in states:
+        return "check: a spot check of this image expired before a node ran it"
+    if "void" in states:
+        return "check: a spot check of this image failed on the checking node; the image was not judged"
+    if states:
+        return f"check: a spot check ended without a verdict ({', '.join(sorted(states))})"
+    return "check: this image was not checked"

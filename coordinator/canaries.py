@@ -11,11 +11,11 @@ nothing of the honest network (no second node re-runs anything unless the answer
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from typing import TYPE_CHECKING
 
 from coordinator.services import Services
+from coordinator.storage import checks as check_rows
 from coordinator.storage.records import Worker
 
 if TYPE_CHECKING:
@@ -29,12 +29,7 @@ async def remember_reference(services: Services, job_id: str) -> None:
     """A trusted node's image joins the reference set (the oldest leaves beyond REFERENCES)."""
     now = services.clock()
     async with services.database.transaction() as tx:
-        await tx.driver.execute("INSERT INTO canaries (job_id, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                                (job_id, now))  # fmt: skip
-        await tx.driver.execute(
-            "DELETE FROM canaries WHERE job_id NOT IN (SELECT job_id FROM canaries ORDER BY created DESC LIMIT ?)",
-            (REFERENCES,),
-        )
+        await check_rows.add_reference(tx, job_id, now, REFERENCES)
 
 
 def wants_canary(worker: Worker, now: float, interval: float, online: float, settled_rate: float, rate: float) -> bool:
@@ -65,14 +60,9 @@ class Canaries:
             return 0
         now = self.services.clock()
         async with self.services.database.reader() as tx:
-            rows = await tx.driver.fetchall(
-                "SELECT c.job_id FROM canaries c JOIN jobs j ON j.id = c.job_id ORDER BY c.created DESC LIMIT 50"
-            )
-            references = [job for row in rows if (job := await tx.get_job(row["job_id"])) is not None]
-            waiting = {
-                json.loads(row["info"]).get("canary")
-                for row in await tx.driver.fetchall("SELECT info FROM checks WHERE state = 'pending' AND round = 1")
-            }  # one canary at a time per node
+            newest = await check_rows.newest_references(tx, 50)
+            references = [job for job_id in newest if (job := await tx.get_job(job_id)) is not None]
+            waiting = await check_rows.canaries_pending(tx)  # one canary at a time per node
             due = [
                 w for w in await tx.list_workers()
                 if w.id not in waiting and wants_canary(

@@ -12,6 +12,7 @@ These run inside the caller's transaction, under the ledger's lock.
 
 from dataclasses import dataclass
 
+from coordinator.storage import escrow as escrow_rows
 from coordinator.storage.records import Account
 from coordinator.storage.sql import Tx
 
@@ -53,31 +54,22 @@ async def hold(
     escrow = await system_account(tx, ESCROW, now)
     reference = f"hold:{worker_id}:{what}"
     entry = await tx.move_kudos("hold", None, escrow.id, amount, reference, now)
-    await tx.driver.execute(
-        "INSERT INTO escrow (worker_id, owner_id, job_id, amount, reference, created, release_at, state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'held')",
-        (worker_id, owner_id, job_id, entry.amount, what, now, now + window),
-    )
+    await escrow_rows.insert_hold(tx, worker_id, owner_id, job_id, entry.amount, what, now, now + window)
 
 
 async def extend(tx: Tx, job_id: str, until: float) -> None:
     """Keep a checked image's reward held until its check can conclude."""
-    await tx.driver.execute(
-        "UPDATE escrow SET release_at = ? WHERE job_id = ? AND state = 'held' AND release_at < ?",
-        (until, job_id, until),
-    )
+    await escrow_rows.hold_until(tx, job_id, until)
 
 
 async def release_due(tx: Tx, now: float, limit: int = 500) -> int:
     """Release every hold whose window has closed: escrow → the node's owner."""
-    rows = await tx.driver.fetchall(
-        "SELECT * FROM escrow WHERE state = 'held' AND release_at <= ? ORDER BY release_at LIMIT ?", (now, limit)
-    )
+    rows = await escrow_rows.due_holds(tx, now, limit)
     if not rows:
         return 0
     escrow = await system_account(tx, ESCROW, now)
     for row in rows:
-        await tx.driver.execute("UPDATE escrow SET state = 'released' WHERE id = ?", (row["id"],))
+        await escrow_rows.set_hold_state(tx, row["id"], "released")
         reference = f"release:{row['worker_id']}:{row['reference']}"
         await tx.move_kudos("release", escrow.id, row["owner_id"], row["amount"], reference, now)
     return len(rows)
@@ -85,13 +77,13 @@ async def release_due(tx: Tx, now: float, limit: int = 500) -> int:
 
 async def forfeit(tx: Tx, worker_id: str, verdict_id: int, now: float) -> float:
     """Everything the node still holds goes to the network: its window did not close clean."""
-    rows = await tx.driver.fetchall("SELECT * FROM escrow WHERE worker_id = ? AND state = 'held'", (worker_id,))
+    rows = await escrow_rows.holds_of_worker(tx, worker_id)
     if not rows:
         return 0.0
     escrow = await system_account(tx, ESCROW, now)
     total = 0.0
     for row in rows:
-        await tx.driver.execute("UPDATE escrow SET state = 'forfeited' WHERE id = ?", (row["id"],))
+        await escrow_rows.set_hold_state(tx, row["id"], "forfeited")
         reference = f"forfeit:{worker_id}:{row['reference']}:verdict:{verdict_id}"
         await tx.move_kudos("forfeit", escrow.id, None, row["amount"], reference, now)
         total += row["amount"]
@@ -100,12 +92,5 @@ async def forfeit(tx: Tx, worker_id: str, verdict_id: int, now: float) -> float:
 
 async def held_by(tx: Tx, column: str, value: object) -> Held:
     """What is held for an owner (`owner_id`) or a node (`worker_id`)."""
-    assert column in ("owner_id", "worker_id")
-    row = await tx.driver.fetchone(
-        f"SELECT COALESCE(SUM(amount), 0) AS amount, COUNT(*) AS n, MIN(release_at) AS soonest FROM escrow "
-        f"WHERE {column} = ? AND state = 'held'",
-        (value,),
-    )
-    if row is None:
-        return Held(0.0, 0, None)
-    return Held(round(float(row["amount"]), 2), int(row["n"]), row["soonest"])
+    held = await escrow_rows.held_sum(tx, column, value)
+    return Held(held.amount, held.entries, held.soonest)

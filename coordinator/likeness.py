@@ -25,6 +25,7 @@ class Fingerprint:
     pixels_sha256: str  # of the decoded RGB pixels, so two encodings of one image are one image
     size: tuple[int, int]
     small: np.ndarray  # SIDE × SIDE greyscale, float32
+    flat: bool = False  # one colour throughout (what a broken model gives for any job)
 
 
 def fingerprint(data: bytes) -> Fingerprint:
@@ -32,7 +33,8 @@ def fingerprint(data: bytes) -> Fingerprint:
         rgb = opened.convert("RGB")
     digest = hashlib.sha256(rgb.tobytes()).hexdigest()
     small = np.asarray(rgb.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR), dtype=np.float32)
-    return Fingerprint(digest, rgb.size, small)
+    flat = all(low == high for low, high in rgb.getextrema())
+    return Fingerprint(digest, rgb.size, small, flat)
 
 
 def distance(a: Fingerprint, b: Fingerprint) -> float:

@@ -24,7 +24,8 @@ UPTIME_PERIOD = 600.0
 class Upkeep:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.canaries = Canaries(services, Verifier(services))
+        self.verifier = Verifier(services)
+        self.canaries = Canaries(services, self.verifier)
 
     async def run_forever(self) -> None:
         while True:
@@ -40,6 +41,7 @@ class Upkeep:
         await self.reissue_overdue()
         await self.end_maintenance()
         await self.expire_abandoned()
+        await self.verifier.void_lapsed()  # after expiry, so a check that just expired is closed this round
         await self.pay_uptime()
         await self.release_escrow()
         await self.canaries.issue()

@@ -16,18 +16,19 @@ name it in the public ledger.
 """
 
 import asyncio
-import json
 import logging
 import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.cached import Copy, copied_from, free_checkable
 from coordinator.canaries import remember_reference
 from coordinator.escrow import VERIFIER, extend, forfeit, system_account
 from coordinator.likeness import Fingerprint, agree, distance, fingerprint
 from coordinator.queueing import queue_entry
 from coordinator.services import Services
+from coordinator.storage import checks as check_rows
 from coordinator.storage.records import JobRecord, QueueEntry, RequestRecord, Worker
 from coordinator.storage.sql import Tx
 from coordinator.verdicts import image_checks, record_verdict
@@ -36,6 +37,7 @@ from protocol.verdicts import Comparison, ImageChecks
 
 log = logging.getLogger("horde.coordinator.verification")
 CHECK = "check"
+EXPIRED, VOID = "expired", "void"  # a check whose job was cancelled (expired), or faulted
 _random = random.SystemRandom()  # a node must not be able to predict which of its images are checked
 
 
@@ -80,23 +82,58 @@ class Verifier:
         if not self.settings.enabled:
             return
         async with self.services.database.reader() as tx:
-            check = await tx.driver.fetchone("SELECT * FROM checks WHERE job_id = ? AND state = 'pending'", (job_id,))
+            check = await check_rows.pending_check(tx, job_id)
             job = await tx.get_job(job_id)
             request = await tx.get_request(job.request_id) if job else None
             worker = await tx.worker_by("id", job.worker_id) if job and job.worker_id else None
         if job is None or request is None or worker is None:
             return
+        copy = await self._cached(job, worker) if free_checkable(job, request) else None
+        if copy is not None and copy.same_owner:
+            if check is not None:  # the checking node sent a copy: its image says nothing of the subject's
+                await self._close(check["job_id"], VOID)
+            return
         if check is not None:
             await self._judge(check)
         elif checkable(job, request) and worker.trusted:
             await remember_reference(self.services, job.id)  # a known answer for canaries
-        elif checkable(job, request) and _random.random() < self.rate(worker):
+        elif checkable(job, request) and (copy is not None or _random.random() < self.rate(worker)):
             await self._issue(job, request, 1, [worker.owner_id], {})
+
+    async def _cached(self, job: JobRecord, worker: Worker) -> Copy | None:
+        """The free check (coordinator/cached.py): the earlier image of another job this one has the pixels of,
+        if any; when the same owner made both, the fail verdict and its consequences, at once."""
+        data = await self.services.images.read(job.image) if job.image else None
+        if data is None:
+            return None  # the image is gone already: nothing to compare
+        print_ = await asyncio.to_thread(fingerprint, data)
+        now = self.services.clock()
+        async with self.services.database.transaction() as tx:
+            copy = await copied_from(tx, job, worker, print_, now)
+            if copy is None or not copy.same_owner:
+                return copy
+            await tx.lock_ledger()
+            current = await tx.worker_by("id", worker.id)
+            if current is not None:
+                await self._verdict(tx, job, current, "fail", [copy.earlier], now, "cached")
+        log.warning("node %s delivered job %s's image for job %s", worker.name, copy.earlier.job_id, job.id)
+        return copy
 
     async def checks_of(self, job_id: str) -> ImageChecks:
         """Whether an image was checked, how, and by whom (`horde verify --checks`)."""
         async with self.services.database.reader() as tx:
             return await image_checks(tx, job_id)
+
+    async def void_lapsed(self) -> int:
+        """Close the checks whose job will never come back (its request expired or was cancelled: `expired`;
+        it faulted: `void`), so none stays pending for ever. Nobody is judged; the holds they extended are
+        released when that extension ends, like any other."""
+        async with self.services.database.transaction() as tx:
+            lapsed = await check_rows.lapsed_checks(tx)
+            for row in lapsed:
+                state = EXPIRED if row["job_state"] == "cancelled" else VOID
+                await check_rows.set_check_state(tx, row["job_id"], state)
+        return len(lapsed)
 
     def rate(self, worker: Worker) -> float:
         s = self.settings
@@ -115,17 +152,13 @@ class Verifier:
         now = self.services.clock()
         async with self.services.database.transaction() as tx:
             verifier = await system_account(tx, VERIFIER, now)
-            excluded = (await _workers_of(tx, owners))[:REQUEST_WORKERS_MAX]  # see docs/security.md
+            excluded = (await check_rows.workers_of(tx, owners))[:REQUEST_WORKERS_MAX]  # see docs/security.md
             nodes = ([pinned], False) if pinned else (excluded, True)
             check_request, job, entry = self._check_request(subject, request, verifier.id, nodes, now)
             await tx.insert_request(check_request)
             await tx.insert_jobs([job])
             await tx.enqueue([entry])
-            await tx.driver.execute(
-                "INSERT INTO checks (job_id, subject_job, round, state, created, info) "
-                "VALUES (?, ?, ?, 'pending', ?, ?)",
-                (job.id, subject.id, round_, now, _json(info)),
-            )
+            await check_rows.insert_check(tx, job.id, subject.id, round_, now, info)
             # The rewards under judgement (the subject's, and in a second round the first checker's) stay held
             # until the check can conclude.
             for judged in (subject.id, info.get("first_check")):
@@ -159,7 +192,7 @@ class Verifier:
 
     # --- judging ---------------------------------------------------------------------
     async def _judge(self, check: dict[str, Any]) -> None:
-        info = _loads(check["info"])
+        info = check["info"]
         async with self.services.database.reader() as tx:
             jobs = [check["subject_job"], *([info["first_check"]] if "first_check" in info else []), check["job_id"]]
             opinions = [await self._opinion(tx, job_id) for job_id in jobs]
@@ -227,11 +260,15 @@ class Verifier:
                                hardware=other.worker.hardware, distance=_distance(opinion, other))
                     for other in against
                 ]  # fmt: skip
-                verdict_id = await record_verdict(
-                    tx, self.services.identity, opinion.job, worker, outcome, evidence, now
-                )
-                await self._consequences(tx, worker, outcome, verdict_id, now)
-            await tx.driver.execute("UPDATE checks SET state = ? WHERE job_id = ?", (how, check_job))
+                await self._verdict(tx, opinion.job, worker, outcome, evidence, now)
+            await check_rows.set_check_state(tx, check_job, how)
+
+    async def _verdict(
+        self, tx: Tx, job: JobRecord, worker: Worker, outcome: str, evidence: list[Comparison], now: float,
+        rule: str = "rerun",
+    ) -> None:  # fmt: skip
+        verdict_id = await record_verdict(tx, self.services.identity, job, worker, outcome, evidence, now, rule)
+        await self._consequences(tx, worker, outcome, verdict_id, now)
 
     async def _consequences(self, tx: Tx, worker: Worker, outcome: str, verdict_id: int, now: float) -> None:
         if outcome == "pass":
@@ -248,7 +285,7 @@ class Verifier:
 
     async def _close(self, check_job: str, state: str) -> None:
         async with self.services.database.transaction() as tx:
-            await tx.driver.execute("UPDATE checks SET state = ? WHERE job_id = ?", (state, check_job))
+            await check_rows.set_check_state(tx, check_job, state)
 
 
 def suspension_reason(failures: int, verdict_id: int) -> str:
@@ -265,21 +302,3 @@ def _distance(a: Opinion, b: Opinion) -> float | None:
         return None
     value = distance(a.print, b.print)
     return round(value, 3) if value != float("inf") else None
-
-
-async def _workers_of(tx: Tx, owners: list[int]) -> list[str]:
-    """Every node of these owners: the check goes to none of them."""
-    if not owners:
-        return []
-    marks = ",".join("?" * len(owners))
-    rows = await tx.driver.fetchall(f"SELECT id FROM workers WHERE owner_id IN ({marks})", owners)
-    return [row["id"] for row in rows]
-
-
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value)
-
-
-def _loads(text: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded

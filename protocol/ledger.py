@@ -11,16 +11,19 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocol.canonical import canonical_json
 from protocol.keys import Identity, KeyFormatError, PublicKey, b64url_decode, b64url_encode
 
-KINDS = ("reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit")
+KINDS = ("reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit", "verdict")
 # hold: a node's reward (or uptime) put in escrow until its verification window closes; release: escrow →
 # the node's owner, the window closed clean; forfeit: escrow → the network, a check failed
 # (coordinator/escrow.py). Each names the node in its reference, so a node's verified record is public.
-Kind = Literal["reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit"]
+# verdict: what a spot check concluded about one node's image (protocol/verdicts.py `verdict_reference`), on the
+# node's owner's ledger; it moves nothing, so its amount is 0, the one kind whose amount may be (and must be).
+Kind = Literal["reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit", "verdict"]
+RECORD_KINDS = ("verdict",)  # entries that record, not move: amount 0
 GENESIS_HASH = "0" * 64
 
 
@@ -76,10 +79,17 @@ class LedgerEntry(BaseModel):
     kind: Kind
     source: int | None
     target: int | None
-    amount: float = Field(gt=0)
+    amount: float = Field(ge=0)
     reference: str
     prev_hash: str
     hash: str
+
+    @model_validator(mode="after")
+    def _amount_fits_kind(self) -> LedgerEntry:
+        """Every movement moves something; a record (a verdict) moves nothing."""
+        if (self.kind in RECORD_KINDS) != (self.amount == 0):
+            raise ValueError(f"a {self.kind} entry's amount must be {'0' if self.kind in RECORD_KINDS else '> 0'}")
+        return self
 
     def compute_hash(self) -> str:
         return entry_hash(**self.model_dump(exclude={"hash"}))

@@ -132,7 +132,16 @@ def test_entries_need_distinct_accounts() -> None:
 
 
 def test_kinds() -> None:
-    assert KINDS == ("reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit")
+    assert KINDS == ("reward", "spend", "transfer", "uptime", "admin", "hold", "release", "forfeit", "verdict")
+
+
+def test_a_verdict_moves_nothing_and_only_a_verdict_may() -> None:
+    verdict = LedgerEntry.new(None, created=1.0, kind="verdict", source=None, target=1, amount=0, reference="v")
+    assert verdict.amount == 0 and verify_chain([verdict]).ok and balances([verdict]) == {1: 0.0}
+    with pytest.raises(ValidationError):  # a verdict is a record, not a payment
+        LedgerEntry.new(None, created=1.0, kind="verdict", source=None, target=1, amount=1)
+    with pytest.raises(ValidationError):  # and no movement of kudos may be of nothing
+        LedgerEntry.new(None, created=1.0, kind="forfeit", source=1, target=None, amount=0)
 
 
 def test_balances() -> None:
