@@ -13,6 +13,7 @@ Pure functions on image bytes (Pillow and numpy); the coordinator calls them on 
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -33,7 +34,8 @@ def fingerprint(data: bytes) -> Fingerprint:
         rgb = opened.convert("RGB")
     digest = hashlib.sha256(rgb.tobytes()).hexdigest()
     small = np.asarray(rgb.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR), dtype=np.float32)
-    flat = all(low == high for low, high in rgb.getextrema())
+    bands = cast("tuple[tuple[int, int], ...]", rgb.getextrema())  # per band, for an RGB image
+    flat = all(low == high for low, high in bands)
     return Fingerprint(digest, rgb.size, small, flat)
 
 

@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 from typing import get_args
 
-from coordinator.storage.records import JobState, RequestState
+from coordinator.storage.records import CheckWaiting, HoldState, JobState, RequestState
 from protocol.samplers import GenerationState
 
 ROOT = Path(__file__).resolve().parents[1]
-STATES = set(get_args(JobState)) | set(get_args(RequestState))
+STATES = set(get_args(JobState)) | set(get_args(RequestState)) | set(get_args(HoldState)) | set(get_args(CheckWaiting))
 # `state` also names a submitted result's state (`body.state`, protocol's GenerationState).
 KNOWN = STATES | set(get_args(GenerationState))
 SQL_STATE = re.compile(r"\bstate\s*(?:=|!=|<>|IN)\s*\(?((?:'[a-z_]+'(?:,\s*)?)+)\)?", re.IGNORECASE)

@@ -4,6 +4,7 @@ The statements both engines run on it, on the caller's transaction."""
 from dataclasses import dataclass
 
 from coordinator.storage.base import Row
+from coordinator.storage.records import HoldState
 from coordinator.storage.sql import Tx
 
 
@@ -43,8 +44,7 @@ async def holds_of_worker(tx: Tx, worker_id: str) -> list[Row]:
     return await tx.driver.fetchall("SELECT * FROM escrow WHERE worker_id = ? AND state = 'held'", (worker_id,))
 
 
-async def set_hold_state(tx: Tx, hold_id: int, state: str) -> None:
-    """`released` or `forfeited`."""
+async def set_hold_state(tx: Tx, hold_id: int, state: HoldState) -> None:
     await tx.driver.execute("UPDATE escrow SET state = ? WHERE id = ?", (state, hold_id))
 
 

@@ -13,6 +13,10 @@ from protocol.samplers import GenerationState, post_processor_mask
 RequestState = Literal["active", "done", "faulted", "cancelled"]
 JobState = Literal["waiting", "processing", "done", "faulted", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
+# A held reward (coordinator/escrow.py), and a spot check while it waits (coordinator/verification.py; once
+# closed, its state says how, in words: "passed", "disputed", "no image to compare"…).
+HoldState = Literal["held", "released", "forfeited"]
+CheckWaiting = Literal["pending"]
 
 
 @dataclass
