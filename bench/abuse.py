@@ -71,8 +71,12 @@ async def run_phases(args: Any, report: Report, workdir: Path) -> list[dict[str,
                         else:
                             result = await function(setup, attacker)
                         end = time.time()
-                    result |= {"phase": name, "address": attacker.address, "seconds": round(end - start, 1),
-                               "statuses": dict(attacker.statuses)}
+                    result |= {
+                        "phase": name,
+                        "address": attacker.address,
+                        "seconds": round(end - start, 1),
+                        "statuses": dict(attacker.statuses),
+                    }
                     for example in attacker.server_errors:
                         report.problems.append(f"{name}: {example}")
                     runs.append((result, start, end))
@@ -101,15 +105,28 @@ def tables(runs: list[dict[str, Any]]) -> list[str]:
     for run in runs:
         beat = run["heartbeat_ms"]
         met = "-" if beat["p99"] is None else "yes" if beat["p99"] < TARGET_P99_MS and not beat["failed"] else "NO"
-        rows.append([run["phase"], beat["n"], beat["failed"], beat["p50"], beat["p99"], beat["max"], met,
-                     run["achieved"]])
-    return [table(f"Heartbeat during each abuse (ms; target p99 < {TARGET_P99_MS:.0f}) and what the abuse achieved",
-                  ["phase", "beats", "failed", "p50", "p99", "max", "met", "achieved"], rows)]
+        rows.append(
+            [run["phase"], beat["n"], beat["failed"], beat["p50"], beat["p99"], beat["max"], met, run["achieved"]]
+        )
+    return [
+        table(
+            f"Heartbeat during each abuse (ms; target p99 < {TARGET_P99_MS:.0f}) and what the abuse achieved",
+            ["phase", "beats", "failed", "p50", "p99", "max", "met", "achieved"],
+            rows,
+        )
+    ]
 
 
 async def main_async(args: Any) -> int:
-    report = Report("abuse", {"seconds_per_phase": args.seconds, "phases": args.phases, "short": args.short,
-                              "db": "postgresql" if args.db else "sqlite"})
+    report = Report(
+        "abuse",
+        {
+            "seconds_per_phase": args.seconds,
+            "phases": args.phases,
+            "short": args.short,
+            "db": "postgresql" if args.db else "sqlite",
+        },
+    )
     with temporary_dir(args.keep, "horde-bench-abuse-") as workdir:
         runs = await run_phases(args, report, workdir)
     report.results = {"phases": runs, "target_heartbeat_p99_ms": TARGET_P99_MS}
@@ -119,16 +136,21 @@ async def main_async(args: Any) -> int:
         if beat["failed"]:
             report.problems.append(f"{run['phase']}: {beat['failed']} heartbeats got no answer")
         if beat["p99"] is not None and beat["p99"] >= TARGET_P99_MS:
-            report.notes.append(f"{run['phase']}: heartbeat p99 {beat['p99']} ms is over the {TARGET_P99_MS:.0f} ms "
-                                "target")
+            report.notes.append(
+                f"{run['phase']}: heartbeat p99 {beat['p99']} ms is over the {TARGET_P99_MS:.0f} ms target"
+            )
     return report.emit(args.json)
 
 
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per phase (farming twice as long)")
-    parser.add_argument("--phases", type=lambda text: text.split(","), default=list(PHASES),
-                        help="comma-separated: " + ", ".join(PHASES))
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=list(PHASES),
+        help="comma-separated: " + ", ".join(PHASES),
+    )
     args = parser.parse_args()
     unknown = set(args.phases) - set(PHASES)
     if unknown:

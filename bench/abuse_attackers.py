@@ -50,8 +50,9 @@ class Attacker:
     async def __aexit__(self, *exc: object) -> None:
         await self.session.close()
 
-    async def call(self, method: str, path: str, body: Any = None, *, apikey: str | None = None,
-                   identity: Identity | None = None) -> Answer:
+    async def call(
+        self, method: str, path: str, body: Any = None, *, apikey: str | None = None, identity: Identity | None = None
+    ) -> Answer:
         url = self.base + path
         raw, headers = request_parts(method, url, body, agent=AGENT, apikey=apikey, identity=identity)
         try:

@@ -34,12 +34,25 @@ Phase = Callable[[Setup, Attacker], Awaitable[dict[str, Any]]]
 
 
 def pop_body(name: str, max_pixels: int) -> dict[str, Any]:
-    return {"name": name, "models": [MODEL], "max_pixels": max_pixels, "amount": 4, "threads": 4,
-            "bridge_agent": "horde-bench-abuse:1:local", "allow_lora": True, "wait": 0}  # fmt: skip
+    return {
+        "name": name,
+        "models": [MODEL],
+        "max_pixels": max_pixels,
+        "amount": 4,
+        "threads": 4,
+        "bridge_agent": "horde-bench-abuse:1:local",
+        "allow_lora": True,
+        "wait": 0,
+    }
 
 
-async def serve(attacker: Attacker, pop: dict[str, Any], apikey: str, identity: Identity,
-                image_for: Callable[[dict[str, Any]], bytes]) -> int:
+async def serve(
+    attacker: Attacker,
+    pop: dict[str, Any],
+    apikey: str,
+    identity: Identity,
+    image_for: Callable[[dict[str, Any]], bytes],
+) -> int:
     """Pop and answer every job at once; the number of results the coordinator accepted."""
     answer = await attacker.call("POST", "/v2/generate/pop", pop, apikey=apikey, identity=identity)
     if answer.status != 200 or not answer.body.get("ids"):
@@ -49,8 +62,13 @@ async def serve(attacker: Attacker, pop: dict[str, Any], apikey: str, identity: 
         payload = signed["document"]["payload"]
         image = image_for(payload)
         document = ResultDocument(job_id=job_id, image_sha256=sha256_hex(image), seed=payload["seed"], state="ok")
-        result = {"id": job_id, "generation": base64.b64encode(image).decode(), "state": "ok",
-                  "seed": payload["seed"], "signature": sign_result(identity, document)}  # fmt: skip
+        result = {
+            "id": job_id,
+            "generation": base64.b64encode(image).decode(),
+            "state": "ok",
+            "seed": payload["seed"],
+            "signature": sign_result(identity, document),
+        }
         submitted = await attacker.call("POST", "/v2/generate/submit", result, apikey=apikey, identity=identity)
         accepted += submitted.status == 200
     return accepted
@@ -67,8 +85,12 @@ async def farming(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     pop = pop_body("farm-node", 1024 * 1024)
     await attacker.call("POST", "/v2/generate/pop", pop, apikey=farmer, identity=identity)  # registers the node
     before = await attacker.call("GET", "/v2/find_user", apikey=farmer)
-    body = {"prompt": "a lighthouse at dusk", "models": [MODEL], "workers": ["farm-node"],
-            "params": {"width": 1024, "height": 1024, "steps": 50, "n": 4}}  # fmt: skip
+    body = {
+        "prompt": "a lighthouse at dusk",
+        "models": [MODEL],
+        "workers": ["farm-node"],
+        "params": {"width": 1024, "height": 1024, "steps": 50, "n": 4},
+    }
     sent: Counter[str] = Counter()
     images = 0
     images_cache: dict[tuple[int, int], bytes] = {}
@@ -91,8 +113,12 @@ async def farming(setup: Setup, attacker: Attacker) -> dict[str, Any]:
         attacker.server_errors += requests_side.server_errors
     after = await attacker.call("GET", "/v2/find_user", apikey=farmer)
     earned = (after.body or {}).get("kudos", 0) - (before.body or {}).get("kudos", 0)
-    return {"kudos_earned": round(earned, 2), "images_accepted": images, "requests": dict(sent),
-            "achieved": f"{earned:,.2f} kudos for {images} images in {setup.seconds:.0f} s"}  # fmt: skip
+    return {
+        "kudos_earned": round(earned, 2),
+        "images_accepted": images,
+        "requests": dict(sent),
+        "achieved": f"{earned:,.2f} kudos for {images} images in {setup.seconds:.0f} s",
+    }
 
 
 def data_dir_bytes(path: Path) -> Counter[str]:
@@ -109,12 +135,22 @@ def data_dir_bytes(path: Path) -> Counter[str]:
 async def disk_fill(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     """Anonymous requests from 64 addresses (an attacker with many hosts: one address alone meets the rate
     limit after a request or two), each as large as the bounds allow; and every 4th one far larger."""
-    largest = json.dumps({
-        "prompt": "p" * 20_000, "models": [f"{i:04d}" + "m" * 96 for i in range(20)],
-        "workers": [f"{i:04d}" + "w" * 96 for i in range(20)], "params": {"n": 20, "width": 64, "height": 64},
-    }).encode()  # fmt: skip
-    oversized = json.dumps({"prompt": "p", "models": ["m" * 20_000] * 60, "workers": ["w" * 20_000] * 60,
-                            "params": {"n": 20, "width": 64, "height": 64}}).encode()  # 2.4 MB
+    largest = json.dumps(
+        {
+            "prompt": "p" * 20_000,
+            "models": [f"{i:04d}" + "m" * 96 for i in range(20)],
+            "workers": [f"{i:04d}" + "w" * 96 for i in range(20)],
+            "params": {"n": 20, "width": 64, "height": 64},
+        }
+    ).encode()
+    oversized = json.dumps(
+        {
+            "prompt": "p",
+            "models": ["m" * 20_000] * 60,
+            "workers": ["w" * 20_000] * 60,
+            "params": {"n": 20, "width": 64, "height": 64},
+        }
+    ).encode()  # 2.4 MB
     attackers = [await Attacker(setup.url, f"127.0.3.{i}").__aenter__() for i in range(1, 65)]
     await asyncio.sleep(1.0)  # the previous phase's writes reach the files before the first measurement
     before, accepted, sent, body_bytes = data_dir_bytes(setup.data_dir), 0, 0, 0
@@ -134,10 +170,15 @@ async def disk_fill(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     after = data_dir_bytes(setup.data_dir)
     growth = {kind: after[kind] - before[kind] for kind in ("database", "wal", "other")}
     per_request = {kind: round(grown / max(accepted, 1)) for kind, grown in growth.items()}
-    return {"requests": sent, "accepted": accepted, "body_bytes": body_bytes, "data_dir_growth": growth,
-            "bytes_per_accepted_request": per_request,
-            "achieved": f"{accepted}/{sent} accepted; per accepted request the database grew "
-                        f"{per_request['database'] / 1e3:,.1f} KB, its WAL {per_request['wal'] / 1e3:,.1f} KB"}
+    return {
+        "requests": sent,
+        "accepted": accepted,
+        "body_bytes": body_bytes,
+        "data_dir_growth": growth,
+        "bytes_per_accepted_request": per_request,
+        "achieved": f"{accepted}/{sent} accepted; per accepted request the database grew "
+        f"{per_request['database'] / 1e3:,.1f} KB, its WAL {per_request['wal'] / 1e3:,.1f} KB",
+    }
 
 
 async def connection_flood(setup: Setup, attacker: Attacker) -> dict[str, Any]:
@@ -146,15 +187,18 @@ async def connection_flood(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     host, port = setup.url.removeprefix("http://").rsplit(":", 1)
     target = 2000 if setup.short else 15_000
     deadline = time.perf_counter() + setup.seconds
-    waves = {"one address": [attacker.address] * 1000,
-             "64 addresses": [f"127.0.4.{i % 64 + 1}" for i in range(target - 1000)]}
+    waves = {
+        "one address": [attacker.address] * 1000,
+        "64 addresses": [f"127.0.4.{i % 64 + 1}" for i in range(target - 1000)],
+    }
     opened: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {wave: [] for wave in waves}
     failed: Counter[str] = Counter()
 
     async def open_one(wave: str, address: str) -> None:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, int(port), local_addr=(address, 0)), 5)
+                asyncio.open_connection(host, int(port), local_addr=(address, 0)), 5
+            )
         except (OSError, TimeoutError):
             failed[wave] += 1
             return
@@ -165,18 +209,24 @@ async def connection_flood(setup: Setup, attacker: Attacker) -> dict[str, Any]:
         for start in range(0, len(addresses), 500):
             if time.perf_counter() > deadline:
                 break
-            await asyncio.gather(*(open_one(wave, address) for address in addresses[start:start + 500]))
+            await asyncio.gather(*(open_one(wave, address) for address in addresses[start : start + 500]))
     await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
     result: dict[str, Any] = {}
     for wave, connections in opened.items():
         closed = sum(await asyncio.gather(*(answered_or_closed(reader) for reader, _writer in connections)))
-        result[wave] = {"made": len(connections), "failed": failed[wave], "closed_by_coordinator": closed,
-                        "held": len(connections) - closed}
+        result[wave] = {
+            "made": len(connections),
+            "failed": failed[wave],
+            "closed_by_coordinator": closed,
+            "held": len(connections) - closed,
+        }
         for _reader, writer in connections:
             writer.close()
     one, many = result["one address"], result["64 addresses"]
-    result["achieved"] = (f"one address: {one['held']} of {one['made']} held; 64 addresses: {many['held']} of "
-                          f"{many['made']} held at {setup.seconds:.0f} s")
+    result["achieved"] = (
+        f"one address: {one['held']} of {one['made']} held; 64 addresses: {many['held']} of "
+        f"{many['made']} held at {setup.seconds:.0f} s"
+    )
     return result
 
 
@@ -195,9 +245,17 @@ async def huge_answers(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     owner, requester = setup.keys["answerer"], setup.keys["rich"]
     identity = Identity.generate()
     big = noise_webp(512)
-    request = await attacker.call("POST", "/v2/generate/async", {
-        "prompt": "noise", "models": [MODEL], "r2": False, "params": {"width": 512, "height": 512, "n": 20,
-                                                                      "steps": 10}}, apikey=requester)
+    request = await attacker.call(
+        "POST",
+        "/v2/generate/async",
+        {
+            "prompt": "noise",
+            "models": [MODEL],
+            "r2": False,
+            "params": {"width": 512, "height": 512, "n": 20, "steps": 10},
+        },
+        apikey=requester,
+    )
     if request.status != 202:
         return {"achieved": f"request refused ({request.status} {request.body})", "answer_bytes_max": 0}
     pop = pop_body("answer-node", 512 * 512)
@@ -215,10 +273,15 @@ async def huge_answers(setup: Setup, attacker: Attacker) -> dict[str, Any]:
 
     await asyncio.gather(*(repeat_until(deadline, fetch) for _ in range(4)))
     largest = max(sizes, default=0)
-    return {"images": made, "image_bytes": len(big), "answers": len(sizes), "answer_bytes_max": largest,
-            "answer_bytes_total": sum(sizes),
-            "achieved": f"{len(sizes)} answers of up to {largest / 1e6:.2f} MB ({made} images of "
-                        f"{len(big) / 1e6:.2f} MB; {sum(sizes) / 1e6:,.0f} MB sent)"}  # fmt: skip
+    return {
+        "images": made,
+        "image_bytes": len(big),
+        "answers": len(sizes),
+        "answer_bytes_max": largest,
+        "answer_bytes_total": sum(sizes),
+        "achieved": f"{len(sizes)} answers of up to {largest / 1e6:.2f} MB ({made} images of "
+        f"{len(big) / 1e6:.2f} MB; {sum(sizes) / 1e6:,.0f} MB sent)",
+    }
 
 
 async def poison_images(setup: Setup, attacker: Attacker) -> dict[str, Any]:
@@ -230,8 +293,12 @@ async def poison_images(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     try:
         while time.perf_counter() < deadline:
             for name, source in sources.items():
-                body = {"prompt": "x", "models": [MODEL], "source_image": source,
-                        "params": {"width": 64, "height": 64, "steps": 4}}  # fmt: skip
+                body = {
+                    "prompt": "x",
+                    "models": [MODEL],
+                    "source_image": source,
+                    "params": {"width": 64, "height": 64, "steps": 4},
+                }
                 answer = await attackers[sent % len(attackers)].call("POST", "/v2/generate/async", body)
                 outcome[name][answer.status] += 1
                 sent += 1
@@ -243,24 +310,33 @@ async def poison_images(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     refused = sum(counts[400] for counts in outcome.values())
     limited = sum(counts[429] for counts in outcome.values())
     accepted = {name: counts[202] for name, counts in outcome.items() if counts[202]}
-    return {"sent": sent, "refused_as_images": refused, "rate_limited": limited, "accepted_by_format": accepted,
-            "achieved": f"{refused} refused as images, {sum(accepted.values())} accepted "
-                        f"({limited} more rate-limited)" + (f"; accepted: {accepted}" if accepted else "")}
+    return {
+        "sent": sent,
+        "refused_as_images": refused,
+        "rate_limited": limited,
+        "accepted_by_format": accepted,
+        "achieved": f"{refused} refused as images, {sum(accepted.values())} accepted "
+        f"({limited} more rate-limited)" + (f"; accepted: {accepted}" if accepted else ""),
+    }
 
 
 async def malformed(setup: Setup, attacker: Attacker) -> dict[str, Any]:
     deep = b"[" * 100_000 + b"]" * 100_000
-    calls = [("POST", "/v2/generate/async", deep), ("POST", "/v2/generate/pop", b'{"a":' * 50_000),
-             ("GET", "/v2/images/" + "a" * 300, None), ("GET", "/v2/sources/" + "\U0001f600" * 100, None),
-             ("GET", "/v2/users/" + "9" * 5000, None), ("GET", "/v2/generate/check/" + "x" * 300, None)]
+    calls = [
+        ("POST", "/v2/generate/async", deep),
+        ("POST", "/v2/generate/pop", b'{"a":' * 50_000),
+        ("GET", "/v2/images/" + "a" * 300, None),
+        ("GET", "/v2/sources/" + "\U0001f600" * 100, None),
+        ("GET", "/v2/users/" + "9" * 5000, None),
+        ("GET", "/v2/generate/check/" + "x" * 300, None),
+    ]
     outcome: Counter[str] = Counter()
     deadline = time.perf_counter() + setup.seconds
     while time.perf_counter() < deadline:
         for method, path, body in calls:
             status = (await attacker.call(method, path, body)).status
             outcome["4xx" if 400 <= status < 500 else "5xx" if status >= 500 else str(status)] += 1
-    return {"answers": dict(outcome),
-            "achieved": f"{outcome['4xx']} refused with a 4xx, {outcome['5xx']} 5xx"}
+    return {"answers": dict(outcome), "achieved": f"{outcome['4xx']} refused with a 4xx, {outcome['5xx']} 5xx"}
 
 
 PHASE_FUNCTIONS: dict[str, tuple[str, Phase | None]] = {

@@ -62,7 +62,10 @@ class Prober:
     def during(self, start: float, end: float) -> dict[str, Any]:
         window = [seconds for sent, seconds in self.samples if start <= sent < end]
         answered = [seconds * 1000 for seconds in window if seconds is not None]
-        return {"n": len(window), "failed": len(window) - len(answered),
-                "p50": round(percentile(answered, 50), 2) if answered else None,
-                "p99": round(percentile(answered, 99), 2) if answered else None,
-                "max": round(max(answered), 2) if answered else None}  # fmt: skip
+        return {
+            "n": len(window),
+            "failed": len(window) - len(answered),
+            "p50": round(percentile(answered, 50), 2) if answered else None,
+            "p99": round(percentile(answered, 99), 2) if answered else None,
+            "max": round(max(answered), 2) if answered else None,
+        }

@@ -93,9 +93,10 @@ def within(items: list[Timed], start: float, end: float) -> list[float]:
 
 async def requester(api: Api, apikey: str, tally: Tally, n: int, check_poll: float) -> None:
     body = {
-        "prompt": "a lighthouse on a cliff at dusk ### blurry", "models": [MODEL],
+        "prompt": "a lighthouse on a cliff at dusk ### blurry",
+        "models": [MODEL],
         "params": {"width": 512, "height": 512, "steps": 20, "n": n, "sampler_name": "k_euler_a"},
-    }  # fmt: skip
+    }
     while not tally.stop:
         started = now()
         status, accepted = await api.call("POST", "/v2/generate/async", body, label="generate", apikey=apikey)
@@ -133,8 +134,15 @@ async def node(api: Api, name: str, apikey: str, tally: Tally, wait: float, idle
     identity = Identity.generate()
     image = tiny_webp(size=512)  # the jobs' own size: any other is refused (ImageSizeMismatch)
     generation, image_sha = base64.b64encode(image).decode(), sha256_hex(image)
-    pop = {"name": name, "models": [MODEL], "max_pixels": 1024 * 1024, "amount": 1, "wait": wait,
-           "bridge_agent": "horde-bench:1:local", "threads": 1}  # fmt: skip
+    pop = {
+        "name": name,
+        "models": [MODEL],
+        "max_pixels": 1024 * 1024,
+        "amount": 1,
+        "wait": wait,
+        "bridge_agent": "horde-bench:1:local",
+        "threads": 1,
+    }
     while not tally.nodes_stop:
         before = now()
         status, job = await api.call("POST", "/v2/generate/pop", pop, label="pop", apikey=apikey, identity=identity)
@@ -151,8 +159,13 @@ async def node(api: Api, name: str, apikey: str, tally: Tally, wait: float, idle
         for job_id, signed in zip(job["ids"], job["jobs"], strict=True):
             seed = signed["document"]["payload"]["seed"]
             document = ResultDocument(job_id=job_id, image_sha256=image_sha, seed=seed, state="ok")
-            result = {"id": job_id, "generation": generation, "state": "ok", "seed": seed,
-                      "signature": sign_result(identity, document)}  # fmt: skip
+            result = {
+                "id": job_id,
+                "generation": generation,
+                "state": "ok",
+                "seed": seed,
+                "signature": sign_result(identity, document),
+            }
             before = now()
             await api.call("POST", "/v2/generate/submit", result, label="submit", apikey=apikey, identity=identity)
             tally.submits.append(Timed(now(), now() - before))
@@ -185,8 +198,7 @@ async def run_scenario(args: Any, scenario: str, report: Report, workdir: Path) 
                 ]
                 await asyncio.sleep(0.5)  # every node has registered and is waiting
                 clients = [
-                    asyncio.create_task(requester(api, keys[name], tally, args.n, check_poll))
-                    for name in requesters
+                    asyncio.create_task(requester(api, keys[name], tally, args.n, check_poll)) for name in requesters
                 ]
                 await asyncio.sleep(args.warmup)
                 db_before, trips_before = await database_cpu(db), await round_trips(coordinator.url)
@@ -242,30 +254,63 @@ def per_job(before: dict[str, float] | None, after: dict[str, float] | None, job
     if before is None or after is None:
         return None
     made = {endpoint: count - before.get(endpoint, 0.0) for endpoint, count in after.items()}
-    trips = {endpoint.removeprefix("/api/v2/"): round(count / max(jobs, 1), 2) for endpoint, count in made.items()
-             if count}  # fmt: skip
+    trips = {
+        endpoint.removeprefix("/api/v2/"): round(count / max(jobs, 1), 2) for endpoint, count in made.items() if count
+    }
     return trips | {"all": round(sum(made.values()) / max(jobs, 1), 2)}
 
 
 def tables(runs: list[dict[str, Any]]) -> list[str]:
     headline = table(
         "Brokering throughput",
-        ["scenario", "jobs/s", "http req/s", "lat p50", "p95", "p99", "coord CPU%", "CPU ms/job", "+ db ms/job",
-         "trips/job", "peak RSS MB", "loadgen CPU%"],
-        [[r["scenario"], r["jobs_per_second"], r["http_requests_per_second"], r["latency_ms"].get("p50"),
-          r["latency_ms"].get("p95"), r["latency_ms"].get("p99"), r["coordinator_cpu_percent"],
-          r["coordinator_cpu_ms_per_job"], r["database_cpu_ms_per_job"],
-          (r["round_trips_per_job"] or {}).get("all"), r["coordinator_peak_rss_mb"], r["loadgen_cpu_percent"]]
-         for r in runs],
-    )  # fmt: skip
+        [
+            "scenario",
+            "jobs/s",
+            "http req/s",
+            "lat p50",
+            "p95",
+            "p99",
+            "coord CPU%",
+            "CPU ms/job",
+            "+ db ms/job",
+            "trips/job",
+            "peak RSS MB",
+            "loadgen CPU%",
+        ],
+        [
+            [
+                r["scenario"],
+                r["jobs_per_second"],
+                r["http_requests_per_second"],
+                r["latency_ms"].get("p50"),
+                r["latency_ms"].get("p95"),
+                r["latency_ms"].get("p99"),
+                r["coordinator_cpu_percent"],
+                r["coordinator_cpu_ms_per_job"],
+                r["database_cpu_ms_per_job"],
+                (r["round_trips_per_job"] or {}).get("all"),
+                r["coordinator_peak_rss_mb"],
+                r["loadgen_cpu_percent"],
+            ]
+            for r in runs
+        ],
+    )
     calls = table(
         "Call latency (ms; long-poll pops include the time spent waiting for a job)",
         ["scenario", "call", "n", "p50", "p99", "max"],
-        [[r["scenario"], name, r[key].get("n"), r[key].get("p50"), r[key].get("p99"), r[key].get("max")]
-         for r in runs for name, key in (("pop (job)", "pop_with_job_ms"), ("pop (empty)", "pop_empty_ms"),
-                                         ("submit", "submit_ms"), ("generate", "generate_ms"),
-                                         ("check", "check_ms"), ("status", "status_ms"))],
-    )  # fmt: skip
+        [
+            [r["scenario"], name, r[key].get("n"), r[key].get("p50"), r[key].get("p99"), r[key].get("max")]
+            for r in runs
+            for name, key in (
+                ("pop (job)", "pop_with_job_ms"),
+                ("pop (empty)", "pop_empty_ms"),
+                ("submit", "submit_ms"),
+                ("generate", "generate_ms"),
+                ("check", "check_ms"),
+                ("status", "status_ms"),
+            )
+        ],
+    )
     return [headline, calls]
 
 

@@ -44,11 +44,37 @@ from bench.figures import Errors, Report, fmt, machine, percentile, summary, tab
 from bench.rawapi import Api, request_parts
 
 __all__ = [
-    "CLOCK_TICKS", "MEMORY_PROBE", "REPO", "SOURCE", "Api", "Coordinator", "Errors", "ProcSample", "Report",
-    "base_parser", "bench_database", "cpu_between", "cpu_seconds_of", "create_accounts", "database_cpu", "fmt",
-    "gather_cancelling", "is_postgres", "machine", "now", "percentile", "proc_sample", "request_parts",
-    "round_trips", "self_cpu_seconds", "summary", "table", "temporary_dir", "tiny_png_b64", "tiny_webp",
-]  # fmt: skip
+    "CLOCK_TICKS",
+    "MEMORY_PROBE",
+    "REPO",
+    "SOURCE",
+    "Api",
+    "Coordinator",
+    "Errors",
+    "ProcSample",
+    "Report",
+    "base_parser",
+    "bench_database",
+    "cpu_between",
+    "cpu_seconds_of",
+    "create_accounts",
+    "database_cpu",
+    "fmt",
+    "gather_cancelling",
+    "is_postgres",
+    "machine",
+    "now",
+    "percentile",
+    "proc_sample",
+    "request_parts",
+    "round_trips",
+    "self_cpu_seconds",
+    "summary",
+    "table",
+    "temporary_dir",
+    "tiny_png_b64",
+    "tiny_webp",
+]
 
 now = time.perf_counter
 

@@ -161,10 +161,22 @@ class Coordinator:
 
     def command(self, port_file: Path) -> list[str]:
         serve = [
-            *self.global_args(), "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+            *self.global_args(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
             # Benchmarks measure the broker, not one account's queue cap (a later --concurrency in extra_args wins).
-            "--no-rate-limits", "--uptime-kudos", "0", "--concurrency", "1000000", *self.extra_args,
-        ]  # fmt: skip
+            "--no-rate-limits",
+            "--uptime-kudos",
+            "0",
+            "--concurrency",
+            "1000000",
+            *self.extra_args,
+        ]
         if self.profile == "cprofile":
             return [sys.executable, "-m", "cProfile", "-o", str(self.profile_out), "-m", "coordinator.cli", *serve]
         python = [sys.executable, *(["-c", MEMORY_PROBE] if self.python_memory else ["-m", "coordinator.cli"]), *serve]
@@ -181,9 +193,13 @@ class Coordinator:
         env = {**os.environ, "PYTHONPATH": path, "HORDE_BENCH_MEMORY_FILE": str(self.memory_file)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(port_file), cwd=SOURCE, env=env, stdout=log, stderr=subprocess.STDOUT,
+                self.command(port_file),
+                cwd=SOURCE,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.process.poll() is not None or time.monotonic() > deadline:

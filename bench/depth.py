@@ -86,11 +86,17 @@ def make_nodes(count: int, owners: list[str], rng: random.Random) -> list[BenchN
         # scan what its models and the any-model rows hold and find nothing.
         max_pixels = IDLE_MAX_PIXELS if idle else rng.choice([512 * 512, 768 * 768, 1024 * 1024, 1024 * 1024])
         body = {
-            "name": f"depth-node-{index:04d}", "models": models, "amount": 1, "wait": 0, "threads": 1,
+            "name": f"depth-node-{index:04d}",
+            "models": models,
+            "amount": 1,
+            "wait": 0,
+            "threads": 1,
             "max_pixels": max_pixels,
-            "nsfw": rng.random() < 0.5, "allow_img2img": rng.random() < 0.7, "allow_painting": False,
+            "nsfw": rng.random() < 0.5,
+            "allow_img2img": rng.random() < 0.7,
+            "allow_painting": False,
             "bridge_agent": "horde-bench:1:depth",
-        }  # fmt: skip
+        }
         nodes.append(BenchNode(str(body["name"]), owners[index % len(owners)], Identity.generate(), body))
     return nodes
 
@@ -100,10 +106,11 @@ def request_body(rng: random.Random, source: str) -> dict[str, Any]:
     roll = rng.random()
     models = [] if roll < 0.05 else rng.choices(QUEUED_MODELS, POPULARITY, k=2 if roll < 0.15 else 1)
     body: dict[str, Any] = {
-        "prompt": f"depth bench {rng.randrange(10**6)}", "models": list(dict.fromkeys(models)),
+        "prompt": f"depth bench {rng.randrange(10**6)}",
+        "models": list(dict.fromkeys(models)),
         "nsfw": rng.random() < 0.2,
         "params": {"width": width, "height": height, "steps": rng.choice([20, 25, 30]), "n": IMAGES_PER_REQUEST},
-    }  # fmt: skip
+    }
     if rng.random() < 0.15:
         body |= {"source_image": source, "source_processing": "img2img"}
     return body
@@ -173,8 +180,9 @@ class Online:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def online_node(api: Api, depth: Depth, node: BenchNode, keys: dict[str, str], shared: Online,
-                      interval: float, rng: random.Random) -> None:  # fmt: skip
+async def online_node(
+    api: Api, depth: Depth, node: BenchNode, keys: dict[str, str], shared: Online, interval: float, rng: random.Random
+) -> None:
     """One node: pop, then work on its job (or wait when it got none) for about `interval`, until enough pops."""
     await asyncio.sleep(rng.uniform(0, interval))
     while not shared.done.is_set():
@@ -199,20 +207,31 @@ async def top_up(api: Api, shared: Online, requester_keys: list[str], rng: rando
 
 
 async def measure(
-    api: Api, depth: Depth, nodes: list[BenchNode], keys: dict[str, str], requester_keys: list[str],
-    pops: int, interval: float, rng: random.Random,
-) -> float:  # fmt: skip
+    api: Api,
+    depth: Depth,
+    nodes: list[BenchNode],
+    keys: dict[str, str],
+    requester_keys: list[str],
+    pops: int,
+    interval: float,
+    rng: random.Random,
+) -> float:
     """Every node online at once until `pops` pops were measured; returns the seconds it took."""
     shared = Online(pops)
     async with contextlib.AsyncExitStack() as stack:
         # Nodes come from NODE_ADDRESSES loopback addresses, as a network's come from many (the coordinator
         # caps connections and long-polls per address).
-        apis = [await stack.enter_async_context(Api(api.base.removesuffix("/api"), api.errors,
-                                                    local_address=f"127.0.1.{index + 1}"))
-                for index in range(NODE_ADDRESSES)]  # fmt: skip
+        apis = [
+            await stack.enter_async_context(
+                Api(api.base.removesuffix("/api"), api.errors, local_address=f"127.0.1.{index + 1}")
+            )
+            for index in range(NODE_ADDRESSES)
+        ]
         started = now()
-        tasks = [asyncio.create_task(online_node(apis[index % NODE_ADDRESSES], depth, node, keys, shared, interval,
-                                                 rng)) for index, node in enumerate(nodes)]  # fmt: skip
+        tasks = [
+            asyncio.create_task(online_node(apis[index % NODE_ADDRESSES], depth, node, keys, shared, interval, rng))
+            for index, node in enumerate(nodes)
+        ]
         tasks.append(asyncio.create_task(top_up(api, shared, requester_keys, rng)))
         await shared.done.wait()
         seconds = now() - started
@@ -262,24 +281,28 @@ async def run(args: Any, report: Report, workdir: Path) -> list[dict[str, Any]]:
                     after = coordinator.sample()
                     pops_measured = len(depth.pops_job) + len(depth.pops_empty)
                     check_times = await checks(api, request_ids[-requests:] or request_ids, args.checks, rng)
-                    rows.append({
-                        "depth": target, "waiting_images": waiting,
-                        "fill_images_per_second": round(requests * IMAGES_PER_REQUEST / max(fill_seconds, 1e-9), 1),
-                        "pop_ms": summary(depth.pops_job + depth.pops_empty),
-                        "pop_with_job_ms": summary(depth.pops_job),
-                        "pop_empty_ms": summary(depth.pops_empty),
-                        "check_ms": summary(check_times),
-                        "pops_per_second": round(pops_measured / seconds, 1),
-                        "coordinator_cpu_ms_per_pop": round(
-                            1000 * (after.cpu_seconds - before.cpu_seconds) / max(pops_measured, 1), 2),
-                        "rss_mb": round(filled.rss_kb / 1024, 1),
-                        "rss_growth_mb": round((filled.rss_kb - base.rss_kb) / 1024, 1),
-                        "rss_growth_bytes_per_image": round((filled.rss_kb - base.rss_kb) * 1024 / max(waiting, 1)),
-                        "images_added": added,
-                        "bytes_per_waiting_image": round(traced / max(added, 1)),
-                        "database_bytes_per_image": round(disk / max(waiting, 1)) if disk else None,
-                        "peak_rss_mb": round(after.hwm_kb / 1024, 1),
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "depth": target,
+                            "waiting_images": waiting,
+                            "fill_images_per_second": round(requests * IMAGES_PER_REQUEST / max(fill_seconds, 1e-9), 1),
+                            "pop_ms": summary(depth.pops_job + depth.pops_empty),
+                            "pop_with_job_ms": summary(depth.pops_job),
+                            "pop_empty_ms": summary(depth.pops_empty),
+                            "check_ms": summary(check_times),
+                            "pops_per_second": round(pops_measured / seconds, 1),
+                            "coordinator_cpu_ms_per_pop": round(
+                                1000 * (after.cpu_seconds - before.cpu_seconds) / max(pops_measured, 1), 2
+                            ),
+                            "rss_mb": round(filled.rss_kb / 1024, 1),
+                            "rss_growth_mb": round((filled.rss_kb - base.rss_kb) / 1024, 1),
+                            "rss_growth_bytes_per_image": round((filled.rss_kb - base.rss_kb) * 1024 / max(waiting, 1)),
+                            "images_added": added,
+                            "bytes_per_waiting_image": round(traced / max(added, 1)),
+                            "database_bytes_per_image": round(disk / max(waiting, 1)) if disk else None,
+                            "peak_rss_mb": round(after.hwm_kb / 1024, 1),
+                        }
+                    )
                 report.results["baseline_rss_mb"] = round(base.rss_kb / 1024, 1)
         finally:
             coordinator.stop()
@@ -291,15 +314,24 @@ def check_targets(rows: list[dict[str, Any]], report: Report) -> dict[str, Any]:
     verdict: dict[str, Any] = {}
     if 100_000 in by_depth:
         p99 = by_depth[100_000]["pop_ms"]["p99"]
-        verdict["pop_p99_ms_at_100k"] = {"value": p99, "target": TARGETS["pop_p99_ms_at_100k"],
-                                         "ok": p99 <= TARGETS["pop_p99_ms_at_100k"]}  # fmt: skip
+        verdict["pop_p99_ms_at_100k"] = {
+            "value": p99,
+            "target": TARGETS["pop_p99_ms_at_100k"],
+            "ok": p99 <= TARGETS["pop_p99_ms_at_100k"],
+        }
         if 1000 in by_depth:
             ratio = round(p99 / by_depth[1000]["pop_ms"]["p99"], 2)
-            verdict["p99_ratio_100k_to_1k"] = {"value": ratio, "target": TARGETS["p99_ratio_100k_to_1k"],
-                                               "ok": ratio <= TARGETS["p99_ratio_100k_to_1k"]}  # fmt: skip
+            verdict["p99_ratio_100k_to_1k"] = {
+                "value": ratio,
+                "target": TARGETS["p99_ratio_100k_to_1k"],
+                "ok": ratio <= TARGETS["p99_ratio_100k_to_1k"],
+            }
         per_image = by_depth[100_000]["bytes_per_waiting_image"]
-        verdict["bytes_per_waiting_image"] = {"value": per_image, "target": TARGETS["bytes_per_waiting_image"],
-                                              "ok": per_image <= TARGETS["bytes_per_waiting_image"]}  # fmt: skip
+        verdict["bytes_per_waiting_image"] = {
+            "value": per_image,
+            "target": TARGETS["bytes_per_waiting_image"],
+            "ok": per_image <= TARGETS["bytes_per_waiting_image"],
+        }
     for name, item in verdict.items():
         if not item["ok"]:
             report.notes.append(f"target missed: {name} = {item['value']} (target {item['target']})")
@@ -314,30 +346,85 @@ async def main_async(args: Any) -> int:
     with temporary_dir(args.keep, "horde-bench-depth-") as workdir:
         rows = await run(args, report, workdir)
     report.results |= {"depths": rows, "targets": check_targets(rows, report)}
-    report.tables.append(table(
-        f"Pop latency by queue depth ({args.nodes} nodes online at once, each popping about every "
-        f"{args.interval} s; {args.pops} pops per depth, ms)",
-        ["waiting", "fill img/s", "pops/s", "all p50", "all p99", "job n", "job p50", "job p99", "empty n",
-         "empty p50", "empty p99", "CPU ms/pop"],
-        [[r["waiting_images"], r["fill_images_per_second"], r["pops_per_second"], r["pop_ms"].get("p50"),
-          r["pop_ms"].get("p99"),
-          r["pop_with_job_ms"]["n"], r["pop_with_job_ms"].get("p50"), r["pop_with_job_ms"].get("p99"),
-          r["pop_empty_ms"]["n"], r["pop_empty_ms"].get("p50"), r["pop_empty_ms"].get("p99"),
-          r["coordinator_cpu_ms_per_pop"]] for r in rows],
-    ))  # fmt: skip
-    report.tables.append(table(
-        "/generate/check on a waiting request (computes its queue position), ms",
-        ["waiting", "n", "p50", "p99", "max"],
-        [[r["waiting_images"], r["check_ms"]["n"], r["check_ms"].get("p50"), r["check_ms"].get("p99"),
-          r["check_ms"].get("max")] for r in rows],
-    ))  # fmt: skip
-    report.tables.append(table(
-        f"Coordinator memory (RSS {report.results.get('baseline_rss_mb')} MB once the nodes had registered)",
-        ["waiting", "Python B/image added", "RSS MB", "RSS growth MB", "(RSS growth/image)", "DB B/image",
-         "peak RSS MB"],
-        [[r["waiting_images"], r["bytes_per_waiting_image"], r["rss_mb"], r["rss_growth_mb"],
-          r["rss_growth_bytes_per_image"], r["database_bytes_per_image"], r["peak_rss_mb"]] for r in rows],
-    ))  # fmt: skip
+    report.tables.append(
+        table(
+            f"Pop latency by queue depth ({args.nodes} nodes online at once, each popping about every "
+            f"{args.interval} s; {args.pops} pops per depth, ms)",
+            [
+                "waiting",
+                "fill img/s",
+                "pops/s",
+                "all p50",
+                "all p99",
+                "job n",
+                "job p50",
+                "job p99",
+                "empty n",
+                "empty p50",
+                "empty p99",
+                "CPU ms/pop",
+            ],
+            [
+                [
+                    r["waiting_images"],
+                    r["fill_images_per_second"],
+                    r["pops_per_second"],
+                    r["pop_ms"].get("p50"),
+                    r["pop_ms"].get("p99"),
+                    r["pop_with_job_ms"]["n"],
+                    r["pop_with_job_ms"].get("p50"),
+                    r["pop_with_job_ms"].get("p99"),
+                    r["pop_empty_ms"]["n"],
+                    r["pop_empty_ms"].get("p50"),
+                    r["pop_empty_ms"].get("p99"),
+                    r["coordinator_cpu_ms_per_pop"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    report.tables.append(
+        table(
+            "/generate/check on a waiting request (computes its queue position), ms",
+            ["waiting", "n", "p50", "p99", "max"],
+            [
+                [
+                    r["waiting_images"],
+                    r["check_ms"]["n"],
+                    r["check_ms"].get("p50"),
+                    r["check_ms"].get("p99"),
+                    r["check_ms"].get("max"),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    report.tables.append(
+        table(
+            f"Coordinator memory (RSS {report.results.get('baseline_rss_mb')} MB once the nodes had registered)",
+            [
+                "waiting",
+                "Python B/image added",
+                "RSS MB",
+                "RSS growth MB",
+                "(RSS growth/image)",
+                "DB B/image",
+                "peak RSS MB",
+            ],
+            [
+                [
+                    r["waiting_images"],
+                    r["bytes_per_waiting_image"],
+                    r["rss_mb"],
+                    r["rss_growth_mb"],
+                    r["rss_growth_bytes_per_image"],
+                    r["database_bytes_per_image"],
+                    r["peak_rss_mb"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     for row in rows:
         if row["pop_ms"]["n"] == 0 or row["pop_with_job_ms"]["n"] == 0:
             report.problems.append(f"depth {row['depth']}: no pop found a job")
@@ -354,8 +441,12 @@ def main() -> int:
         help="waiting images, ascending, comma-separated",
     )
     parser.add_argument("--pops", type=int, default=1000, help="measured pops per depth")
-    parser.add_argument("--interval", type=float, default=30.0,
-                        help="seconds a node works on a job, or waits after an empty pop (about)")  # fmt: skip
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        help="seconds a node works on a job, or waits after an empty pop (about)",
+    )
     parser.add_argument("--submitters", type=int, default=4, help="concurrent submitters while filling")
     parser.add_argument("--checks", type=int, default=50, help="measured /generate/check calls per depth")
     parser.add_argument("--seed", type=int, default=1)

@@ -76,14 +76,22 @@ class NodeSpec:
 
 
 FULL_NODES = [
-    NodeSpec("x1", 1, MODELS[:1]), NodeSpec("x2", 2, MODELS), NodeSpec("x3", 3, MODELS[:1], leave=0.5),
-    NodeSpec("x4", 4, MODELS[1:]), NodeSpec("x2b", 2, MODELS[1:]), NodeSpec("x1b", 1, MODELS),
-    NodeSpec("x8", 8, MODELS, join=0.3), NodeSpec("x6", 6, MODELS[:1]),
-]  # fmt: skip
+    NodeSpec("x1", 1, MODELS[:1]),
+    NodeSpec("x2", 2, MODELS),
+    NodeSpec("x3", 3, MODELS[:1], leave=0.5),
+    NodeSpec("x4", 4, MODELS[1:]),
+    NodeSpec("x2b", 2, MODELS[1:]),
+    NodeSpec("x1b", 1, MODELS),
+    NodeSpec("x8", 8, MODELS, join=0.3),
+    NodeSpec("x6", 6, MODELS[:1]),
+]
 SHORT_NODES = [
-    NodeSpec("x1", 1, MODELS[:1]), NodeSpec("x2", 2, MODELS), NodeSpec("x4", 4, MODELS[1:]),
-    NodeSpec("x3", 3, MODELS[:1], leave=0.5), NodeSpec("x8", 8, MODELS, join=0.3),
-]  # fmt: skip
+    NodeSpec("x1", 1, MODELS[:1]),
+    NodeSpec("x2", 2, MODELS),
+    NodeSpec("x4", 4, MODELS[1:]),
+    NodeSpec("x3", 3, MODELS[:1], leave=0.5),
+    NodeSpec("x8", 8, MODELS, join=0.3),
+]
 
 
 @dataclass
@@ -140,8 +148,14 @@ async def run_node(api: Api, apikey: str, spec: NodeSpec, world: World) -> None:
     identity = Identity.generate()
     await asyncio.sleep(spec.join * world.window)
     world.running.add(spec.name)
-    body = {"name": spec.name, "models": spec.models, "max_pixels": 1024 * 1024, "amount": 1, "wait": 2.0,
-            "bridge_agent": "horde-bench:1:eta"}  # fmt: skip
+    body = {
+        "name": spec.name,
+        "models": spec.models,
+        "max_pixels": 1024 * 1024,
+        "amount": 1,
+        "wait": 2.0,
+        "bridge_agent": "horde-bench:1:eta",
+    }
     while not world.stop and (spec.leave is None or now() - world.started < spec.leave * world.window):
         status, job = await api.call("POST", "/v2/generate/pop", body, label="pop", apikey=apikey, identity=identity)
         if status != 200 or not job["ids"]:
@@ -154,8 +168,13 @@ async def run_node(api: Api, apikey: str, spec: NodeSpec, world: World) -> None:
         data = IMAGES[(payload["width"], payload["height"])]
         seed = payload["seed"]
         document = ResultDocument(job_id=job["ids"][0], image_sha256=sha256_hex(data), seed=seed, state="ok")
-        result = {"id": job["ids"][0], "generation": base64.b64encode(data).decode(), "state": "ok", "seed": seed,
-                  "signature": sign_result(identity, document)}  # fmt: skip
+        result = {
+            "id": job["ids"][0],
+            "generation": base64.b64encode(data).decode(),
+            "state": "ok",
+            "seed": seed,
+            "signature": sign_result(identity, document),
+        }
         await api.call("POST", "/v2/generate/submit", result, label="submit", apikey=apikey, identity=identity)
     world.running.discard(spec.name)
 
@@ -174,8 +193,9 @@ async def follow(api: Api, world: World, tracked: Tracked, request_id: str, limi
     """Long-poll checks until the request is done (or `limit` seconds passed), recording each answer."""
     finished = 0
     while not world.stop and now() - tracked.submitted < limit:
-        status, check = await api.call("GET", f"/v2/generate/check/{request_id}?wait=1&finished={finished}",
-                                       label="check")  # fmt: skip
+        status, check = await api.call(
+            "GET", f"/v2/generate/check/{request_id}?wait=1&finished={finished}", label="check"
+        )
         if status != 200:
             await asyncio.sleep(0.5)
             continue
@@ -184,16 +204,28 @@ async def follow(api: Api, world: World, tracked: Tracked, request_id: str, limi
         if check["done"] or check["faulted"]:
             tracked.done_at = at if check["done"] else None
             return
-        tracked.samples.append(Sample(at - world.started, check["wait_time"], check["queue_position"],
-                                      check["waiting"], check["is_possible"], old_estimate(world, tracked, check)))
+        tracked.samples.append(
+            Sample(
+                at - world.started,
+                check["wait_time"],
+                check["queue_position"],
+                check["waiting"],
+                check["is_possible"],
+                old_estimate(world, tracked, check),
+            )
+        )
 
 
 async def submit(api: Api, keys: dict[str, str], world: World, tracked: Tracked) -> None:
-    body = {"prompt": "eta bench", "models": [tracked.model] if tracked.model else [],
-            "params": {"width": tracked.width, "height": tracked.height, "steps": tracked.steps, "n": tracked.n}}
+    body = {
+        "prompt": "eta bench",
+        "models": [tracked.model] if tracked.model else [],
+        "params": {"width": tracked.width, "height": tracked.height, "steps": tracked.steps, "n": tracked.n},
+    }
     tracked.submitted = now()
-    status, accepted = await api.call("POST", "/v2/generate/async", body, label="generate",
-                                      apikey=keys.get(tracked.who))  # fmt: skip
+    status, accepted = await api.call(
+        "POST", "/v2/generate/async", body, label="generate", apikey=keys.get(tracked.who)
+    )
     if status != 202:
         return
     world.requests.append(tracked)
@@ -246,14 +278,25 @@ def score(world: World) -> dict[str, Any]:
             errors["old_half"].append(relative(half.old_estimate, remaining))
         waiting = [s for s in tracked.samples if s.waiting]
         violations += sum(1 for a, b in itertools.pairwise(waiting) if b.position > a.position)
-    figures = {key: {"p50": round(percentile([abs(x) for x in v], 50), 3),
-                     "p90": round(percentile([abs(x) for x in v], 90), 3),
-                     "bias": round(percentile(v, 50), 3), "n": len(v)} for key, v in errors.items()}  # fmt: skip
+    figures = {
+        key: {
+            "p50": round(percentile([abs(x) for x in v], 50), 3),
+            "p90": round(percentile([abs(x) for x in v], 90), 3),
+            "bias": round(percentile(v, 50), 3),
+            "n": len(v),
+        }
+        for key, v in errors.items()
+    }
     unserved = [t for t in world.requests if t.model == UNSERVED]
     lying = sum(1 for t in unserved for s in t.samples if s.possible and s.at - (t.submitted - world.started) > 3)
-    return {"errors": figures, "position_increases": violations, "served": len(served),
-            "unfinished": sum(1 for t in world.requests if t.model != UNSERVED and t.done_at is None),
-            "unservable_said_possible": lying, "fairness": fairness(world, served)}  # fmt: skip
+    return {
+        "errors": figures,
+        "position_increases": violations,
+        "served": len(served),
+        "unfinished": sum(1 for t in world.requests if t.model != UNSERVED and t.done_at is None),
+        "unservable_said_possible": lying,
+        "fairness": fairness(world, served),
+    }
 
 
 def fairness(world: World, served: list[Tracked]) -> dict[str, Any]:
@@ -264,19 +307,25 @@ def fairness(world: World, served: list[Tracked]) -> dict[str, Any]:
     for tracked in (t for t in served if t.who == "anonymous"):
         assert tracked.done_at is not None
         competing = [
-            t for t in world.requests
-            if t.model != UNSERVED and t.submitted <= tracked.submitted + FAIRNESS_SECONDS
+            t
+            for t in world.requests
+            if t.model != UNSERVED
+            and t.submitted <= tracked.submitted + FAIRNESS_SECONDS
             and (t.done_at or float("inf")) > tracked.submitted
-        ]  # fmt: skip
-        steady = [n for n in world.nodes if n.join == 0 and n.leave is None and
-                  (not tracked.model or tracked.model in n.models)]  # fmt: skip
+        ]
+        steady = [
+            n
+            for n in world.nodes
+            if n.join == 0 and n.leave is None and (not tracked.model or tracked.model in n.models)
+        ]
         work, jobs = sum(t.work for t in competing), sum(t.n for t in competing)
         bound = work / sum(n.speed for n in steady) + jobs * OVERHEAD / len(steady)
         wait = tracked.done_at - tracked.submitted
         worst["n"] += 1
         if worst["worst_wait_over_bound"] is None or wait / bound > worst["worst_wait_over_bound"]:
-            worst.update(worst_wait_s=round(wait, 1), bound_s=round(bound, 1),
-                         worst_wait_over_bound=round(wait / bound, 3))  # fmt: skip
+            worst.update(
+                worst_wait_s=round(wait, 1), bound_s=round(bound, 1), worst_wait_over_bound=round(wait / bound, 3)
+            )
     return worst
 
 
@@ -284,8 +333,11 @@ async def show_progress(world: World) -> None:
     while True:
         await asyncio.sleep(15)
         done = sum(1 for t in world.requests if t.done_at is not None)
-        print(f"  {now() - world.started:.0f} s: {done}/{len(world.requests)} requests done, "
-              f"nodes {sorted(world.running)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"  {now() - world.started:.0f} s: {done}/{len(world.requests)} requests done, "
+            f"nodes {sorted(world.running)}",
+            file=sys.stderr,
+        )
 
 
 async def run(args: Any, report: Report, workdir: Path) -> dict[str, Any]:
@@ -303,11 +355,16 @@ async def run(args: Any, report: Report, workdir: Path) -> dict[str, Any]:
         try:
             async with Api(coordinator.url, report.errors) as api:
                 world = World(now(), window, nodes)
-                workers = [asyncio.create_task(run_node(api, keys[f"owner-{spec.name}"], spec, world))
-                           for spec in nodes]  # fmt: skip
+                workers = [
+                    asyncio.create_task(run_node(api, keys[f"owner-{spec.name}"], spec, world)) for spec in nodes
+                ]
                 # A warm-up the scores leave out: each node's first results measure it.
-                await asyncio.gather(*(submit(api, keys, world, Tracked("mid", 800.0, MODELS[i % 2], 256, 256, 10, 2))
-                                       for i in range(len(nodes))))  # fmt: skip
+                await asyncio.gather(
+                    *(
+                        submit(api, keys, world, Tracked("mid", 800.0, MODELS[i % 2], 256, 256, 10, 2))
+                        for i in range(len(nodes))
+                    )
+                )
                 world.requests.clear()
                 world.started = now()
                 followers = []
@@ -328,29 +385,82 @@ async def run(args: Any, report: Report, workdir: Path) -> dict[str, Any]:
 
 
 async def main_async(args: Any) -> int:
-    config = {"requests": args.requests, "window_s": args.window, "seed": args.seed, "short": args.short,
-              "db": "postgresql" if args.db else "sqlite", "base_speed_mps": BASE_SPEED}  # fmt: skip
+    config = {
+        "requests": args.requests,
+        "window_s": args.window,
+        "seed": args.seed,
+        "short": args.short,
+        "db": "postgresql" if args.db else "sqlite",
+        "base_speed_mps": BASE_SPEED,
+    }
     report = Report("eta", config)
     with temporary_dir(args.keep, "horde-bench-eta-") as workdir:
         results = await run(args, report, workdir)
     report.results = results | {"targets": TARGETS}
     e = results["errors"]
-    report.tables.append(table(
-        "Relative ETA error |estimate − actual| / max(actual, 5 s)",
-        ["estimator", "at submit p50", "p90", "median signed", "at half-way p50", "p90", "median signed",
-         "requests"],
-        [["measured (issue 15)", e["submit"]["p50"], e["submit"]["p90"], e["submit"]["bias"], e["half"]["p50"],
-          e["half"]["p90"], e["half"]["bias"], e["submit"]["n"]],
-         ["before issue 15", e["old_submit"]["p50"], e["old_submit"]["p90"], e["old_submit"]["bias"],
-          e["old_half"]["p50"], e["old_half"]["p90"], e["old_half"]["bias"], e["old_submit"]["n"]]],
-    ))  # fmt: skip
+    report.tables.append(
+        table(
+            "Relative ETA error |estimate − actual| / max(actual, 5 s)",
+            [
+                "estimator",
+                "at submit p50",
+                "p90",
+                "median signed",
+                "at half-way p50",
+                "p90",
+                "median signed",
+                "requests",
+            ],
+            [
+                [
+                    "measured (issue 15)",
+                    e["submit"]["p50"],
+                    e["submit"]["p90"],
+                    e["submit"]["bias"],
+                    e["half"]["p50"],
+                    e["half"]["p90"],
+                    e["half"]["bias"],
+                    e["submit"]["n"],
+                ],
+                [
+                    "before issue 15",
+                    e["old_submit"]["p50"],
+                    e["old_submit"]["p90"],
+                    e["old_submit"]["bias"],
+                    e["old_half"]["p50"],
+                    e["old_half"]["p90"],
+                    e["old_half"]["bias"],
+                    e["old_submit"]["n"],
+                ],
+            ],
+        )
+    )
     fair = results["fairness"]
-    report.tables.append(table(
-        "Queue honesty", ["position increases", "unservable said possible", "anonymous n", "worst anon wait s",
-                          "its bound s", "wait / bound", "unfinished"],
-        [[results["position_increases"], results["unservable_said_possible"], fair["n"], fair.get("worst_wait_s"),
-          fair.get("bound_s"), fair.get("worst_wait_over_bound"), results["unfinished"]]],
-    ))  # fmt: skip
+    report.tables.append(
+        table(
+            "Queue honesty",
+            [
+                "position increases",
+                "unservable said possible",
+                "anonymous n",
+                "worst anon wait s",
+                "its bound s",
+                "wait / bound",
+                "unfinished",
+            ],
+            [
+                [
+                    results["position_increases"],
+                    results["unservable_said_possible"],
+                    fair["n"],
+                    fair.get("worst_wait_s"),
+                    fair.get("bound_s"),
+                    fair.get("worst_wait_over_bound"),
+                    results["unfinished"],
+                ]
+            ],
+        )
+    )
     for key, target in TARGETS.items():
         where, stat = key.split("_")
         value = e[where][stat]

@@ -50,9 +50,13 @@ def summary(seconds: Sequence[float]) -> dict[str, float | int]:
         return {"n": 0}
     ms = [value * 1000 for value in seconds]
     return {
-        "n": len(ms), "p50": round(percentile(ms, 50), 2), "p95": round(percentile(ms, 95), 2),
-        "p99": round(percentile(ms, 99), 2), "max": round(max(ms), 2), "mean": round(sum(ms) / len(ms), 2),
-    }  # fmt: skip
+        "n": len(ms),
+        "p50": round(percentile(ms, 50), 2),
+        "p95": round(percentile(ms, 95), 2),
+        "p99": round(percentile(ms, 99), 2),
+        "max": round(max(ms), 2),
+        "mean": round(sum(ms) / len(ms), 2),
+    }
 
 
 def fmt(value: Any) -> str:
@@ -80,9 +84,12 @@ def machine() -> dict[str, Any]:
     except OSError:
         commit = ""
     return {
-        "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "platform": platform.platform(), "commit": commit or None,
-    }  # fmt: skip
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit or None,
+    }
 
 
 @dataclass
@@ -101,9 +108,14 @@ class Report:
     def emit(self, as_json: bool) -> int:
         host = machine() | {"load_average_at_start": self.load_at_start}
         document = {
-            "benchmark": self.benchmark, "machine": host, "config": self.config, "results": self.results,
-            "errors": self.errors.as_dict(), "problems": self.problems, "notes": self.notes,
-        }  # fmt: skip
+            "benchmark": self.benchmark,
+            "machine": host,
+            "config": self.config,
+            "results": self.results,
+            "errors": self.errors.as_dict(),
+            "problems": self.problems,
+            "notes": self.notes,
+        }
         text = "\n\n".join(self.tables)
         text += (
             f"\n\nload average (1 min) at start {self.load_at_start[0]}, at end {host['load_average'][0]}"

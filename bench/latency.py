@@ -76,13 +76,20 @@ class Shared:
     stop: bool = False
 
 
-async def node(api: Api, apikey: str, cadence: Cadence, shared: Shared, gen_seconds: tuple[float, float],
-               rng: random.Random) -> None:  # fmt: skip
+async def node(
+    api: Api, apikey: str, cadence: Cadence, shared: Shared, gen_seconds: tuple[float, float], rng: random.Random
+) -> None:
     identity = Identity.generate()
     image = tiny_webp(size=512)  # the jobs' own size: any other is refused (ImageSizeMismatch)
     generation, image_sha = base64.b64encode(image).decode(), sha256_hex(image)
-    body = {"name": "latency-node", "models": [MODEL], "max_pixels": 1024 * 1024, "amount": 1,
-            "wait": cadence.pop_wait, "bridge_agent": "horde-bench:1:latency"}  # fmt: skip
+    body = {
+        "name": "latency-node",
+        "models": [MODEL],
+        "max_pixels": 1024 * 1024,
+        "amount": 1,
+        "wait": cadence.pop_wait,
+        "bridge_agent": "horde-bench:1:latency",
+    }
     while not shared.stop:
         status, job = await api.call("POST", "/v2/generate/pop", body, label="pop", apikey=apikey, identity=identity)
         got = now()
@@ -103,8 +110,13 @@ async def node(api: Api, apikey: str, cadence: Cadence, shared: Shared, gen_seco
         await asyncio.sleep(rng.uniform(*gen_seconds))
         seed = job["jobs"][0]["document"]["payload"]["seed"]
         document = ResultDocument(job_id=job["ids"][0], image_sha256=image_sha, seed=seed, state="ok")
-        result = {"id": job["ids"][0], "generation": generation, "state": "ok", "seed": seed,
-                  "signature": sign_result(identity, document)}  # fmt: skip
+        result = {
+            "id": job["ids"][0],
+            "generation": generation,
+            "state": "ok",
+            "seed": seed,
+            "signature": sign_result(identity, document),
+        }
         round_ = shared.rounds.get(request_id) or Round()
         round_.node_sent = now()
         await api.call("POST", "/v2/generate/submit", result, label="submit", apikey=apikey, identity=identity)
@@ -162,15 +174,18 @@ async def run_cadence(args: Any, cadence: Cadence, rounds: int, report: Report, 
         if round_.node_got - round_.sent <= 0:  # the clock is one process's monotonic one: impossible
             report.problems.append(f"{cadence.name}: a dispatch time of {round_.node_got - round_.sent:.6f} s")
     return {
-        "cadence": cadence.name, "pop_wait": cadence.pop_wait, "pop_sleep": cadence.pop_sleep,
-        "check_every": cadence.check_every, "rounds": len(done),
+        "cadence": cadence.name,
+        "pop_wait": cadence.pop_wait,
+        "pop_sleep": cadence.pop_sleep,
+        "check_every": cadence.check_every,
+        "rounds": len(done),
         "dispatch_ms": summary([r.node_got - r.sent for r in done]),
         "dispatch_min_ms": round(1000 * min((r.node_got - r.sent for r in done), default=float("nan")), 2),
         "delivery_ms": summary([r.seen - r.node_sent for r in done]),
         "delivery_from_answer_ms": summary([r.seen - r.node_answered for r in done]),
         "generate_call_ms": summary([r.accepted - r.sent for r in done]),
         "submit_call_ms": summary([r.node_answered - r.node_sent for r in done]),
-    }  # fmt: skip
+    }
 
 
 async def main_async(args: Any) -> int:
@@ -179,26 +194,56 @@ async def main_async(args: Any) -> int:
         (Cadence("long-poll", 30.0, 0.0, 0.0), args.rounds),
         (Cadence("ai-horde-poll", 0.0, 1.0 * scale, 4.0 * scale), args.poll_rounds),
     ]
-    config = {"rounds": args.rounds, "poll_rounds": args.poll_rounds, "gen_seconds": args.gen_seconds,
-              "polling_scale": scale, "db": "postgresql" if args.db else "sqlite", "short": args.short}  # fmt: skip
+    config = {
+        "rounds": args.rounds,
+        "poll_rounds": args.poll_rounds,
+        "gen_seconds": args.gen_seconds,
+        "polling_scale": scale,
+        "db": "postgresql" if args.db else "sqlite",
+        "short": args.short,
+    }
     report = Report("latency", config)
     runs = []
     with temporary_dir(args.keep, "horde-bench-latency-") as workdir:
         for cadence, rounds in cadences:
             runs.append(await run_cadence(args, cadence, rounds, report, workdir))
     report.results = {"runs": runs, "targets_ms": TARGETS_MS}
-    report.tables.append(table(
-        "Added latency, idle network (ms)",
-        ["cadence", "rounds", "dispatch p50", "p95", "p99", "min", "delivery p50", "p95", "p99"],
-        [[r["cadence"], r["rounds"], r["dispatch_ms"].get("p50"), r["dispatch_ms"].get("p95"),
-          r["dispatch_ms"].get("p99"), r["dispatch_min_ms"], r["delivery_ms"].get("p50"),
-          r["delivery_ms"].get("p95"), r["delivery_ms"].get("p99")] for r in runs],
-    ))  # fmt: skip
-    report.tables.append(table(
-        "The calls themselves (ms)", ["cadence", "generate p50", "p99", "submit p50", "p99"],
-        [[r["cadence"], r["generate_call_ms"].get("p50"), r["generate_call_ms"].get("p99"),
-          r["submit_call_ms"].get("p50"), r["submit_call_ms"].get("p99")] for r in runs],
-    ))  # fmt: skip
+    report.tables.append(
+        table(
+            "Added latency, idle network (ms)",
+            ["cadence", "rounds", "dispatch p50", "p95", "p99", "min", "delivery p50", "p95", "p99"],
+            [
+                [
+                    r["cadence"],
+                    r["rounds"],
+                    r["dispatch_ms"].get("p50"),
+                    r["dispatch_ms"].get("p95"),
+                    r["dispatch_ms"].get("p99"),
+                    r["dispatch_min_ms"],
+                    r["delivery_ms"].get("p50"),
+                    r["delivery_ms"].get("p95"),
+                    r["delivery_ms"].get("p99"),
+                ]
+                for r in runs
+            ],
+        )
+    )
+    report.tables.append(
+        table(
+            "The calls themselves (ms)",
+            ["cadence", "generate p50", "p99", "submit p50", "p99"],
+            [
+                [
+                    r["cadence"],
+                    r["generate_call_ms"].get("p50"),
+                    r["generate_call_ms"].get("p99"),
+                    r["submit_call_ms"].get("p50"),
+                    r["submit_call_ms"].get("p99"),
+                ]
+                for r in runs
+            ],
+        )
+    )
     if args.short:
         report.notes.append("short mode: the AI Horde cadence is scaled down 10× (sanity only)")
     longpoll = runs[0]

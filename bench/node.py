@@ -159,8 +159,15 @@ def bare(pipe: Any, images: int, width: int, steps: int) -> dict[str, Any]:
     def one(seed: int) -> float:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
-        pipe("a lighthouse on a cliff at dusk", negative_prompt="blurry", num_inference_steps=steps, width=width,
-             height=width, guidance_scale=7.5, generator=generator)  # fmt: skip
+        pipe(
+            "a lighthouse on a cliff at dusk",
+            negative_prompt="blurry",
+            num_inference_steps=steps,
+            width=width,
+            height=width,
+            guidance_scale=7.5,
+            generator=generator,
+        )
         return time.perf_counter() - started
 
     one(0)  # warm-up
@@ -173,13 +180,26 @@ def bare(pipe: Any, images: int, width: int, steps: int) -> dict[str, Any]:
 def node_config(workdir: Path, model_dir: Path, args: Any, url: str, apikey: str | None, key: str | None) -> Any:
     from node.config import build_config
 
-    return build_config({
-        "coordinator_url": url, "name": "bench-node", "apikey": apikey, "models": [MODEL],
-        "catalog": {MODEL: {"source": str(model_dir)}}, "device": "cpu",
-        "max_pixels": max(args.width * args.width, 64 * 64), "queue_size": 1, "threads": 1, "pop_wait": 20.0,
-        "torch_threads": args.torch_threads,
-        "shutdown_grace": 5.0, "key_file": "node.key", "spool_dir": "spool", "coordinator_public_key": key,
-    }, workdir / "node")  # fmt: skip
+    return build_config(
+        {
+            "coordinator_url": url,
+            "name": "bench-node",
+            "apikey": apikey,
+            "models": [MODEL],
+            "catalog": {MODEL: {"source": str(model_dir)}},
+            "device": "cpu",
+            "max_pixels": max(args.width * args.width, 64 * 64),
+            "queue_size": 1,
+            "threads": 1,
+            "pop_wait": 20.0,
+            "torch_threads": args.torch_threads,
+            "shutdown_grace": 5.0,
+            "key_file": "node.key",
+            "spool_dir": "spool",
+            "coordinator_public_key": key,
+        },
+        workdir / "node",
+    )
 
 
 def pipeline_cache(config: Any) -> Any:
@@ -189,8 +209,9 @@ def pipeline_cache(config: Any) -> Any:
     from node.pipelines import PipelineCache
     from node.startup import device_of
 
-    cache = PipelineCache(Catalog.from_config(config.catalog_table()), pick_device(device_of(config)),
-                          budget_bytes=config.budget_bytes)  # fmt: skip
+    cache = PipelineCache(
+        Catalog.from_config(config.catalog_table()), pick_device(device_of(config)), budget_bytes=config.budget_bytes
+    )
     cache.preload([MODEL])
     return cache
 
@@ -274,9 +295,18 @@ async def networked(args: Any, model_dir: Path, workdir: Path, cache: Any, repor
                 daemon = NodeDaemon(config, console=console, cache=cache, generator_factory=timed_generator)
                 stop = asyncio.Event()
                 task = asyncio.create_task(daemon.run_until(stop))
-                body = {"prompt": "a lighthouse on a cliff at dusk ### blurry", "models": [MODEL],
-                        "params": {"width": args.width, "height": args.width, "steps": args.steps, "n": 1,
-                                   "sampler_name": "k_euler", "cfg_scale": 7.5}}  # fmt: skip
+                body = {
+                    "prompt": "a lighthouse on a cliff at dusk ### blurry",
+                    "models": [MODEL],
+                    "params": {
+                        "width": args.width,
+                        "height": args.width,
+                        "steps": args.steps,
+                        "n": 1,
+                        "sampler_name": "k_euler",
+                        "cfg_scale": 7.5,
+                    },
+                }
 
                 async def submitted(count: int, timeout: float) -> None:
                     console.reached.clear()
@@ -310,9 +340,11 @@ async def networked(args: Any, model_dir: Path, workdir: Path, cache: Any, repor
     steps = {name: summary(values) for name, values in timings.seconds.items()}
     inference = sum(timings.seconds.get("inference", []))
     return {
-        "wall_seconds": round(wall, 3), "busy_fraction": round(inference / wall, 3), "steps_ms": steps,
+        "wall_seconds": round(wall, 3),
+        "busy_fraction": round(inference / wall, 3),
+        "steps_ms": steps,
         "per_image_overhead_ms": round(1000 * (wall - inference) / args.images, 1),
-    }  # fmt: skip
+    }
 
 
 async def main_async(args: Any) -> int:
@@ -360,22 +392,33 @@ async def main_async(args: Any) -> int:
     if b["busy_fraction"] < TARGET_BUSY:
         missed = f"busy fraction {b['busy_fraction']} is under the {TARGET_BUSY} target"
         (report.notes if args.short else report.problems).append(missed)
-    report.tables.append(table(
-        f"Node overhead ({args.images} images, {args.width}x{args.width}, {args.steps} steps, tiny SD1 on CPU, "
-        f"{args.torch_threads} torch threads)",
-        ["run", "wall s", "per image ms (p50)", "busy fraction", "(b)/this"],
-        [["(a) bare pipeline, before", before["wall_seconds"], before["per_image_ms"].get("p50"), None, None],
-         ["(a') node's Generator, no network", loop["wall_seconds"], loop["per_image_ms"].get("p50"), None,
-          report.results["ratio_to_generator_loop"]],
-         ["(b) coordinator + node", b["wall_seconds"], None, b["busy_fraction"], None],
-         ["(a) bare pipeline, after", after["wall_seconds"], after["per_image_ms"].get("p50"), None, None],
-         ["(b) / mean of (a)", None, None, None, ratio]],
-    ))  # fmt: skip
-    report.tables.append(table(
-        "Per image inside the node (ms; upload, submit and pop overlap inference when prefetching)",
-        ["step", "n", "p50", "p99", "mean"],
-        [[name, s["n"], s.get("p50"), s.get("p99"), s.get("mean")] for name, s in b["steps_ms"].items()],
-    ))  # fmt: skip
+    report.tables.append(
+        table(
+            f"Node overhead ({args.images} images, {args.width}x{args.width}, {args.steps} steps, tiny SD1 on CPU, "
+            f"{args.torch_threads} torch threads)",
+            ["run", "wall s", "per image ms (p50)", "busy fraction", "(b)/this"],
+            [
+                ["(a) bare pipeline, before", before["wall_seconds"], before["per_image_ms"].get("p50"), None, None],
+                [
+                    "(a') node's Generator, no network",
+                    loop["wall_seconds"],
+                    loop["per_image_ms"].get("p50"),
+                    None,
+                    report.results["ratio_to_generator_loop"],
+                ],
+                ["(b) coordinator + node", b["wall_seconds"], None, b["busy_fraction"], None],
+                ["(a) bare pipeline, after", after["wall_seconds"], after["per_image_ms"].get("p50"), None, None],
+                ["(b) / mean of (a)", None, None, None, ratio],
+            ],
+        )
+    )
+    report.tables.append(
+        table(
+            "Per image inside the node (ms; upload, submit and pop overlap inference when prefetching)",
+            ["step", "n", "p50", "p99", "mean"],
+            [[name, s["n"], s.get("p50"), s.get("p99"), s.get("mean")] for name, s in b["steps_ms"].items()],
+        )
+    )
     return report.emit(args.json)
 
 

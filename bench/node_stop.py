@@ -35,17 +35,40 @@ def tiny_model() -> Path:
 
 def init_node(home: Path, url: str, model: Path) -> dict[str, str]:
     env = {**os.environ, "HORDE_NODE_CONFIG_DIR": str(home), "PYTHONPATH": str(SOURCE)}
-    init = [sys.executable, "-m", "node.cli", "init", "--coordinator-url", url, "--register", "bench-owner",
-            "--name", "bench-node", "--models", "tiny-sd", "--catalog", f"tiny-sd={model}@stable_diffusion_1",
-            "--pop-wait", str(POP_WAIT), "--device", "cpu"]  # fmt: skip
+    init = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "init",
+        "--coordinator-url",
+        url,
+        "--register",
+        "bench-owner",
+        "--name",
+        "bench-node",
+        "--models",
+        "tiny-sd",
+        "--catalog",
+        f"tiny-sd={model}@stable_diffusion_1",
+        "--pop-wait",
+        str(POP_WAIT),
+        "--device",
+        "cpu",
+    ]
     subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
     return env
 
 
 def one_stop(env: dict[str, str], idle: float) -> float:
     """Seconds from SIGTERM to exit of a node that has idled `idle` seconds after it began serving."""
-    node = subprocess.Popen([sys.executable, "-m", "node.cli", "run"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    node = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert node.stdout is not None
     try:
         for line in node.stdout:

@@ -109,8 +109,10 @@ async def main(short: bool) -> None:
             await runner.cleanup()
     print(f"statement (SQLite SELECT 1): plain {plain:.1f} µs, timed {timed:.1f} µs (+{timed - plain:.1f} µs)")
     print(f"/metrics scrape, {5_000 // scale} ledger entries: first {first:.1f} ms, then {steady:.1f} ms")
-    print(f"progress POST → stream event, {len(steps)} rounds: median {statistics.median(steps):.1f} ms, "
-          f"worst {max(steps):.1f} ms")  # fmt: skip
+    print(
+        f"progress POST → stream event, {len(steps)} rounds: median {statistics.median(steps):.1f} ms, "
+        f"worst {max(steps):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

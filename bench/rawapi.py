@@ -30,8 +30,9 @@ def request_parts(
 class Api:
     """One shared session; each call names its caller (apikey, identity) and a label for the error counts."""
 
-    def __init__(self, base_url: str, errors: Errors, *, timeout: float = 60.0, local_address: str | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self, base_url: str, errors: Errors, *, timeout: float = 60.0, local_address: str | None = None
+    ) -> None:
         self.base = base_url.rstrip("/") + "/api"
         self.errors = errors
         self.timeout = aiohttp.ClientTimeout(total=timeout)

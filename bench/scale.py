@@ -78,8 +78,14 @@ class Node:
     identity: Identity = field(default_factory=Identity.generate)
 
     def body(self, wait: float) -> dict[str, Any]:
-        return {"name": self.name, "models": [self.model], "max_pixels": 512 * 512, "amount": 1, "wait": wait,
-                "bridge_agent": "scale-bench:1:local"}  # fmt: skip
+        return {
+            "name": self.name,
+            "models": [self.model],
+            "max_pixels": 512 * 512,
+            "amount": 1,
+            "wait": wait,
+            "bridge_agent": "scale-bench:1:local",
+        }
 
 
 @dataclass
@@ -105,8 +111,9 @@ def raise_open_files() -> None:
 
 async def pop(run: Run, node: Node, wait: float) -> dict[str, Any] | None:
     api = run.apis[node.process]
-    status, answer = await api.call("POST", "/v2/generate/pop", node.body(wait), label="pop",
-                                    apikey=run.keys[node.owner], identity=node.identity)  # fmt: skip
+    status, answer = await api.call(
+        "POST", "/v2/generate/pop", node.body(wait), label="pop", apikey=run.keys[node.owner], identity=node.identity
+    )
     return answer if status == 200 else None
 
 
@@ -131,11 +138,17 @@ async def submit(run: Run, node: Node, job_id: str, seed: str, request_digest: s
     if accepted is not None:
         run.dispatch.append(now() - accepted)
     document = ResultDocument(job_id=job_id, image_sha256=IMAGE_SHA, seed=seed, state="ok")
-    body = {"id": job_id, "generation": IMAGE_B64, "state": "ok", "seed": seed,
-            "signature": sign_result(node.identity, document)}  # fmt: skip
+    body = {
+        "id": job_id,
+        "generation": IMAGE_B64,
+        "state": "ok",
+        "seed": seed,
+        "signature": sign_result(node.identity, document),
+    }
     before = now()
-    status, _ = await run.apis[node.process].call("POST", "/v2/generate/submit", body, label="submit",
-                                                  apikey=run.keys[node.owner], identity=node.identity)  # fmt: skip
+    status, _ = await run.apis[node.process].call(
+        "POST", "/v2/generate/submit", body, label="submit", apikey=run.keys[node.owner], identity=node.identity
+    )
     if status == 200:
         run.submit.append(now() - before)
         run.jobs += 1
@@ -169,15 +182,18 @@ async def requests_at(
     for index in range(int(rate * seconds)):
         await asyncio.sleep(max(0.0, started + index / rate - now()))
         process = processes[index % len(processes)]
-        tasks.append(asyncio.create_task(request_one(run, process, requesters[index % len(requesters)],
-                                                     rng.choice(models))))  # fmt: skip
+        tasks.append(
+            asyncio.create_task(request_one(run, process, requesters[index % len(requesters)], rng.choice(models)))
+        )
     await asyncio.gather(*tasks)
     return len(tasks)
 
 
 def make_nodes(count: int, processes: int) -> list[Node]:
-    return [Node(f"scale-node-{i}", f"owner-{i // WORKERS_PER_OWNER}", MODELS[i % len(MODELS)], i % processes)
-            for i in range(count)]  # fmt: skip
+    return [
+        Node(f"scale-node-{i}", f"owner-{i // WORKERS_PER_OWNER}", MODELS[i % len(MODELS)], i % processes)
+        for i in range(count)
+    ]
 
 
 async def start_cluster(
@@ -223,13 +239,24 @@ async def scenario(
         parked = [c.sample().rss_kb for c in coordinators]
         sent = await requests_at(run, args.rate, args.seconds, requesters, list(range(processes)), MODELS)
         row: dict[str, Any] = {
-            "engine": "postgresql" if is_postgres(db) else "sqlite", "processes": processes, "nodes": count,
-            "requests": sent, "jobs": run.jobs,
+            "engine": "postgresql" if is_postgres(db) else "sqlite",
+            "processes": processes,
+            "nodes": count,
+            "requests": sent,
+            "jobs": run.jobs,
             "rss_bytes_per_parked_node": round(sum(parked) * 1024 / count - sum(registered) * 1024 / count)
-            if count >= 100 else None,
-            **{name: summary(values) for name, values in
-               (("generate", run.generate), ("check", run.check), ("pop", run.dispatch), ("submit", run.submit))},
-        }  # fmt: skip
+            if count >= 100
+            else None,
+            **{
+                name: summary(values)
+                for name, values in (
+                    ("generate", run.generate),
+                    ("check", run.check),
+                    ("pop", run.dispatch),
+                    ("submit", run.submit),
+                )
+            },
+        }
         if processes > 1:
             row["other_cpu_ms_per_request"] = await other_process_cpu(args, run, coordinators, requesters)
         return row
@@ -282,8 +309,10 @@ async def register(run: Run, nodes: list[Node], concurrency: int = 16) -> None:
 def check_targets(rows: list[dict[str, Any]], report: Report, short: bool) -> None:
     for row in rows:
         if row["nodes"] >= 50 and row["jobs"] < row["requests"] * 0.9:  # one node cannot keep up by design
-            report.problems.append(f"{row['engine']} ×{row['processes']} {row['nodes']} nodes: only {row['jobs']} "
-                                   f"of {row['requests']} requests were served")  # fmt: skip
+            report.problems.append(
+                f"{row['engine']} ×{row['processes']} {row['nodes']} nodes: only {row['jobs']} "
+                f"of {row['requests']} requests were served"
+            )
     if short:
         return
     sqlite = sorted((r for r in rows if r["engine"] == "sqlite"), key=lambda r: r["nodes"])
@@ -303,16 +332,28 @@ def check_targets(rows: list[dict[str, Any]], report: Report, short: bool) -> No
             if row["submit"].get("p99", float("inf")) > TARGETS["pg2_submit_p99_ms"]:
                 report.problems.append(f"PostgreSQL ×2 submit p99 is {row['submit'].get('p99')} ms (target ≤ 50)")
             if row["other_cpu_ms_per_request"] > TARGETS["pg2_other_cpu_ms_per_request"]:
-                report.problems.append(f"PostgreSQL ×2: {row['other_cpu_ms_per_request']} ms CPU per request in the "
-                                       "other process (target ≤ 1)")  # fmt: skip
+                report.problems.append(
+                    f"PostgreSQL ×2: {row['other_cpu_ms_per_request']} ms CPU per request in the "
+                    "other process (target ≤ 1)"
+                )
 
 
 async def main_async(args: Any) -> int:
     raise_open_files()
     counts = [int(n) for n in args.nodes.split(",")]
     processes = [int(p) for p in args.processes.split(",")] if is_postgres(args.db) else [1]
-    report = Report("scale", {"nodes": counts, "processes": processes, "rate": args.rate, "seconds": args.seconds,
-                              "pop_wait": POP_WAIT, "models": len(MODELS), "targets": TARGETS})  # fmt: skip
+    report = Report(
+        "scale",
+        {
+            "nodes": counts,
+            "processes": processes,
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "pop_wait": POP_WAIT,
+            "models": len(MODELS),
+            "targets": TARGETS,
+        },
+    )
     rows = []
     for process_count in processes:
         for count in counts:
@@ -320,15 +361,46 @@ async def main_async(args: Any) -> int:
                 async with bench_database(args.db) as db:
                     rows.append(await scenario(args, report, workdir, db, process_count, count * process_count))
     report.results["rows"] = rows
-    report.tables.append(table(
-        "Nodes long-polling at once; requests at a steady rate (ms; pop = 202 → a node's pop has the job)",
-        ["engine", "procs", "nodes", "jobs", "gen p50", "gen p99", "check p50", "check p99", "pop p50", "pop p99",
-         "submit p50", "submit p99", "B/parked node", "other CPU ms/req"],
-        [[r["engine"], r["processes"], r["nodes"], r["jobs"], r["generate"].get("p50"), r["generate"].get("p99"),
-          r["check"].get("p50"), r["check"].get("p99"), r["pop"].get("p50"), r["pop"].get("p99"),
-          r["submit"].get("p50"), r["submit"].get("p99"), r["rss_bytes_per_parked_node"],
-          r.get("other_cpu_ms_per_request")] for r in rows],
-    ))  # fmt: skip
+    report.tables.append(
+        table(
+            "Nodes long-polling at once; requests at a steady rate (ms; pop = 202 → a node's pop has the job)",
+            [
+                "engine",
+                "procs",
+                "nodes",
+                "jobs",
+                "gen p50",
+                "gen p99",
+                "check p50",
+                "check p99",
+                "pop p50",
+                "pop p99",
+                "submit p50",
+                "submit p99",
+                "B/parked node",
+                "other CPU ms/req",
+            ],
+            [
+                [
+                    r["engine"],
+                    r["processes"],
+                    r["nodes"],
+                    r["jobs"],
+                    r["generate"].get("p50"),
+                    r["generate"].get("p99"),
+                    r["check"].get("p50"),
+                    r["check"].get("p99"),
+                    r["pop"].get("p50"),
+                    r["pop"].get("p99"),
+                    r["submit"].get("p50"),
+                    r["submit"].get("p99"),
+                    r["rss_bytes_per_parked_node"],
+                    r.get("other_cpu_ms_per_request"),
+                ]
+                for r in rows
+            ],
+        )
+    )
     check_targets(rows, report, args.short)
     return report.emit(args.json)
 

@@ -48,8 +48,15 @@ from tests.helpers import Api, SimWorker
 from tests.verify_support import CHEATS, Network, TinyNode, class_of, network, tiny_generator
 
 JOBS_WINDOW = 300  # the target: a node cheating on >= 10% of its images is caught within 300 jobs, >= 99%
-PAYLOAD = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "ddim_steps": 8, "sampler_name": "k_euler_a",
-           "cfg_scale": 7.5, "n_iter": 1}  # fmt: skip
+PAYLOAD = {
+    "prompt": "a lighthouse at dusk",
+    "width": 64,
+    "height": 64,
+    "ddim_steps": 8,
+    "sampler_name": "k_euler_a",
+    "cfg_scale": 7.5,
+    "n_iter": 1,
+}
 
 
 def honest_pairs(pairs: int, minutes: float, tiny: Path) -> dict[str, tuple[int, int, float]]:
@@ -84,8 +91,10 @@ def report_pairs(pairs: int, minutes: float, tiny: Path) -> int:
     started = time.monotonic()
     found = honest_pairs(pairs, minutes, tiny)
     total, false = sum(n for n, _, _ in found.values()), sum(f for _, f, _ in found.values())
-    print(f"honest pairs (tiny pipeline, 64x64, 8 steps, threshold {VerificationSettings().max_distance}), "
-          f"{time.monotonic() - started:.0f} s:")  # fmt: skip
+    print(
+        f"honest pairs (tiny pipeline, 64x64, 8 steps, threshold {VerificationSettings().max_distance}), "
+        f"{time.monotonic() - started:.0f} s:"
+    )
     for name, (n, wrong, largest) in found.items():
         print(f"  float32 vs {name:9}: {n} pairs, {wrong} false disagreements, largest distance {largest:.3f}")
     print(f"total: {total} pairs run (of {pairs} asked), {false} false disagreements")
@@ -156,8 +165,9 @@ async def serve_all(net: Network, first: str) -> int:
     return made
 
 
-def simulate(detect: float, fraction: float, settings: VerificationSettings, nodes: int, rng: random.Random
-             ) -> tuple[float, float, float]:  # fmt: skip
+def simulate(
+    detect: float, fraction: float, settings: VerificationSettings, nodes: int, rng: random.Random
+) -> tuple[float, float, float]:
     """A new node cheating on `fraction` of its jobs (each cheat caught with `detect` when checked), under the
     policy. Returns (median jobs until first caught, mean rewards kept as a share of jobs' rewards before
     then, share caught within 300 jobs). Rewards are released `window_jobs` jobs after they were earned."""
@@ -165,9 +175,23 @@ def simulate(detect: float, fraction: float, settings: VerificationSettings, nod
     firsts, kept = [], []
     within = 0
     for _ in range(nodes):
-        worker = Worker(id="w", name="w", owner_id=1, public_key=None, models=[], max_pixels=0, nsfw=False,
-                        threads=1, img2img=False, painting=False, lora=False, post_processing=False,
-                        bridge_agent="", created=0, last_seen=0)  # fmt: skip
+        worker = Worker(
+            id="w",
+            name="w",
+            owner_id=1,
+            public_key=None,
+            models=[],
+            max_pixels=0,
+            nsfw=False,
+            threads=1,
+            img2img=False,
+            painting=False,
+            lora=False,
+            post_processing=False,
+            bridge_agent="",
+            created=0,
+            last_seen=0,
+        )
         job = 0
         while job < 10 * JOBS_WINDOW:
             job += 1
@@ -192,9 +216,23 @@ def analytic(detect: float, fraction: float, rate: float, jobs: int = JOBS_WINDO
 
 def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
     """Extra inference per image for an honest node: over its first `jobs`, and once it has a record."""
-    worker = Worker(id="w", name="w", owner_id=1, public_key=None, models=[], max_pixels=0, nsfw=False, threads=1,
-                    img2img=False, painting=False, lora=False, post_processing=False, bridge_agent="", created=0,
-                    last_seen=0)  # fmt: skip
+    worker = Worker(
+        id="w",
+        name="w",
+        owner_id=1,
+        public_key=None,
+        models=[],
+        max_pixels=0,
+        nsfw=False,
+        threads=1,
+        img2img=False,
+        painting=False,
+        lora=False,
+        post_processing=False,
+        bridge_agent="",
+        created=0,
+        last_seen=0,
+    )
     total, rng = 0.0, random.Random(3)
     for _ in range(jobs):
         rate = check_rate(worker, settings.new_rate, settings.settled_rate, settings.suspect_rate, settings.record)
@@ -221,15 +259,19 @@ def main() -> int:
     for name, (false, largest) in honest.items():
         print(f"  honest float32 vs {name:9}: {false} false disagreements, largest distance {largest:.3f}")
     rng = random.Random(11)
-    print(f"policy: new {settings.new_rate} -> settled {settings.settled_rate} over {settings.record} passes, "
-          f"suspect {settings.suspect_rate}")  # fmt: skip
+    print(
+        f"policy: new {settings.new_rate} -> settled {settings.settled_rate} over {settings.record} passes, "
+        f"suspect {settings.suspect_rate}"
+    )
     print("cheater      f     median jobs to catch  kept share  caught<=300 (sim)  settled-node analytic")
     for kind, detect in rates.items():
         for fraction in (1.0, 0.1):
             median, kept, within = simulate(detect, fraction, settings, nodes, rng)
             settled = analytic(detect, fraction, settings.settled_rate)
-            print(f"  {kind:9} {fraction:4.2f}  {median:10d}            {kept:6.3f}       {within:6.3f}"
-                  f"             {settled:.3f}")
+            print(
+                f"  {kind:9} {fraction:4.2f}  {median:10d}            {kept:6.3f}       {within:6.3f}"
+                f"             {settled:.3f}"
+            )
     print("end to end (real coordinator, real HTTP, tiny pipeline; new cheater vs honest float32 + bfloat16):")
     print("cheater      f     jobs to first catch  kudos kept  checks  images  verdicts against honest nodes")
     cases = [(kind, 1.0) for kind in CHEATS] + [("seed", 0.25)]
@@ -238,15 +280,21 @@ def main() -> int:
         caught, kept, checks, made, wronged = asyncio.run(end_to_end(tiny, kind, fraction, rounds))
         e2e_wronged += wronged
         shown = "not caught" if caught is None else str(caught)
-        print(f"  {kind:9} {fraction:4.2f}  {shown:>10}            {kept:8.2f}  {checks:6d}  {made:6d}  {wronged}",
-              flush=True)
+        print(
+            f"  {kind:9} {fraction:4.2f}  {shown:>10}            {kept:8.2f}  {checks:6d}  {made:6d}  {wronged}",
+            flush=True,
+        )
     early, settled = overhead(settings, 1000)
-    print(f"overhead: {early:.3f} extra inference per image over a new node's first 1000 jobs; {settled:.3f} "
-          "once it has a record (plus a third run per disagreement)")
+    print(
+        f"overhead: {early:.3f} extra inference per image over a new node's first 1000 jobs; {settled:.3f} "
+        "once it has a record (plus a third run per disagreement)"
+    )
     false_pairs = sum(false for false, _ in honest.values())
     pairs = 2 * seeds
-    print(f"false verdicts against honest nodes: {false_pairs} disagreements in {pairs} honest cross-class pairs; "
-          "a verdict needs a third node to side against it too")
+    print(
+        f"false verdicts against honest nodes: {false_pairs} disagreements in {pairs} honest cross-class pairs; "
+        "a verdict needs a third node to side against it too"
+    )
     return 1 if false_pairs or e2e_wronged else 0
 
 

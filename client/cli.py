@@ -42,8 +42,9 @@ def _common_flags() -> Parser:
     common.add_argument("--apikey", default=argparse.SUPPRESS, help="API key (env HORDE_API_KEY)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress or notes")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the traceback of an unexpected error")  # fmt: skip
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an unexpected error"
+    )
     return common
 
 
@@ -153,8 +154,11 @@ def _add_demo(sub: Parser) -> None:
 def _add_verify(sub: Parser) -> None:
     sub.add_argument("files", nargs="+", metavar="FILE", help="saved image (or its .json sidecar)")
     sub.add_argument("--coordinator-key", help="require the job to be signed by this key (ed25519:...)")
-    sub.add_argument("--checks", action="store_true",
-                     help="also ask the coordinator whether each image was spot-checked, and by whom")
+    sub.add_argument(
+        "--checks",
+        action="store_true",
+        help="also ask the coordinator whether each image was spot-checked, and by whom",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

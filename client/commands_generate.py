@@ -18,13 +18,23 @@ from protocol.generation import RequestStatus
 def generate_options(ctx: Context) -> GenerateOptions:
     args = ctx.args
     if not args.prompt.strip():
-        raise UserError("the prompt is empty: describe the image to make, e.g. horde generate \"a lighthouse\"")
+        raise UserError('the prompt is empty: describe the image to make, e.g. horde generate "a lighthouse"')
     return GenerateOptions(
-        prompt=args.prompt, model=args.model, n=args.n, size=args.size, steps=args.steps,
-        sampler=args.sampler, cfg=args.cfg, seed=args.seed, negative=args.negative,
-        source_image=args.source_image, strength=args.strength, mask=args.mask,
-        loras=args.lora or [], nsfw=args.nsfw,
-    )  # fmt: skip
+        prompt=args.prompt,
+        model=args.model,
+        n=args.n,
+        size=args.size,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg=args.cfg,
+        seed=args.seed,
+        negative=args.negative,
+        source_image=args.source_image,
+        strength=args.strength,
+        mask=args.mask,
+        loras=args.lora or [],
+        nsfw=args.nsfw,
+    )
 
 
 def wait_options(ctx: Context, total: int | None = None) -> WaitOptions:

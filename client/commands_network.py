@@ -41,8 +41,17 @@ async def models(ctx: Context) -> int:
     if not found:
         ctx.output.line("no model is being served right now")
         return 0
-    table = Table("model", "workers", "speed MPS/s", "queued jobs", "queued MPS", "ETA", "first image p50/p95",
-                  "done p50/p95", box=None)  # fmt: skip
+    table = Table(
+        "model",
+        "workers",
+        "speed MPS/s",
+        "queued jobs",
+        "queued MPS",
+        "ETA",
+        "first image p50/p95",
+        "done p50/p95",
+        box=None,
+    )
     for model in sorted(found, key=lambda item: (-item.count, item.name.lower())):
         table.add_row(
             model.name,

@@ -45,9 +45,10 @@ def cache_dir() -> Path:
 async def run(ctx: Context) -> int:
     # Validate the flags before starting anything.
     request = build_request(
-        GenerateOptions(prompt=ctx.args.prompt, model=TINY_MODEL, n=ctx.args.n, size=ctx.args.size,
-                        steps=ctx.args.steps)
-    )  # fmt: skip
+        GenerateOptions(
+            prompt=ctx.args.prompt, model=TINY_MODEL, n=ctx.args.n, size=ctx.args.size, steps=ctx.args.steps
+        )
+    )
     out_dir = Path(ctx.args.out)
     ensure_folder(out_dir)
     save = SaveOptions(out_dir, ctx.args.format, verify=False)  # verified below, with a verdict per image
@@ -133,10 +134,15 @@ def write_node_config(folder: Path, url: str, apikey: str, coordinator_key: str,
     """A node config file (the node's own TOML format) for one CPU node serving the tiny model."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
-        "coordinator_url": url, "name": NODE_NAME, "apikey": apikey,
-        "coordinator_public_key": coordinator_key, "models": [TINY_MODEL], "device": "cpu",
-        "pop_wait": 2.0, "shutdown_grace": 5.0,
-    }  # fmt: skip
+        "coordinator_url": url,
+        "name": NODE_NAME,
+        "apikey": apikey,
+        "coordinator_public_key": coordinator_key,
+        "models": [TINY_MODEL],
+        "device": "cpu",
+        "pop_wait": 2.0,
+        "shutdown_grace": 5.0,
+    }
     # JSON strings and arrays of strings are also valid TOML values.
     lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     lines += ["", f'[catalog."{TINY_MODEL}"]', f"source = {json.dumps(str(model_dir))}"]

@@ -60,10 +60,14 @@ async def start(name: str, args: list[str], log: Path, env: dict[str, str] | Non
     handle = log.open("wb")
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=handle, stderr=asyncio.subprocess.STDOUT,
-            env=child_env(env), start_new_session=True,
-        )  # fmt: skip
+            sys.executable,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=handle,
+            stderr=asyncio.subprocess.STDOUT,
+            env=child_env(env),
+            start_new_session=True,
+        )
     finally:
         handle.close()  # the child holds its own copy of the descriptor
     return Child(name=name, process=process, log=log)

@@ -206,10 +206,16 @@ async def save_all(
         stem = f"{request_id}_{index}"
         saved.append(
             save_generation(
-                save.out_dir, stem, generation, image,
-                fmt=save.fmt, request_id=request_id, request=request, coordinator=coordinator,
+                save.out_dir,
+                stem,
+                generation,
+                image,
+                fmt=save.fmt,
+                request_id=request_id,
+                request=request,
+                coordinator=coordinator,
             )
-        )  # fmt: skip
+        )
     if save.verify:
         for item in saved:
             check_saved(item, output)

@@ -109,14 +109,19 @@ def sidecar_document(
         "state": generation.state,
         "censored": generation.censored,
         "request": request_record(request) if request is not None else None,
-        "node": {"worker_id": generation.worker_id, "worker_name": generation.worker_name,
-                 "public_key": generation.worker_key},
+        "node": {
+            "worker_id": generation.worker_id,
+            "worker_name": generation.worker_name,
+            "public_key": generation.worker_key,
+        },
         "job": {"document": generation.job, "signature": generation.job_signature},
-        "result": {"document": result_document(generation, image).model_dump(mode="json"),
-                   "signature": generation.signature},
+        "result": {
+            "document": result_document(generation, image).model_dump(mode="json"),
+            "signature": generation.signature,
+        },
         "coordinator": {"url": coordinator.url, "public_key": coordinator.public_key},
         "gen_metadata": [entry.model_dump(mode="json") for entry in generation.gen_metadata],
-    }  # fmt: skip
+    }
 
 
 def save_generation(
@@ -140,9 +145,14 @@ def save_generation(
         _write(saved, to_png(image))
     sidecar = out_dir / f"{stem}.json"
     document = sidecar_document(
-        generation, image, request_id=request_id, request=request, coordinator=coordinator,
-        saved_file=saved, signed_file=signed,
-    )  # fmt: skip
+        generation,
+        image,
+        request_id=request_id,
+        request=request,
+        coordinator=coordinator,
+        saved_file=saved,
+        signed_file=signed,
+    )
     _write(sidecar, (json.dumps(document, indent=2, sort_keys=False) + "\n").encode("utf-8"))
     return SavedImage(image=saved, sidecar=sidecar, signed_original=original, generation=generation)
 

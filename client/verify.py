@@ -38,10 +38,15 @@ class ImageReport:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "image": str(self.image), "sidecar": str(self.sidecar), "job_id": self.job_id,
-            "worker_name": self.worker_name, "worker_key": self.worker_key,
-            "coordinator_key": self.coordinator_key, "problems": self.problems,
-        }  # fmt: skip
+            "ok": self.ok,
+            "image": str(self.image),
+            "sidecar": str(self.sidecar),
+            "job_id": self.job_id,
+            "worker_name": self.worker_name,
+            "worker_key": self.worker_key,
+            "coordinator_key": self.coordinator_key,
+            "problems": self.problems,
+        }
 
 
 def locate(path: Path) -> tuple[Path, Path]:

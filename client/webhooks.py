@@ -23,8 +23,13 @@ class WebhookReport:
     problems: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "signer": self.signer, "event": self.event, "request_id": self.request_id,
-                "problems": self.problems}  # fmt: skip
+        return {
+            "ok": self.ok,
+            "signer": self.signer,
+            "event": self.event,
+            "request_id": self.request_id,
+            "problems": self.problems,
+        }
 
 
 def parse_headers(text: str) -> dict[str, str]:
@@ -52,5 +57,10 @@ def verify_webhook(url: str, headers: dict[str, str], body: bytes, coordinator_k
         payload = json.loads(body)
     except ValueError:
         payload = {}
-    return WebhookReport(ok=not problems, signer=signer, event=payload.get("event"),
-                         request_id=payload.get("request_id"), problems=problems)  # fmt: skip
+    return WebhookReport(
+        ok=not problems,
+        signer=signer,
+        event=payload.get("event"),
+        request_id=payload.get("request_id"),
+        problems=problems,
+    )

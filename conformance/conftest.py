@@ -32,8 +32,11 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Live]:
         pytest.skip("PostgreSQL engine: set HORDE_TEST_POSTGRES_DSN to run (CI always does)")
     process = subprocess.Popen(
         [PROJECT_PYTHON, "-m", "conformance.live", "--engine", request.param, "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # the coordinator is listening once this line is printed

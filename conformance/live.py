@@ -44,11 +44,16 @@ async def serve(engine: str, data_dir: Path) -> None:
         moderator = await running.create_account("conformance-moderator")
         await make_moderator(running, moderator.id)
         info = {
-            "api_url": running.api_url, "base_url": running.url, "engine": engine,
-            "requester_key": requester.apikey, "requester_id": requester.id,
-            "worker_key": worker.apikey, "worker_owner_id": worker.id,
-            "moderator_key": moderator.apikey, "moderator_id": moderator.id,
-        }  # fmt: skip
+            "api_url": running.api_url,
+            "base_url": running.url,
+            "engine": engine,
+            "requester_key": requester.apikey,
+            "requester_id": requester.id,
+            "worker_key": worker.apikey,
+            "worker_owner_id": worker.id,
+            "moderator_key": moderator.apikey,
+            "moderator_id": moderator.id,
+        }
         print(json.dumps(info), flush=True)
         await stdin_closed()
 

@@ -20,8 +20,13 @@ from PIL import Image
 SDK_AGENT = "horde-sdk conformance worker:1:conformance"
 MODEL = "tiny-sd"
 # What an upscaler does to the image's size, as a worker knows it (the coordinator checks the size it gets).
-UPSCALERS = {"RealESRGAN_x4plus": 4, "RealESRGAN_x2plus": 2, "RealESRGAN_x4plus_anime_6B": 4, "NMKD_Siax": 4,
-             "4x_AnimeSharp": 4}  # fmt: skip
+UPSCALERS = {
+    "RealESRGAN_x4plus": 4,
+    "RealESRGAN_x2plus": 2,
+    "RealESRGAN_x4plus_anime_6B": 4,
+    "NMKD_Siax": 4,
+    "4x_AnimeSharp": 4,
+}
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,18 @@ class SdkWorker:
         from horde_sdk.ai_horde_api.apimodels import ImageGenerateJobPopRequest, ImageGenerateJobPopResponse
 
         request = ImageGenerateJobPopRequest(
-            apikey=self.apikey, name=self.name, models=self.models, max_pixels=2048 * 2048, amount=amount,
-            bridge_agent=SDK_AGENT, nsfw=True, allow_painting=True, allow_img2img=True, allow_lora=True,
+            apikey=self.apikey,
+            name=self.name,
+            models=self.models,
+            max_pixels=2048 * 2048,
+            amount=amount,
+            bridge_agent=SDK_AGENT,
+            nsfw=True,
+            allow_painting=True,
+            allow_img2img=True,
+            allow_lora=True,
             allow_post_processing=True,
-        )  # fmt: skip
+        )
         answer = self.client.submit_request(request, ImageGenerateJobPopResponse)
         assert isinstance(answer, ImageGenerateJobPopResponse), answer
         return answer
@@ -103,9 +116,12 @@ class SdkWorker:
             response = requests.put(url, data=image, headers={"Content-Type": "image/webp"}, timeout=30)
             assert response.status_code == 200, response.text
             submit = ImageGenerationJobSubmitRequest(
-                apikey=self.apikey, id=job_id, generation="R2", state=GENERATION_STATE.ok,
+                apikey=self.apikey,
+                id=job_id,
+                generation="R2",
+                state=GENERATION_STATE.ok,
                 seed=int(popped.payload.seed or 0) + index,
-            )  # fmt: skip
+            )
             result = self.client.submit_request(submit, JobSubmitResponse)
             assert isinstance(result, JobSubmitResponse), result
             self.rewards.append(result.reward)

@@ -19,9 +19,11 @@ from conformance.sdk import Live, SdkWorker
 
 def request_for(live: Live, client: AIHordeAPIManualClient, model: str) -> str:
     request = ImageGenerateAsyncRequest(
-        apikey=live.requester_key, prompt=f"an image by {model}", models=[model],
+        apikey=live.requester_key,
+        prompt=f"an image by {model}",
+        models=[model],
         params=ImageGenerationInputPayload(width=64, height=64, steps=4, n=1, sampler_name="k_euler"),
-    )  # fmt: skip
+    )
     accepted = client.submit_request(request, ImageGenerateAsyncResponse)
     assert isinstance(accepted, ImageGenerateAsyncResponse), accepted
     return str(accepted.id_)

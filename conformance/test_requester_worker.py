@@ -20,9 +20,12 @@ from conformance.sdk import MODEL, Live, SdkWorker, serving
 
 def small_request(apikey: str, n: int = 1) -> ImageGenerateAsyncRequest:
     return ImageGenerateAsyncRequest(
-        apikey=apikey, prompt="a lighthouse at dusk", models=[MODEL], r2=True,
+        apikey=apikey,
+        prompt="a lighthouse at dusk",
+        models=[MODEL],
+        r2=True,
         params=ImageGenerationInputPayload(width=64, height=64, steps=4, n=n, sampler_name="k_euler"),
-    )  # fmt: skip
+    )
 
 
 def test_request_pop_upload_submit_check_status_download(live: Live) -> None:
@@ -72,6 +75,5 @@ def test_worker_found_by_name(live: Live) -> None:
     found = client.submit_request(SingleWorkerNameDetailsRequest(worker_name="named-node"), SingleWorkerDetailsResponse)
     assert isinstance(found, SingleWorkerDetailsResponse), found
     assert found.name == "Named-Node" and found.type_ == "image" and found.models == ["tiny-sd"]
-    missing = client.submit_request(SingleWorkerNameDetailsRequest(worker_name="nobody"),
-                                    SingleWorkerDetailsResponse)
+    missing = client.submit_request(SingleWorkerNameDetailsRequest(worker_name="nobody"), SingleWorkerDetailsResponse)
     assert not isinstance(missing, SingleWorkerDetailsResponse)

@@ -47,10 +47,24 @@ SECONDS_PER_IMAGE = 3.5
 def run_sdk_tests(live: Live, paths: list[str], junit: Path) -> subprocess.CompletedProcess[str]:
     if not (SDIST / "tests").is_dir():
         pytest.fail(f"horde-sdk's source distribution is not at {SDIST}: run `make conformance`")
-    env = {**os.environ, "AI_HORDE_URL": live.api_url, "AI_HORDE_DEV_APIKEY": live.requester_key,
-           "TESTS_ONGOING": "1", "HORDE_SDK_TESTING": "1"}  # fmt: skip
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--run-network-tests",
-               f"--junitxml={junit}", *paths]  # fmt: skip
+    env = {
+        **os.environ,
+        "AI_HORDE_URL": live.api_url,
+        "AI_HORDE_DEV_APIKEY": live.requester_key,
+        "TESTS_ONGOING": "1",
+        "HORDE_SDK_TESTING": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--run-network-tests",
+        f"--junitxml={junit}",
+        *paths,
+    ]
     return subprocess.run(command, cwd=SDIST, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -59,8 +73,11 @@ def outcomes(junit: Path) -> dict[str, str]:
     found = {}
     for case in ElementTree.parse(junit).getroot().iter("testcase"):
         file = case.get("classname", "").split(".")
-        name = f"{file[-2]}.py::{file[-1]}::{case.get('name')}" if file[-1][:1].isupper() else \
-            f"{file[-1]}.py::{case.get('name')}"
+        name = (
+            f"{file[-2]}.py::{file[-1]}::{case.get('name')}"
+            if file[-1][:1].isupper()
+            else f"{file[-1]}.py::{case.get('name')}"
+        )
         kinds = {child.tag for child in case}
         found[name] = "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
     return found
@@ -69,9 +86,13 @@ def outcomes(junit: Path) -> dict[str, str]:
 def test_sdk_network_tests_pass_but_the_not_served(live: Live, tmp_path: Path) -> None:
     if live.engine != "sqlite":
         pytest.skip("the SDK's own tests run once, on SQLite; the suite's own tests cover PostgreSQL")
-    worker = SdkWorker(AIHordeAPIManualClient(), live.worker_key, "sdk-tests-node",
-                       models=["Deliberate", "Stable Cascade 1.0"],  # the models the SDK's tests ask for
-                       seconds_per_image=SECONDS_PER_IMAGE)
+    worker = SdkWorker(
+        AIHordeAPIManualClient(),
+        live.worker_key,
+        "sdk-tests-node",
+        models=["Deliberate", "Stable Cascade 1.0"],  # the models the SDK's tests ask for
+        seconds_per_image=SECONDS_PER_IMAGE,
+    )
     with serving(worker):
         result = run_sdk_tests(live, NETWORK_TESTS, tmp_path / "junit.xml")
     found = outcomes(tmp_path / "junit.xml")
@@ -94,6 +115,7 @@ def test_sdk_worker_roundtrip_fails_only_where_documented(live: Live, tmp_path: 
         pytest.skip("the SDK's own tests run once, on SQLite")
     result = run_sdk_tests(live, [ROUNDTRIP], tmp_path / "junit.xml")
     found = outcomes(tmp_path / "junit.xml")
-    assert found == {"test_ai_worker_roundtrip_api_calls.py::TestImageWorkerRoundtrip::test_basic_image_roundtrip":
-                     "failed"}, result.stdout[-3000:]  # fmt: skip
+    assert found == {
+        "test_ai_worker_roundtrip_api_calls.py::TestImageWorkerRoundtrip::test_basic_image_roundtrip": "failed"
+    }, result.stdout[-3000:]
     assert "assert 400 == 200" in result.stdout and "/api/v2/upload/" in result.stdout, result.stdout[-3000:]

@@ -26,21 +26,41 @@ from PIL import Image
 from conformance.sdk import MODEL, SDK_AGENT, Live
 
 PARAMS: dict[str, Any] = {
-    "width": 64, "height": 64, "steps": 12, "n": 1, "seed": "42", "sampler_name": "k_dpmpp_2m",
-    "cfg_scale": 6.5, "karras": True, "clip_skip": 2, "tiling": True, "denoising_strength": 0.55,
-    "hires_fix": True, "hires_fix_denoising_strength": 0.4,
+    "width": 64,
+    "height": 64,
+    "steps": 12,
+    "n": 1,
+    "seed": "42",
+    "sampler_name": "k_dpmpp_2m",
+    "cfg_scale": 6.5,
+    "karras": True,
+    "clip_skip": 2,
+    "tiling": True,
+    "denoising_strength": 0.55,
+    "hires_fix": True,
+    "hires_fix_denoising_strength": 0.4,
     "loras": [{"name": "12345", "model": 0.8, "clip": 0.6, "is_version": True, "inject_trigger": "any"}],
     "tis": [{"name": "negfix", "inject_ti": "negprompt", "strength": 0.5}],
-    "post_processing": ["RealESRGAN_x2plus", "GFPGAN"], "facefixer_strength": 0.3,
-    "control_type": "canny", "image_is_control": True, "return_control_map": False,
-}  # fmt: skip
+    "post_processing": ["RealESRGAN_x2plus", "GFPGAN"],
+    "facefixer_strength": 0.3,
+    "control_type": "canny",
+    "image_is_control": True,
+    "return_control_map": False,
+}
 PROMPT = "a castle on a hill ### fog, blurry"
 # The defaults of AI Horde's `ModelPayloadStable` (horde/apis/models/stable_v2.py), which its pop answer
 # carries for a field the request left out.
 AI_HORDE_PAYLOAD_DEFAULTS: dict[str, Any] = {
-    "sampler_name": "k_euler_a", "cfg_scale": 7.5, "height": 512, "width": 512, "karras": False, "tiling": False,
-    "hires_fix": False, "image_is_control": False, "return_control_map": False,
-}  # fmt: skip
+    "sampler_name": "k_euler_a",
+    "cfg_scale": 7.5,
+    "height": 512,
+    "width": 512,
+    "karras": False,
+    "tiling": False,
+    "hires_fix": False,
+    "image_is_control": False,
+    "return_control_map": False,
+}
 
 
 class NoModelReference:
@@ -87,17 +107,31 @@ def converted(response: ImageGenerateJobPopResponse) -> dict[str, Any]:
 def submit_and_pop(live: Live, params: dict[str, Any], source: str | None, censor: bool) -> ImageGenerateJobPopResponse:
     client = AIHordeAPIManualClient()
     request = ImageGenerateAsyncRequest(
-        apikey=live.requester_key, prompt=PROMPT, models=[MODEL], nsfw=not censor, censor_nsfw=censor,
+        apikey=live.requester_key,
+        prompt=PROMPT,
+        models=[MODEL],
+        nsfw=not censor,
+        censor_nsfw=censor,
         source_image=source,
-        source_processing="img2img" if source else "txt2img", params=ImageGenerationInputPayload(**params),
-    )  # fmt: skip
+        source_processing="img2img" if source else "txt2img",
+        params=ImageGenerationInputPayload(**params),
+    )
     accepted = client.submit_request(request, ImageGenerateAsyncResponse)
     assert isinstance(accepted, ImageGenerateAsyncResponse), accepted
     pop = ImageGenerateJobPopRequest(
-        apikey=live.worker_key, name="regen-like", models=[MODEL], max_pixels=1024 * 1024, bridge_agent=SDK_AGENT,
-        nsfw=True, allow_img2img=True, allow_painting=True, allow_lora=True, allow_controlnet=True,
-        allow_post_processing=True, extra_slow_worker=False,
-    )  # fmt: skip
+        apikey=live.worker_key,
+        name="regen-like",
+        models=[MODEL],
+        max_pixels=1024 * 1024,
+        bridge_agent=SDK_AGENT,
+        nsfw=True,
+        allow_img2img=True,
+        allow_painting=True,
+        allow_lora=True,
+        allow_controlnet=True,
+        allow_post_processing=True,
+        extra_slow_worker=False,
+    )
     popped = client.submit_request(pop, ImageGenerateJobPopResponse)
     assert isinstance(popped, ImageGenerateJobPopResponse) and popped.ids, popped
     return popped

@@ -54,8 +54,10 @@ def create_app(config: CoordinatorConfig, *, run_upkeep: bool = True) -> web.App
         if config.trust_forwarded_for and not config.public_url:
             # Not fatal (a proxy may pass Host and the scheme through), but usually a mistake: behind a TLS
             # proxy, image and upload URLs would say http:// and clients' signatures (over https://) fail.
-            log.warning("HORDE_TRUST_PROXY is on but HORDE_PUBLIC_URL is not set: URLs and signature checks "
-                        "use the address the proxy forwards to")
+            log.warning(
+                "HORDE_TRUST_PROXY is on but HORDE_PUBLIC_URL is not set: URLs and signature checks "
+                "use the address the proxy forwards to"
+            )
         broker = Broker.build(services)
         app[BROKER] = broker
         await services.database.listen(_relay(broker))

@@ -61,8 +61,10 @@ class Bank:
             async with self.services.database.reader() as tx:
                 holder = await tx.account_by("public_key", public_key)
             if holder is not None:
-                return (f"This key is already registered, as {holder.display_name}: one key has one account. "
-                        "Use that account, or register a new key.")  # fmt: skip
+                return (
+                    f"This key is already registered, as {holder.display_name}: one key has one account. "
+                    "Use that account, or register a new key."
+                )
         return f"The username {username} is already taken; choose another."
 
     async def find(self, column: str, value: object) -> Account:
@@ -90,9 +92,10 @@ class Bank:
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             # The key becomes the transfer's public ledger reference: unbounded, it would grow the ledger.
             raise bad_request(
-                RC.VALIDATION, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+                RC.VALIDATION,
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
                 {"Idempotency-Key": "length"},
-            )  # fmt: skip
+            )
         amount = round_kudos(amount)
         if amount <= 0:
             raise bad_request(RC.KUDOS_VALIDATION, "Kudos move in hundredths; this amount rounds to nothing.")

@@ -56,7 +56,10 @@ async def copied_from(tx: Tx, job: JobRecord, worker: Worker, print_: Fingerprin
         return None
     maker = await tx.worker_by("id", earlier["worker_id"])
     evidence = Comparison(
-        job_id=earlier["job_id"], worker_id=earlier["worker_id"], worker_name=maker.name if maker else "",
-        hardware=maker.hardware if maker else "", distance=0.0,
-    )  # fmt: skip
+        job_id=earlier["job_id"],
+        worker_id=earlier["worker_id"],
+        worker_name=maker.name if maker else "",
+        hardware=maker.hardware if maker else "",
+        distance=0.0,
+    )
     return Copy(evidence, maker is not None and maker.owner_id == worker.owner_id)

@@ -36,9 +36,12 @@ def wants_canary(worker: Worker, now: float, interval: float, online: float, set
     """A node online, not trusted (its images are the references) nor suspended, whose check rate is still
     above the settled one (new, or suspect), and that had no canary for `interval` seconds."""
     return (
-        not worker.trusted and worker.suspended is None and now - worker.last_seen < online
-        and rate > settled_rate and now - worker.last_canary >= interval
-    )  # fmt: skip
+        not worker.trusted
+        and worker.suspended is None
+        and now - worker.last_seen < online
+        and rate > settled_rate
+        and now - worker.last_canary >= interval
+    )
 
 
 class Canaries:
@@ -64,12 +67,18 @@ class Canaries:
             references = [job for job_id in newest if (job := await tx.get_job(job_id)) is not None]
             waiting = await check_rows.canaries_pending(tx)  # one canary at a time per node
             due = [
-                w for w in await tx.list_workers()
-                if w.id not in waiting and wants_canary(
-                    w, now, settings.canary_interval, config.worker_online_seconds, settings.settled_rate,
+                w
+                for w in await tx.list_workers()
+                if w.id not in waiting
+                and wants_canary(
+                    w,
+                    now,
+                    settings.canary_interval,
+                    config.worker_online_seconds,
+                    settings.settled_rate,
                     self.verifier.rate(w),
                 )
-            ]  # fmt: skip
+            ]
         issued = 0
         for worker in due:
             issued += await self._one(worker, references, now)

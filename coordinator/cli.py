@@ -55,12 +55,15 @@ def _shared_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     def default(value: str | None) -> str | None:
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("--data-dir", default=default(default_data_dir()),
-                        help=f"database, images and keys ({DATA_RULE})")
-    parser.add_argument("--db", default=default(env("DB")),
-                        help="SQLite file or postgresql:// URL (default: DATA_DIR/horde.db)")
-    parser.add_argument("--log-level", default=default(env("LOG_LEVEL", "warning")),
-                        help="debug also shows the traceback of an error")
+    parser.add_argument(
+        "--data-dir", default=default(default_data_dir()), help=f"database, images and keys ({DATA_RULE})"
+    )
+    parser.add_argument(
+        "--db", default=default(env("DB")), help="SQLite file or postgresql:// URL (default: DATA_DIR/horde.db)"
+    )
+    parser.add_argument(
+        "--log-level", default=default(env("LOG_LEVEL", "warning")), help="debug also shows the traceback of an error"
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default=default(env("LOG_FORMAT", "text")))
 
 
@@ -78,50 +81,117 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=int(env("PORT", "7001") or 7001), help="0 picks a free port")
     serve.add_argument("--port-file", help="write the bound port here once listening")
-    serve.add_argument("--images", default=env("IMAGES_DIR"),
-                       help="image folder (default DATA_DIR/images), or s3://BUCKET/PREFIX for S3-compatible storage")
-    serve.add_argument("--s3-endpoint-url", default=env("S3_ENDPOINT_URL"),
-                       help="the S3 API address when not AWS (MinIO, R2, Garage...); credentials from AWS_*")
-    serve.add_argument("--s3-public-url", default=env("S3_PUBLIC_URL"),
-                       help="the S3 address clients use in presigned URLs, if not the endpoint URL")
+    serve.add_argument(
+        "--images",
+        default=env("IMAGES_DIR"),
+        help="image folder (default DATA_DIR/images), or s3://BUCKET/PREFIX for S3-compatible storage",
+    )
+    serve.add_argument(
+        "--s3-endpoint-url",
+        default=env("S3_ENDPOINT_URL"),
+        help="the S3 API address when not AWS (MinIO, R2, Garage...); credentials from AWS_*",
+    )
+    serve.add_argument(
+        "--s3-public-url",
+        default=env("S3_PUBLIC_URL"),
+        help="the S3 address clients use in presigned URLs, if not the endpoint URL",
+    )
     serve.add_argument("--public-url", default=env("PUBLIC_URL"), help="how clients reach this coordinator")
     serve.add_argument("--retention-hours", type=float, default=float(env("RETENTION_HOURS", "24") or 24))
     serve.add_argument("--max-body-mb", type=float, default=float(env("MAX_BODY_MB", "20") or 20))
-    serve.add_argument("--max-inline-mb", type=float, default=float(env("MAX_INLINE_MB", "2") or 2),
-                       help="base64 images one status answer carries in all (r2: false); the rest as URLs")
-    serve.add_argument("--uptime-kudos", type=float, default=float(env("UPTIME_KUDOS", "50") or 50),
-                       help="kudos per 10 minutes online (0: off)")
-    serve.add_argument("--volunteer-kudos", type=float, default=float(env("VOLUNTEER_KUDOS", "50") or 50),
-                       help="the most a node earns per 10 minutes for images nobody pays for (0: nothing)")
-    serve.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "30") or 30),
-                       help="images one account (or anonymous address) may have waiting or in progress")
-    serve.add_argument("--unsafe-networks", default=env("UNSAFE_NETWORKS") or "",
-                       help="comma-separated CIDRs whose untrusted requests count as from an unsafe IP "
-                            "(nodes popping with allow_unsafe_ipaddr false never get them)")
+    serve.add_argument(
+        "--max-inline-mb",
+        type=float,
+        default=float(env("MAX_INLINE_MB", "2") or 2),
+        help="base64 images one status answer carries in all (r2: false); the rest as URLs",
+    )
+    serve.add_argument(
+        "--uptime-kudos",
+        type=float,
+        default=float(env("UPTIME_KUDOS", "50") or 50),
+        help="kudos per 10 minutes online (0: off)",
+    )
+    serve.add_argument(
+        "--volunteer-kudos",
+        type=float,
+        default=float(env("VOLUNTEER_KUDOS", "50") or 50),
+        help="the most a node earns per 10 minutes for images nobody pays for (0: nothing)",
+    )
+    serve.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(env("CONCURRENCY", "30") or 30),
+        help="images one account (or anonymous address) may have waiting or in progress",
+    )
+    serve.add_argument(
+        "--unsafe-networks",
+        default=env("UNSAFE_NETWORKS") or "",
+        help="comma-separated CIDRs whose untrusted requests count as from an unsafe IP "
+        "(nodes popping with allow_unsafe_ipaddr false never get them)",
+    )
     serve.add_argument("--closed-registration", action="store_true", default=env("CLOSED_REGISTRATION") == "1")
     serve.add_argument("--no-rate-limits", action="store_true", default=env("NO_RATE_LIMITS") == "1")
-    serve.add_argument("--trust-proxy", action="store_true", default=env("TRUST_PROXY") == "1",
-                       help="believe X-Forwarded-For (only behind your own reverse proxy)")
-    serve.add_argument("--webhooks-to-private", action="store_true", default=env("WEBHOOKS_TO_PRIVATE") == "1",
-                       help="let webhooks reach loopback, link-local and private addresses (a closed network)")
-    serve.add_argument("--webhook-retry-seconds", type=float, default=float(env("WEBHOOK_RETRY_SECONDS") or 600),
-                       help="how long a failing webhook is retried, with backoff")
-    serve.add_argument("--verify", action="store_true", default=env("VERIFY") == "1",
-                       help="verified work: hold rewards in escrow and spot-check nodes (docs/security.md)")
-    serve.add_argument("--verification-window", type=float, default=float(env("VERIFICATION_WINDOW") or 3600),
-                       help="seconds a node's reward stays held before it is released (with --verify)")
+    serve.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        default=env("TRUST_PROXY") == "1",
+        help="believe X-Forwarded-For (only behind your own reverse proxy)",
+    )
+    serve.add_argument(
+        "--webhooks-to-private",
+        action="store_true",
+        default=env("WEBHOOKS_TO_PRIVATE") == "1",
+        help="let webhooks reach loopback, link-local and private addresses (a closed network)",
+    )
+    serve.add_argument(
+        "--webhook-retry-seconds",
+        type=float,
+        default=float(env("WEBHOOK_RETRY_SECONDS") or 600),
+        help="how long a failing webhook is retried, with backoff",
+    )
+    serve.add_argument(
+        "--verify",
+        action="store_true",
+        default=env("VERIFY") == "1",
+        help="verified work: hold rewards in escrow and spot-check nodes (docs/security.md)",
+    )
+    serve.add_argument(
+        "--verification-window",
+        type=float,
+        default=float(env("VERIFICATION_WINDOW") or 3600),
+        help="seconds a node's reward stays held before it is released (with --verify)",
+    )
     limits = ConnectionLimits()
-    serve.add_argument("--header-timeout", type=float, default=float(env("HEADER_TIMEOUT") or limits.header_timeout),
-                       help="seconds for a request's headers to arrive (also the idle keep-alive time)")
-    serve.add_argument("--body-timeout", type=float, default=float(env("BODY_TIMEOUT") or limits.body_timeout),
-                       help="seconds for a body to arrive, plus 1 s per 64 KiB it declares")
-    serve.add_argument("--connections-per-ip", type=int, default=int(env("CONNECTIONS_PER_IP") or limits.per_ip),
-                       help="concurrent connections from one address (not applied with --trust-proxy)")
-    serve.add_argument("--long-polls-per-ip", type=int,
-                       default=int(env("LONG_POLLS_PER_IP") or limits.long_polls_per_ip),
-                       help="concurrent pops and checks from one client address")
-    serve.add_argument("--max-connections", type=int, default=int(env("MAX_CONNECTIONS") or limits.total),
-                       help="concurrent connections in all (default: the open-files limit less 256)")
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(env("HEADER_TIMEOUT") or limits.header_timeout),
+        help="seconds for a request's headers to arrive (also the idle keep-alive time)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=float(env("BODY_TIMEOUT") or limits.body_timeout),
+        help="seconds for a body to arrive, plus 1 s per 64 KiB it declares",
+    )
+    serve.add_argument(
+        "--connections-per-ip",
+        type=int,
+        default=int(env("CONNECTIONS_PER_IP") or limits.per_ip),
+        help="concurrent connections from one address (not applied with --trust-proxy)",
+    )
+    serve.add_argument(
+        "--long-polls-per-ip",
+        type=int,
+        default=int(env("LONG_POLLS_PER_IP") or limits.long_polls_per_ip),
+        help="concurrent pops and checks from one client address",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(env("MAX_CONNECTIONS") or limits.total),
+        help="concurrent connections in all (default: the open-files limit less 256)",
+    )
 
     command("init", "create the data directory, its keys and database (if missing), then audit it")
     user = command("user", "manage accounts").add_subparsers(dest="action", required=True)
@@ -170,9 +240,13 @@ def config_from(args: argparse.Namespace) -> CoordinatorConfig:
         config.webhook_retry_seconds = args.webhook_retry_seconds
         config.verification = replace(config.verification, enabled=args.verify, window=args.verification_window)
         config.connection_limits = replace(
-            config.connection_limits, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-            per_ip=args.connections_per_ip, long_polls_per_ip=args.long_polls_per_ip, total=args.max_connections,
-        )  # fmt: skip
+            config.connection_limits,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            per_ip=args.connections_per_ip,
+            long_polls_per_ip=args.long_polls_per_ip,
+            total=args.max_connections,
+        )
     return config
 
 
@@ -275,7 +349,12 @@ def username(text: str) -> str:
 
 
 ADMIN_COMMANDS: dict[str, Callable[[argparse.Namespace, Services], Awaitable[int]]] = {
-    "init": init_data, "user": add_user, "grant": grant, "trust": trust, "moderator": moderator, "audit": audit,
+    "init": init_data,
+    "user": add_user,
+    "grant": grant,
+    "trust": trust,
+    "moderator": moderator,
+    "audit": audit,
 }
 
 
@@ -319,8 +398,10 @@ def run(args: argparse.Namespace, config: CoordinatorConfig) -> int:
 def explain(error: Exception, config: CoordinatorConfig) -> str:
     """One line for an error nobody planned for; `--log-level debug` shows the traceback instead."""
     if type(error).__module__.startswith("asyncpg"):
-        return (f"PostgreSQL refused the connection: {error}; check the role and database names in "
-                "--db / HORDE_DB (create the database with `createdb` first)")  # fmt: skip
+        return (
+            f"PostgreSQL refused the connection: {error}; check the role and database names in "
+            "--db / HORDE_DB (create the database with `createdb` first)"
+        )
     return f"{type(error).__name__}: {error} (run with --log-level debug for the traceback)"
 
 

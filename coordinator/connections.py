@@ -74,8 +74,10 @@ def raise_open_files_limit() -> None:
 def _refusal(status: int, reason: str, message: str, rc: str) -> bytes:
     """A whole HTTP answer, written before any request was read, then the connection closes."""
     body = json.dumps({"message": message, "rc": rc}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -124,11 +126,19 @@ class ConnectionGuard:
 
     def _refusal(self, key: str) -> bytes | None:
         if len(self._admitted) >= self.total:
-            return _refusal(503, "Service Unavailable", f"The coordinator is at its limit of {self.total} "
-                            "connections; retry shortly.", RC.TOO_MANY_CONNECTIONS)  # fmt: skip
+            return _refusal(
+                503,
+                "Service Unavailable",
+                f"The coordinator is at its limit of {self.total} connections; retry shortly.",
+                RC.TOO_MANY_CONNECTIONS,
+            )
         if self.per_ip is not None and self._open[key] >= self.per_ip:
-            return _refusal(429, "Too Many Requests", f"Too many connections from your address (at most "
-                            f"{self.per_ip} at once); close some and retry.", RC.TOO_MANY_CONNECTIONS)  # fmt: skip
+            return _refusal(
+                429,
+                "Too Many Requests",
+                f"Too many connections from your address (at most {self.per_ip} at once); close some and retry.",
+                RC.TOO_MANY_CONNECTIONS,
+            )
         return None
 
     def _release(self, handler: RequestHandler) -> None:
@@ -147,15 +157,20 @@ class ConnectionGuard:
             async with asyncio.timeout(allowed):
                 await request.read()
         except TimeoutError:
-            raise HordeError(408, RC.REQUEST_TIMEOUT,
-                             f"The request body did not arrive within {allowed:.0f} s.") from None  # fmt: skip
+            raise HordeError(
+                408, RC.REQUEST_TIMEOUT, f"The request body did not arrive within {allowed:.0f} s."
+            ) from None
 
     @contextlib.contextmanager
     def long_poll(self, request: web.Request) -> Iterator[None]:
         key = address_key(client_ip(request))
         if self._long_polls[key] >= self.limits.long_polls_per_ip:
-            raise HordeError(429, RC.TOO_MANY_LONG_POLLS, f"Too many pops and checks in progress from your address "
-                             f"(at most {self.limits.long_polls_per_ip}); wait for one to answer.")  # fmt: skip
+            raise HordeError(
+                429,
+                RC.TOO_MANY_LONG_POLLS,
+                f"Too many pops and checks in progress from your address "
+                f"(at most {self.limits.long_polls_per_ip}); wait for one to answer.",
+            )
         self._long_polls[key] += 1
         try:
             yield
@@ -200,8 +215,7 @@ class GuardedRunner(web.AppRunner):
         guard = app[CONNECTIONS]
         # handler_cancellation: a handler whose client went away is cancelled, so an abandoned
         # long-poll frees its slot at once. keepalive_timeout: the header timeout (module docstring).
-        super().__init__(app, access_log=None, handler_cancellation=True,
-                         keepalive_timeout=guard.limits.header_timeout)  # fmt: skip
+        super().__init__(app, access_log=None, handler_cancellation=True, keepalive_timeout=guard.limits.header_timeout)
         self._guard = guard
 
     async def _make_server(self) -> web.Server:

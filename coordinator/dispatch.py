@@ -43,18 +43,30 @@ def job_payload(body: GenerationRequest, seed: str, n_iter: int, sourced: bool) 
     params = body.params
     negative = f" ### {body.negative_prompt}" if body.negative_prompt else ""
     return JobPayload(
-        prompt=body.positive_prompt + negative, ddim_steps=params.steps, n_iter=n_iter, width=params.width,
-        height=params.height, seed=seed, sampler_name=params.sampler_name, cfg_scale=params.cfg_scale,
-        karras=params.karras, denoising_strength=params.denoising_strength if sourced else None,
-        clip_skip=params.clip_skip, tiling=params.tiling, hires_fix=params.hires_fix,
+        prompt=body.positive_prompt + negative,
+        ddim_steps=params.steps,
+        n_iter=n_iter,
+        width=params.width,
+        height=params.height,
+        seed=seed,
+        sampler_name=params.sampler_name,
+        cfg_scale=params.cfg_scale,
+        karras=params.karras,
+        denoising_strength=params.denoising_strength if sourced else None,
+        clip_skip=params.clip_skip,
+        tiling=params.tiling,
+        hires_fix=params.hires_fix,
         hires_fix_denoising_strength=params.hires_fix_denoising_strength if params.hires_fix else None,
-        loras=params.loras, tis=params.tis, post_processing=params.post_processing,
+        loras=params.loras,
+        tis=params.tis,
+        post_processing=params.post_processing,
         post_processing_order=params.post_processing_order,
         facefixer_strength=params.facefixer_strength if set(params.post_processing) & set(FACEFIXERS) else None,
-        control_type=params.control_type, image_is_control=params.image_is_control if params.control_type else None,
+        control_type=params.control_type,
+        image_is_control=params.image_is_control if params.control_type else None,
         return_control_map=params.return_control_map if params.control_type else None,
         use_nsfw_censor=body.censor_nsfw,
-    ).model_dump(exclude_none=True)  # fmt: skip
+    ).model_dump(exclude_none=True)
 
 
 def _worker_filter_allows(row: dict[str, Any], caps: WorkerCaps, lists: dict[str, list[str]]) -> bool:
@@ -203,8 +215,15 @@ class Dispatcher:
         return refusal_reason(request, caps) is not None
 
     async def _claim_batch(
-        self, tx: Tx, request: RequestRecord, first: JobRecord, worker: Worker, model: str, amount: int,
-        *, funded_only: bool = False,
+        self,
+        tx: Tx,
+        request: RequestRecord,
+        first: JobRecord,
+        worker: Worker,
+        model: str,
+        amount: int,
+        *,
+        funded_only: bool = False,
     ) -> list[JobRecord]:
         """The chosen job plus, when the node asks for more, the next images of the same request, each one
         the node may take (`_takeable`: checked here, on the few candidates, not in the query)."""
@@ -233,8 +252,14 @@ class Dispatcher:
         return claimed
 
     def _assign(
-        self, job: JobRecord, request: RequestRecord, body: GenerationRequest, worker: Worker, model: str,
-        sources: dict[str, str], position: int = 1,
+        self,
+        job: JobRecord,
+        request: RequestRecord,
+        body: GenerationRequest,
+        worker: Worker,
+        model: str,
+        sources: dict[str, str],
+        position: int = 1,
     ) -> None:
         """Assign a job to the node, signed. The job at `position` in the node's queue (the jobs it holds,
         per inference thread, then this batch's) waits for the ones before it, so its time limit counts
@@ -244,11 +269,17 @@ class Dispatcher:
         params = body.params
         ttl = position * job_time_limit(width=params.width, height=params.height, steps=params.steps)
         document = JobDocument(
-            job_id=job.id, request_sha256=request_digest(request.id), model=model,
+            job_id=job.id,
+            request_sha256=request_digest(request.id),
+            model=model,
             payload=job_payload(body, job.seed, 1, request.source_image is not None),
-            source_image_sha256=request.source_image_sha256, source_mask_sha256=request.source_mask_sha256,
-            ttl=ttl, worker_id=worker.id, issued_at=int(now), **sources,
-        )  # fmt: skip
+            source_image_sha256=request.source_image_sha256,
+            source_mask_sha256=request.source_mask_sha256,
+            ttl=ttl,
+            worker_id=worker.id,
+            issued_at=int(now),
+            **sources,
+        )
         job.state, job.model, job.worker_id, job.worker_name = "processing", model, worker.id, worker.name
         job.assigned_at, job.deadline = now, now + ttl
         job.job_document = document.model_dump(mode="json")
@@ -259,15 +290,19 @@ class Dispatcher:
         uploads = [await self._upload_url(job, base_url) for job in jobs]
         first = jobs[0]
         return PopResponse(
-            id=first.id, ids=[job.id for job in jobs],
+            id=first.id,
+            ids=[job.id for job in jobs],
             payload=job_payload(body, first.seed, len(jobs), request.source_image is not None),
-            model=first.model, ttl=(first.job_document or {}).get("ttl"), skipped={},
+            model=first.model,
+            ttl=(first.job_document or {}).get("ttl"),
+            skipped={},
             source_image=await self._source_url(request.source_image, first, base_url, "source_image"),
             source_processing=body.source_processing if request.source_image else "txt2img",
             source_mask=await self._source_url(request.source_mask, first, base_url, "source_mask"),
-            r2_upload=uploads[0], r2_uploads=uploads,
+            r2_upload=uploads[0],
+            r2_uploads=uploads,
             jobs=[SignedJob(document=job.job_document or {}, signature=job.job_signature or "") for job in jobs],
-        )  # fmt: skip
+        )
 
     def _url_lifetime(self, job: JobRecord) -> float:
         now = self.services.clock()

@@ -153,8 +153,9 @@ def node_free_at(node: SimNode, held: list[JobRecord], now: float) -> tuple[floa
     return max(clock, now), finishes
 
 
-def simulate(nodes: list[SimNode], held: dict[str, list[JobRecord]], waiting: list[WaitingJob], now: float
-             ) -> tuple[dict[str, float], dict[str, float]]:
+def simulate(
+    nodes: list[SimNode], held: dict[str, list[JobRecord]], waiting: list[WaitingJob], now: float
+) -> tuple[dict[str, float], dict[str, float]]:
     """Play pop forward: predicted finish per request (its last image) and per model (its queue drained).
 
     Each node is `threads` slots at 1/threads of its speed; the slot free first takes the first waiting
@@ -174,8 +175,14 @@ def simulate(nodes: list[SimNode], held: dict[str, list[JobRecord]], waiting: li
     while slots and first < len(waiting):
         free_at, order, index = heapq.heappop(slots)
         node = nodes[index]
-        position = next((i for i in range(first, min(len(waiting), first + SCAN_DEPTH))
-                         if not taken[i] and can_serve(node.caps, waiting[i].entry)), None)  # fmt: skip
+        position = next(
+            (
+                i
+                for i in range(first, min(len(waiting), first + SCAN_DEPTH))
+                if not taken[i] and can_serve(node.caps, waiting[i].entry)
+            ),
+            None,
+        )
         if position is None:
             continue  # nothing near the head for this node: it idles as far as the forecast can tell
         job = waiting[position]
@@ -207,8 +214,9 @@ class Arrival:
     models: tuple[str, ...]  # () for any
 
 
-def overtaking_rates(arrivals: Iterable[Arrival], priority: float, models: tuple[str, ...], now: float,
-                     ageing: float) -> list[tuple[float, float]]:
+def overtaking_rates(
+    arrivals: Iterable[Arrival], priority: float, models: tuple[str, ...], now: float, ageing: float
+) -> list[tuple[float, float]]:
     """For each recent arrival that would pass a request of `priority` on a shared model: its work per second
     of the window, and for how long after arriving such a request still passes it ((k − p) / ageing: a
     request of priority k arriving Δ s later passes while k − ageing × Δ > p). Empty below ARRIVAL_MIN."""
@@ -217,8 +225,11 @@ def overtaking_rates(arrivals: Iterable[Arrival], priority: float, models: tuple
         return []
     span = max(now - min(a.at for a in recent), 30.0)
     shared = set(models)
-    return [(a.work / span, (a.priority - priority) / ageing) for a in recent
-            if a.priority > priority and (not a.models or not shared or shared & set(a.models))]  # fmt: skip
+    return [
+        (a.work / span, (a.priority - priority) / ageing)
+        for a in recent
+        if a.priority > priority and (not a.models or not shared or shared & set(a.models))
+    ]
 
 
 def overtaking_work(rates: list[tuple[float, float]], wait: float) -> float:
@@ -248,8 +259,14 @@ class Forecast:
         return None if at is None else max(0, round(at - now))
 
 
-def build_forecast(workers: list[Worker], caps: list[WorkerCaps], entries: list[QueueEntry],
-                   held: list[JobRecord], complete: bool, now: float) -> Forecast:
+def build_forecast(
+    workers: list[Worker],
+    caps: list[WorkerCaps],
+    entries: list[QueueEntry],
+    held: list[JobRecord],
+    complete: bool,
+    now: float,
+) -> Forecast:
     network = network_speeds(workers)
     nodes = [SimNode(worker, cap, network) for worker, cap in zip(workers, caps, strict=True)]
     by_node: dict[str, list[JobRecord]] = {}

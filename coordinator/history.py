@@ -14,10 +14,12 @@ class History:
             made, faulted = await tx.minutes_since(now_minute - HISTORY_MINUTES + 1)
         minutes: dict[int, MinuteStats] = {}
         for row in made:
-            minutes[row["minute"]] = MinuteStats(minute=row["minute"], images=int(row["images"]),
-                                                 megapixelsteps=round(float(row["ps"]), 3), faults=0)  # fmt: skip
+            minutes[row["minute"]] = MinuteStats(
+                minute=row["minute"], images=int(row["images"]), megapixelsteps=round(float(row["ps"]), 3), faults=0
+            )
         for row in faulted:
-            entry = minutes.setdefault(row["minute"], MinuteStats(minute=row["minute"], images=0, megapixelsteps=0,
-                                                                  faults=0))  # fmt: skip
+            entry = minutes.setdefault(
+                row["minute"], MinuteStats(minute=row["minute"], images=0, megapixelsteps=0, faults=0)
+            )
             entry.faults = int(row["faults"])
         return NetworkHistory(now_minute=now_minute, minutes=[minutes[m] for m in sorted(minutes)])

@@ -11,6 +11,7 @@ from coordinator.storage.sql import Tx
 
 TIME_LIMIT_EXCEEDED = "time limit exceeded"
 
+
 async def requeue_or_fault(
     tx: Tx, job: JobRecord, request: RequestRecord, max_faults: int, now: float, reason: str
 ) -> QueueEntry | None:

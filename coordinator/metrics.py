@@ -43,30 +43,38 @@ HTTP_REQUESTS = Counter(
     "horde_http_requests", "HTTP requests answered, by route, method and status.", ["endpoint", "method", "status"]
 )
 HTTP_LATENCY = Histogram(
-    "horde_http_request_duration_seconds", "Time to answer an HTTP request, by route.", ["endpoint"],
+    "horde_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route.",
+    ["endpoint"],
     buckets=LATENCY_BUCKETS,
-)  # fmt: skip
+)
 POP_LATENCY = Histogram(
-    "horde_pop_duration_seconds", "Time a node's pop took to answer (includes its long-poll wait).",
+    "horde_pop_duration_seconds",
+    "Time a node's pop took to answer (includes its long-poll wait).",
     buckets=LATENCY_BUCKETS,
-)  # fmt: skip
+)
 DISPATCH_LATENCY = Histogram(
-    "horde_dispatch_latency_seconds", "Time from a request's arrival to one of its jobs being handed to a node.",
+    "horde_dispatch_latency_seconds",
+    "Time from a request's arrival to one of its jobs being handed to a node.",
     buckets=DISPATCH_BUCKETS,
-)  # fmt: skip
+)
 JOB_FAULTS = Counter("horde_job_faults", "Jobs that failed on a node (reported fault or missed time limit).", ["cause"])
 STATEMENT_LATENCY = Histogram(
-    "horde_db_statement_duration_seconds", "Time of one database statement.", ["operation"],
+    "horde_db_statement_duration_seconds",
+    "Time of one database statement.",
+    ["operation"],
     buckets=STATEMENT_BUCKETS,
-)  # fmt: skip
+)
 STREAMS_OPEN = Gauge("horde_streams_open", "Progress streams (server-sent events) open now.")
 WEBHOOK_DELIVERIES = Counter(
     "horde_webhook_deliveries", "Webhook POSTs, by outcome (delivered, retried, abandoned, refused).", ["outcome"]
 )
 DB_ROUND_TRIPS = Counter(
-    "horde_db_round_trips", "Round trips to the PostgreSQL server, by the route whose handling made them "
-    "('background': upkeep and other chores).", ["endpoint"],
-)  # fmt: skip
+    "horde_db_round_trips",
+    "Round trips to the PostgreSQL server, by the route whose handling made them "
+    "('background': upkeep and other chores).",
+    ["endpoint"],
+)
 # The route being answered, for the metrics of work done on its behalf deeper down (storage).
 ENDPOINT: ContextVar[str] = ContextVar("endpoint", default="background")
 
@@ -161,11 +169,13 @@ class NetworkCollector(Collector):
             depth.add_metric([model], count)
             work.add_metric([model], megapixelsteps)
         yield from (jobs, depth, work)
-        yield GaugeMetricFamily("horde_nodes_online", "Nodes seen recently and not in maintenance.",
-                                value=self.state.nodes_online)  # fmt: skip
+        yield GaugeMetricFamily(
+            "horde_nodes_online", "Nodes seen recently and not in maintenance.", value=self.state.nodes_online
+        )
         yield GaugeMetricFamily("horde_kudos_held", "Kudos held by all accounts.", value=self.state.kudos_held)
-        yield CounterMetricFamily("horde_kudos_minted", "Kudos created (rewards, uptime, grants).",
-                                  value=self.ledger.minted)  # fmt: skip
+        yield CounterMetricFamily(
+            "horde_kudos_minted", "Kudos created (rewards, uptime, grants).", value=self.ledger.minted
+        )
         yield CounterMetricFamily("horde_kudos_spent", "Kudos requesters paid for images.", value=self.ledger.spent)
 
 
@@ -187,8 +197,10 @@ class Metrics:
         services = broker.services
         async with services.database.reader() as tx:
             jobs = await tx.jobs_by_state()
-            queue = [(row["model"], int(row["jobs"]), float(row["pixelsteps"] or 0) / 1e6)
-                     for row in await tx.queue_by_model()]  # fmt: skip
+            queue = [
+                (row["model"], int(row["jobs"]), float(row["pixelsteps"] or 0) / 1e6)
+                for row in await tx.queue_by_model()
+            ]
             held = from_hundredths(sum((await tx.cached_hundredths()).values()))
         await self._read_ledger(services.database)
         online = len(await broker.roster.online())

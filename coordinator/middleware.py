@@ -41,7 +41,10 @@ def check_path_parameters(request: web.Request) -> None:
     cannot hold): nothing we name has either."""
     for name, value in request.match_info.items():
         if len(value) > MAX_PATH_PARAMETER:
-            raise bad_request(RC.VALIDATION, f"The {name} in the path is longer than {MAX_PATH_PARAMETER} "
-                              "characters.", {name: f"at most {MAX_PATH_PARAMETER} characters"})
+            raise bad_request(
+                RC.VALIDATION,
+                f"The {name} in the path is longer than {MAX_PATH_PARAMETER} characters.",
+                {name: f"at most {MAX_PATH_PARAMETER} characters"},
+            )
         if "\0" in value:
             raise bad_request(RC.VALIDATION, f"The {name} in the path contains U+0000 (NUL).", {name: "NUL"})

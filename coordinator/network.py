@@ -11,8 +11,19 @@ from protocol.accounts import CoordinatorInfo, Heartbeat, ImageTotals, ModelStat
 from protocol.errors import RC
 from protocol.notices import HordeModes, ImageModelStats
 
-FEATURES = ["long-poll-pop", "long-poll-check", "signed-requests", "signed-jobs", "signed-results",
-            "signed-ledger-head", "uploads", "progress-stream", "step-progress", "signed-webhooks", "metrics"]
+FEATURES = [
+    "long-poll-pop",
+    "long-poll-check",
+    "signed-requests",
+    "signed-jobs",
+    "signed-results",
+    "signed-ledger-head",
+    "uploads",
+    "progress-stream",
+    "step-progress",
+    "signed-webhooks",
+    "metrics",
+]
 PERIOD_MINUTES = {"minute": 1, "hour": 60, "day": 60 * 24, "month": 60 * 24 * 30, "total": 10**9}
 PERIOD_DAYS = {"day": 1, "month": 30, "total": 10**6}
 MODEL_KINDS = ("image", "all")  # AI Horde's `type` of model; text models: none here
@@ -32,8 +43,9 @@ class Network:
 
     def coordinator(self) -> CoordinatorInfo:
         """Who this coordinator is: the key it signs jobs and the ledger head with, and what it offers."""
-        return CoordinatorInfo(public_key=self.services.identity.public_key.text(),
-                               version=self.services.config.version, features=FEATURES)  # fmt: skip
+        return CoordinatorInfo(
+            public_key=self.services.identity.public_key.text(), version=self.services.config.version, features=FEATURES
+        )
 
     def modes(self) -> HordeModes:
         return HordeModes(invite_only_mode=not self.services.config.open_registration)
@@ -60,9 +72,11 @@ class Network:
             queued_requests=queued_requests,
             queued_megapixelsteps=round(pixelsteps / 1e6, 2),
             past_minute_megapixelsteps=round(past_minute, 2),
-            worker_count=len(workers), thread_count=sum(w.threads for w in workers),
-            megapixelsteps_per_second=speed, eta=eta,
-        )  # fmt: skip
+            worker_count=len(workers),
+            thread_count=sum(w.threads for w in workers),
+            megapixelsteps_per_second=speed,
+            eta=eta,
+        )
 
     async def totals(self) -> ImageTotals:
         """Images and pixelsteps (AI Horde's unit) made in each period up to now."""

@@ -53,9 +53,12 @@ class S3ImageStore:
         self._endpoints = (endpoint_url, public_endpoint_url or endpoint_url)
         # Fail in seconds, not minutes, when the store is away: the request gets a 503.
         self._config = AioConfig(
-            connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 2, "mode": "standard"},
-            s3={"addressing_style": "path" if endpoint_url else "auto"}, signature_version="s3v4",
-        )  # fmt: skip
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+            signature_version="s3v4",
+        )
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._signer: Any = None

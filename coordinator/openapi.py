@@ -35,7 +35,8 @@ def openapi_document(version: str) -> dict[str, Any]:
             "summary": endpoint.summary,
             "parameters": _parameters(endpoint.path, endpoint.query, endpoint.auth),
             "responses": {
-                str(endpoint.status): _content(ref[endpoint.response], many=endpoint.many) if endpoint.response
+                str(endpoint.status): _content(ref[endpoint.response], many=endpoint.many)
+                if endpoint.response
                 else {"description": "OK"},
                 **{str(status): _content(ref[model]) for status, model in endpoint.other_responses.items()},
                 "default": _content(ref[ErrorBody], "An error: {message, rc}"),
@@ -62,16 +63,27 @@ def _content(ref: str, description: str = "OK", *, many: bool = False) -> dict[s
 
 def _parameters(path: str, query: dict[str, str], auth: str) -> list[dict[str, Any]]:
     parameters = [
-        {"name": part[1:-1], "in": "path", "required": True,
-         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PATH_PARAMETER}}
-        for part in path.split("/") if part.startswith("{")
+        {
+            "name": part[1:-1],
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PATH_PARAMETER},
+        }
+        for part in path.split("/")
+        if part.startswith("{")
     ]
     parameters += [
         {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
         for name, text in query.items()
     ]
     if auth != "none":
-        parameters.append({"name": "apikey", "in": "header", "required": auth == "required",
-                           "description": "Your API key, unless the request is signed (RFC 9421)",
-                           "schema": {"type": "string"}})
+        parameters.append(
+            {
+                "name": "apikey",
+                "in": "header",
+                "required": auth == "required",
+                "description": "Your API key, unless the request is signed (RFC 9421)",
+                "schema": {"type": "string"},
+            }
+        )
     return parameters

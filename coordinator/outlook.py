@@ -51,10 +51,15 @@ def entries_from_rows(rows: list[dict[str, Any]], lists: dict[str, list[str]]) -
         entry = entries.get(row["job_id"])
         if entry is None:
             entry = entries[row["job_id"]] = QueueEntry(
-                job_id=row["job_id"], request_id=row["request_id"], models=[], tier=int(row["tier"]),
-                rank=float(row["rank"]), **row_demands(row), workers=lists.get(row["request_id"], []),
+                job_id=row["job_id"],
+                request_id=row["request_id"],
+                models=[],
+                tier=int(row["tier"]),
+                rank=float(row["rank"]),
+                **row_demands(row),
+                workers=lists.get(row["request_id"], []),
                 worker_blacklist=bool(row["worker_blacklist"]),
-            )  # fmt: skip
+            )
         if row["model"]:
             entry.models.append(row["model"])
         else:
@@ -78,8 +83,9 @@ class ServiceLevels:
 
     def record(self, request: RequestRecord, model: str, now: float) -> None:
         """A result of `request` was stored on `model`; its first, and (state done) its last."""
-        kinds = self._samples.setdefault(model, {"first": deque(maxlen=SERVICE_SAMPLES),
-                                                  "done": deque(maxlen=SERVICE_SAMPLES)})  # fmt: skip
+        kinds = self._samples.setdefault(
+            model, {"first": deque(maxlen=SERVICE_SAMPLES), "done": deque(maxlen=SERVICE_SAMPLES)}
+        )
         if request.id not in self._first_seen:
             self._first_seen[request.id] = None
             if len(self._first_seen) > FIRST_IMAGES_REMEMBERED:
@@ -122,9 +128,13 @@ class Outlooks:
         holding = {job.worker_id for job in held}
         active = [(w, caps) for w, caps in online if w.last_seen >= now - PLANNING_SEEN_SECONDS or w.id in holding]
         return build_forecast(
-            [worker for worker, _ in active], [caps for _, caps in active], entries_from_rows(rows, lists), held,
-            complete=len(rows) < FORECAST_ROWS, now=now,
-        )  # fmt: skip
+            [worker for worker, _ in active],
+            [caps for _, caps in active],
+            entries_from_rows(rows, lists),
+            held,
+            complete=len(rows) < FORECAST_ROWS,
+            now=now,
+        )
 
     async def request(self, request: RequestRecord, waiting: int, unfinished: int) -> Outlook:
         """The wait for `request`'s unfinished images, or why no online node can serve them."""
@@ -153,11 +163,14 @@ class Outlooks:
         """A request was queued (the rate of requests that may pass others, `overtaking_work`)."""
         self.forecaster.invalidate()
         params = request.generation.params
-        self.arrivals.append(Arrival(
-            at=request.created, priority=request.rank + AGEING_PER_SECOND * request.created,
-            work=params.width * params.height * params.steps * images / 1e6,
-            models=tuple(dict.fromkeys(request.generation.models)),
-        ))  # fmt: skip
+        self.arrivals.append(
+            Arrival(
+                at=request.created,
+                priority=request.rank + AGEING_PER_SECOND * request.created,
+                work=params.width * params.height * params.steps * images / 1e6,
+                models=tuple(dict.fromkeys(request.generation.models)),
+            )
+        )
 
     async def model_statuses(self) -> list[ModelStatus]:
         """Per model: online nodes, their measured speed together, the queue that may run on it (a request
@@ -173,13 +186,17 @@ class Outlooks:
             serving = [worker for worker in online if name in worker.models]
             row = queued.get(name, {"jobs": 0, "pixelsteps": 0})
             drained = forecast.drained.get(name)
-            answer.append(ModelStatus(
-                name=name, count=len(serving), performance=round(capacity(serving, name, network), 3),
-                queued=float((row["pixelsteps"] or 0) + (anywhere["pixelsteps"] or 0)),
-                jobs=int((row["jobs"] or 0) + (anywhere["jobs"] or 0)),
-                eta=max(0, round(drained - now)) if serving and drained is not None else 0,
-                **self.service_levels.summary(name, now),
-            ))  # fmt: skip
+            answer.append(
+                ModelStatus(
+                    name=name,
+                    count=len(serving),
+                    performance=round(capacity(serving, name, network), 3),
+                    queued=float((row["pixelsteps"] or 0) + (anywhere["pixelsteps"] or 0)),
+                    jobs=int((row["jobs"] or 0) + (anywhere["jobs"] or 0)),
+                    eta=max(0, round(drained - now)) if serving and drained is not None else 0,
+                    **self.service_levels.summary(name, now),
+                )
+            )
         return answer
 
     async def network(self) -> tuple[float, int]:

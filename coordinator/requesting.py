@@ -61,10 +61,15 @@ def upfront_refused(total: float, available: float) -> HordeError:
 def price_per_image(body: GenerationRequest) -> float:
     params = body.params
     return image_kudos(
-        width=params.width, height=params.height, steps=params.steps, sampler_name=params.sampler_name,
-        img2img=body.is_img2img, loras=len(params.loras), post_processors=params.post_processing,
+        width=params.width,
+        height=params.height,
+        steps=params.steps,
+        sampler_name=params.sampler_name,
+        img2img=body.is_img2img,
+        loras=len(params.loras),
+        post_processors=params.post_processing,
         pinned=bool(body.workers),
-    )  # fmt: skip
+    )
 
 
 class RequestDesk:
@@ -163,10 +168,11 @@ class RequestDesk:
         if queued + n > limit:
             who = "This account" if caller.account else "Anonymous requests from your address"
             raise HordeError(
-                429, RC.TOO_MANY_PROMPTS,
+                429,
+                RC.TOO_MANY_PROMPTS,
                 f"{who} already has {queued} images waiting or in progress; {n} more would pass the limit of "
                 f"{limit}. Wait for some to finish.",
-            )  # fmt: skip
+            )
 
     def _build(
         self, caller: Caller, body: GenerationRequest, per_image: float, client_agent: str, remote: str, who: str
@@ -176,18 +182,28 @@ class RequestDesk:
         tier = priority_tier(caller.account)
         rank = priority_rank(caller.account.kudos if caller.account else 0.0, now)
         request = RequestRecord(
-            id=str(uuid.uuid4()), account_id=caller.account.id if caller.account else ANONYMOUS_ACCOUNT,
-            created=now, updated=now, state="active", n=body.params.n, kudos_per_image=per_image,
-            body=body.model_dump(exclude={"source_image", "source_mask"}), client_agent=client_agent[:200],
-            tier=tier, rank=rank, remote=remote, sharedkey=caller.sharedkey.key_hash if caller.sharedkey else None,
+            id=str(uuid.uuid4()),
+            account_id=caller.account.id if caller.account else ANONYMOUS_ACCOUNT,
+            created=now,
+            updated=now,
+            state="active",
+            n=body.params.n,
+            kudos_per_image=per_image,
+            body=body.model_dump(exclude={"source_image", "source_mask"}),
+            client_agent=client_agent[:200],
+            tier=tier,
+            rank=rank,
+            remote=remote,
+            sharedkey=caller.sharedkey.key_hash if caller.sharedkey else None,
             unsafe_ip=is_unsafe(remote, self.services.config.unsafe_networks, trusted),
-        )  # fmt: skip
+        )
         seeds = image_seeds(body.params.seed, body.params.seed_variation, body.params.n)
         jobs = [
-            JobRecord(id=str(uuid.uuid4()), request_id=request.id, index=index, seed=seed, state="waiting",
-                      requester=who)
+            JobRecord(
+                id=str(uuid.uuid4()), request_id=request.id, index=index, seed=seed, state="waiting", requester=who
+            )
             for index, seed in enumerate(seeds)
-        ]  # fmt: skip
+        ]
         entries = [queue_entry(job.id, request.id, body, tier, rank) for job in jobs]
         return request, jobs, entries
 
@@ -230,8 +246,9 @@ class RequestDesk:
                 return report
             return await self._until_news(request_id, changed, wait, report)
 
-    async def _until_news(self, request_id: str, changed: asyncio.Event, wait: float, report: RequestCheck
-                          ) -> RequestCheck:
+    async def _until_news(
+        self, request_id: str, changed: asyncio.Event, wait: float, report: RequestCheck
+    ) -> RequestCheck:
         """Hold a long-poll until the request changes, or its place or ETA moves otherwise than by the
         clock (looked at every NEWS_POLL_SECONDS: a pop elsewhere moves it without an event), or `wait` ends."""
         started, fresh = time.monotonic(), report
@@ -255,13 +272,19 @@ class RequestDesk:
         unfinished = counts["waiting"] + counts["processing"] if active else 0
         outlook = await self.outlooks.request(request, counts["waiting"] if active else 0, unfinished)
         return RequestCheck(
-            finished=counts["done"], processing=counts["processing"], restarted=sum(job.restarts for job in jobs),
-            waiting=counts["waiting"], done=request.state in ("done", "cancelled") and not counts["processing"],
-            faulted=request.state == "faulted", wait_time=outlook.wait_time, queue_position=position,
-            kudos=round(request.kudos_per_image * counts["done"], 2), is_possible=outlook.possible,
+            finished=counts["done"],
+            processing=counts["processing"],
+            restarted=sum(job.restarts for job in jobs),
+            waiting=counts["waiting"],
+            done=request.state in ("done", "cancelled") and not counts["processing"],
+            faulted=request.state == "faulted",
+            wait_time=outlook.wait_time,
+            queue_position=position,
+            kudos=round(request.kudos_per_image * counts["done"], 2),
+            is_possible=outlook.possible,
             is_possible_reason=outlook.reason,
             cancelled=request.state == "cancelled",
-        )  # fmt: skip
+        )
 
     async def status(self, request_id: str, base_url: str) -> RequestStatus:
         request, jobs = await self.load(request_id)
@@ -293,11 +316,21 @@ class RequestDesk:
             presigned = await self.services.images.presigned_get(job.image, lifetime)
             img = presigned or f"{base_url}/api/v2/images/{job.image}"
         return Generation(
-            id=job.id, img=img, seed=job.seed, worker_id=job.worker_id or "", worker_name=job.worker_name or "",
-            model=job.model or "", state=job.result_state or "ok", censored=job.censored,
-            gen_metadata=job.gen_metadata, worker_key=job.worker_key, signature=job.signature,
-            image_sha256=job.image_sha256, job=job.job_document, job_signature=job.job_signature,
-        ), inline_budget  # fmt: skip
+            id=job.id,
+            img=img,
+            seed=job.seed,
+            worker_id=job.worker_id or "",
+            worker_name=job.worker_name or "",
+            model=job.model or "",
+            state=job.result_state or "ok",
+            censored=job.censored,
+            gen_metadata=job.gen_metadata,
+            worker_key=job.worker_key,
+            signature=job.signature,
+            image_sha256=job.image_sha256,
+            job=job.job_document,
+            job_signature=job.job_signature,
+        ), inline_budget
 
     # --- cancelling -----------------------------------------------------------------
     async def cancel(self, request_id: str, base_url: str) -> RequestStatus:

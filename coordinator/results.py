@@ -110,8 +110,10 @@ class ResultIntake:
         self, caller: Caller, account_id: int, job: JobRecord, assigned: Worker | None, previous: list[Worker]
     ) -> None:
         def ours(worker: Worker | None) -> bool:
-            return worker is not None and worker.owner_id == account_id and (
-                caller.worker is None or caller.worker.id == worker.id
+            return (
+                worker is not None
+                and worker.owner_id == account_id
+                and (caller.worker is None or caller.worker.id == worker.id)
             )
 
         if ours(assigned):
@@ -197,9 +199,7 @@ class ResultIntake:
             raise Aborted()
         return job, request
 
-    async def _store(
-        self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None, remote: str
-    ) -> float:
+    async def _store(self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None, remote: str) -> float:
         now = self.services.clock()
         # Each submission writes its own file, so a concurrent repeat can't replace the image the winner
         # recorded (and signed) under the same name; the losers' files are removed.
@@ -239,7 +239,12 @@ class ResultIntake:
 
     @staticmethod
     def _record_result(
-        job: JobRecord, worker: Worker, body: SubmitRequest, image: bytes | None, name: str | None, reward: float,
+        job: JobRecord,
+        worker: Worker,
+        body: SubmitRequest,
+        image: bytes | None,
+        name: str | None,
+        reward: float,
         now: float,
     ) -> None:
         # As AI Horde: a `censorship` gen_metadata entry (the node's censor blanked the image) marks it censored.
@@ -275,11 +280,16 @@ class ResultIntake:
         per_period = config.volunteer_kudos_per_10_minutes
         allowance = volunteer_allowance(node.volunteer_credit, node.volunteer_at or node.created, now, per_period)
         settlement = settle(
-            price=request.kudos_per_image, charge=await self._payable(tx, job, request),
-            requester_id=request.account_id, requester_address=request.remote, owner_id=node.owner_id,
-            node_address=remote, withheld=node.suspicion >= config.suspicion_threshold, allowance=allowance,
+            price=request.kudos_per_image,
+            charge=await self._payable(tx, job, request),
+            requester_id=request.account_id,
+            requester_address=request.remote,
+            owner_id=node.owner_id,
+            node_address=remote,
+            withheld=node.suspicion >= config.suspicion_threshold,
+            allowance=allowance,
             check=request.purpose == "check",
-        )  # fmt: skip
+        )
         node.volunteer_credit, node.volunteer_at = round(allowance - settlement.minted, 4), now
         return settlement
 

@@ -40,10 +40,11 @@ def worker_limit(account: Account) -> int:
 def too_many_workers(account: Account, limit: int) -> HordeError:
     kind = "a trusted" if account.trusted else "an untrusted"
     return HordeError(
-        403, RC.FORBIDDEN,
+        403,
+        RC.FORBIDDEN,
         f"To avoid abuse, {kind} account can run at most {limit} workers, and {account.display_name} already has "
         f"{limit}. Pop with one of their names, or delete one (DELETE /v2/workers/{{id}}) to add another.",
-    )  # fmt: skip
+    )
 
 
 # Automatic maintenance. A node that misses `max_missed_deadlines` (3) deadlines in a row, with no
@@ -147,8 +148,10 @@ class Roster:
         elif caller.worker is not None:
             raise wrong_credentials(f"This key belongs to worker {caller.worker.name}, not to {pop.name}.")
         worker = self._updated(existing, caller, account_id, pop, now)
-        if existing is None or worker != replace(existing, last_seen=worker.last_seen) or (
-            now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL
+        if (
+            existing is None
+            or worker != replace(existing, last_seen=worker.last_seen)
+            or (now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL)
         ):
             await self._save(worker, None if existing else account)
         else:
@@ -167,9 +170,21 @@ class Roster:
     @staticmethod
     def _updated(existing: Worker | None, caller: Caller, owner_id: int, pop: PopRequest, now: float) -> Worker:
         base = existing or Worker(
-            id=str(uuid.uuid4()), name=pop.name, owner_id=owner_id, public_key=None, models=[], max_pixels=0,
-            nsfw=False, threads=1, img2img=False, painting=False, lora=False, post_processing=False,
-            bridge_agent="", created=now, last_seen=now,
+            id=str(uuid.uuid4()),
+            name=pop.name,
+            owner_id=owner_id,
+            public_key=None,
+            models=[],
+            max_pixels=0,
+            nsfw=False,
+            threads=1,
+            img2img=False,
+            painting=False,
+            lora=False,
+            post_processing=False,
+            bridge_agent="",
+            created=now,
+            last_seen=now,
         )
         return replace(
             base,

@@ -58,8 +58,9 @@ def shortfall(left: float | None, total: float, downgrade: bool) -> HordeError |
     if left is None or downgrade or left >= total:
         return None
     if left <= 0:
-        return forbidden(RC.SHARED_KEY_EMPTY, "This shared key has no kudos left (send allow_downgrade to be "
-                         "served unfunded).")  # fmt: skip
+        return forbidden(
+            RC.SHARED_KEY_EMPTY, "This shared key has no kudos left (send allow_downgrade to be served unfunded)."
+        )
     return forbidden(
         RC.SHARED_KEY_INSUFFICIENT,
         f"This request costs {total} kudos; this shared key has {left} left (send allow_downgrade to have the "
@@ -70,10 +71,16 @@ def shortfall(left: float | None, total: float, downgrade: bool) -> HordeError |
 def details(key_id: str, key: SharedKey, username: str) -> SharedKeyDetails:
     expiry = datetime.fromtimestamp(key.expiry, UTC).isoformat() if key.expiry is not None else None
     return SharedKeyDetails(
-        id=key_id, username=username, name=key.name, kudos=key.kudos, expiry=expiry,
-        utilized=math.ceil(key.utilized - 0.005), max_image_pixels=key.max_image_pixels,
-        max_image_steps=key.max_image_steps, max_text_tokens=key.max_text_tokens,
-    )  # fmt: skip
+        id=key_id,
+        username=username,
+        name=key.name,
+        kudos=key.kudos,
+        expiry=expiry,
+        utilized=math.ceil(key.utilized - 0.005),
+        max_image_pixels=key.max_image_pixels,
+        max_image_steps=key.max_image_steps,
+        max_text_tokens=key.max_text_tokens,
+    )
 
 
 class SharedKeys:
@@ -87,10 +94,17 @@ class SharedKeys:
         owner = require_account(caller)
         key_id = str(uuid.uuid4())
         now = self.services.clock()
-        key = SharedKey(key_hash=self._hash(key_id), owner_id=owner.id, created=now, kudos=body.kudos,
-                        expiry=None if body.expiry == UNLIMITED else now + body.expiry * DAY, name=body.name,
-                        max_image_pixels=body.max_image_pixels, max_image_steps=body.max_image_steps,
-                        max_text_tokens=body.max_text_tokens)  # fmt: skip
+        key = SharedKey(
+            key_hash=self._hash(key_id),
+            owner_id=owner.id,
+            created=now,
+            kudos=body.kudos,
+            expiry=None if body.expiry == UNLIMITED else now + body.expiry * DAY,
+            name=body.name,
+            max_image_pixels=body.max_image_pixels,
+            max_image_steps=body.max_image_steps,
+            max_text_tokens=body.max_text_tokens,
+        )
         async with self.services.database.transaction() as tx:
             if await rows.count_keys(tx, owner.id) >= KEYS_PER_ACCOUNT:
                 raise forbidden(RC.FORBIDDEN, f"An account may hold at most {KEYS_PER_ACCOUNT} shared keys.")

@@ -67,15 +67,17 @@ def apply_style(style: StyleRecord, body: GenerationRequest) -> GenerationReques
     try:
         return GenerationRequest.model_validate(data)
     except ValidationError as error:
-        raise bad_request(RC.VALIDATION, f"The request with style {style.name!r} applied is not valid: "
-                          f"{error.errors()[0]['msg']}.") from error  # fmt: skip
+        raise bad_request(
+            RC.VALIDATION, f"The request with style {style.name!r} applied is not valid: {error.errors()[0]['msg']}."
+        ) from error
 
 
 def declaration_refusal(body: StyleInput) -> HordeError | None:
     """Why a style cannot be written as sent (AI Horde's codes); None: it can."""
     if body.prompt is not None and ("{p}" not in body.prompt or "{np}" not in body.prompt):
-        return bad_request(RC.STYLE_PROMPT_MISSING_VARS, "A style's prompt needs '{p}' (the prompt) and '{np}' "
-                           "(the negative prompt).")  # fmt: skip
+        return bad_request(
+            RC.STYLE_PROMPT_MISSING_VARS, "A style's prompt needs '{p}' (the prompt) and '{np}' (the negative prompt)."
+        )
     if body.template_fields:
         return bad_request(RC.UNSUPPORTED_PARAMETER, "template_fields: this network fills only {p} and {np}.")
     if body.sharedkey is not None:
@@ -87,18 +89,30 @@ def declaration_refusal(body: StyleInput) -> HordeError | None:
     handed = {"none": set(), "listed": set(policy.overridable or []), "all": set(CEILING_PARAMS)}[policy.override]
     capped = set(policy.ceilings or {})
     if unknown or capped - set(CEILING_PARAMS) or capped - handed - {"n"}:
-        return bad_request(RC.STYLE_DECLARATION_INVALID, f"Overridable params must be params ({sorted(unknown)}), and "
-                           f"ceilings only on {CEILING_PARAMS} that the request may set.")  # fmt: skip
+        return bad_request(
+            RC.STYLE_DECLARATION_INVALID,
+            f"Overridable params must be params ({sorted(unknown)}), and "
+            f"ceilings only on {CEILING_PARAMS} that the request may set.",
+        )
     return None
 
 
 def stable(style: StyleRecord, creator: str) -> StyleStable:
     return StyleStable(
-        id=style.id, name=style.name, info=style.info, prompt=style.prompt, params=style.params,
-        public=style.public, nsfw=style.nsfw, tags=style.tags, models=style.models,
-        parameter_policy=style.policy, creator=creator, use_count=style.use_count,
+        id=style.id,
+        name=style.name,
+        info=style.info,
+        prompt=style.prompt,
+        params=style.params,
+        public=style.public,
+        nsfw=style.nsfw,
+        tags=style.tags,
+        models=style.models,
+        parameter_policy=style.policy,
+        creator=creator,
+        use_count=style.use_count,
         updated=datetime.fromtimestamp(style.updated, UTC).isoformat(),
-    )  # fmt: skip
+    )
 
 
 class Styles:
@@ -110,8 +124,15 @@ class Styles:
         if (refused := declaration_refusal(body)) is not None:
             raise refused
         now = self.services.clock()
-        style = StyleRecord(id=str(uuid.uuid4()), name=body.name, owner_id=owner.id, public=body.public,
-                            created=now, updated=now, prompt=body.prompt)  # fmt: skip
+        style = StyleRecord(
+            id=str(uuid.uuid4()),
+            name=body.name,
+            owner_id=owner.id,
+            public=body.public,
+            created=now,
+            updated=now,
+            prompt=body.prompt,
+        )
         _fill(style, body, body.model_fields_set | {"params", "parameter_policy"})
         async with self.services.database.transaction() as tx:
             if await rows.count_styles(tx, owner.id) >= STYLES_PER_ACCOUNT:
@@ -143,12 +164,17 @@ class Styles:
 
     async def listed(self, order: str, page: int, tag: str | None, model: str | None) -> list[StyleStable]:
         async with self.services.database.reader() as tx:
-            found = [style for style in await rows.public_styles(tx, order)
-                     if (tag is None or tag in style.tags) and (model is None or model in style.models)]
-            shown = found[(page - 1) * PAGE: page * PAGE]
+            found = [
+                style
+                for style in await rows.public_styles(tx, order)
+                if (tag is None or tag in style.tags) and (model is None or model in style.models)
+            ]
+            shown = found[(page - 1) * PAGE : page * PAGE]
             owners = {style.owner_id: await tx.account_by("id", style.owner_id) for style in shown}
-        return [stable(style, owners[style.owner_id].display_name if owners[style.owner_id] else "")  # type: ignore[union-attr]
-                for style in shown]  # fmt: skip
+        return [
+            stable(style, owners[style.owner_id].display_name if owners[style.owner_id] else "")  # type: ignore[union-attr]
+            for style in shown
+        ]
 
     async def applied(self, body: GenerationRequest) -> tuple[GenerationRequest, str | None]:
         """The request with the style it names applied (by id, else by name), and that style's id."""

@@ -50,10 +50,30 @@ AI_HORDE_NAMES = {
 }
 # The keywords a Swagger 2.0 schema object has (and horde-sdk's strict parser of AI Horde's document takes).
 PROPERTY_KEYWORDS = {
-    "type", "description", "title", "default", "example", "format", "enum", "$ref", "minimum", "maximum",
-    "minLength", "maxLength", "multipleOf", "uniqueItems", "additionalProperties", "items", "properties",
-    "required", "allOf", "oneOf", "anyOf", "discriminator", "x-nullable",
-}  # fmt: skip
+    "type",
+    "description",
+    "title",
+    "default",
+    "example",
+    "format",
+    "enum",
+    "$ref",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "multipleOf",
+    "uniqueItems",
+    "additionalProperties",
+    "items",
+    "properties",
+    "required",
+    "allOf",
+    "oneOf",
+    "anyOf",
+    "discriminator",
+    "x-nullable",
+}
 DEFINITION_KEYWORDS = {"type", "properties", "required", "description", "title", "additionalProperties"}
 ERROR_STATUSES = ("400", "401", "403", "404")
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -66,29 +86,40 @@ def swagger_document(version: str) -> dict[str, Any]:
     keys, schemas = models_json_schema([(model, "validation") for model in models], ref_template=REF_PREFIX + "{model}")
     raw = schemas.get("$defs", {})
     converter = Converter(raw)
-    definitions = {converter.name(name): converter.definition(schema)
-                   for name, schema in raw.items() if schema.get("type") == "object"}  # fmt: skip
+    definitions = {
+        converter.name(name): converter.definition(schema)
+        for name, schema in raw.items()
+        if schema.get("type") == "object"
+    }
     ref = {model: converter.ref(keys[(model, "validation")]["$ref"]) for model in models}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
         answer = ref.get(endpoint.response) if endpoint.response is not None else None
         responses = {str(endpoint.status): _response(answer, endpoint.many)}
         responses.update({str(status): _response(ref[model]) for status, model in endpoint.other_responses.items()})
-        responses.update({status: _response(ref[ErrorBody], description="An error: {message, rc}")
-                          for status in ERROR_STATUSES if status not in responses})  # fmt: skip
+        responses.update(
+            {
+                status: _response(ref[ErrorBody], description="An error: {message, rc}")
+                for status in ERROR_STATUSES
+                if status not in responses
+            }
+        )
         operation = {"summary": endpoint.summary, "parameters": _parameters(endpoint, ref), "responses": responses}
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "swagger": "2.0",
         "basePath": "/api",
-        "info": {"title": TITLE, "version": version,
-                 "description": "Horde Network: the AI Horde v2 API. OpenAPI 3.1 at /api/openapi.json."},
+        "info": {
+            "title": TITLE,
+            "version": version,
+            "description": "Horde Network: the AI Horde v2 API. OpenAPI 3.1 at /api/openapi.json.",
+        },
         "produces": ["application/json"],
         "consumes": ["application/json"],
         "paths": paths,
         "responses": {"ParseError": {"description": "The request body could not be read: {message, rc}"}},
         "definitions": definitions,
-    }  # fmt: skip
+    }
 
 
 class Converter:
@@ -141,8 +172,9 @@ class Converter:
         if "enum" in value and not all(isinstance(item, str) for item in value["enum"]):
             value.pop("enum")  # 2.0 tools (horde-sdk's parser) read enums as strings
         if isinstance(value.get("properties"), dict):  # AI Horde's fields only: ours are in /api/openapi.json
-            value["properties"] = {name: self._object(item) for name, item in value["properties"].items()
-                                   if not item.get(extensions.MARK)}  # fmt: skip
+            value["properties"] = {
+                name: self._object(item) for name, item in value["properties"].items() if not item.get(extensions.MARK)
+            }
         if isinstance(value.get("items"), dict):
             value["items"] = self._object(value["items"])
         if isinstance(value.get("additionalProperties"), dict):
@@ -166,13 +198,23 @@ def _response(ref: str | None, many: bool = False, description: str = "OK") -> d
 def _parameters(endpoint: Any, ref: dict[Any, str]) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = [
         {"name": part[1:-1], "in": "path", "required": True, "type": "string"}
-        for part in endpoint.path.split("/") if part.startswith("{")
-    ]  # fmt: skip
-    parameters += [{"name": name, "in": "query", "required": False, "type": "string", "description": text}
-                   for name, text in endpoint.query.items()]  # fmt: skip
+        for part in endpoint.path.split("/")
+        if part.startswith("{")
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "type": "string", "description": text}
+        for name, text in endpoint.query.items()
+    ]
     if endpoint.auth != "none":
-        parameters.append({"name": "apikey", "in": "header", "required": endpoint.auth == "required",
-                           "type": "string", "description": "Your API key, unless the request is signed (RFC 9421)"})
+        parameters.append(
+            {
+                "name": "apikey",
+                "in": "header",
+                "required": endpoint.auth == "required",
+                "type": "string",
+                "description": "Your API key, unless the request is signed (RFC 9421)",
+            }
+        )
     if endpoint.body is not None:
         parameters.append({"name": "payload", "in": "body", "required": True, "schema": {"$ref": ref[endpoint.body]}})
     elif endpoint.method in BODY_METHODS and parameters:  # a raw body (an image upload)

@@ -36,8 +36,9 @@ class Users:
             )
         self.limiter.check("register", address)
         account, apikey = await self.bank.open_account(body.username, body.public_key)
-        return AccountCreated(id=account.id, username=account.display_name, apikey=apikey,
-                              public_key=account.public_key)  # fmt: skip
+        return AccountCreated(
+            id=account.id, username=account.display_name, apikey=apikey, public_key=account.public_key
+        )
 
     async def details(self, account: Account) -> UserDetails:
         """What AI Horde shows of an account, with its online workers' contributions."""
@@ -48,12 +49,20 @@ class Users:
             fulfillments=sum(w.requests_fulfilled for w in workers),
         )
         return UserDetails(
-            username=account.display_name, id=account.id, kudos=account.kudos, worker_count=len(workers),
-            worker_ids=[w.id for w in workers], trusted=account.trusted, public_key=account.public_key,
-            concurrency=self.services.config.concurrency, moderator=account.moderator,
-            account_age=max(int(self.services.clock() - account.created), 0), contributions=contributions,
-            held_kudos=held.amount, held_until=held.next_release,
-        )  # fmt: skip
+            username=account.display_name,
+            id=account.id,
+            kudos=account.kudos,
+            worker_count=len(workers),
+            worker_ids=[w.id for w in workers],
+            trusted=account.trusted,
+            public_key=account.public_key,
+            concurrency=self.services.config.concurrency,
+            moderator=account.moderator,
+            account_age=max(int(self.services.clock() - account.created), 0),
+            contributions=contributions,
+            held_kudos=held.amount,
+            held_until=held.next_release,
+        )
 
     async def by_id(self, account_id: int) -> UserDetails:
         return await self.details(await self.bank.find("id", account_id))

@@ -24,14 +24,27 @@ from protocol.verdicts import (
 
 
 async def record_verdict(
-    tx: Tx, identity: Identity, job: JobRecord, worker: Worker, outcome: str, evidence: list[Comparison],
-    now: float, rule: str = "rerun",
-) -> int:  # fmt: skip
+    tx: Tx,
+    identity: Identity,
+    job: JobRecord,
+    worker: Worker,
+    outcome: str,
+    evidence: list[Comparison],
+    now: float,
+    rule: str = "rerun",
+) -> int:
     """Store a signed verdict; its id."""
     document = VerdictDocument(
-        job_id=job.id, image_sha256=job.image_sha256, worker_id=worker.id, worker_name=worker.name,
-        hardware=worker.hardware, outcome=outcome, compared_with=evidence, created=int(now), rule=rule,
-    )  # fmt: skip
+        job_id=job.id,
+        image_sha256=job.image_sha256,
+        worker_id=worker.id,
+        worker_name=worker.name,
+        hardware=worker.hardware,
+        outcome=outcome,
+        compared_with=evidence,
+        created=int(now),
+        rule=rule,
+    )
     signed = SignedVerdict(document=document, signature=sign_verdict(identity, document))
     # On the public ledger too (an entry that moves nothing), so a node's record is in the hash chain.
     await tx.move_kudos("verdict", None, worker.owner_id, 0, verdict_reference(document), now)

@@ -55,9 +55,12 @@ def checkable(job: JobRecord, request: RequestRecord) -> bool:
     """Images a check can reproduce: a delivered, uncensored txt2img image of an ordinary request (a source
     image would have to be copied for the checking node; a check is never itself checked)."""
     return (
-        job.result_state == "ok" and not job.censored and job.image is not None and request.purpose == ""
+        job.result_state == "ok"
+        and not job.censored
+        and job.image is not None
+        and request.purpose == ""
         and request.source_image is None
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -145,9 +148,14 @@ class Verifier:
 
     # --- issuing checks ----------------------------------------------------------------
     async def _issue(
-        self, subject: JobRecord, request: RequestRecord, round_: int, owners: list[int], info: dict[str, Any],
+        self,
+        subject: JobRecord,
+        request: RequestRecord,
+        round_: int,
+        owners: list[int],
+        info: dict[str, Any],
         pinned: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Queue the subject's job again for a node of none of `owners`, or (a canary) for the `pinned` node."""
         now = self.services.clock()
         async with self.services.database.transaction() as tx:
@@ -180,14 +188,27 @@ class Verifier:
         body["workers"], body["worker_blacklist"] = nodes
         generation = GenerationRequest.model_validate(body)
         check = RequestRecord(
-            id=str(uuid.uuid4()), account_id=verifier_id, created=now, updated=now, state="active", n=1,
-            kudos_per_image=request.kudos_per_image, body=generation.model_dump(), client_agent=request.client_agent,
-            tier=request.tier, rank=request.rank, purpose=CHECK,
-        )  # fmt: skip
+            id=str(uuid.uuid4()),
+            account_id=verifier_id,
+            created=now,
+            updated=now,
+            state="active",
+            n=1,
+            kudos_per_image=request.kudos_per_image,
+            body=generation.model_dump(),
+            client_agent=request.client_agent,
+            tier=request.tier,
+            rank=request.rank,
+            purpose=CHECK,
+        )
         job = JobRecord(
-            id=str(uuid.uuid4()), request_id=check.id, index=0, seed=seed, state="waiting",
+            id=str(uuid.uuid4()),
+            request_id=check.id,
+            index=0,
+            seed=seed,
+            state="waiting",
             requester=f"account:{verifier_id}",
-        )  # fmt: skip
+        )
         return check, job, queue_entry(job.id, check.id, generation, check.tier, check.rank, sourced=False)
 
     # --- judging ---------------------------------------------------------------------
@@ -256,17 +277,28 @@ class Verifier:
                 if worker is None:
                     continue
                 evidence = [
-                    Comparison(job_id=other.job.id, worker_id=other.worker.id, worker_name=other.worker.name,
-                               hardware=other.worker.hardware, distance=_distance(opinion, other))
+                    Comparison(
+                        job_id=other.job.id,
+                        worker_id=other.worker.id,
+                        worker_name=other.worker.name,
+                        hardware=other.worker.hardware,
+                        distance=_distance(opinion, other),
+                    )
                     for other in against
-                ]  # fmt: skip
+                ]
                 await self._verdict(tx, opinion.job, worker, outcome, evidence, now)
             await check_rows.set_check_state(tx, check_job, how)
 
     async def _verdict(
-        self, tx: Tx, job: JobRecord, worker: Worker, outcome: str, evidence: list[Comparison], now: float,
+        self,
+        tx: Tx,
+        job: JobRecord,
+        worker: Worker,
+        outcome: str,
+        evidence: list[Comparison],
+        now: float,
         rule: str = "rerun",
-    ) -> None:  # fmt: skip
+    ) -> None:
         verdict_id = await record_verdict(tx, self.services.identity, job, worker, outcome, evidence, now, rule)
         await self._consequences(tx, worker, outcome, verdict_id, now)
 

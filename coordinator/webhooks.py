@@ -110,11 +110,15 @@ class Webhooks:
             async with asyncio.timeout(RESOLVE_SECONDS):
                 await CheckedResolver(self.private_ok).resolve(host, 0, socket.AF_UNSPEC)
         except AddressRefused as error:
-            raise bad_request(RC.WEBHOOK_REFUSED, f"{error}: loopback, link-local and private addresses are "
-                              "refused.", {"webhook": "address refused"}) from None  # fmt: skip
+            raise bad_request(
+                RC.WEBHOOK_REFUSED,
+                f"{error}: loopback, link-local and private addresses are refused.",
+                {"webhook": "address refused"},
+            ) from None
         except (OSError, TimeoutError, UnicodeError):  # UnicodeError: a label IDNA cannot encode (> 63 characters)
-            raise bad_request(RC.WEBHOOK_REFUSED, f"The webhook's host {host} does not resolve.",
-                              {"webhook": "does not resolve"}) from None  # fmt: skip
+            raise bad_request(
+                RC.WEBHOOK_REFUSED, f"The webhook's host {host} does not resolve.", {"webhook": "does not resolve"}
+            ) from None
 
     # --- on changes ----------------------------------------------------------------------------------
     def request_changed(self, request_id: str) -> None:
@@ -151,8 +155,11 @@ class Webhooks:
         status = await self.requests.status(request_id, self._base_url())
         for generation in status.generations:
             if generation.id in claimed:
-                body = {"event": "image", "request_id": request_id,
-                        "generation": generation.model_dump(mode="json", exclude_none=True)}  # fmt: skip
+                body = {
+                    "event": "image",
+                    "request_id": request_id,
+                    "generation": generation.model_dump(mode="json", exclude_none=True),
+                }
                 await self.deliver(url, body)
         if END in claimed:
             check = RequestCheck.model_validate(status.model_dump(include=set(RequestCheck.model_fields)))
@@ -195,8 +202,9 @@ class Webhooks:
                 return outcome == "delivered"
             if loop.time() + backoff > deadline:
                 WEBHOOK_DELIVERIES.labels("abandoned").inc()
-                log.warning("webhook %s abandoned after %.0f s of failures", url,
-                            self.services.config.webhook_retry_seconds)  # fmt: skip
+                log.warning(
+                    "webhook %s abandoned after %.0f s of failures", url, self.services.config.webhook_retry_seconds
+                )
                 return False
             WEBHOOK_DELIVERIES.labels("retried").inc()
             await asyncio.sleep(backoff)
@@ -211,9 +219,12 @@ class Webhooks:
         headers = {"Content-Type": "application/json", **sign_request(self.services.identity, "POST", url, body)}
         try:
             async with self.session.post(
-                URL(url, encoded=True), data=body, headers=headers, allow_redirects=False,
+                URL(url, encoded=True),
+                data=body,
+                headers=headers,
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=ATTEMPT_SECONDS),
-            ) as response:  # fmt: skip
+            ) as response:
                 return "delivered" if 200 <= response.status < 300 else "failed"
         except aiohttp.ClientConnectorError as error:
             if isinstance(error.os_error, AddressRefused):

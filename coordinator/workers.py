@@ -18,17 +18,33 @@ WORKER_KINDS = ("image",)  # every node here makes images; AI Horde's text and i
 def details(worker: Worker, online_cutoff: float, suspicion_threshold: int) -> WorkerDetails:
     speed = measured_speed(worker) or 0.0  # from its own finished jobs (coordinator/estimates.py)
     return WorkerDetails(
-        id=worker.id, name=worker.name, online=worker.last_seen >= online_cutoff,
-        requests_fulfilled=worker.requests_fulfilled, kudos_rewards=worker.kudos_rewards,
+        id=worker.id,
+        name=worker.name,
+        online=worker.last_seen >= online_cutoff,
+        requests_fulfilled=worker.requests_fulfilled,
+        kudos_rewards=worker.kudos_rewards,
         kudos_details=WorkerKudosDetails(generated=worker.kudos_rewards),
-        uncompleted_jobs=worker.missed_deadlines, megapixelsteps_generated=int(worker.megapixelsteps),
+        uncompleted_jobs=worker.missed_deadlines,
+        megapixelsteps_generated=int(worker.megapixelsteps),
         post_processing=worker.post_processing,
-        performance=f"{speed:.2f} megapixelsteps per second", threads=worker.threads, uptime=worker.uptime,
-        maintenance_mode=worker.maintenance, info=worker.info, nsfw=worker.nsfw, trusted=worker.trusted,
-        suspicious=worker.suspicion, models=worker.models, max_pixels=worker.max_pixels, img2img=worker.img2img,
-        painting=worker.painting, lora=worker.lora, owner=str(worker.owner_id), public_key=worker.public_key,
-        bridge_agent=worker.bridge_agent, rewards_withheld=withheld_reason(worker.suspicion, suspicion_threshold),
-    )  # fmt: skip
+        performance=f"{speed:.2f} megapixelsteps per second",
+        threads=worker.threads,
+        uptime=worker.uptime,
+        maintenance_mode=worker.maintenance,
+        info=worker.info,
+        nsfw=worker.nsfw,
+        trusted=worker.trusted,
+        suspicious=worker.suspicion,
+        models=worker.models,
+        max_pixels=worker.max_pixels,
+        img2img=worker.img2img,
+        painting=worker.painting,
+        lora=worker.lora,
+        owner=str(worker.owner_id),
+        public_key=worker.public_key,
+        bridge_agent=worker.bridge_agent,
+        rewards_withheld=withheld_reason(worker.suspicion, suspicion_threshold),
+    )
 
 
 def apply_update(worker: Worker, change: WorkerUpdate) -> None:

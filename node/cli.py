@@ -256,7 +256,5 @@ async def _run_with_signals(daemon: Any, console: Console) -> int:
             loop.remove_signal_handler(signum)
 
 
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,17 +85,29 @@ class NodeDaemon:
         async with CoordinatorClient(config.coordinator_url, apikey=config.apikey, identity=self.identity) as client:
             self.client = client
             backoff = Backoff(cap=config.max_retry_delay)
-            self.delivery = Delivery(client, self.spool, self.console, self.stats, image_format=config.image_format,
-                                     backoff=backoff)  # fmt: skip
-            self.results = Results(self.spool, self.delivery, self.stats, self.console,
-                                   max_faults=config.max_consecutive_faults, on_unhealthy=self._unhealthy)  # fmt: skip
+            self.delivery = Delivery(
+                client, self.spool, self.console, self.stats, image_format=config.image_format, backoff=backoff
+            )
+            self.results = Results(
+                self.spool,
+                self.delivery,
+                self.stats,
+                self.console,
+                max_faults=config.max_consecutive_faults,
+                on_unhealthy=self._unhealthy,
+            )
             self.popper = Popper(client, config, self.console, self.results, self.delivery.online, self._fail)
             try:
                 code = await self._serve(stop, hard_stop)
             finally:
                 await self._cancel_tasks()
-        self.console.event("stopped", done=self.stats.jobs_done, faulted=self.stats.jobs_faulted,
-                           kudos=self.stats.kudos_earned, pending=len(self.spool))  # fmt: skip
+        self.console.event(
+            "stopped",
+            done=self.stats.jobs_done,
+            faulted=self.stats.jobs_faulted,
+            kudos=self.stats.kudos_earned,
+            pending=len(self.spool),
+        )
         return code
 
     # -- phases ------------------------------------------------------------------------------------

@@ -43,9 +43,13 @@ def hardware_class(device: torch.device, dtype: torch.dtype, threads: int | None
     import diffusers
 
     parts = [
-        device.type, str(dtype).removeprefix("torch."), f"torch-{torch.__version__}",
-        f"diffusers-{diffusers.__version__}", f"threads-{threads or 0}", image,
-    ]  # fmt: skip
+        device.type,
+        str(dtype).removeprefix("torch."),
+        f"torch-{torch.__version__}",
+        f"diffusers-{diffusers.__version__}",
+        f"threads-{threads or 0}",
+        image,
+    ]
     return "/".join(parts + (["deterministic"] if device.type == "cpu" else []))
 
 

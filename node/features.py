@@ -76,9 +76,11 @@ def model_baselines(config: NodeConfig) -> dict[str, str]:
 
 def declared_hardware(config: NodeConfig) -> str:
     device = pick_device(None if config.device == "auto" else config.device)
-    encoding = "webp-lossless" if config.image_format == "webp" and config.image_lossless else (
-        f"{config.image_format}-{config.image_quality}"
-    )  # fmt: skip
+    encoding = (
+        "webp-lossless"
+        if config.image_format == "webp" and config.image_lossless
+        else (f"{config.image_format}-{config.image_quality}")
+    )
     threads = torch_threads(device, config.torch_threads)
     return hardware_class(device, configured_dtype(device, config.dtype), threads, encoding)
 

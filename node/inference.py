@@ -276,8 +276,9 @@ class Generator:
         if hires is not None and np.isfinite(pixels).all():
             first = pipe.numpy_to_pil(pixels[None])[0].resize((job.width, job.height), Image.Resampling.LANCZOS)
             second = {key: value for key, value in inputs.items() if key not in ("width", "height")}
-            pixels = _denoise(hires.pipe, job, {**second, "image": first, "strength": hires.strength}, generator,
-                              callback)  # fmt: skip
+            pixels = _denoise(
+                hires.pipe, job, {**second, "image": first, "strength": hires.strength}, generator, callback
+            )
         if not np.isfinite(pixels).all():
             return GeneratedImage(None, seed, "the model produced NaN values (try another sampler or model)")
         image = pipe.numpy_to_pil(pixels[None])[0]

@@ -190,8 +190,11 @@ def _optional_float(value: object) -> float | None:
 
 def _ti(get: _Reader) -> TiSpec:
     inject = get.mapping.get("inject_ti")
-    return TiSpec(name=str(get.required("name")), inject=None if inject is None else str(inject),
-                  strength=float(get("strength", 1.0)))  # fmt: skip
+    return TiSpec(
+        name=str(get.required("name")),
+        inject=None if inject is None else str(inject),
+        strength=float(get("strength", 1.0)),
+    )
 
 
 def _lora(get: _Reader) -> LoraSpec:

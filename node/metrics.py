@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from node.daemon import NodeDaemon
 
 STEP_SECONDS = Histogram(
-    "horde_node_step_seconds", "Seconds per denoising step of a finished job (its time over its steps).",
+    "horde_node_step_seconds",
+    "Seconds per denoising step of a finished job (its time over its steps).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)  # fmt: skip
+)
 
 
 def resident_bytes() -> float:
@@ -52,16 +53,21 @@ class NodeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         stats = self.daemon.stats
         jobs = CounterMetricFamily("horde_node_jobs", "Jobs by outcome.", labels=["outcome"])
-        for outcome, count in (("done", stats.jobs_done), ("faulted", stats.jobs_faulted),
-                               ("refused", stats.jobs_refused), ("submitted", stats.jobs_submitted)):  # fmt: skip
+        for outcome, count in (
+            ("done", stats.jobs_done),
+            ("faulted", stats.jobs_faulted),
+            ("refused", stats.jobs_refused),
+            ("submitted", stats.jobs_submitted),
+        ):
             jobs.add_metric([outcome], count)
         yield jobs
         yield CounterMetricFamily("horde_node_images", "Images made (rate() is images/s).", value=stats.jobs_done)
         yield CounterMetricFamily("horde_node_kudos_earned", "Kudos earned since start.", value=stats.kudos_earned)
         per_hour = stats.kudos_per_hour(time.monotonic()) if stats.started_at else 0.0
         yield GaugeMetricFamily("horde_node_kudos_per_hour", "Kudos earned per hour since start.", value=per_hour)
-        yield GaugeMetricFamily("horde_node_spool_depth", "Results waiting to be delivered.",
-                                value=len(self.daemon.spool))  # fmt: skip
+        yield GaugeMetricFamily(
+            "horde_node_spool_depth", "Results waiting to be delivered.", value=len(self.daemon.spool)
+        )
         yield GaugeMetricFamily("horde_node_ram_bytes", "Resident memory of the node process.", value=resident_bytes())
         vram = GaugeMetricFamily("horde_node_vram_bytes", "GPU memory held by torch.", labels=["device"])
         for device, used in vram_bytes().items():

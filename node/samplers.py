@@ -127,15 +127,18 @@ SAMPLERS: dict[str, SamplerRecipe] = {
     "k_dpm_2": SamplerRecipe(KDPM2DiscreteScheduler),
     "k_dpm_2_a": SamplerRecipe(KDPM2AncestralDiscreteScheduler),
     "k_dpm_fast": SamplerRecipe(
-        DPMSolverSinglestepScheduler, _DPM_SOLVER_3,
+        DPMSolverSinglestepScheduler,
+        _DPM_SOLVER_3,
         note="single-step DPM-Solver-3 on a fixed step count, not DPM-fast's order allocation",
     ),
     "k_dpm_adaptive": SamplerRecipe(
-        DPMSolverMultistepScheduler, _DPM_SOLVER_3,
+        DPMSolverMultistepScheduler,
+        _DPM_SOLVER_3,
         note="multistep DPM-Solver-3 on exactly ddim_steps steps, without adaptive step size",
     ),
     "k_dpmpp_2s_a": SamplerRecipe(
-        DPMSolverSinglestepScheduler, {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"},
+        DPMSolverSinglestepScheduler,
+        {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"},
         note="stochastic single-step DPM-Solver++(2), not DPM-Solver++(2S) ancestral",
     ),
     "k_dpmpp_2m": SamplerRecipe(DPMSolverMultistepScheduler, _MULTISTEP_2M),

@@ -67,9 +67,11 @@ async def _bytes_of(client: CoordinatorClient, field: str, value: str, jobs: lis
     if not client.is_own_url(value):
         if signed and not all(source_url_signed(job, field, value) for job in jobs):
             raise SourceProblem(
-                field, "download_failed", f"the {label}'s URL is neither the coordinator's nor one it signed",
+                field,
+                "download_failed",
+                f"the {label}'s URL is neither the coordinator's nor one it signed",
                 refused=True,
-            )  # fmt: skip
+            )
         if not signed and URL(value).scheme != "https":
             raise SourceProblem(
                 field, "download_failed", f"the {label}'s URL is on another host over plain http", refused=True

@@ -18,11 +18,17 @@ FAMILIES = (SD1, SD2, SDXL, CASCADE, FLUX)
 
 # The names a pop may declare: ours (node/catalog.py) and AI Horde's reference spellings, old and new.
 BaselineName = Literal[
-    "stable_diffusion_1", "stable diffusion 1",
-    "stable_diffusion_2", "stable_diffusion_2_768", "stable_diffusion_2_512", "stable diffusion 2",
+    "stable_diffusion_1",
+    "stable diffusion 1",
+    "stable_diffusion_2",
+    "stable_diffusion_2_768",
+    "stable_diffusion_2_512",
+    "stable diffusion 2",
     "stable diffusion 2 512",
-    "stable_diffusion_xl", "stable_cascade", "flux_1",
-]  # fmt: skip
+    "stable_diffusion_xl",
+    "stable_cascade",
+    "flux_1",
+]
 _FAMILY_OF_NAME = {
     "stable diffusion 1": SD1,
     "stable_diffusion_2_768": SD2,

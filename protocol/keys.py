@@ -125,4 +125,3 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"Identity(public_key={self.public_key.text()!r})"
-

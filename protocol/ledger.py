@@ -214,9 +214,7 @@ def _head_bytes(seq: int, hash: str, created: int, coordinator_key: str) -> byte
 def sign_head(identity: Identity, seq: int, hash: str, created: int) -> LedgerHead:
     key_text = identity.public_key.text()
     signature = identity.sign(_head_bytes(seq, hash, created, key_text))
-    return LedgerHead(
-        seq=seq, hash=hash, created=created, coordinator_key=key_text, signature=b64url_encode(signature)
-    )
+    return LedgerHead(seq=seq, hash=hash, created=created, coordinator_key=key_text, signature=b64url_encode(signature))
 
 
 def verify_head(head: LedgerHead, expected_key: PublicKey | None = None) -> bool:

@@ -36,9 +36,12 @@ UPSCALERS = ("RealESRGAN_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_
 # The factor each upscaler scales by: a node's result must have the job's size times these (the
 # coordinator checks it; a node refuses weights whose scale differs). Other post-processors keep the size.
 UPSCALE_FACTORS = {
-    "RealESRGAN_x4plus": 4, "RealESRGAN_x2plus": 2, "RealESRGAN_x4plus_anime_6B": 4, "NMKD_Siax": 4,
+    "RealESRGAN_x4plus": 4,
+    "RealESRGAN_x2plus": 2,
+    "RealESRGAN_x4plus_anime_6B": 4,
+    "NMKD_Siax": 4,
     "4x_AnimeSharp": 4,
-}  # fmt: skip
+}
 FACEFIXERS = ("GFPGAN", "CodeFormers")
 PostProcessor = Literal[
     "RealESRGAN_x4plus",

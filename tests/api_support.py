@@ -24,8 +24,11 @@ MODEL = "tiny-sd"
 
 def small(prompt: str = "a cat", n: int = 1, models: list[str] | None = None, **params: Any) -> dict[str, Any]:
     """A cheap request body: 64×64, 4 steps, for `models` (default the tiny model)."""
-    return {"prompt": prompt, "models": [MODEL] if models is None else models,
-            "params": {"width": 64, "height": 64, "steps": 4, "n": n, **params}}
+    return {
+        "prompt": prompt,
+        "models": [MODEL] if models is None else models,
+        "params": {"width": 64, "height": 64, "steps": 4, "n": n, **params},
+    }
 
 
 def png(size: int = 64, mode: str = "RGB") -> bytes:
@@ -42,8 +45,15 @@ def requester(coordinator: RunningCoordinator, account: TestAccount) -> Api:
     return Api(coordinator.url, apikey=account.apikey)
 
 
-def node(coordinator: RunningCoordinator, owner: TestAccount, name: str, *, signed: bool = True,
-         identity: Identity | None = None, **kw: Any) -> SimWorker:
+def node(
+    coordinator: RunningCoordinator,
+    owner: TestAccount,
+    name: str,
+    *,
+    signed: bool = True,
+    identity: Identity | None = None,
+    **kw: Any,
+) -> SimWorker:
     """A simulated node owned by `owner`: apikey plus (by default) its own signing key."""
     key = (identity or Identity.generate()) if signed else None
     return SimWorker(Api(coordinator.url, apikey=owner.apikey, identity=key), name, **kw)
@@ -59,8 +69,9 @@ class RequesterAndNode(NamedTuple):
     worker: SimWorker
 
 
-async def requester_and_node(coordinator: RunningCoordinator, kudos: float = 100, name: str = "n1",
-                             **node_settings: Any) -> RequesterAndNode:
+async def requester_and_node(
+    coordinator: RunningCoordinator, kudos: float = 100, name: str = "n1", **node_settings: Any
+) -> RequesterAndNode:
     """Alice (created first) and `owner`'s node; the node registers with its first pop, as a real one does."""
     alice = await coordinator.create_account("alice", kudos=kudos)
     owner = await coordinator.create_account("owner")
@@ -114,8 +125,10 @@ async def count(coordinator: RunningCoordinator, table: str) -> int:
 
 async def snapshot(coordinator: RunningCoordinator) -> dict[str, int]:
     """Row counts of every table a request or a payment would touch."""
-    return {table: await count(coordinator, table)
-            for table in ("requests", "jobs", "queue", "ledger", "accounts", "workers", "transfers")}
+    return {
+        table: await count(coordinator, table)
+        for table in ("requests", "jobs", "queue", "ledger", "accounts", "workers", "transfers")
+    }
 
 
 async def job_state(coordinator: RunningCoordinator, job_id: str) -> str:
@@ -138,8 +151,9 @@ async def ledger_rows(coordinator: RunningCoordinator) -> list[dict[str, Any]]:
     return await fetch_all(coordinator, "SELECT * FROM ledger ORDER BY seq")
 
 
-async def register_signed(coordinator: RunningCoordinator, username: str,
-                          identity: Identity | None = None) -> tuple[Identity, Reply]:
+async def register_signed(
+    coordinator: RunningCoordinator, username: str, identity: Identity | None = None
+) -> tuple[Identity, Reply]:
     """POST /v2/accounts {username, public_key}, signed by that key."""
     identity = identity or Identity.generate()
     api = Api(coordinator.url, identity=identity)
@@ -147,14 +161,16 @@ async def register_signed(coordinator: RunningCoordinator, username: str,
     return identity, reply
 
 
-async def raw_call(coordinator: RunningCoordinator, method: str, path: str, body: bytes,
-                   headers: dict[str, str]) -> Reply:
+async def raw_call(
+    coordinator: RunningCoordinator, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> Reply:
     """Send exact bytes and headers (for tampered or replayed signed requests)."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.request(
-        method, f"{coordinator.url}/api{path}", data=body, headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{coordinator.url}/api{path}", data=body, headers=headers) as response,
+    ):
         text = await response.text()
         try:
             return Reply(response.status, json.loads(text) if text else None)
@@ -162,15 +178,17 @@ async def raw_call(coordinator: RunningCoordinator, method: str, path: str, body
             return Reply(response.status, text)
 
 
-def signed_headers(identity: Identity, coordinator: RunningCoordinator, method: str, path: str, body: bytes,
-                   **kw: Any) -> dict[str, str]:
+def signed_headers(
+    identity: Identity, coordinator: RunningCoordinator, method: str, path: str, body: bytes, **kw: Any
+) -> dict[str, str]:
     url = f"{coordinator.url}/api{path}"
     return {"Content-Type": "application/json", **sign_request(identity, method, url, body, **kw)}
 
 
 @asynccontextmanager
-async def custom_coordinator(tmp_path: Path, database_url: str | None, **settings: Any
-                             ) -> AsyncIterator[RunningCoordinator]:
+async def custom_coordinator(
+    tmp_path: Path, database_url: str | None, **settings: Any
+) -> AsyncIterator[RunningCoordinator]:
     """A coordinator like the fixture's, with some settings changed."""
     config: CoordinatorConfig = replace(coordinator_config(tmp_path / "custom", database_url), **settings)
     running = await start_coordinator(config)

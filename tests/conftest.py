@@ -94,9 +94,12 @@ async def start_coordinator(config: CoordinatorConfig, port: int | None = None) 
 def coordinator_config(data_dir: Path, database: str | None = None) -> CoordinatorConfig:
     """Settings for tests: no rate limits unless a test turns them on, quick upkeep rounds."""
     return CoordinatorConfig(
-        data_dir=data_dir, database=database, rate_limiting=False, maintenance_interval=0.2,
+        data_dir=data_dir,
+        database=database,
+        rate_limiting=False,
+        maintenance_interval=0.2,
         uptime_kudos_per_10_minutes=0,
-    )  # fmt: skip
+    )
 
 
 ENGINES = ["sqlite", "postgresql"]

@@ -38,9 +38,13 @@ def user_env(home: Path, **extra: str) -> dict[str, str]:
     """A fresh user's environment: own home and XDG folders, none of the caller's HORDE_* settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HORDE_", "XDG_"))}
     env.update(
-        HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local/share"),
-        XDG_CACHE_HOME=str(home / ".cache"), COLUMNS="200", PYTHONUNBUFFERED="1",
-    )  # fmt: skip
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local/share"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        COLUMNS="200",
+        PYTHONUNBUFFERED="1",
+    )
     # Hub lookups can never succeed here; fail at once rather than after a network timeout.
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
     if "PYTHONPATH" in extra and os.environ.get("PYTHONPATH"):  # add to the caller's, don't replace it
@@ -68,8 +72,9 @@ class Done:
 
 
 def run(args: list[str], env: Mapping[str, str], cwd: Path, timeout: float = COMMAND_TIMEOUT) -> Done:
-    done = subprocess.run(args, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        args, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     return Done(done.returncode, done.stdout, done.stderr)
 
 
@@ -83,8 +88,16 @@ class Proc:
 
     @classmethod
     def start(cls, args: list[str], env: Mapping[str, str], cwd: Path) -> Proc:
-        process = subprocess.Popen(args, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         proc = cls(process)
         threading.Thread(target=proc._read, daemon=True).start()
         return proc
@@ -153,8 +166,22 @@ def get_json(url: str, apikey: str | None = None) -> object:
 def coordinator(data_dir: Path, env: Mapping[str, str], cwd: Path, port: int = 0) -> Iterator[tuple[Proc, str]]:
     """`horde-coordinator --data-dir D serve ...` (tests/test_first_hour_coordinator.py puts it after `serve`)."""
     port_file = cwd / f"coordinator-{time.monotonic_ns()}.port"
-    proc = Proc.start([script("horde-coordinator"), "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1",
-                       "--port", str(port), "--port-file", str(port_file)], env, cwd)  # fmt: skip
+    proc = Proc.start(
+        [
+            script("horde-coordinator"),
+            "--data-dir",
+            str(data_dir),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+        ],
+        env,
+        cwd,
+    )
     try:
         proc.wait_for(r"listening on http://")
         yield proc, f"http://127.0.0.1:{port_file.read_text().strip()}"
@@ -165,5 +192,22 @@ def coordinator(data_dir: Path, env: Mapping[str, str], cwd: Path, port: int = 0
 def node_init(home: Path, url: str, source: str, *extra: str, name: str = "my-node") -> Done:
     env = user_env(home)
     catalog = f"tiny-sd={source}@stable_diffusion_1"
-    return run([script("horde-node"), "init", "--coordinator-url", url, "--name", name, "--models", "tiny-sd",
-                "--catalog", catalog, "--pop-wait", "30", *extra], env, home)  # fmt: skip
+    return run(
+        [
+            script("horde-node"),
+            "init",
+            "--coordinator-url",
+            url,
+            "--name",
+            name,
+            "--models",
+            "tiny-sd",
+            "--catalog",
+            catalog,
+            "--pop-wait",
+            "30",
+            *extra,
+        ],
+        env,
+        home,
+    )

@@ -94,12 +94,26 @@ class SimWorker:
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def pop(self, wait: float = 0.0, amount: int = 1) -> Reply:
-        body = {"name": self.name, "models": self.models, "max_pixels": self.max_pixels, "amount": amount,
-                "wait": wait, "bridge_agent": "sim:1:tests", **self.extra}
+        body = {
+            "name": self.name,
+            "models": self.models,
+            "max_pixels": self.max_pixels,
+            "amount": amount,
+            "wait": wait,
+            "bridge_agent": "sim:1:tests",
+            **self.extra,
+        }
         return await self.api.post("/v2/generate/pop", body)
 
-    async def submit(self, job_id: str, seed: str, image: bytes | None = None, state: str = "ok",
-                     inline: bool = True, upload_url: str | None = None) -> Reply:
+    async def submit(
+        self,
+        job_id: str,
+        seed: str,
+        image: bytes | None = None,
+        state: str = "ok",
+        inline: bool = True,
+        upload_url: str | None = None,
+    ) -> Reply:
         image = tiny_webp() if image is None and state != "faulted" else image
         if upload_url:
             async with aiohttp.ClientSession() as session, session.put(upload_url, data=image) as response:
@@ -107,8 +121,9 @@ class SimWorker:
         generation = "R2" if upload_url else (base64.b64encode(image).decode() if image else "")
         body: dict[str, Any] = {"id": job_id, "generation": generation, "state": state, "seed": seed}
         if self.sign and self.api.identity:
-            document = ResultDocument(job_id=job_id, image_sha256=sha256_hex(image) if image else None,
-                                      seed=seed, state=state)
+            document = ResultDocument(
+                job_id=job_id, image_sha256=sha256_hex(image) if image else None, seed=seed, state=state
+            )
             body["signature"] = sign_result(self.api.identity, document)
         return await self.api.post("/v2/generate/submit", body)
 

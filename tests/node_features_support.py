@@ -16,8 +16,17 @@ CPU = torch.device("cpu")
 
 def tiny_job(**overrides: object) -> JobSpec:
     """A job the tiny model runs in milliseconds: 64×64, 2 steps, one seed; `overrides` change any field."""
-    values: dict[str, object] = {"model": "tiny-sd", "prompt": "a red cat", "negative_prompt": None, "width": 64,
-                                 "height": 64, "steps": 2, "cfg_scale": 7.0, "seeds": [7], **overrides}  # fmt: skip
+    values: dict[str, object] = {
+        "model": "tiny-sd",
+        "prompt": "a red cat",
+        "negative_prompt": None,
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "cfg_scale": 7.0,
+        "seeds": [7],
+        **overrides,
+    }
     return JobSpec(**values)  # type: ignore[arg-type]
 
 

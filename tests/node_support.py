@@ -100,8 +100,11 @@ async def running(daemon: NodeDaemon) -> AsyncIterator[tuple[asyncio.Event, asyn
 
 
 async def request_images(api: Api, model: str = "tiny-sd", n: int = 1, steps: int = 3) -> str:
-    body = {"prompt": "a red cat", "models": [model], "params": {"width": 64, "height": 64, "steps": steps, "n": n,
-            "sampler_name": "k_euler"}}  # fmt: skip
+    body = {
+        "prompt": "a red cat",
+        "models": [model],
+        "params": {"width": 64, "height": 64, "steps": steps, "n": n, "sampler_name": "k_euler"},
+    }
     reply = await api.post("/v2/generate/async", body)
     assert reply.status == 202, reply.body
     return reply.body["id"]

@@ -91,8 +91,10 @@ class OutageProxy:
             client_writer.transport.abort()
             return
         self._writers |= {client_writer, server_writer}
-        pipes = [asyncio.ensure_future(self._pipe(client_reader, server_writer)),
-                 asyncio.ensure_future(self._pipe(server_reader, client_writer))]  # fmt: skip
+        pipes = [
+            asyncio.ensure_future(self._pipe(client_reader, server_writer)),
+            asyncio.ensure_future(self._pipe(server_reader, client_writer)),
+        ]
         self._pipes.update(pipes)
         try:
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)

@@ -73,9 +73,16 @@ class SdkWorker:
     def pop_request(self, amount: int = 1, wait: float | None = None) -> ImageGenerateJobPopRequest:
         extra = {"wait": wait} if wait is not None else {}  # our long-poll extension, sent as an extra field
         return ImageGenerateJobPopRequest(
-            apikey=self.apikey, name=self.name, models=self.models, max_pixels=self.max_pixels, amount=amount,
-            bridge_agent=SDK_BRIDGE_AGENT, nsfw=True, allow_painting=True, **extra,
-        )  # fmt: skip
+            apikey=self.apikey,
+            name=self.name,
+            models=self.models,
+            max_pixels=self.max_pixels,
+            amount=amount,
+            bridge_agent=SDK_BRIDGE_AGENT,
+            nsfw=True,
+            allow_painting=True,
+            **extra,
+        )
 
     async def pop(self, amount: int = 1, wait: float | None = None) -> ImageGenerateJobPopResponse:
         answer = await self.client.submit_request(self.pop_request(amount, wait), ImageGenerateJobPopResponse)
@@ -95,8 +102,13 @@ class SdkWorker:
         **extra: object,
     ) -> JobSubmitResponse | RequestErrorResponse:
         request = ImageGenerationJobSubmitRequest(
-            apikey=self.apikey, id=job_id, generation=generation, state=state, seed=int(seed), **extra,
-        )  # fmt: skip
+            apikey=self.apikey,
+            id=job_id,
+            generation=generation,
+            state=state,
+            seed=int(seed),
+            **extra,
+        )
         return await self.client.submit_request(request, JobSubmitResponse)
 
     async def serve(self, popped: ImageGenerateJobPopResponse) -> None:
@@ -127,9 +139,12 @@ def _generate_in_subprocess(prompt: str, n: int, r2: bool) -> dict:
     client = AIHordeAPISimpleClient()
     heartbeat = client.heartbeat_request()
     request = ImageGenerateAsyncRequest(
-        apikey=ANON_API_KEY, prompt=prompt, models=["tiny-sd"], r2=r2,
+        apikey=ANON_API_KEY,
+        prompt=prompt,
+        models=["tiny-sd"],
+        r2=r2,
         params=ImageGenerationInputPayload(width=64, height=64, steps=4, n=n, sampler_name="k_euler"),
-    )  # fmt: skip
+    )
     status, job_id = client.image_generate_request(request, timeout=60)
     images = [client.download_image_from_generation(generation) for generation in status.generations]
     return {

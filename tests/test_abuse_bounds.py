@@ -38,8 +38,9 @@ async def stored_bytes(coordinator: RunningCoordinator) -> int:
     if database.dialect == "postgresql":
         row = await fetch_one(coordinator, "SELECT pg_database_size(current_database()) AS n")
     else:  # pages in use, whether they sit in the main file or still in the WAL
-        row = await fetch_one(coordinator, "SELECT page_count * page_size AS n FROM pragma_page_count(), "
-                                           "pragma_page_size()")
+        row = await fetch_one(
+            coordinator, "SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()"
+        )
     assert row is not None
     root = coordinator.config.image_root
     images = sum(path.stat().st_size for path in root.rglob("*") if path.is_file()) if root.exists() else 0
@@ -47,9 +48,12 @@ async def stored_bytes(coordinator: RunningCoordinator) -> int:
 
 
 def flood(models: int, model_chars: int, workers: int, worker_chars: int) -> dict[str, Any]:
-    return {"prompt": "a cat", "models": [f"{i:05d}" + "m" * (model_chars - 5) for i in range(models)],
-            "workers": [f"{i:05d}" + "w" * (worker_chars - 5) for i in range(workers)],
-            "params": {"width": 64, "height": 64, "steps": 4, "n": 20}}
+    return {
+        "prompt": "a cat",
+        "models": [f"{i:05d}" + "m" * (model_chars - 5) for i in range(models)],
+        "workers": [f"{i:05d}" + "w" * (worker_chars - 5) for i in range(workers)],
+        "params": {"width": 64, "height": 64, "steps": 4, "n": 20},
+    }
 
 
 @pytest.mark.parametrize(
@@ -74,8 +78,14 @@ def largest_request() -> dict[str, Any]:
         "prompt": "p" * 20000,
         "models": [f"{i:02d}" + "m" * (NAME_MAX - 2) for i in range(REQUEST_MODELS_MAX)],
         "workers": [f"{i:02d}" + "w" * (NAME_MAX - 2) for i in range(20)],
-        "params": {"width": 64, "height": 64, "steps": 4, "n": 20, "seed": "s" * 256,
-                   "loras": [{"name": f"{i}" + "l" * 254} for i in range(5)]},
+        "params": {
+            "width": 64,
+            "height": 64,
+            "steps": 4,
+            "n": 20,
+            "seed": "s" * 256,
+            "loras": [{"name": f"{i}" + "l" * 254} for i in range(5)],
+        },
     }
 
 
@@ -148,8 +158,9 @@ async def test_an_untrusted_account_runs_at_most_three_workers_and_the_listing_i
     mine = requester(coordinator, owner)
     listed = json.loads(await raw_get(coordinator, "/v2/workers"))
     for worker in listed:
-        changed = await mine.call("PUT", f"/v2/workers/{worker['id']}", {"info": "i" * 1000,
-                                                                          "maintenance_msg": "m" * 1000})
+        changed = await mine.call(
+            "PUT", f"/v2/workers/{worker['id']}", {"info": "i" * 1000, "maintenance_msg": "m" * 1000}
+        )
         assert changed.status == 200, changed.body
     answer = await raw_get(coordinator, "/v2/workers")
     assert len(json.loads(answer)) == UNTRUSTED_WORKERS_MAX

@@ -85,8 +85,10 @@ async def test_one_address_cannot_exhaust_connections(tmp_path: Path) -> None:
             async with asyncio.timeout(PATIENCE):
                 answers = await asyncio.gather(*(closed_by_server(reader) for reader, _ in streams[50:]))
             for raw in answers:
-                assert split_response(raw) == (429, {"message": split_response(raw)[1]["message"],
-                                                     "rc": "TooManyConnections"})
+                assert split_response(raw) == (
+                    429,
+                    {"message": split_response(raw)[1]["message"], "rc": "TooManyConnections"},
+                )
             assert "50" in split_response(answers[0])[1]["message"]  # names the bound
             assert not any(reader.at_eof() for reader, _ in streams[:50])
             # A connection the server accepted still gets its heartbeat answered at once.
@@ -132,8 +134,10 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408(tmp_path: Pat
         async with opened(running, 1) as streams:
             reader, writer = streams[0]
             # Complete headers promising 100 bytes of body, then only 10 of them.
-            writer.write(b"POST /api/v2/generate/async HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n" + b'{"prompt":')
+            writer.write(
+                b"POST /api/v2/generate/async HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n" + b'{"prompt":'
+            )
             await writer.drain()
             async with asyncio.timeout(PATIENCE):
                 status, body = split_response(await closed_by_server(reader))

@@ -102,9 +102,14 @@ class Horde:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("HORDE_")}
         clean.update(HORDE_CONFIG_DIR=str(self.config_dir), HORDE_URL=self.url, PYTHONPATH=str(ROOT), **env)
         process = await asyncio.create_subprocess_exec(
-            str(HORDE), *args, env=clean, cwd=self.config_dir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            str(HORDE),
+            *args,
+            env=clean,
+            cwd=self.config_dir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
         assert process.returncode is not None
         return Result(process.returncode, out.decode(), err.decode())

@@ -126,8 +126,9 @@ async def test_a_farm_of_self_pinned_unfunded_requests_earns_nothing(coordinator
 
 async def test_pinning_a_node_costs_ten_percent_more(coordinator: RunningCoordinator) -> None:
     plain = await Api(coordinator.url).post("/v2/generate/async", {**small(n=2), "dry_run": True})
-    pinned = await Api(coordinator.url).post("/v2/generate/async",
-                                             {**small(n=2), "workers": ["somewhere"], "dry_run": True})
+    pinned = await Api(coordinator.url).post(
+        "/v2/generate/async", {**small(n=2), "workers": ["somewhere"], "dry_run": True}
+    )
     assert plain.body["kudos"] == round(2 * PRICE, 2)
     assert pinned.body["kudos"] == round(2 * image_kudos(width=64, height=64, steps=4, pinned=True), 2)
     assert image_kudos(width=64, height=64, steps=4, pinned=True) == pytest.approx(PRICE * 1.1, abs=0.011)
@@ -333,8 +334,9 @@ async def test_suspicion_past_the_threshold_withholds_rewards(tmp_path: Path, da
         # The operator vouches for the node: suspicion cleared, rewards flow again.
         command = [sys.executable, "-m", "coordinator.cli", "--data-dir", str(coordinator.data_dir)]
         command += ["--db", database_url] if database_url else []
-        done = await asyncio.to_thread(subprocess.run, [*command, "trust", "too-fast"], capture_output=True,
-                                       text=True, timeout=60)
+        done = await asyncio.to_thread(
+            subprocess.run, [*command, "trust", "too-fast"], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert (await Api(coordinator.url).get(worker_page)).body["rewards_withheld"] is None
         await generate(requester(coordinator, alice), small())
@@ -350,8 +352,13 @@ def test_the_economy_rules_directly() -> None:
     assert funded_images(available=0.0, price=0.001, n=3) == 3  # a price that rounds to nothing costs nothing
     assert volunteer_allowance(0.0, since=0.0, now=60.0, per_period=50.0) == pytest.approx(5.0)
     assert volunteer_allowance(10.0, since=0.0, now=10_000.0, per_period=50.0) == 50.0  # capped
-    common = {"price": 7.61, "requester_address": "203.0.113.9", "owner_id": 2, "node_address": "203.0.113.9",
-              "allowance": 50.0}
+    common = {
+        "price": 7.61,
+        "requester_address": "203.0.113.9",
+        "owner_id": 2,
+        "node_address": "203.0.113.9",
+        "allowance": 50.0,
+    }
     assert settle(**common, charge=7.61, requester_id=1, withheld=True).reward == 0  # suspicion beats all
     assert settle(**common, charge=7.61, requester_id=2, withheld=False).reward == 0  # own node: free, unpaid
     funded = settle(**common, charge=7.61, requester_id=1, withheld=False)

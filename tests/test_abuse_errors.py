@@ -35,26 +35,31 @@ def assert_refused(reply: object, statuses: tuple[int, ...] = (400, 404), rc: st
         assert body["rc"] == rc, body
 
 
-@pytest.mark.parametrize(("path", "parameter"), [
-    (f"/v2/images/{LONG_NAME}.webp", "name"),
-    (f"/v2/sources/{LONG_NAME}.src", "name"),
-    (f"/v2/workers/{LONG_NAME}", "id"),
-    (f"/v2/generate/check/{LONG_NAME}", "id"),
-    (f"/v2/generate/status/{LONG_NAME}", "id"),
-    (f"/v2/status/models/{LONG_NAME}", "model_name"),
-    ("/v2/users/" + "9" * 5000, "id"),
-    ("/v2/users/" + "9" * 5000 + "/ledger", "id"),
-])
-async def test_over_long_path_parameters_are_refused_with_an_rc(coordinator: RunningCoordinator, path: str,
-                                                                parameter: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        (f"/v2/images/{LONG_NAME}.webp", "name"),
+        (f"/v2/sources/{LONG_NAME}.src", "name"),
+        (f"/v2/workers/{LONG_NAME}", "id"),
+        (f"/v2/generate/check/{LONG_NAME}", "id"),
+        (f"/v2/generate/status/{LONG_NAME}", "id"),
+        (f"/v2/status/models/{LONG_NAME}", "model_name"),
+        ("/v2/users/" + "9" * 5000, "id"),
+        ("/v2/users/" + "9" * 5000 + "/ledger", "id"),
+    ],
+)
+async def test_over_long_path_parameters_are_refused_with_an_rc(
+    coordinator: RunningCoordinator, path: str, parameter: str
+) -> None:
     reply = await Api(coordinator.url).get(path)
     assert_refused(reply, (400,), RC.VALIDATION)
     assert reply.body["errors"] == {parameter: "at most 128 characters"}
 
 
 @pytest.mark.parametrize("kind", ["images", "sources"])
-async def test_an_image_name_past_the_file_systems_limit_is_not_found(coordinator: RunningCoordinator,
-                                                                      kind: str) -> None:
+async def test_an_image_name_past_the_file_systems_limit_is_not_found(
+    coordinator: RunningCoordinator, kind: str
+) -> None:
     """Within the API's bound in characters, past the 255 bytes a file name may have."""
     assert_refused(await Api(coordinator.url).get(f"/v2/{kind}/{LONG_BYTES_NAME}.webp"), (404,), RC.NOT_FOUND)
 
@@ -62,19 +67,27 @@ async def test_an_image_name_past_the_file_systems_limit_is_not_found(coordinato
 async def test_over_long_path_parameters_are_refused_on_every_method(coordinator: RunningCoordinator) -> None:
     owner = await coordinator.create_account("owner", 100)
     api = requester(coordinator, owner)
-    for method, path, body in [("DELETE", f"/v2/generate/status/{LONG_NAME}", None),
-                               ("PUT", f"/v2/workers/{LONG_NAME}", {"info": "x"}),
-                               ("DELETE", f"/v2/workers/{LONG_NAME}", None),
-                               ("PUT", f"/v2/upload/{LONG_NAME}?token=x", b"bytes")]:
+    for method, path, body in [
+        ("DELETE", f"/v2/generate/status/{LONG_NAME}", None),
+        ("PUT", f"/v2/workers/{LONG_NAME}", {"info": "x"}),
+        ("DELETE", f"/v2/workers/{LONG_NAME}", None),
+        ("PUT", f"/v2/upload/{LONG_NAME}?token=x", b"bytes"),
+    ]:
         assert_refused(await api.call(method, path, body), (400,), RC.VALIDATION)
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v2/workers/a%00b"), ("GET", "/v2/generate/check/%00"), ("GET", "/v2/generate/status/%00"),
-    ("DELETE", "/v2/generate/status/%00"), ("PUT", "/v2/workers/%00"), ("PUT", "/v2/upload/%00?token=1.a"),
-])
-async def test_a_nul_in_a_path_parameter_is_refused(coordinator: RunningCoordinator, method: str,
-                                                    path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/workers/a%00b"),
+        ("GET", "/v2/generate/check/%00"),
+        ("GET", "/v2/generate/status/%00"),
+        ("DELETE", "/v2/generate/status/%00"),
+        ("PUT", "/v2/workers/%00"),
+        ("PUT", "/v2/upload/%00?token=1.a"),
+    ],
+)
+async def test_a_nul_in_a_path_parameter_is_refused(coordinator: RunningCoordinator, method: str, path: str) -> None:
     """PostgreSQL's text cannot hold U+0000: once a 500 from asyncpg, now refused before any handler."""
     owner = await coordinator.create_account("owner", 100)
     body = b'{"info": "x"}' if method == "PUT" else b""
@@ -83,22 +96,25 @@ async def test_a_nul_in_a_path_parameter_is_refused(coordinator: RunningCoordina
     assert "U+0000" in reply.body["message"]
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/v2/generate/async", {**small(), "prompt": "a\u0000b"}),
-    ("/v2/generate/async", {**small(), "models": ["tiny\u0000sd"]}),
-    ("/v2/generate/pop", {"name": "node\u0000", "models": ["tiny-sd"]}),
-    ("/v2/kudos/transfer", {"username": "bob\u0000", "amount": 1}),
-    ("/v2/generate/submit", {"id": "\u0000", "generation": "x", "seed": "1"}),
-    ("/v2/generate/async", {**small(), "params": {"loras": [{"name\u0000": "x"}]}}),  # a key too
-])
-async def test_a_nul_in_body_text_is_refused(coordinator: RunningCoordinator, path: str,
-                                             body: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/generate/async", {**small(), "prompt": "a\u0000b"}),
+        ("/v2/generate/async", {**small(), "models": ["tiny\u0000sd"]}),
+        ("/v2/generate/pop", {"name": "node\u0000", "models": ["tiny-sd"]}),
+        ("/v2/kudos/transfer", {"username": "bob\u0000", "amount": 1}),
+        ("/v2/generate/submit", {"id": "\u0000", "generation": "x", "seed": "1"}),
+        ("/v2/generate/async", {**small(), "params": {"loras": [{"name\u0000": "x"}]}}),  # a key too
+    ],
+)
+async def test_a_nul_in_body_text_is_refused(
+    coordinator: RunningCoordinator, path: str, body: dict[str, object]
+) -> None:
     owner = await coordinator.create_account("owner", 100)
     before = await snapshot(coordinator)
     raw = json.dumps(body).replace("\\\\u0000", "\\u0000").encode()  # the JSON escape, not a backslash
     assert b"\\u0000" in raw and b"\\\\u0000" not in raw
-    reply = await raw_call(coordinator, "POST", path, raw, {"Content-Type": "application/json",
-                                                            "apikey": owner.apikey})
+    reply = await raw_call(coordinator, "POST", path, raw, {"Content-Type": "application/json", "apikey": owner.apikey})
     assert_refused(reply, (400,), RC.VALIDATION)
     assert "U+0000" in reply.body["message"]
     assert await snapshot(coordinator) == before
@@ -110,7 +126,8 @@ async def test_a_webhook_host_idna_cannot_encode_is_refused(coordinator: Running
     owner = await coordinator.create_account("owner", 100)
     before = await snapshot(coordinator)
     reply = await requester(coordinator, owner).post(
-        "/v2/generate/async", {**small(), "webhook": f"https://{'0' * 64}.example/hook"})
+        "/v2/generate/async", {**small(), "webhook": f"https://{'0' * 64}.example/hook"}
+    )
     assert_refused(reply, (400,), RC.WEBHOOK_REFUSED)
     assert await snapshot(coordinator) == before
 
@@ -137,31 +154,36 @@ def nested(depth: int, opening: bytes = b"[", closing: bytes = b"]", inner: byte
     return opening * depth + inner + closing * depth
 
 
-@pytest.mark.parametrize("body", [
-    nested(100_000),
-    nested(100_000, b'{"a":', b"}", b"1"),
-    b'{"prompt": "x", "params": {"loras": ' + nested(5_000) + b"}}",
-    nested(100_000)[:-10],  # deep and unterminated
-])
-async def test_deeply_nested_json_is_refused_before_it_is_parsed(coordinator: RunningCoordinator,
-                                                                  body: bytes) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        nested(100_000),
+        nested(100_000, b'{"a":', b"}", b"1"),
+        b'{"prompt": "x", "params": {"loras": ' + nested(5_000) + b"}}",
+        nested(100_000)[:-10],  # deep and unterminated
+    ],
+)
+async def test_deeply_nested_json_is_refused_before_it_is_parsed(coordinator: RunningCoordinator, body: bytes) -> None:
     owner = await coordinator.create_account("owner", 100)
     before = await snapshot(coordinator)
-    reply = await raw_call(coordinator, "POST", "/v2/generate/async", body,
-                           {"Content-Type": "application/json", "apikey": owner.apikey})
+    reply = await raw_call(
+        coordinator, "POST", "/v2/generate/async", body, {"Content-Type": "application/json", "apikey": owner.apikey}
+    )
     assert_refused(reply, (400,), RC.INVALID_JSON)
     assert "nest" in reply.body["message"]
     assert await snapshot(coordinator) == before
 
 
-@pytest.mark.parametrize(("lora_depth", "refused"), [(20, False), (MAX_JSON_DEPTH - 2, False),
-                                                   (MAX_JSON_DEPTH - 1, True)])
+@pytest.mark.parametrize(
+    ("lora_depth", "refused"), [(20, False), (MAX_JSON_DEPTH - 2, False), (MAX_JSON_DEPTH - 1, True)]
+)
 async def test_the_nesting_bound_is_exact(coordinator: RunningCoordinator, lora_depth: int, refused: bool) -> None:
     """Up to MAX_JSON_DEPTH levels a body reaches validation (the object and `params` are two of them)."""
     owner = await coordinator.create_account("owner", 100)
     body = b'{"prompt": "x", "params": {"loras": ' + nested(lora_depth) + b"}}"
-    reply = await raw_call(coordinator, "POST", "/v2/generate/async", body,
-                           {"Content-Type": "application/json", "apikey": owner.apikey})
+    reply = await raw_call(
+        coordinator, "POST", "/v2/generate/async", body, {"Content-Type": "application/json", "apikey": owner.apikey}
+    )
     if refused:
         assert_refused(reply, (400,), RC.INVALID_JSON)
         assert reply.body["message"] == f"The request body nests deeper than {MAX_JSON_DEPTH} levels."
@@ -178,8 +200,10 @@ def log_into_buffer() -> Iterator[Configure]:
     """Configures the coordinator's log as `horde-coordinator --log-level L --log-format F` does, with stderr
     a buffer (while configuring: the handler keeps the stream it was made with); restores the loggers after."""
     names = ("horde", "asyncpg", "aiohttp", "asyncio")
-    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
-                    logging.getLogger(name).propagate) for name in names}
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level, logging.getLogger(name).propagate)
+        for name in names
+    }
     buffer = io.StringIO()
 
     def configure(level: str, as_json: bool) -> io.StringIO:
@@ -220,7 +244,7 @@ async def test_an_unexpected_failure_is_logged_with_its_traceback(
     assert "unhandled error on GET /api/v2/status/models" in text
     assert "Traceback (most recent call last)" in traceback, text
     assert "RuntimeError: roster exploded: marker-5f2a" in traceback
-    assert 'in broken' in traceback  # the frame that raised, not only the message
+    assert "in broken" in traceback  # the frame that raised, not only the message
 
 
 async def test_a_malformed_http_message_is_one_log_line_not_a_traceback(
@@ -242,4 +266,3 @@ async def test_a_malformed_http_message_is_one_log_line_not_a_traceback(
     text = captured_log.getvalue()
     assert "Error handling request from 127.0.0.1: 400" in text, text
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
-

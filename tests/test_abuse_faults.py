@@ -56,8 +56,13 @@ def clock(coordinator: RunningCoordinator) -> Iterator[FakeClock]:
 
 async def submit_fault(worker: SimWorker, job_id: str, seed: str, metadata: dict[str, str]) -> Reply:
     """A faulted submit with AI Horde's gen_metadata saying why, signed like the real node's."""
-    body: dict[str, Any] = {"id": job_id, "generation": "", "state": "faulted", "seed": seed,
-                            "gen_metadata": [metadata]}  # fmt: skip
+    body: dict[str, Any] = {
+        "id": job_id,
+        "generation": "",
+        "state": "faulted",
+        "seed": seed,
+        "gen_metadata": [metadata],
+    }
     assert worker.api.identity is not None
     document = ResultDocument(job_id=job_id, image_sha256=None, seed=seed, state="faulted")
     body["signature"] = sign_result(worker.api.identity, document)
@@ -74,8 +79,17 @@ async def worker_record(coordinator: RunningCoordinator, name: str) -> Worker:
 async def jobs_of(coordinator: RunningCoordinator, request_id: str) -> list[dict[str, Any]]:
     async with coordinator.broker.services.database.reader() as tx:
         jobs = await tx.jobs_of(request_id)
-    return [{"id": j.id, "state": j.state, "worker": j.worker_name, "deadline": j.deadline,
-             "assigned_at": j.assigned_at, "ttl": (j.job_document or {}).get("ttl")} for j in jobs]  # fmt: skip
+    return [
+        {
+            "id": j.id,
+            "state": j.state,
+            "worker": j.worker_name,
+            "deadline": j.deadline,
+            "assigned_at": j.assigned_at,
+            "ttl": (j.job_document or {}).get("ttl"),
+        }
+        for j in jobs
+    ]
 
 
 # --- case 4: a job that failed on a node never goes back to it ----------------------------------
@@ -325,8 +339,16 @@ async def test_a_poison_source_does_not_pause_the_real_node(
     api = Api(coordinator.url, apikey=requester_account.apikey)
     poisoned = [await poisoned_request(coordinator, api) for _ in range(3)]
     console = RecordingConsole()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir,
-                                    coordinator_public_key=coordinator.public_key.text()), console=console)  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(
+            tmp_path,
+            coordinator.url,
+            owner.apikey,
+            tiny_model_dir,
+            coordinator_public_key=coordinator.public_key.text(),
+        ),
+        console=console,
+    )
     async with running(daemon):
         await until(lambda: daemon.stats.jobs_faulted >= 3, timeout=60, what="three faulted poison jobs")
         assert "paused" not in console.kinds(), [f for k, f in console.events if k == "paused"]
@@ -345,8 +367,13 @@ async def test_a_poison_source_does_not_pause_the_real_node(
 async def poisoned_request(coordinator: RunningCoordinator, api: Api) -> str:
     """An img2img request whose stored source is then replaced by bytes no decoder reads, with the
     request's hash changed to match: the node receives exactly what the coordinator signed."""
-    body = {"prompt": "a field", "models": ["tiny-sd"], "source_image": base64.b64encode(tiny_webp()).decode(),
-            "source_processing": "img2img", "params": {"width": 64, "height": 64, "steps": 2}}  # fmt: skip
+    body = {
+        "prompt": "a field",
+        "models": ["tiny-sd"],
+        "source_image": base64.b64encode(tiny_webp()).decode(),
+        "source_processing": "img2img",
+        "params": {"width": 64, "height": 64, "steps": 2},
+    }
     accepted = await api.post("/v2/generate/async", body)
     assert accepted.status == 202, accepted.body
     poison = b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 32

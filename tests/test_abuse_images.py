@@ -324,9 +324,13 @@ def sign_bucket_urls(monkeypatch: pytest.MonkeyPatch, coordinator: RunningCoordi
 
 async def img2img(coordinator: RunningCoordinator) -> str:
     alice = await coordinator.create_account("alice", kudos=100)
-    body = {"prompt": "a green field", "models": ["tiny-sd"], "source_image": b64(encoded("PNG")),
-            "source_processing": "img2img", "params": {"width": 64, "height": 64, "steps": 2,
-                                                       "denoising_strength": 0.5}}  # fmt: skip
+    body = {
+        "prompt": "a green field",
+        "models": ["tiny-sd"],
+        "source_image": b64(encoded("PNG")),
+        "source_processing": "img2img",
+        "params": {"width": 64, "height": 64, "steps": 2, "denoising_strength": 0.5},
+    }
     reply = await requester(coordinator, alice).post("/v2/generate/async", body)
     assert reply.status == 202, reply.body
     return str(reply.body["id"])
@@ -334,8 +338,14 @@ async def img2img(coordinator: RunningCoordinator) -> str:
 
 async def pinned_node(coordinator: RunningCoordinator, tmp_path: Path, tiny: Path, **overrides: Any) -> NodeDaemon:
     owner = await coordinator.create_account("owner")
-    config: NodeConfig = node_config(tmp_path / "node", coordinator.url, owner.apikey, tiny,
-                                     coordinator_public_key=coordinator.public_key.text(), **overrides)  # fmt: skip
+    config: NodeConfig = node_config(
+        tmp_path / "node",
+        coordinator.url,
+        owner.apikey,
+        tiny,
+        coordinator_public_key=coordinator.public_key.text(),
+        **overrides,
+    )
     return NodeDaemon(config, console=RecordingConsole())
 
 
@@ -353,9 +363,13 @@ def first_fault(submitted: list[SubmitRequest]) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_a_source_url_on_another_host_is_refused_without_fetching(
-    sqlite_coordinator: RunningCoordinator, other_host: tuple[OtherHost, str], tiny_model_dir: Path,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submits: list[SubmitRequest],
-) -> None:  # fmt: skip
+    sqlite_coordinator: RunningCoordinator,
+    other_host: tuple[OtherHost, str],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    submits: list[SubmitRequest],
+) -> None:
     host, base = other_host
     hand_out_source(monkeypatch, sqlite_coordinator, f"{base}/admin")
     daemon = await pinned_node(sqlite_coordinator, tmp_path, tiny_model_dir)
@@ -377,8 +391,12 @@ async def test_a_job_whose_signature_fails_is_refused_before_any_fetch(
     reads = source_reads(monkeypatch, sqlite_coordinator)
     owner = await sqlite_coordinator.create_account("owner")
     impostor = Identity.generate().public_key.text()  # the node trusts a different coordinator key
-    daemon = NodeDaemon(node_config(tmp_path / "node", sqlite_coordinator.url, owner.apikey, tiny_model_dir,
-                                    coordinator_public_key=impostor), console=RecordingConsole())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(
+            tmp_path / "node", sqlite_coordinator.url, owner.apikey, tiny_model_dir, coordinator_public_key=impostor
+        ),
+        console=RecordingConsole(),
+    )
     await img2img(sqlite_coordinator)
     async with running(daemon):
         await until(lambda: daemon.stats.jobs_refused >= 1 and daemon.stats.jobs_submitted >= 1, what="a refusal")
@@ -388,9 +406,13 @@ async def test_a_job_whose_signature_fails_is_refused_before_any_fetch(
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_an_oversized_source_is_cut_off_at_the_cap(
-    sqlite_coordinator: RunningCoordinator, other_host: tuple[OtherHost, str], tiny_model_dir: Path,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submits: list[SubmitRequest],
-) -> None:  # fmt: skip
+    sqlite_coordinator: RunningCoordinator,
+    other_host: tuple[OtherHost, str],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    submits: list[SubmitRequest],
+) -> None:
     host, base = other_host
     host.endless = True
     sign_bucket_urls(monkeypatch, sqlite_coordinator, base)  # a URL the job document signs: allowed
@@ -409,9 +431,12 @@ async def test_an_oversized_source_is_cut_off_at_the_cap(
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_a_source_at_a_signed_url_is_fetched_and_used(
-    sqlite_coordinator: RunningCoordinator, other_host: tuple[OtherHost, str], tiny_model_dir: Path,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    sqlite_coordinator: RunningCoordinator,
+    other_host: tuple[OtherHost, str],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The bucket case: a source URL on another host is fine when the job document signs it."""
     host, base = other_host
     sign_bucket_urls(monkeypatch, sqlite_coordinator, base)
@@ -429,9 +454,14 @@ async def test_a_source_at_a_signed_url_is_fetched_and_used(
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("fmt", ["EPS", "TIFF"])
 async def test_a_source_in_another_format_is_never_decoded_by_the_node(
-    sqlite_coordinator: RunningCoordinator, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    submits: list[SubmitRequest], eps_opened: list[int], fmt: str,
-) -> None:  # fmt: skip
+    sqlite_coordinator: RunningCoordinator,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    submits: list[SubmitRequest],
+    eps_opened: list[int],
+    fmt: str,
+) -> None:
     """An AI Horde-style coordinator (no job signatures) hands out an inline EPS or TIFF source."""
 
     async def no_coordinator_info(self: CoordinatorClient) -> None:

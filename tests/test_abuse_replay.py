@@ -22,8 +22,9 @@ WRONG_ORIGIN = "SignatureWrongOrigin"
 OTHER_NETWORK = "other-network:7001"
 
 
-async def keyed_account(coordinator: RunningCoordinator, username: str, kudos: float,
-                        origin: str | None = None) -> tuple[Identity, TestAccount]:
+async def keyed_account(
+    coordinator: RunningCoordinator, username: str, kudos: float, origin: str | None = None
+) -> tuple[Identity, TestAccount]:
     """An account that signs with its own key (registered with proof of possession, signed for
     `origin`, by default the address the coordinator listens on), funded."""
     identity = Identity.generate()

@@ -104,8 +104,12 @@ async def test_odd_seeds_reach_the_node_as_numbers(pair: RequesterAndNode) -> No
 
 async def test_unknown_fields_are_ignored(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
     api, owner = pair.api, pair.owner
-    body = {**small(), "flux_capacitor": True, "params": {**small()["params"], "extra_thing": [1, 2]},
-            "replacement_filter": True}  # proxied_account is refused by name (tests/test_capabilities.py)
+    body = {
+        **small(),
+        "flux_capacitor": True,
+        "params": {**small()["params"], "extra_thing": [1, 2]},
+        "replacement_filter": True,
+    }  # proxied_account is refused by name (tests/test_capabilities.py)
     reply = await api.post("/v2/generate/async", body)
     assert reply.status == 202, reply.body
     popped = await node(coordinator, owner, "n1", extra={"unknown_pop_field": 1}).pop()
@@ -116,8 +120,7 @@ async def test_text_that_cannot_be_utf8_is_refused(coordinator: RunningCoordinat
     """A lone surrogate escape is valid JSON but no valid text: refuse it, don't let it jam the queue."""
     api, owner = pair.api, pair.owner
     before = await snapshot(coordinator)
-    reply = await api.post("/v2/generate/async",
-                                                     b'{"prompt": "a cat \\ud800", "models": ["tiny-sd"]}')
+    reply = await api.post("/v2/generate/async", b'{"prompt": "a cat \\ud800", "models": ["tiny-sd"]}')
     assert reply.status == 400, reply.body
     assert await snapshot(coordinator) == before
     popped = await node(coordinator, owner, "n1").pop()
@@ -127,8 +130,9 @@ async def test_text_that_cannot_be_utf8_is_refused(coordinator: RunningCoordinat
 @pytest.mark.parametrize("header", ["Client-Agent", "client_agent"])
 async def test_client_agent_headers(coordinator: RunningCoordinator, header: str) -> None:
     alice = await coordinator.create_account("alice", kudos=100)
-    reply = await requester(coordinator, alice).post("/v2/generate/async", small(),
-                                                     headers={header: "my-app:1.2:me@example.org"})
+    reply = await requester(coordinator, alice).post(
+        "/v2/generate/async", small(), headers={header: "my-app:1.2:me@example.org"}
+    )
     assert reply.status == 202
     request_id = reply.body["id"]
     stored = (await coordinator.broker.requests.load(request_id))[0]
@@ -138,11 +142,13 @@ async def test_client_agent_headers(coordinator: RunningCoordinator, header: str
 async def test_invalid_apikey_is_401_everywhere(coordinator: RunningCoordinator) -> None:
     bad = Api(coordinator.url, apikey="not-a-real-key")
     before = await snapshot(coordinator)
-    for method, path, body in (("POST", "/v2/generate/async", small()),
-                               ("POST", "/v2/generate/pop", {"name": "n1", "models": ["tiny-sd"]}),
-                               ("POST", "/v2/generate/submit", {"id": "x", "generation": ""}),
-                               ("POST", "/v2/kudos/transfer", {"username": "x", "amount": 1}),
-                               ("GET", "/v2/find_user", None)):
+    for method, path, body in (
+        ("POST", "/v2/generate/async", small()),
+        ("POST", "/v2/generate/pop", {"name": "n1", "models": ["tiny-sd"]}),
+        ("POST", "/v2/generate/submit", {"id": "x", "generation": ""}),
+        ("POST", "/v2/kudos/transfer", {"username": "x", "amount": 1}),
+        ("GET", "/v2/find_user", None),
+    ):
         reply = await bad.call(method, path, body)
         assert (reply.status, reply.rc) == (401, "InvalidAPIKey"), (path, reply.body)
     assert await snapshot(coordinator) == before
@@ -253,8 +259,13 @@ async def test_oversized_body_is_413(tmp_path: Path, database_url: str | None) -
         big = {"prompt": "x" * 5000, "models": ["tiny-sd"]}
         reply = await requester(coordinator, alice).post("/v2/generate/async", big)
         assert (reply.status, reply.rc) == (413, "BodyTooLarge")
-        signed = await raw_call(coordinator, "POST", "/v2/kudos/transfer", b"{" + b" " * 8000 + b"}",
-                                {"apikey": alice.apikey, "Content-Type": "application/json"})
+        signed = await raw_call(
+            coordinator,
+            "POST",
+            "/v2/kudos/transfer",
+            b"{" + b" " * 8000 + b"}",
+            {"apikey": alice.apikey, "Content-Type": "application/json"},
+        )
         assert (signed.status, signed.rc) == (413, "BodyTooLarge")
         assert await snapshot(coordinator) == before
         assert (await requester(coordinator, alice).post("/v2/generate/async", small())).status == 202
@@ -291,8 +302,9 @@ async def test_upload_of_garbage_and_of_nothing(coordinator: RunningCoordinator,
 
 
 async def test_registration_limits(tmp_path: Path, database_url: str | None) -> None:
-    async with custom_coordinator(tmp_path, database_url, rate_limiting=True,
-                                  registration_limit=RateLimit(rate=0.001, burst=2)) as coordinator:
+    async with custom_coordinator(
+        tmp_path, database_url, rate_limiting=True, registration_limit=RateLimit(rate=0.001, burst=2)
+    ) as coordinator:
         api = Api(coordinator.url)
         assert (await api.post("/v2/accounts", {"username": "one"})).status == 200
         assert (await api.post("/v2/accounts", {"username": "two"})).status == 200

@@ -134,7 +134,9 @@ async def test_workers_by_name_and_type(coordinator: RunningCoordinator) -> None
     found = await api.get("/v2/workers/name/BETA")
     assert found.status == 200 and found.body["name"] == "beta" and found.body["type"] == "image"
     assert found.body["kudos_details"] == {"generated": 0.0, "uptime": 0} and found.body["team"] == {
-        "name": None, "id": None}
+        "name": None,
+        "id": None,
+    }
     missing = await api.get("/v2/workers/name/gamma")
     assert missing.status == 404 and missing.rc == "WorkerNotFound"
 
@@ -158,7 +160,10 @@ async def test_news_modes_and_documents(coordinator: RunningCoordinator) -> None
     news = (await api.get("/v2/status/news")).body
     assert news and {"date_published", "newspiece", "importance"} <= set(news[0])
     assert (await api.get("/v2/status/modes")).body == {
-        "maintenance_mode": False, "invite_only_mode": False, "raid_mode": False}
+        "maintenance_mode": False,
+        "invite_only_mode": False,
+        "raid_mode": False,
+    }
     for name in ("terms", "privacy", "sponsors"):
         html = (await api.get(f"/v2/documents/{name}")).body
         assert set(html) == {"html", "markdown"} and html["html"].startswith("<h1>") and html["markdown"] is None
@@ -209,8 +214,11 @@ async def test_swagger_2_lists_every_route_under_ai_hordes_names(coordinator: Ru
     document = (await Api(coordinator.url).get("/swagger.json")).body
     assert document["swagger"] == "2.0" and document["basePath"] == "/api"
     definitions = document["definitions"]
-    routes = {(route.method, route.resource.canonical.removeprefix("/api")) for route in
-              coordinator.app.router.routes() if route.method != "HEAD" and route.resource.canonical.startswith("/api")}
+    routes = {
+        (route.method, route.resource.canonical.removeprefix("/api"))
+        for route in coordinator.app.router.routes()
+        if route.method != "HEAD" and route.resource.canonical.startswith("/api")
+    }
     documented = {(method.upper(), path) for path, operations in document["paths"].items() for method in operations}
     assert routes == documented
     generate = document["paths"]["/v2/generate/async"]["post"]
@@ -224,8 +232,10 @@ async def test_swagger_2_lists_every_route_under_ai_hordes_names(coordinator: Ru
     # Only AI Horde's fields: our extensions are in /api/openapi.json.
     assert not PROVENANCE_FIELDS & set(definitions["GenerationStable"]["properties"])
     assert "jobs" not in definitions["GenerationPayloadStable"]["properties"]
-    assert "jobs" in (await Api(coordinator.url).get("/openapi.json")).body["components"]["schemas"]["PopResponse"][
-        "properties"]
+    assert (
+        "jobs"
+        in (await Api(coordinator.url).get("/openapi.json")).body["components"]["schemas"]["PopResponse"]["properties"]
+    )
     for definition in definitions.values():  # a Swagger 2.0 definition is an object, without 2020-12 keywords
         text = json.dumps(definition)
         assert definition["type"] == "object" and not any(word in text for word in ('"anyOf"', '"$defs"', '"const"'))
@@ -239,8 +249,13 @@ async def test_a_censorship_entry_marks_the_image_censored(coordinator: RunningC
     for metadata in ([{"type": "censorship", "value": "nsfw"}], [{"type": "lora", "value": "download_failed"}]):
         popped = await pop_job(worker)
         job_id = popped.body["ids"][0]
-        body = {"id": job_id, "generation": b64(tiny_webp()), "state": "ok", "seed": popped.body["payload"]["seed"],
-                "gen_metadata": metadata}
+        body = {
+            "id": job_id,
+            "generation": b64(tiny_webp()),
+            "state": "ok",
+            "seed": popped.body["payload"]["seed"],
+            "gen_metadata": metadata,
+        }
         assert (await worker.api.post("/v2/generate/submit", body)).status == 200
     censored = [(await api.get(f"/v2/generate/status/{i}")).body["generations"][0]["censored"] for i in ids]
     assert censored == [True, False]
@@ -253,8 +268,9 @@ async def test_our_skip_reason_only_when_asked(coordinator: RunningCoordinator) 
     worker = node(coordinator, await coordinator.create_account("owner"), "n1")
     popped = await pop_job(worker)
     fault = {"id": popped.body["ids"][0], "generation": "", "state": "faulted", "seed": popped.body["payload"]["seed"]}
-    fault["signature"] = sign_result(worker.api.identity, ResultDocument(
-        job_id=fault["id"], image_sha256=None, seed=fault["seed"], state="faulted"))
+    fault["signature"] = sign_result(
+        worker.api.identity, ResultDocument(job_id=fault["id"], image_sha256=None, seed=fault["seed"], state="faulted")
+    )
     assert (await worker.api.post("/v2/generate/submit", fault)).status == 200
     assert (await worker.pop()).body["skipped"] == {"failed_here": 1}
     worker.api.provenance = False
@@ -264,12 +280,33 @@ async def test_our_skip_reason_only_when_asked(coordinator: RunningCoordinator) 
 
 # AI Horde's fields of these answers (its `RequestStatusCheck`, `HordePerformance`, `ActiveModel`): all a strict
 # client may see without asking for ours.
-AI_HORDE_CHECK = {"finished", "processing", "restarted", "waiting", "done", "faulted", "wait_time", "queue_position",
-                  "kudos", "is_possible"}
-AI_HORDE_PERFORMANCE = {"queued_requests", "queued_megapixelsteps", "past_minute_megapixelsteps", "worker_count",
-                        "thread_count", "queued_text_requests", "text_worker_count", "text_thread_count",
-                        "queued_tokens", "past_minute_tokens", "queued_forms", "interrogator_count",
-                        "interrogator_thread_count"}
+AI_HORDE_CHECK = {
+    "finished",
+    "processing",
+    "restarted",
+    "waiting",
+    "done",
+    "faulted",
+    "wait_time",
+    "queue_position",
+    "kudos",
+    "is_possible",
+}
+AI_HORDE_PERFORMANCE = {
+    "queued_requests",
+    "queued_megapixelsteps",
+    "past_minute_megapixelsteps",
+    "worker_count",
+    "thread_count",
+    "queued_text_requests",
+    "text_worker_count",
+    "text_thread_count",
+    "queued_tokens",
+    "past_minute_tokens",
+    "queued_forms",
+    "interrogator_count",
+    "interrogator_thread_count",
+}
 AI_HORDE_MODEL = {"name", "count", "performance", "queued", "jobs", "eta", "type"}
 
 
@@ -314,8 +351,9 @@ async def test_allow_unsafe_ipaddr_keeps_unsafe_addresses_requests_away(
 ) -> None:
     """An untrusted request from an operator-listed unsafe network goes only to nodes that allow unsafe IPs;
     a node that does not is told why in `skipped` (AI Horde's `unsafe_ip`)."""
-    async with custom_coordinator(tmp_path, database_url, trust_forwarded_for=True,
-                                  unsafe_networks=("10.9.0.0/16",)) as coordinator:
+    async with custom_coordinator(
+        tmp_path, database_url, trust_forwarded_for=True, unsafe_networks=("10.9.0.0/16",)
+    ) as coordinator:
         vpn = {"X-Forwarded-For": "10.9.1.2"}
         assert (await Api(coordinator.url).post("/v2/generate/async", small("anon"), headers=vpn)).status == 202
         owner = await coordinator.create_account("owner")

@@ -109,15 +109,20 @@ async def test_idempotent_transfer_is_applied_once(coordinator: RunningCoordinat
     bob = await coordinator.create_account("bob")
     api = requester(coordinator, alice)
     headers = {"Idempotency-Key": "payment-42"}
-    replies = [await api.post("/v2/kudos/transfer", {"username": "bob", "amount": 10}, headers=headers)
-               for _ in range(3)]
+    replies = [
+        await api.post("/v2/kudos/transfer", {"username": "bob", "amount": 10}, headers=headers) for _ in range(3)
+    ]
     assert [r.body for r in replies] == [{"transferred": 10}] * 3
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (40, 10)
     transfers = [r for r in await ledger_rows(coordinator) if r["kind"] == "transfer"]
     assert [r["reference"] for r in transfers] == ["transfer:payment-42"]  # the key is the public reference
     # Replayed concurrently, still once; a new key is a new transfer.
-    concurrent = await asyncio.gather(*(api.post("/v2/kudos/transfer", {"username": "bob", "amount": 5},
-                                                 headers={"Idempotency-Key": "payment-43"}) for _ in range(5)))
+    concurrent = await asyncio.gather(
+        *(
+            api.post("/v2/kudos/transfer", {"username": "bob", "amount": 5}, headers={"Idempotency-Key": "payment-43"})
+            for _ in range(5)
+        )
+    )
     assert all(r.status == 200 for r in concurrent)
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (35, 15)
     # The same key from another account is that account's own key.
@@ -127,8 +132,9 @@ async def test_idempotent_transfer_is_applied_once(coordinator: RunningCoordinat
     assert (await balance(coordinator, alice), await balance(coordinator, bob)) == (36, 14)
     # Without a key each transfer gets a reference of its own; a one-letter key is a key.
     for key in (None, None, "z"):
-        sent = await api.post("/v2/kudos/transfer", {"username": "bob", "amount": 1},
-                              headers={"Idempotency-Key": key} if key else None)
+        sent = await api.post(
+            "/v2/kudos/transfer", {"username": "bob", "amount": 1}, headers={"Idempotency-Key": key} if key else None
+        )
         assert sent.status == 200, sent.body
     references = [r["reference"] for r in await ledger_rows(coordinator) if r["kind"] == "transfer"][-3:]
     assert all(re.fullmatch(r"transfer:[0-9a-f-]{36}", ref) for ref in references[:2]), references
@@ -140,9 +146,9 @@ async def test_concurrent_transfers_never_overdraw(coordinator: RunningCoordinat
     bob = await coordinator.create_account("bob")
     carol = await coordinator.create_account("carol")
     api = requester(coordinator, alice)
-    replies = await asyncio.gather(*(
-        api.post("/v2/kudos/transfer", {"username": "bob" if i % 2 else "carol", "amount": 10}) for i in range(20)
-    ))
+    replies = await asyncio.gather(
+        *(api.post("/v2/kudos/transfer", {"username": "bob" if i % 2 else "carol", "amount": 10}) for i in range(20))
+    )
     assert sorted(r.status for r in replies) == [200] * 10 + [400] * 10
     assert {r.rc for r in replies if r.status == 400} == {"KudosTransferNotEnough"}
     assert await balance(coordinator, alice) == 0
@@ -197,8 +203,9 @@ async def test_ledger_pages_and_signed_head(coordinator: RunningCoordinator) -> 
     assert empty.body == {"entries": [], "next_after": None}
 
 
-async def test_audit_passes_then_catches_an_edited_ledger_row(coordinator: RunningCoordinator,
-                                                              database_url: str | None) -> None:
+async def test_audit_passes_then_catches_an_edited_ledger_row(
+    coordinator: RunningCoordinator, database_url: str | None
+) -> None:
     alice = await coordinator.create_account("alice", kudos=10)
     for i in range(3):
         await coordinator.create_account(f"user{i}", kudos=10)
@@ -246,18 +253,24 @@ async def test_audit_catches_a_cached_balance_the_ledger_does_not_back(coordinat
     assert await execute(coordinator, "UPDATE accounts SET kudos = kudos - 0.01 WHERE id = ?", alice.id) == 1
     report = await coordinator.broker.bank.audit()
     assert not report.ok
-    assert sorted(report.problems) == sorted([f"account {bob.id}: cached balance 513.0 but the ledger says 13.0",
-                                              f"account {alice.id}: cached balance 6.99 but the ledger says 7.0"])
+    assert sorted(report.problems) == sorted(
+        [
+            f"account {bob.id}: cached balance 513.0 but the ledger says 13.0",
+            f"account {alice.id}: cached balance 6.99 but the ledger says 7.0",
+        ]
+    )
 
 
-async def test_uptime_kudos_pay_an_online_nodes_owner_every_ten_minutes(tmp_path: Path,
-                                                                      database_url: str | None) -> None:
+async def test_uptime_kudos_pay_an_online_nodes_owner_every_ten_minutes(
+    tmp_path: Path, database_url: str | None
+) -> None:
     """tests/conftest.py turns uptime kudos off for every other test (they would move balances under them):
     here they are on. A node seen lately earns its owner the configured amount per 10 minutes, once; a node
     that stopped popping earns nothing. Upkeep rounds are run here, by hand (two at once, as two processes
     sharing a database do), not by the coordinator's timer."""
-    async with custom_coordinator(tmp_path, database_url, uptime_kudos_per_10_minutes=50,
-                                  maintenance_interval=3600) as coordinator:
+    async with custom_coordinator(
+        tmp_path, database_url, uptime_kudos_per_10_minutes=50, maintenance_interval=3600
+    ) as coordinator:
         clock = FakeClock(time.time())
         coordinator.broker.services.clock = clock
         owner, absent = await coordinator.create_account("owner"), await coordinator.create_account("absent")

@@ -146,8 +146,9 @@ async def test_requests_expire_when_nobody_serves_them(tmp_path: Path, database_
 async def test_pruning_removes_old_requests_and_images_but_not_the_ledger(
     tmp_path: Path, database_url: str | None
 ) -> None:
-    async with custom_coordinator(tmp_path, database_url, retention_hours=1.0,
-                                  maintenance_interval=3600) as coordinator:
+    async with custom_coordinator(
+        tmp_path, database_url, retention_hours=1.0, maintenance_interval=3600
+    ) as coordinator:
         alice = await coordinator.create_account("alice", kudos=100)
         api = requester(coordinator, alice)
         old_id = await generate(api, small())
@@ -164,8 +165,7 @@ async def test_pruning_removes_old_requests_and_images_but_not_the_ledger(
         # Age the first request past the retention period.
         services = coordinator.broker.services
         async with services.database.transaction() as tx:
-            await tx.driver.execute("UPDATE requests SET updated = ? WHERE id = ?",
-                                    (services.clock() - 7200, old_id))
+            await tx.driver.execute("UPDATE requests SET updated = ? WHERE id = ?", (services.clock() - 7200, old_id))
         assert await coordinator.broker.upkeep.prune() == 1
         assert (await api.get(f"/v2/generate/status/{old_id}")).rc == "RequestNotFound"
         assert not await services.images.exists(image_name)
@@ -183,10 +183,21 @@ def start_process(data_dir: Path, database_url: str | None) -> tuple[subprocess.
     port_file = data_dir.parent / f"port-{time.monotonic_ns()}"
     command = [sys.executable, "-m", "coordinator.cli", "--data-dir", str(data_dir)]
     command += ["--db", database_url] if database_url else []
-    command += ["serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--no-rate-limits",
-                "--uptime-kudos", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               cwd=Path(__file__).resolve().parent.parent)
+    command += [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--no-rate-limits",
+        "--uptime-kudos",
+        "0",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent
+    )
     deadline = time.monotonic() + 30
     while not (port_file.exists() and port_file.read_text().strip()):
         if process.poll() is not None:
@@ -265,7 +276,8 @@ async def test_restart_after_kill_loses_nothing(tmp_path: Path, database_url: st
         assert status_after["done"] is True
         assert sorted(g["id"] for g in status_after["generations"]) == sorted(stored)
         assert [g["image_sha256"] for g in status_after["generations"]] == [
-            g["image_sha256"] for g in status_before["generations"]]
+            g["image_sha256"] for g in status_before["generations"]
+        ]
         async with aiohttp.ClientSession() as session:
             for generation in status_after["generations"]:
                 async with session.get(generation["img"].replace(generation["img"].split("/api/")[0], url)) as r:
@@ -294,7 +306,6 @@ async def test_restart_after_kill_loses_nothing(tmp_path: Path, database_url: st
     assert report.ok, report.problems
 
 
-
 # --- starting up -------------------------------------------------------------------------
 
 
@@ -309,9 +320,13 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("command", [["audit"], ["serve", "--host", "127.0.0.1", "--port", "0"]])
-def test_an_unreachable_database_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str], restore_logging: None,
-                                                     command: list[str]) -> None:
+def test_an_unreachable_database_is_a_one_line_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+    command: list[str],
+) -> None:
     async def unreachable(config: CoordinatorConfig) -> None:
         raise StorageUnavailable("cannot reach PostgreSQL: connection refused")
 
@@ -329,8 +344,9 @@ def test_logging_formats_asyncpg_too(restore_logging: None) -> None:
     assert [type(handler.formatter) for handler in asyncpg_logger.handlers] == [StructuredFormatter]
 
 
-def test_images_setting_names_a_folder_or_a_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+def test_images_setting_names_a_folder_or_a_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     folder = cli.config_from(cli.parser().parse_args(["serve", "--images", str(tmp_path / "images")]))
     assert (folder.images_dir, folder.images_bucket) == (tmp_path / "images", None)
     monkeypatch.setenv("HORDE_IMAGES_DIR", "s3://bucket/horde")

@@ -42,15 +42,32 @@ async def test_empty_pop_explains_what_it_skipped(coordinator: RunningCoordinato
     await generate(api, small(loras=[{"name": "some-lora"}]))
     await generate(api, small(post_processing=["RealESRGAN_x4plus"]))
     owner = await coordinator.create_account("owner")
-    picky = node(coordinator, owner, "picky", max_pixels=512 * 512,
-                 extra={"allow_img2img": False, "allow_painting": False, "allow_lora": False,
-                        "allow_post_processing": False, "nsfw": False})
+    picky = node(
+        coordinator,
+        owner,
+        "picky",
+        max_pixels=512 * 512,
+        extra={
+            "allow_img2img": False,
+            "allow_painting": False,
+            "allow_lora": False,
+            "allow_post_processing": False,
+            "nsfw": False,
+        },
+    )
     popped = await picky.pop()
     assert popped.status == 200, popped.body
     assert popped.body["ids"] == []
     assert popped.body["payload"] == {}
-    assert popped.body["skipped"] == {"models": 1, "max_pixels": 1, "nsfw": 1, "img2img": 1, "painting": 1,
-                                      "lora": 1, "post-processing": 1}
+    assert popped.body["skipped"] == {
+        "models": 1,
+        "max_pixels": 1,
+        "nsfw": 1,
+        "img2img": 1,
+        "painting": 1,
+        "lora": 1,
+        "post-processing": 1,
+    }
     assert await count(coordinator, "queue") == 7
 
 
@@ -259,8 +276,9 @@ async def test_submit_r2_without_upload_is_refused(coordinator: RunningCoordinat
     owner = await coordinator.create_account("owner")
     worker = node(coordinator, owner, "n1", signed=False)
     popped = await pop_job(worker)
-    reply = await worker.api.post("/v2/generate/submit", {"id": popped.body["ids"][0], "generation": "R2",
-                                                          "state": "ok", "seed": seed_of(popped)})
+    reply = await worker.api.post(
+        "/v2/generate/submit", {"id": popped.body["ids"][0], "generation": "R2", "state": "ok", "seed": seed_of(popped)}
+    )
     assert reply.status == 400 and reply.rc == "UploadMissing"
     assert await job_state(coordinator, popped.body["ids"][0]) == "processing"
 
@@ -307,8 +325,9 @@ async def test_late_upload_by_the_previous_node_does_not_reach_the_new_one(
         async with session.put(first.body["r2_upload"], data=tiny_webp((0, 0, 0))) as response:
             assert response.status == 403
             assert (await response.json())["rc"] == "UploadTokenInvalid"
-    reply = await quick.api.post("/v2/generate/submit", {"id": job_id, "generation": "R2", "state": "ok",
-                                                         "seed": seed_of(second)})
+    reply = await quick.api.post(
+        "/v2/generate/submit", {"id": job_id, "generation": "R2", "state": "ok", "seed": seed_of(second)}
+    )
     assert reply.status == 200, reply.body
     [generation] = (await api.get(f"/v2/generate/status/{request_id}")).body["generations"]
     async with aiohttp.ClientSession() as session, session.get(generation["img"]) as response:
@@ -318,8 +337,10 @@ async def test_late_upload_by_the_previous_node_does_not_reach_the_new_one(
 async def test_nodes_get_only_jobs_for_their_models(coordinator: RunningCoordinator) -> None:
     alice = await coordinator.create_account("alice", kudos=1000)
     api = requester(coordinator, alice)
-    wanted = {"model-a": [await generate(api, small(models=["model-a"])) for _ in range(3)],
-              "model-b": [await generate(api, small(models=["model-b"])) for _ in range(3)]}
+    wanted = {
+        "model-a": [await generate(api, small(models=["model-a"])) for _ in range(3)],
+        "model-b": [await generate(api, small(models=["model-b"])) for _ in range(3)],
+    }
     owner = await coordinator.create_account("owner")
     node_a = node(coordinator, owner, "node-a", models=["model-a"])
     node_b = node(coordinator, owner, "node-b", models=["model-b"])
@@ -423,15 +444,17 @@ async def test_pop_with_many_models(coordinator: RunningCoordinator, models: int
 async def test_maintenance_node_gets_nothing(coordinator: RunningCoordinator, pair: RequesterAndNode) -> None:
     api, owner, worker = pair.api, pair.owner, pair.worker
     await worker.pop()
-    worker_id = (await fetch_worker_id(coordinator, "n1"))
-    reply = await Api(coordinator.url, apikey=owner.apikey).call("PUT", f"/v2/workers/{worker_id}",
-                                                                 {"maintenance": True})
+    worker_id = await fetch_worker_id(coordinator, "n1")
+    reply = await Api(coordinator.url, apikey=owner.apikey).call(
+        "PUT", f"/v2/workers/{worker_id}", {"maintenance": True}
+    )
     assert reply.status == 200, reply.body
     await generate(api, small())
     refused = await worker.pop()  # AI Horde's answer, not an empty pop (tests/test_abuse_faults.py)
     assert (refused.status, refused.rc) == (403, "WorkerMaintenance"), refused.body
-    reply = await Api(coordinator.url, apikey=owner.apikey).call("PUT", f"/v2/workers/{worker_id}",
-                                                                 {"maintenance": False})
+    reply = await Api(coordinator.url, apikey=owner.apikey).call(
+        "PUT", f"/v2/workers/{worker_id}", {"maintenance": False}
+    )
     assert (await worker.pop()).body["ids"]
 
 
@@ -447,7 +470,8 @@ async def test_model_counts_in_status(coordinator: RunningCoordinator, pair: Req
     await generate(api, small(n=3, models=["queued-only"]))
     models = {m["name"]: m for m in (await Api(coordinator.url).get("/v2/status/models")).body}
     assert Counter({name: m["count"] for name, m in models.items()}) == Counter(
-        {MODEL: 2, "other": 1, "queued-only": 0})
+        {MODEL: 2, "other": 1, "queued-only": 0}
+    )
     assert models["queued-only"]["jobs"] == 3
 
 

@@ -109,8 +109,18 @@ async def test_check_and_status_report_progress(pair: RequesterAndNode) -> None:
     request_id = await generate(api, small(n=2))
     check = await api.get(f"/v2/generate/check/{request_id}")
     assert check.status == 200
-    expected_fields = {"finished", "processing", "restarted", "waiting", "done", "faulted", "wait_time",
-                       "queue_position", "kudos", "is_possible"}
+    expected_fields = {
+        "finished",
+        "processing",
+        "restarted",
+        "waiting",
+        "done",
+        "faulted",
+        "wait_time",
+        "queue_position",
+        "kudos",
+        "is_possible",
+    }
     assert set(check.body) >= expected_fields
     assert (check.body["waiting"], check.body["processing"], check.body["finished"]) == (2, 0, 0)
     assert check.body["done"] is False and check.body["faulted"] is False
@@ -214,8 +224,7 @@ async def test_cancel_by_owner_keeps_made_images_and_charges_only_them(
     assert cancelled.body["processing"] == 1
     assert len(cancelled.body["generations"]) == 1
     assert await count(coordinator, "queue") == 0
-    states = sorted([await job_state(coordinator, j["id"]) for j in
-                     await _jobs(coordinator, request_id)])
+    states = sorted([await job_state(coordinator, j["id"]) for j in await _jobs(coordinator, request_id)])
     assert states == ["cancelled", "done", "processing"]
 
     # The image being made when the request was cancelled is still delivered and paid for.
@@ -250,8 +259,11 @@ async def test_cancel_by_id_needs_no_apikey(coordinator: RunningCoordinator) -> 
 async def test_unknown_request_ids_are_404(coordinator: RunningCoordinator) -> None:
     alice = await coordinator.create_account("alice", kudos=100)
     api = requester(coordinator, alice)
-    for method, path in (("GET", "/v2/generate/check/nope"), ("GET", "/v2/generate/status/nope"),
-                         ("DELETE", "/v2/generate/status/00000000-0000-0000-0000-000000000000")):
+    for method, path in (
+        ("GET", "/v2/generate/check/nope"),
+        ("GET", "/v2/generate/status/nope"),
+        ("DELETE", "/v2/generate/status/00000000-0000-0000-0000-000000000000"),
+    ):
         reply = await api.call(method, path)
         assert reply.status == 404 and reply.rc == "RequestNotFound", (path, reply.body)
 

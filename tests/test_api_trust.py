@@ -73,12 +73,18 @@ async def tampered_cases(coordinator: RunningCoordinator, identity: Identity) ->
         ("DigestMismatch", changed, good),
         ("UnknownSignatureKey", body, foreign),
         ("InvalidSignature", body, wrong_sig),
-        ("SignatureExpired", body,
-         signed_headers(identity, coordinator, "POST", GENERATE, body, created=int(time.time()) - 301)),
+        (
+            "SignatureExpired",
+            body,
+            signed_headers(identity, coordinator, "POST", GENERATE, body, created=int(time.time()) - 301),
+        ),
         # A minute beyond the 300 s window, not a second: the cases are sent after they are all built, and
         # on a loaded machine a second passes in between, which would bring a +301 s date into the window.
-        ("SignatureExpired", body,
-         signed_headers(identity, coordinator, "POST", GENERATE, body, created=int(time.time()) + 360)),
+        (
+            "SignatureExpired",
+            body,
+            signed_headers(identity, coordinator, "POST", GENERATE, body, created=int(time.time()) + 360),
+        ),
         ("InvalidSignature", body, signed_headers(identity, coordinator, "POST", "/v2/generate/pop", body)),
         ("SignatureMalformed", body, {**good, "Signature": "sig1=:!!!:"}),
         ("SignatureMissing", body, {k: v for k, v in good.items() if k != "Signature"}),
@@ -106,8 +112,14 @@ async def test_replayed_nonce_is_refused(coordinator: RunningCoordinator) -> Non
     replay = await raw_call(coordinator, "POST", GENERATE, body, headers)
     assert (replay.status, replay.rc) == (401, "SignatureReplay")
     # A fresh signature with the same explicit nonce is a replay too.
-    same_nonce = signed_headers(identity, coordinator, "POST", GENERATE, body,
-                                nonce=headers["Signature-Input"].split('nonce="')[1].split('"')[0])
+    same_nonce = signed_headers(
+        identity,
+        coordinator,
+        "POST",
+        GENERATE,
+        body,
+        nonce=headers["Signature-Input"].split('nonce="')[1].split('"')[0],
+    )
     assert (await raw_call(coordinator, "POST", GENERATE, body, same_nonce)).rc == "SignatureReplay"
     assert await snapshot(coordinator) == before
 
@@ -141,10 +153,12 @@ async def test_registration_must_prove_the_key(coordinator: RunningCoordinator) 
     claimed, signer = Identity.generate(), Identity.generate()
     before = await snapshot(coordinator)
     mismatched = await Api(coordinator.url, identity=signer).post(
-        "/v2/accounts", {"username": "thief", "public_key": claimed.public_key.text()})
+        "/v2/accounts", {"username": "thief", "public_key": claimed.public_key.text()}
+    )
     assert mismatched.status == 401, mismatched.body
-    unsigned = await Api(coordinator.url).post("/v2/accounts",
-                                               {"username": "thief", "public_key": claimed.public_key.text()})
+    unsigned = await Api(coordinator.url).post(
+        "/v2/accounts", {"username": "thief", "public_key": claimed.public_key.text()}
+    )
     assert unsigned.status == 401
     assert await snapshot(coordinator) == before
     _, first = await register_signed(coordinator, "owner-of-key", claimed)
@@ -203,15 +217,22 @@ async def test_result_signed_by_the_wrong_key_is_refused_and_unpaid(
     popped = await pop_job(worker)
     job_id, seed = popped.body["ids"][0], seed_of(popped)
     image = tiny_webp()
-    forged = sign_result(Identity.generate(),
-                         ResultDocument(job_id=job_id, image_sha256=sha256_hex(image), seed=seed, state="ok"))
-    body = {"id": job_id, "generation": base64.b64encode(image).decode(), "state": "ok",
-            "seed": seed, "signature": forged}
+    forged = sign_result(
+        Identity.generate(), ResultDocument(job_id=job_id, image_sha256=sha256_hex(image), seed=seed, state="ok")
+    )
+    body = {
+        "id": job_id,
+        "generation": base64.b64encode(image).decode(),
+        "state": "ok",
+        "seed": seed,
+        "signature": forged,
+    }
     refused = await worker.api.post("/v2/generate/submit", body)
     assert (refused.status, refused.rc) == (403, "InvalidResultSignature")
     # A signature over another image (or none at all, from a signed node) is refused the same way.
-    body["signature"] = sign_result(worker.api.identity, ResultDocument(
-        job_id=job_id, image_sha256=sha256_hex(b"other"), seed=seed, state="ok"))
+    body["signature"] = sign_result(
+        worker.api.identity, ResultDocument(job_id=job_id, image_sha256=sha256_hex(b"other"), seed=seed, state="ok")
+    )
     assert (await worker.api.post("/v2/generate/submit", body)).rc == "InvalidResultSignature"
     del body["signature"]
     assert (await worker.api.post("/v2/generate/submit", body)).rc == "InvalidResultSignature"
@@ -242,20 +263,48 @@ async def test_provenance_verifies_from_public_data_only(
             job = JobDocument(**generation["job"])
             assert job.request_sha256 == request_digest(request_id) and job.job_id == generation["id"]
             assert job.payload["seed"] == generation["seed"]
-            result = ResultDocument(job_id=generation["id"], image_sha256=generation["image_sha256"],
-                                    seed=generation["seed"], state=generation["state"])
+            result = ResultDocument(
+                job_id=generation["id"],
+                image_sha256=generation["image_sha256"],
+                seed=generation["seed"],
+                state=generation["state"],
+            )
             worker_key = PublicKey.from_text(generation["worker_key"])
             assert worker_key == worker.api.identity.public_key
-            assert verify_provenance(image, job, generation["job_signature"], coordinator_key, result,
-                                     generation["signature"], worker_key) == []
+            assert (
+                verify_provenance(
+                    image,
+                    job,
+                    generation["job_signature"],
+                    coordinator_key,
+                    result,
+                    generation["signature"],
+                    worker_key,
+                )
+                == []
+            )
             tampered = bytearray(image)
             tampered[len(tampered) // 2] ^= 0x01
-            problems = verify_provenance(bytes(tampered), job, generation["job_signature"], coordinator_key,
-                                         result, generation["signature"], worker_key)
+            problems = verify_provenance(
+                bytes(tampered),
+                job,
+                generation["job_signature"],
+                coordinator_key,
+                result,
+                generation["signature"],
+                worker_key,
+            )
             assert problems and "SHA-256" in problems[0]
             forged_job = job.model_copy(update={"model": "something-else"})
-            assert verify_provenance(image, forged_job, generation["job_signature"], coordinator_key, result,
-                                     generation["signature"], worker_key)
+            assert verify_provenance(
+                image,
+                forged_job,
+                generation["job_signature"],
+                coordinator_key,
+                result,
+                generation["signature"],
+                worker_key,
+            )
 
 
 async def test_provenance_holds_when_the_node_reports_another_seed(
@@ -269,18 +318,37 @@ async def test_provenance_holds_when_the_node_reports_another_seed(
     job_id = popped.body["ids"][0]
     image = tiny_webp()
     reported = "7"  # the seed the node says it used, sent as a number
-    signature = sign_result(worker.api.identity, ResultDocument(job_id=job_id, image_sha256=sha256_hex(image),
-                                                                seed=reported, state="ok"))
-    body = {"id": job_id, "generation": base64.b64encode(image).decode(), "state": "ok",
-            "seed": 7, "signature": signature}
+    signature = sign_result(
+        worker.api.identity, ResultDocument(job_id=job_id, image_sha256=sha256_hex(image), seed=reported, state="ok")
+    )
+    body = {
+        "id": job_id,
+        "generation": base64.b64encode(image).decode(),
+        "state": "ok",
+        "seed": 7,
+        "signature": signature,
+    }
     assert (await worker.api.post("/v2/generate/submit", body)).status == 200
     [generation] = (await Api(coordinator.url).get(f"/v2/generate/status/{request_id}")).body["generations"]
     assert generation["seed"] == "7" and generation["job"]["payload"]["seed"] == "42"
-    result = ResultDocument(job_id=generation["id"], image_sha256=generation["image_sha256"],
-                            seed=generation["seed"], state=generation["state"])
-    assert verify_provenance(image, JobDocument(**generation["job"]), generation["job_signature"],
-                             coordinator.public_key, result, generation["signature"],
-                             PublicKey.from_text(generation["worker_key"])) == []
+    result = ResultDocument(
+        job_id=generation["id"],
+        image_sha256=generation["image_sha256"],
+        seed=generation["seed"],
+        state=generation["state"],
+    )
+    assert (
+        verify_provenance(
+            image,
+            JobDocument(**generation["job"]),
+            generation["job_signature"],
+            coordinator.public_key,
+            result,
+            generation["signature"],
+            PublicKey.from_text(generation["worker_key"]),
+        )
+        == []
+    )
 
 
 async def test_apikey_only_worker_results_are_marked_unsigned(coordinator: RunningCoordinator) -> None:
@@ -297,8 +365,7 @@ async def test_apikey_only_worker_results_are_marked_unsigned(coordinator: Runni
 
 
 @pytest.mark.parametrize("path", ["/v2/generate/pop", "/v2/generate/submit", "/v2/kudos/transfer"])
-async def test_signed_node_and_account_endpoints_reject_tampering(coordinator: RunningCoordinator,
-                                                                  path: str) -> None:
+async def test_signed_node_and_account_endpoints_reject_tampering(coordinator: RunningCoordinator, path: str) -> None:
     owner = await coordinator.create_account("owner", kudos=10)
     await coordinator.create_account("bob")
     key = Identity.generate()

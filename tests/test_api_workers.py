@@ -9,8 +9,14 @@ from tests.helpers import Api
 
 async def test_workers_list_and_detail(coordinator: RunningCoordinator) -> None:
     owner = await coordinator.create_account("owner")
-    worker = node(coordinator, owner, "n1", models=["tiny-sd", "other"], max_pixels=512 * 512,
-                  extra={"threads": 2, "nsfw": True, "allow_lora": True})
+    worker = node(
+        coordinator,
+        owner,
+        "n1",
+        models=["tiny-sd", "other"],
+        max_pixels=512 * 512,
+        extra={"threads": 2, "nsfw": True, "allow_lora": True},
+    )
     alice = await coordinator.create_account("alice", kudos=100)
     await generate(requester(coordinator, alice), small())
     reward = (await worker.serve_one()).body["reward"]
@@ -110,10 +116,12 @@ async def test_openapi_lists_every_route_with_schemas(coordinator: RunningCoordi
         return schemas[ref.rsplit("/", 1)[1]]
 
     # Every route of the API; `/metrics` and the status page (`/`, `/static/`) are not API (routes/site.py).
-    routes = {(route.method, route.resource.canonical) for route in coordinator.app.router.routes()
-              if route.method != "HEAD" and route.resource.canonical.startswith("/api/")}
-    documented = {(method.upper(), path) for path, operations in document["paths"].items()
-                  for method in operations}
+    routes = {
+        (route.method, route.resource.canonical)
+        for route in coordinator.app.router.routes()
+        if route.method != "HEAD" and route.resource.canonical.startswith("/api/")
+    }
+    documented = {(method.upper(), path) for path, operations in document["paths"].items() for method in operations}
     assert routes == documented
     for path, operations in document["paths"].items():
         for method, operation in operations.items():

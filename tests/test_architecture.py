@@ -23,20 +23,46 @@ MAY_IMPORT = {"protocol": (), "transport": ("protocol",)} | dict.fromkeys(
     ("coordinator", "node", "client"), PARTIES_MAY_IMPORT
 )
 # The coordinator's web layer: HTTP in and out, the app's wiring, the operator's CLI, the API documents.
-WEB_LAYER = ("coordinator.app", "coordinator.cli", "coordinator.connections", "coordinator.middleware",
-             "coordinator.openapi", "coordinator.swagger2", "coordinator.routes")
+WEB_LAYER = (
+    "coordinator.app",
+    "coordinator.cli",
+    "coordinator.connections",
+    "coordinator.middleware",
+    "coordinator.openapi",
+    "coordinator.swagger2",
+    "coordinator.routes",
+)
 # What a handler module may import from the coordinator: the other route modules, who is calling (auth),
 # errors, the broker it calls, and constants of the protocol it speaks (an SSE keep-alive, the metrics key).
-ROUTES_MAY_IMPORT = ("coordinator.routes", "coordinator.auth", "coordinator.errors", "coordinator.broker",
-                     "coordinator.stream", "coordinator.metrics", "coordinator.openapi",
-                     "coordinator.swagger2")
+ROUTES_MAY_IMPORT = (
+    "coordinator.routes",
+    "coordinator.auth",
+    "coordinator.errors",
+    "coordinator.broker",
+    "coordinator.stream",
+    "coordinator.metrics",
+    "coordinator.openapi",
+    "coordinator.swagger2",
+)
 # What storage may import from the coordinator besides itself: the one capability table (its SQL form is the
 # pop query's filters) and the statement timer of /metrics. Neither imports a component.
 STORAGE_MAY_IMPORT = ("coordinator.storage", "coordinator.capabilities", "coordinator.metrics")
 SHARED_WITH_STORAGE_MAY_IMPORT = ("coordinator.storage", "coordinator.errors")
 # I/O protocol/ may not do (key files are transport/keyfiles.py's).
-IO_MODULES = ("pathlib", "tempfile", "socket", "asyncio", "aiohttp", "httpx", "requests", "urllib.request",
-              "sqlite3", "asyncpg", "subprocess", "shutil")
+IO_MODULES = (
+    "pathlib",
+    "tempfile",
+    "socket",
+    "asyncio",
+    "aiohttp",
+    "httpx",
+    "requests",
+    "urllib.request",
+    "sqlite3",
+    "asyncpg",
+    "subprocess",
+    "shutil",
+)
 # Gates every request passes before its component, which handlers may call beside it: the rate limits,
 # and the webhook target check (the webhook component is built on the request desk, so the desk cannot
 # call it; a refused webhook must refuse the request before it is accepted).
@@ -69,8 +95,11 @@ class Module:
     def absolute(self, node: ast.ImportFrom) -> str:
         if not node.level:
             return node.module or ""
-        package = self.name.split(".")[: -node.level] if self.path.name != "__init__.py" else (
-            self.name.split(".")[: len(self.name.split(".")) - node.level + 1])
+        package = (
+            self.name.split(".")[: -node.level]
+            if self.path.name != "__init__.py"
+            else (self.name.split(".")[: len(self.name.split(".")) - node.level + 1])
+        )
         return ".".join([*package, *([node.module] if node.module else [])])
 
 
@@ -136,12 +165,21 @@ def handler_names(module: Module) -> set[str]:
 def broker_components(function: ast.AST) -> set[str]:
     """The broker components a function uses (`broker(request).X`), less the gates (`broker(request).X.y`
     for X.y in HANDLER_GATES)."""
-    gates = {node.value for node in ast.walk(function)
-             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-             and f"{node.value.attr}.{node.attr}" in HANDLER_GATES}
-    return {node.attr for node in ast.walk(function)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call)
-            and getattr(node.value.func, "id", None) == "broker" and node not in gates}
+    gates = {
+        node.value
+        for node in ast.walk(function)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and f"{node.value.attr}.{node.attr}" in HANDLER_GATES
+    }
+    return {
+        node.attr
+        for node in ast.walk(function)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Call)
+        and getattr(node.value.func, "id", None) == "broker"
+        and node not in gates
+    }
 
 
 def name_of(node: ast.expr) -> str | None:
@@ -152,12 +190,18 @@ def name_of(node: ast.expr) -> str | None:
 def storage_problems(module: Module) -> list[str]:
     problems = []
     for node in ast.walk(module.tree):
-        if isinstance(node, ast.Attribute) and (node.attr in ("transaction", "reader") or (
-            node.attr in ("database", "images") and name_of(node.value) == "services"
-        )):
+        if isinstance(node, ast.Attribute) and (
+            node.attr in ("transaction", "reader")
+            or (node.attr in ("database", "images") and name_of(node.value) == "services")
+        ):
             problems.append(f"{module.name}:{node.lineno} uses .{node.attr}: storage is the broker's")
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
-            word in node.value for word in SQL_WORDS  # our SQL is written in capitals
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and any(
+                word in node.value
+                for word in SQL_WORDS  # our SQL is written in capitals
+            )
         ):
             problems.append(f"{module.name}:{node.lineno} holds SQL")
     return problems
@@ -208,6 +252,8 @@ def test_handlers_parse_call_one_component_and_reply(modules: list[Module]) -> N
 
 
 def test_modules_stay_small(modules: list[Module]) -> None:
-    lengths = {module.path.relative_to(ROOT).as_posix(): module.path.read_text(encoding="utf-8").count("\n")
-               for module in modules}
+    lengths = {
+        module.path.relative_to(ROOT).as_posix(): module.path.read_text(encoding="utf-8").count("\n")
+        for module in modules
+    }
     assert {path for path, lines in lengths.items() if lines > MAX_MODULE_LINES} == set()

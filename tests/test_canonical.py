@@ -7,9 +7,7 @@ from protocol.canonical import canonical_json
 
 
 def test_keys_sorted_and_no_whitespace() -> None:
-    assert canonical_json({"b": 1, "a": [1, 2, {"d": None, "c": True}]}) == (
-        b'{"a":[1,2,{"c":true,"d":null}],"b":1}'
-    )
+    assert canonical_json({"b": 1, "a": [1, 2, {"d": None, "c": True}]}) == (b'{"a":[1,2,{"c":true,"d":null}],"b":1}')
 
 
 def test_rfc8785_section_3_2_3_key_sorting_by_utf16() -> None:

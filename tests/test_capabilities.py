@@ -46,8 +46,9 @@ def random_entry(rng: random.Random, index: int) -> QueueEntry:
         else:
             demands[capability.column] = rng.choice(SAMPLERS)
     models = rng.sample(MODELS, rng.randint(0, 2))
-    return QueueEntry(job_id=f"j{index}", request_id=f"r{index}", models=models, tier=rng.randint(0, 1),
-                      rank=rng.random(), **demands)  # fmt: skip
+    return QueueEntry(
+        job_id=f"j{index}", request_id=f"r{index}", models=models, tier=rng.randint(0, 1), rank=rng.random(), **demands
+    )
 
 
 def random_caps(rng: random.Random, index: int) -> WorkerCaps:
@@ -60,10 +61,18 @@ def random_caps(rng: random.Random, index: int) -> WorkerCaps:
     baselines = {model: rng.choice(FAMILIES) for model in models if rng.random() < 0.7}
     by_baseline = {name: rng.random() < 0.5 for name in ("sdxl_controlnet", "sd2_controlnet", "sdxl_tis")}
     return WorkerCaps(
-        worker_id=f"w{index}", models=models, max_pixels=rng.choice([512, 1024, 2048]) ** 2,
-        max_steps=rng.choice([30, 500]), samplers=samplers, post_processors=rng.choice([None, 0, 1, 3, 67]),
-        control_types=controls, annotators=annotators, baselines=baselines, **by_baseline, **flags,
-    )  # fmt: skip
+        worker_id=f"w{index}",
+        models=models,
+        max_pixels=rng.choice([512, 1024, 2048]) ** 2,
+        max_steps=rng.choice([30, 500]),
+        samplers=samplers,
+        post_processors=rng.choice([None, 0, 1, 3, 67]),
+        control_types=controls,
+        annotators=annotators,
+        baselines=baselines,
+        **by_baseline,
+        **flags,
+    )
 
 
 async def test_sql_and_python_forms_of_the_table_agree(coordinator: RunningCoordinator) -> None:
@@ -92,11 +101,29 @@ async def test_sql_and_python_forms_of_the_table_agree(coordinator: RunningCoord
 
 def test_each_row_keeps_out_exactly_what_the_node_lacks() -> None:
     """Flip one capability off: only the jobs demanding it change hands (no row leans on another)."""
-    everything = WorkerCaps(worker_id="w", models=["m1"], max_pixels=2**22, nsfw=True, img2img=True, painting=True,
-                            lora=True, post_processing=True, trusted=True, tis=True, controlnet=True,
-                            hires_fix=True, censor=True)  # fmt: skip
-    plain = {c.column: 0 for c in CAPABILITIES} | {"pixels": 64 * 64, "steps": 4, "sampler": "k_euler", "model": "m1",
-                                                   "control_type": "", "annotator": ""}  # fmt: skip
+    everything = WorkerCaps(
+        worker_id="w",
+        models=["m1"],
+        max_pixels=2**22,
+        nsfw=True,
+        img2img=True,
+        painting=True,
+        lora=True,
+        post_processing=True,
+        trusted=True,
+        tis=True,
+        controlnet=True,
+        hires_fix=True,
+        censor=True,
+    )
+    plain = {c.column: 0 for c in CAPABILITIES} | {
+        "pixels": 64 * 64,
+        "steps": 4,
+        "sampler": "k_euler",
+        "model": "m1",
+        "control_type": "",
+        "annotator": "",
+    }
     assert row_skip_reason(plain, everything) is None
     for capability in CAPABILITIES:
         if capability.kind != "flag":

@@ -65,9 +65,16 @@ class Cli:
 
     async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "client.cli", *args, env=self.env(**env), cwd=self.config_dir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "client.cli",
+            *args,
+            env=self.env(**env),
+            cwd=self.config_dir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
     async def __call__(self, *args: str, **env: str) -> Result:
         process = await self.start(*args, **env)
@@ -103,10 +110,12 @@ async def serve_jobs(client: HordeClient, name: str) -> None:
             result = ResultDocument(job_id=job_id, image_sha256=sha256_hex(image), seed=seed, state="ok")
             await client.submit(
                 SubmitRequest(
-                    id=job_id, generation=base64.b64encode(image).decode(), seed=seed,
+                    id=job_id,
+                    generation=base64.b64encode(image).decode(),
+                    seed=seed,
                     signature=sign_result(client.identity, result),
                 )
-            )  # fmt: skip
+            )
 
 
 @pytest.fixture
@@ -150,9 +159,22 @@ async def test_keys_register_generate_and_verify(cli: Cli, node: str, tmp_path: 
 
     out = tmp_path / "images"
     generated = await cli(
-        "generate", "a red fox", "--model", MODEL, "-n", "2", "--size", "64x64", "--steps", "2",
-        "--seed", "7", "--out", str(out), "--json",
-    )  # fmt: skip
+        "generate",
+        "a red fox",
+        "--model",
+        MODEL,
+        "-n",
+        "2",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert generated.rc == 0, generated.err
     images = [Path(item["file"]) for item in generated.json()["images"]]  # type: ignore[index]
     assert len(images) == 2 and all(path.suffix == ".webp" and path.exists() for path in images)
@@ -174,8 +196,9 @@ async def test_keys_register_generate_and_verify(cli: Cli, node: str, tmp_path: 
 
 
 async def test_png_output_verifies(cli: Cli, node: str, tmp_path: Path) -> None:
-    generated = await cli("generate", "a blue bird", "--size", "64x64", "--steps", "1", "--format", "png",
-                          "--out", str(tmp_path), "-q")  # fmt: skip
+    generated = await cli(
+        "generate", "a blue bird", "--size", "64x64", "--steps", "1", "--format", "png", "--out", str(tmp_path), "-q"
+    )
     assert generated.rc == 0, generated.err
     [png] = [Path(line) for line in generated.out.split()]
     assert png.suffix == ".png" and png.with_suffix(".webp").exists()

@@ -16,9 +16,16 @@ pytestmark = pytest.mark.timeout(180)
 
 async def run_cli(*args: str, env: dict[str, str], limit: float = 150.0) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "client.cli", *args, env=env, cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "client.cli",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(process.communicate(), limit)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -31,9 +38,11 @@ async def test_demo_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> Non
     (cache / "tiny-sd").symlink_to(tiny_model_dir)  # the session's model stands in for the cached build
     env = {key: value for key, value in os.environ.items() if not key.startswith("HORDE_")}
     env.update(
-        HORDE_CACHE_DIR=str(cache), HORDE_CONFIG_DIR=str(tmp_path / "config"), TMPDIR=str(scratch),
+        HORDE_CACHE_DIR=str(cache),
+        HORDE_CONFIG_DIR=str(tmp_path / "config"),
+        TMPDIR=str(scratch),
         PYTHONPATH=str(ROOT),
-    )  # fmt: skip
+    )
 
     rc, stdout, stderr = await run_cli(
         "demo", "a lighthouse at dusk", "--out", str(out), "-n", "2", "--steps", "2", "--size", "64x64", env=env

@@ -60,7 +60,7 @@ def test_written_file_is_private_and_merges(tmp_path: Path) -> None:
 def test_any_text_survives_the_file(tmp_path: Path) -> None:
     # Emoji (outside the BMP: JSON's ASCII escapes would write a surrogate pair, which TOML rejects),
     # DEL (JSON leaves it raw, TOML forbids it) and control characters, through the writer the node shares.
-    text = "horse 🐎, del \x7f, tab \t, bell \x07, quote \" and back \\ slash"
+    text = 'horse 🐎, del \x7f, tab \t, bell \x07, quote " and back \\ slash'
     write_config_file(tmp_path / "config.toml", {"note": text, "apikey": "k"})
     assert read_config_file(tmp_path / "config.toml") == {"note": text, "apikey": "k"}
 

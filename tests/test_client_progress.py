@@ -10,9 +10,17 @@ from protocol.generation import RequestCheck
 
 def check(**changes: object) -> RequestCheck:
     fields: dict[str, object] = {
-        "finished": 0, "processing": 0, "restarted": 0, "waiting": 4, "done": False, "faulted": False,
-        "wait_time": 42, "queue_position": 3, "kudos": 0.0, "is_possible": True,
-    }  # fmt: skip
+        "finished": 0,
+        "processing": 0,
+        "restarted": 0,
+        "waiting": 4,
+        "done": False,
+        "faulted": False,
+        "wait_time": 42,
+        "queue_position": 3,
+        "kudos": 0.0,
+        "is_possible": True,
+    }
     return RequestCheck.model_validate({**fields, **changes})
 
 
@@ -32,8 +40,13 @@ def test_done_and_impossible() -> None:
 
 def test_format_seconds() -> None:
     assert [format_seconds(s) for s in (5, 89, 90, 150, 5400, 7320)] == [
-        "5 s", "89 s", "1 min 30 s", "2 min 30 s", "1 h 30 min", "2 h 2 min",
-    ]  # fmt: skip
+        "5 s",
+        "89 s",
+        "1 min 30 s",
+        "2 min 30 s",
+        "1 h 30 min",
+        "2 h 2 min",
+    ]
 
 
 def test_plain_output_prints_only_changes() -> None:

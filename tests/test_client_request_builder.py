@@ -14,10 +14,19 @@ from client.request_builder import GenerateOptions, build_request, parse_lora, p
 def test_flags_map_onto_the_request() -> None:
     request = build_request(
         GenerateOptions(
-            prompt="a fox", model="tiny-sd", n=3, size="256x192", steps=12, sampler="k_euler",
-            cfg=5.5, seed="42", negative="blurry", loras=["detail:0.7", "style"], nsfw=True,
+            prompt="a fox",
+            model="tiny-sd",
+            n=3,
+            size="256x192",
+            steps=12,
+            sampler="k_euler",
+            cfg=5.5,
+            seed="42",
+            negative="blurry",
+            loras=["detail:0.7", "style"],
+            nsfw=True,
         )
-    )  # fmt: skip
+    )
     assert request.prompt == "a fox ### blurry"
     assert request.models == ["tiny-sd"]
     assert request.nsfw is True

@@ -27,25 +27,45 @@ def webp_bytes(color: str = "teal") -> bytes:
 
 def signed_generation(image: bytes, *, job_id: str = "job-1", seed: str = "1234") -> Generation:
     job = JobDocument(
-        job_id=job_id, request_sha256=request_digest("req-1"), model="tiny-sd",
-        payload={"prompt": "a fox", "ddim_steps": 8, "seed": seed}, source_image_sha256=None,
-        source_mask_sha256=None, ttl=150, worker_id="worker-1", issued_at=1_700_000_000,
-    )  # fmt: skip
+        job_id=job_id,
+        request_sha256=request_digest("req-1"),
+        model="tiny-sd",
+        payload={"prompt": "a fox", "ddim_steps": 8, "seed": seed},
+        source_image_sha256=None,
+        source_mask_sha256=None,
+        ttl=150,
+        worker_id="worker-1",
+        issued_at=1_700_000_000,
+    )
     result = ResultDocument(job_id=job_id, image_sha256=sha256_hex(image), seed=seed, state="ok")
     return Generation(
-        id=job_id, img="https://example.invalid/img.webp", seed=seed, worker_id="worker-1",
-        worker_name="node-a", model="tiny-sd", state="ok", censored=False,
-        worker_key=WORKER.public_key.text(), signature=sign_result(WORKER, result),
-        image_sha256=sha256_hex(image), job=job.model_dump(mode="json"), job_signature=sign_job(COORDINATOR, job),
-    )  # fmt: skip
+        id=job_id,
+        img="https://example.invalid/img.webp",
+        seed=seed,
+        worker_id="worker-1",
+        worker_name="node-a",
+        model="tiny-sd",
+        state="ok",
+        censored=False,
+        worker_key=WORKER.public_key.text(),
+        signature=sign_result(WORKER, result),
+        image_sha256=sha256_hex(image),
+        job=job.model_dump(mode="json"),
+        job_signature=sign_job(COORDINATOR, job),
+    )
 
 
 def save(tmp_path: Path, image: bytes, fmt: ImageFormat = "webp", generation: Generation | None = None) -> SavedImage:
     return save_generation(
-        tmp_path, "req-1_0", generation or signed_generation(image), image, fmt=fmt,
-        request_id="req-1", request={"prompt": "a fox", "source_image": "QUJD"},
+        tmp_path,
+        "req-1_0",
+        generation or signed_generation(image),
+        image,
+        fmt=fmt,
+        request_id="req-1",
+        request={"prompt": "a fox", "source_image": "QUJD"},
         coordinator=CoordinatorRecord("http://127.0.0.1:7001", COORDINATOR.public_key.text()),
-    )  # fmt: skip
+    )
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:
@@ -130,8 +150,16 @@ def chain(count: int) -> list[LedgerEntry]:
     entries: list[LedgerEntry] = []
     for index in range(count):
         previous = entries[-1] if entries else None
-        entries.append(LedgerEntry.new(previous, created=1_700_000_000 + index, kind="reward", source=None,
-                                       target=1 + index % 2, amount=1.5 + index))  # fmt: skip
+        entries.append(
+            LedgerEntry.new(
+                previous,
+                created=1_700_000_000 + index,
+                kind="reward",
+                source=None,
+                target=1 + index % 2,
+                amount=1.5 + index,
+            )
+        )
     return entries
 
 

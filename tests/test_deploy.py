@@ -380,8 +380,13 @@ def test_systemd_unit_is_restarted_hardened_and_runs_a_console_script(kind: str)
     assert unit_setting(unit, "Restart") == "on-failure"
     assert unit_setting(unit, "RestartSec")
     assert unit_setting(unit, "User") not in (None, "root")
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                       "PrivateTmp": "yes", "CapabilityBoundingSet": ""}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+    }.items():
         assert unit_setting(unit, key) == value, f"{key}={value}"
     env_files = unit["EnvironmentFile"]
     assert env_files and all(Path(path.lstrip("-")).is_absolute() for path in env_files)
@@ -406,7 +411,7 @@ def stub_commands(tmp_path: Path) -> Path:
     for name, target in console_scripts().items():
         script = folder / name
         module = target.partition(":")[0]
-        script.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec {sys.executable} -m {module} \"$@\"\n")
+        script.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec {sys.executable} -m {module} "$@"\n')
         script.chmod(0o755)
     return folder
 
@@ -414,8 +419,10 @@ def stub_commands(tmp_path: Path) -> Path:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path, stub_commands: Path) -> None:
     """The units as shipped, with ExecStart pointing at existing commands and the env file at its example."""
-    examples = {"/etc/horde-network/coordinator.env": DEPLOY / "env" / "coordinator-single-host.env.example",
-                "/etc/horde-network/node.env": DEPLOY / "env" / "node.env.example"}
+    examples = {
+        "/etc/horde-network/coordinator.env": DEPLOY / "env" / "coordinator-single-host.env.example",
+        "/etc/horde-network/node.env": DEPLOY / "env" / "node.env.example",
+    }
     rendered = []
     for path in UNITS.values():
         text = path.read_text().replace("/opt/horde-network/bin", str(stub_commands))
@@ -509,11 +516,24 @@ def coordinator_as_deployed(
     """`python -m coordinator.cli --data-dir TMP serve ... --host 127.0.0.1 --port 0 --port-file F`."""
     assert args[0] == "serve", args
     data_dir, port_file, log = workdir / "data", workdir / "port", workdir / "coordinator.log"
-    command = [sys.executable, "-m", script_module("horde-coordinator"), "--data-dir", str(data_dir), *args,
-               "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+    command = [
+        sys.executable,
+        "-m",
+        script_module("horde-coordinator"),
+        "--data-dir",
+        str(data_dir),
+        *args,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+    ]
     with log.open("wb") as output:
-        process = subprocess.Popen(command, env=child_env(settings, code), cwd=workdir, stdout=output,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=child_env(settings, code), cwd=workdir, stdout=output, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -607,8 +627,9 @@ async def test_coordinator_starts_as_the_compose_replicas_run_it(tmp_path: Path)
         # coordinator-init: `horde-coordinator init` creates the keys and migrates before any replica.
         init = compose()["services"]["coordinator-init"]["command"]
         command = [sys.executable, "-m", script_module("horde-coordinator"), *init]
-        result = await asyncio.to_thread(subprocess.run, command, env=child_env(settings), cwd=tmp_path,
-                                         capture_output=True, text=True, timeout=120)
+        result = await asyncio.to_thread(
+            subprocess.run, command, env=child_env(settings), cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         key = load_identity(tmp_path / "data" / "coordinator.key").public_key.text()
 
@@ -637,8 +658,23 @@ def test_the_installed_package_ships_its_data_and_serves(tmp_path: Path) -> None
         shutil.copytree(ROOT / package, source / package, ignore=ignore)
     if (ROOT / "README.md").exists():
         shutil.copy(ROOT / "README.md", source)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
@@ -655,8 +691,12 @@ def test_the_installed_package_ships_its_data_and_serves(tmp_path: Path) -> None
     )
 
     target = tmp_path / "installed"
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                                str(wheel)], capture_output=True, text=True, timeout=300)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     settings, args = deployed_settings("compose")
     settings = isolated_settings(settings, tmp_path, None)
@@ -679,8 +719,9 @@ def load_healthcheck():
 
 
 def run_healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HEALTHCHECK), *args], capture_output=True, text=True, timeout=30,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), *args], capture_output=True, text=True, timeout=30, env=env
+    )
 
 
 def test_healthcheck_http_follows_the_coordinator(tmp_path: Path) -> None:
@@ -805,17 +846,20 @@ async def test_nginx_proxies_to_the_coordinator(tmp_path: Path, nginx_prefix: Pa
             identity = Identity.generate()
             headers = {"Client-Agent": "deploy-tests:1:local", "client_agent": "deploy-tests:1:local"}
             api = Api(proxy_url, identity=identity)
-            created = await api.post("/v2/accounts", {"username": "proxied", "public_key": identity.public_key.text()},
-                                     headers=headers)
+            created = await api.post(
+                "/v2/accounts", {"username": "proxied", "public_key": identity.public_key.text()}, headers=headers
+            )
             assert created.status == 200, created.body
             # ... and one signed for another address (here, the replica itself) does not.
             direct = await Api(started.url, identity=Identity.generate()).post(
-                "/v2/accounts", {"username": "direct", "public_key": None}, headers=headers)
+                "/v2/accounts", {"username": "direct", "public_key": None}, headers=headers
+            )
             assert direct.status == 401, direct.body
 
             # Bodies past nginx's 1 MiB default reach the coordinator, which answers in JSON.
             big = await Api(proxy_url, apikey=created.body["apikey"]).post(
-                "/v2/generate/async", {"prompt": "x" * (5 * 1024 * 1024), "params": {"nonsense": True}})
+                "/v2/generate/async", {"prompt": "x" * (5 * 1024 * 1024), "params": {"nonsense": True}}
+            )
             assert big.status != 413 and isinstance(big.body, dict), big.body
         finally:
             nginx.terminate()

@@ -38,8 +38,11 @@ def generator(tiny_model_dir: Path) -> Generator:
 
 @pytest.fixture(scope="module")
 def source(generator: Generator) -> Image.Image:
-    [made] = generator.run(JobSpec.from_payload(TINY_MODEL_NAME, {**small(PROMPT)["params"], "prompt": PROMPT,
-                                                                  "ddim_steps": 4, "seed": "7"}))  # fmt: skip
+    [made] = generator.run(
+        JobSpec.from_payload(
+            TINY_MODEL_NAME, {**small(PROMPT)["params"], "prompt": PROMPT, "ddim_steps": 4, "seed": "7"}
+        )
+    )
     assert made.image is not None
     return made.image
 
@@ -111,25 +114,52 @@ async def test_every_accepted_parameter_is_in_the_payload_as_ai_horde_sends_it(
     coordinator: RunningCoordinator, source: Image.Image
 ) -> None:
     params = {
-        "steps": 12, "seed": "42", "sampler_name": "k_dpmpp_2m", "cfg_scale": 6.5, "karras": True, "clip_skip": 2,
-        "tiling": True, "denoising_strength": 0.55, "hires_fix": True, "hires_fix_denoising_strength": 0.4,
+        "steps": 12,
+        "seed": "42",
+        "sampler_name": "k_dpmpp_2m",
+        "cfg_scale": 6.5,
+        "karras": True,
+        "clip_skip": 2,
+        "tiling": True,
+        "denoising_strength": 0.55,
+        "hires_fix": True,
+        "hires_fix_denoising_strength": 0.4,
         "loras": [{"name": "12345", "model": 0.8, "clip": 0.6, "is_version": True, "inject_trigger": "any"}],
         "tis": [{"name": "negfix", "inject_ti": "negprompt", "strength": 0.5}],
-        "post_processing": ["RealESRGAN_x2plus", "GFPGAN"], "post_processing_order": "upscalers_first",
-        "facefixer_strength": 0.3, "control_type": "canny", "image_is_control": True, "return_control_map": False,
-    }  # fmt: skip
+        "post_processing": ["RealESRGAN_x2plus", "GFPGAN"],
+        "post_processing_order": "upscalers_first",
+        "facefixer_strength": 0.3,
+        "control_type": "canny",
+        "image_is_control": True,
+        "return_control_map": False,
+    }
     body = {**small("a castle ### fog", **params), "censor_nsfw": True, "source_image": png_b64(source)}
     payload = await popped_payload(coordinator, body, allow_lora=True, allow_controlnet=True)
     assert {key: value for key, value in payload.items() if not key.startswith("_")} == {
-        "prompt": "a castle ### fog", "ddim_steps": 12, "n_iter": 1, "width": 64, "height": 64, "seed": "42",
-        "sampler_name": "k_dpmpp_2m", "cfg_scale": 6.5, "karras": True, "clip_skip": 2, "tiling": True,
-        "denoising_strength": 0.55, "hires_fix": True, "hires_fix_denoising_strength": 0.4,
+        "prompt": "a castle ### fog",
+        "ddim_steps": 12,
+        "n_iter": 1,
+        "width": 64,
+        "height": 64,
+        "seed": "42",
+        "sampler_name": "k_dpmpp_2m",
+        "cfg_scale": 6.5,
+        "karras": True,
+        "clip_skip": 2,
+        "tiling": True,
+        "denoising_strength": 0.55,
+        "hires_fix": True,
+        "hires_fix_denoising_strength": 0.4,
         "loras": [{"name": "12345", "model": 0.8, "clip": 0.6, "is_version": True, "inject_trigger": "any"}],
         "tis": [{"name": "negfix", "inject_ti": "negprompt", "strength": 0.5}],
-        "post_processing": ["RealESRGAN_x2plus", "GFPGAN"], "post_processing_order": "upscalers_first",
-        "facefixer_strength": 0.3, "control_type": "canny", "image_is_control": True, "return_control_map": False,
+        "post_processing": ["RealESRGAN_x2plus", "GFPGAN"],
+        "post_processing_order": "upscalers_first",
+        "facefixer_strength": 0.3,
+        "control_type": "canny",
+        "image_is_control": True,
+        "return_control_map": False,
         "use_nsfw_censor": True,
-    }  # fmt: skip
+    }
     assert payload["_processing"] == "img2img" and payload["_source_url"]
 
 

@@ -35,8 +35,16 @@ def images(tiny_model_dir: Path) -> dict[str, np.ndarray]:
     generator = Generator(PipelineCache(tiny_catalog(tiny_model_dir), CPU), CPU)
     made = {}
     for name in declared_samplers()["samplers"]:
-        payload = {"prompt": "a red fox in the snow ### blurry", "ddim_steps": 6, "width": 64, "height": 64,
-                   "seed": "99", "sampler_name": name, "cfg_scale": 7.0, "karras": True}  # fmt: skip
+        payload = {
+            "prompt": "a red fox in the snow ### blurry",
+            "ddim_steps": 6,
+            "width": 64,
+            "height": 64,
+            "seed": "99",
+            "sampler_name": name,
+            "cfg_scale": 7.0,
+            "karras": True,
+        }
         [result] = generator.run(JobSpec.from_payload(TINY_MODEL_NAME, payload))
         assert result.image is not None, (name, result.faulted_reason)
         made[name] = pixels(result.image)
@@ -56,8 +64,16 @@ def test_each_sampler_name_gives_its_own_image(images: dict[str, np.ndarray]) ->
 def test_a_sampler_is_repeatable(tiny_model_dir: Path, images: dict[str, np.ndarray]) -> None:
     """The differences above are the algorithms', not noise: one name twice gives one image."""
     generator = Generator(PipelineCache(tiny_catalog(tiny_model_dir), CPU), CPU)
-    payload = {"prompt": "a red fox in the snow ### blurry", "ddim_steps": 6, "width": 64, "height": 64,
-               "seed": "99", "sampler_name": "k_dpm_2", "cfg_scale": 7.0, "karras": True}  # fmt: skip
+    payload = {
+        "prompt": "a red fox in the snow ### blurry",
+        "ddim_steps": 6,
+        "width": 64,
+        "height": 64,
+        "seed": "99",
+        "sampler_name": "k_dpm_2",
+        "cfg_scale": 7.0,
+        "karras": True,
+    }
     [again] = generator.run(JobSpec.from_payload(TINY_MODEL_NAME, payload))
     assert again.image is not None and np.abs(pixels(again.image) - images["k_dpm_2"]).max() <= 1
 

@@ -20,8 +20,23 @@ def test_generate_keeps_waiting_through_a_coordinator_restart(tmp_path: Path, ti
     data, env = tmp_path / "coordinator", user_env(tmp_path)
     client = user_env(tmp_path, HORDE_URL=f"http://127.0.0.1:{port}")
     with coordinator(data, env, tmp_path, port) as (first, url):
-        generate = Proc.start([script("horde"), "generate", "through a restart", "--model", "tiny-sd", "--steps", "2",
-                               "--size", "64x64", "--out", str(tmp_path / "images")], client, tmp_path)  # fmt: skip
+        generate = Proc.start(
+            [
+                script("horde"),
+                "generate",
+                "through a restart",
+                "--model",
+                "tiny-sd",
+                "--steps",
+                "2",
+                "--size",
+                "64x64",
+                "--out",
+                str(tmp_path / "images"),
+            ],
+            client,
+            tmp_path,
+        )
         request_id = generate.wait_for(r"submitted request (\S+)")[1]
         generate.wait_for(rf"{request_id}: ")  # waiting, with no node yet
     assert first.process.returncode == 0

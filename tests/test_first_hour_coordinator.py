@@ -22,8 +22,11 @@ def test_admin_commands_find_the_data_serve_uses_from_any_folder(tmp_path: Path)
     env = user_env(tmp_path, HORDE_DATA_DIR=str(data))
     # `serve --data-dir D` (the flag after the subcommand) serves D.
     port_file = tmp_path / "port"
-    serve = Proc.start([script("horde-coordinator"), "serve", "--data-dir", str(data), "--port", "0",
-                        "--port-file", str(port_file)], env, tmp_path)  # fmt: skip
+    serve = Proc.start(
+        [script("horde-coordinator"), "serve", "--data-dir", str(data), "--port", "0", "--port-file", str(port_file)],
+        env,
+        tmp_path,
+    )
     try:
         serve.wait_for(rf"listening on http://127\.0\.0\.1:\d+/api/ \(data in {re.escape(str(data))}\)")
         url = f"http://127.0.0.1:{port_file.read_text()}"
@@ -75,8 +78,11 @@ def test_a_wrong_postgresql_name_is_one_line(tmp_path: Path, part: str) -> None:
     scheme, rest = POSTGRES_DSN.split("://", 1)
     credentials, location = rest.rsplit("@", 1)
     host, _ = location.split("/", 1)
-    dsn = (f"{scheme}://{credentials}@{host}/no_such_database" if part == "database"
-           else f"{scheme}://no_such_role@{host}/{location.split('/', 1)[1]}")  # fmt: skip
+    dsn = (
+        f"{scheme}://{credentials}@{host}/no_such_database"
+        if part == "database"
+        else f"{scheme}://no_such_role@{host}/{location.split('/', 1)[1]}"
+    )
     env = user_env(tmp_path, HORDE_DATA_DIR=str(tmp_path / "data"), HORDE_DB=dsn)
     done = run([script("horde-coordinator"), "init"], env, tmp_path)
     line = done.one_line_error()

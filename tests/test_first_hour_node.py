@@ -46,8 +46,9 @@ def sources(tmp_path: Path) -> dict[str, tuple[str, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing folder", "folder without a model", "not a checkpoint",
-                                  "missing checkpoint", "malformed hub id"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["missing folder", "folder without a model", "not a checkpoint", "missing checkpoint", "malformed hub id"]
+)
 def test_init_checks_each_catalog_source(tmp_path: Path, case: str) -> None:
     source, reason = sources(tmp_path)[case]
     done = node_init(tmp_path, "http://127.0.0.1:9", source)
@@ -58,8 +59,13 @@ def test_init_checks_each_catalog_source(tmp_path: Path, case: str) -> None:
 
 
 def test_init_accepts_local_models_and_hub_ids(tmp_path: Path, tiny_model_dir: Path) -> None:
-    done = node_init(tmp_path, "http://127.0.0.1:9", str(tiny_model_dir),
-                     "--catalog", "turbo=stabilityai/sd-turbo@stable_diffusion_2")  # fmt: skip
+    done = node_init(
+        tmp_path,
+        "http://127.0.0.1:9",
+        str(tiny_model_dir),
+        "--catalog",
+        "turbo=stabilityai/sd-turbo@stable_diffusion_2",
+    )
     assert done.rc == 0, done.both
     assert "catalog" not in done.both
     assert (tmp_path / ".config/horde-node/config.toml").exists()
@@ -68,12 +74,17 @@ def test_init_accepts_local_models_and_hub_ids(tmp_path: Path, tiny_model_dir: P
 def test_run_with_a_missing_model_folder_says_so_before_loading(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert node_init(tmp_path, "http://127.0.0.1:9", str(tiny_model_dir)).rc == 0
     missing = tmp_path / "moved-away"
-    done = run([script("horde-node"), "run", "--catalog", f"tiny-sd={missing}@stable_diffusion_1"],
-               user_env(tmp_path), tmp_path)  # fmt: skip
+    done = run(
+        [script("horde-node"), "run", "--catalog", f"tiny-sd={missing}@stable_diffusion_1"],
+        user_env(tmp_path),
+        tmp_path,
+    )
     assert done.rc == EXIT_USAGE
     line = done.one_line_error()
-    assert line == f"horde-node: catalog: model 'tiny-sd': {missing} does not exist; give an existing folder or " \
-                   "checkpoint, or a hub id owner/name", line  # fmt: skip
+    assert (
+        line == f"horde-node: catalog: model 'tiny-sd': {missing} does not exist; give an existing folder or "
+        "checkpoint, or a hub id owner/name"
+    ), line
     assert "loading" not in done.both and "Repo id" not in done.both
 
 
@@ -96,9 +107,7 @@ def start_node(home: Path) -> Proc:
     return node
 
 
-def test_one_daemon_per_config_and_an_idle_node_stops_at_once(
-    tmp_path: Path, url: str, tiny_model_dir: Path
-) -> None:
+def test_one_daemon_per_config_and_an_idle_node_stops_at_once(tmp_path: Path, url: str, tiny_model_dir: Path) -> None:
     init = node_init(tmp_path, url, str(tiny_model_dir), "--register", "volunteer")
     assert init.rc == 0, init.both
     node = start_node(tmp_path)
@@ -111,8 +120,11 @@ def test_one_daemon_per_config_and_an_idle_node_stops_at_once(
         # The same spool under another config is refused too.
         other = tmp_path / "other.toml"
         other.write_text(config.read_text())
-        third = run([script("horde-node"), "run", "--config", str(other), "--spool-dir", str(config.parent / "spool")],
-                    user_env(tmp_path), tmp_path)  # fmt: skip
+        third = run(
+            [script("horde-node"), "run", "--config", str(other), "--spool-dir", str(config.parent / "spool")],
+            user_env(tmp_path),
+            tmp_path,
+        )
         assert third.rc == EXIT_USAGE and f"(pid {node.process.pid})" in third.one_line_error()
         # Idle, it is inside a 30 s long-poll (--pop-wait 30): SIGTERM must not wait for that to end.
         node.signal(signal.SIGTERM)
@@ -124,15 +136,27 @@ def test_one_daemon_per_config_and_an_idle_node_stops_at_once(
     assert not re.search(r"torchvision|\[transformers\]|UserWarning|FutureWarning", node.output), node.output
 
 
-def test_a_second_sigterm_abandons_the_job_without_a_traceback(
-    tmp_path: Path, url: str, tiny_model_dir: Path
-) -> None:
+def test_a_second_sigterm_abandons_the_job_without_a_traceback(tmp_path: Path, url: str, tiny_model_dir: Path) -> None:
     assert node_init(tmp_path, url, str(tiny_model_dir), "--register", "volunteer").rc == 0
     node = start_node(tmp_path)
     try:
         client = user_env(tmp_path, HORDE_URL=url)
-        asked = run([script("horde"), "generate", "a slow one", "--model", "tiny-sd", "--steps", "50",
-                     "--size", "512x512", "--no-wait"], client, tmp_path)  # fmt: skip
+        asked = run(
+            [
+                script("horde"),
+                "generate",
+                "a slow one",
+                "--model",
+                "tiny-sd",
+                "--steps",
+                "50",
+                "--size",
+                "512x512",
+                "--no-wait",
+            ],
+            client,
+            tmp_path,
+        )
         assert asked.rc == 0, asked.both
         node.wait_for(r"step \d+/50")
         node.signal(signal.SIGTERM)

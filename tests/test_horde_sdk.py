@@ -78,10 +78,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def small_request(apikey: str, n: int = 1, **extra: object) -> ImageGenerateAsyncRequest:
     return ImageGenerateAsyncRequest(
-        apikey=apikey, prompt="a lighthouse at dusk ### blurry", models=["tiny-sd"],
+        apikey=apikey,
+        prompt="a lighthouse at dusk ### blurry",
+        models=["tiny-sd"],
         params=ImageGenerationInputPayload(width=64, height=64, steps=4, n=n, sampler_name="k_euler", seed="1234"),
         **extra,
-    )  # fmt: skip
+    )
 
 
 async def worker_for(sdk: RunningCoordinator, session: aiohttp.ClientSession, name: str) -> SdkWorker:
@@ -100,10 +102,11 @@ async def test_async_simple_client_generates_with_an_account_key(
         client = AIHordeAPIAsyncSimpleClient(aiohttp_session=session, apikey=requester.apikey)
         checks: list[ImageGenerateCheckResponse] = []
         status, job_id = await asyncio.wait_for(
-            client.image_generate_request(small_request(requester.apikey, n=2), timeout=60,
-                                          check_callback=checks.append),
+            client.image_generate_request(
+                small_request(requester.apikey, n=2), timeout=60, check_callback=checks.append
+            ),
             timeout=30,
-        )  # fmt: skip
+        )
     finally:
         stop.set()
         await serving
@@ -138,9 +141,17 @@ async def test_sync_simple_client_anonymous_with_ai_horde_url(
     env.pop("AI_HORDE_DEV_URL", None)
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.sdk_env", "a red fox", "1", "0", cwd=REPO_ROOT, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "tests.sdk_env",
+            "a red fox",
+            "1",
+            "0",
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=45)
     finally:
         stop.set()
@@ -169,10 +180,14 @@ async def test_worker_side_with_sdk_models(sdk: RunningCoordinator, session: aio
 
     # A request this worker cannot serve shows up in `skipped` under the SDK's own field names.
     other = await client.submit_request(
-        ImageGenerateAsyncRequest(apikey=requester.apikey, prompt="x", models=["some-other-model"],
-                                  params=ImageGenerationInputPayload(width=64, height=64, steps=4)),
+        ImageGenerateAsyncRequest(
+            apikey=requester.apikey,
+            prompt="x",
+            models=["some-other-model"],
+            params=ImageGenerationInputPayload(width=64, height=64, steps=4),
+        ),
         ImageGenerateAsyncResponse,
-    )  # fmt: skip
+    )
     assert isinstance(other, ImageGenerateAsyncResponse), other
     assert [warning.code for warning in other.warnings or []] == ["NoAvailableWorker"]
     skipped = await worker.pop()
@@ -219,10 +234,14 @@ async def test_worker_downloads_sources_and_reports_metadata(
     client = AIHordeAPIAsyncManualClient(aiohttp_session=session)
     source, mask = webp_bytes((10, 200, 10)), webp_bytes((255, 255, 255))
     accepted = await client.submit_request(
-        small_request(requester.apikey, source_image=base64.b64encode(source).decode(),
-                      source_mask=base64.b64encode(mask).decode(), source_processing="inpainting"),
+        small_request(
+            requester.apikey,
+            source_image=base64.b64encode(source).decode(),
+            source_mask=base64.b64encode(mask).decode(),
+            source_processing="inpainting",
+        ),
         ImageGenerateAsyncResponse,
-    )  # fmt: skip
+    )
     assert isinstance(accepted, ImageGenerateAsyncResponse), accepted
     popped = await worker.pop(wait=2)
     assert popped.ids_present and popped.source_processing == "inpainting"
@@ -234,8 +253,12 @@ async def test_worker_downloads_sources_and_reports_metadata(
     assert pixels(base64.b64decode(popped.get_downloaded_source_mask() or "")) == pixels(mask)
 
     metadata = [GenMetadataEntry(type=METADATA_TYPE.lora, value=METADATA_VALUE.download_failed, ref="123")]
-    result = await worker.submit(popped.ids[0], popped.payload.seed or 0, generation=base64.b64encode(
-        webp_bytes()).decode(), gen_metadata=metadata)  # fmt: skip
+    result = await worker.submit(
+        popped.ids[0],
+        popped.payload.seed or 0,
+        generation=base64.b64encode(webp_bytes()).decode(),
+        gen_metadata=metadata,
+    )
     assert isinstance(result, JobSubmitResponse) and result.reward > 0, result
     status = await client.get_generate_status(accepted.id_)
     [generation] = status.generations
@@ -304,10 +327,11 @@ async def test_requester_calls(sdk: RunningCoordinator, session: aiohttp.ClientS
     # Input the coordinator rejects: the SDK raises its validation error from our `errors` map.
     with pytest.raises(AIHordePayloadValidationError):
         await client.submit_request(
-            ImageGenerateAsyncRequest(apikey=requester.apikey, prompt="x", models=["tiny-sd"],
-                                      params=ImageGenerationInputPayload(steps=5000)),
+            ImageGenerateAsyncRequest(
+                apikey=requester.apikey, prompt="x", models=["tiny-sd"], params=ImageGenerationInputPayload(steps=5000)
+            ),
             ImageGenerateAsyncResponse,
-        )  # fmt: skip
+        )
     missing = await client.submit_request(FindUserRequest(apikey=ANON_API_KEY), UserDetailsResponse)
     assert isinstance(missing, RequestErrorResponse) and missing.rc == "AnonForbidden"
 

@@ -8,20 +8,24 @@ from protocol.kudos import image_kudos, job_time_limit
 from protocol.samplers import SECOND_ORDER_SAMPLERS
 
 
-@pytest.mark.parametrize(("width", "height", "steps", "seconds"), [
-    (64, 64, 4, 150),  # the floor
-    (512, 512, 60, 150),  # 30 + 120: still the floor
-    (512, 512, 61, 152),  # just over it
-    (1024, 1024, 50, 430),  # 30 + 2 * 50 * 4
-    (1024, 768, 25, 180),  # 30 + 2 * 25 * 3
-    (2048, 2048, 30, 990),  # 30 + 2 * 30 * 16
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("width", "height", "steps", "seconds"),
+    [
+        (64, 64, 4, 150),  # the floor
+        (512, 512, 60, 150),  # 30 + 120: still the floor
+        (512, 512, 61, 152),  # just over it
+        (1024, 1024, 50, 430),  # 30 + 2 * 50 * 4
+        (1024, 768, 25, 180),  # 30 + 2 * 25 * 3
+        (2048, 2048, 30, 990),  # 30 + 2 * 30 * 16
+    ],
+)
 def test_the_time_limit_grows_with_steps_and_area(width: int, height: int, steps: int, seconds: int) -> None:
     assert job_time_limit(width=width, height=height, steps=steps) == seconds
 
 
-@pytest.mark.parametrize(("side", "steps", "kudos"), [(512, 30, 7.6), (512, 50, 11.0), (1024, 30, 20.6),
-                                                      (2048, 30, 114.5)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("side", "steps", "kudos"), [(512, 30, 7.6), (512, 50, 11.0), (1024, 30, 20.6), (2048, 30, 114.5)]
+)
 def test_the_price_meets_ai_hordes_published_scale(side: int, steps: int, kudos: float) -> None:
     assert image_kudos(width=side, height=side, steps=steps) == pytest.approx(kudos, rel=0.01)
 

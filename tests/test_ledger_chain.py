@@ -160,8 +160,12 @@ def test_the_head_signature_covers_the_documented_fields() -> None:
     """The browser's verify.js and any offline verifier rebuild the signed bytes from the four fields
     docs/api.md names, as RFC 8785 JSON: renaming one in Python alone would break them all."""
     head = sign_head(COORDINATOR, 10, "ab" * 32, 1_700_000_100)
-    documented = {"seq": 10, "hash": "ab" * 32, "created": 1_700_000_100,
-                  "coordinator_key": COORDINATOR.public_key.text()}  # fmt: skip
+    documented = {
+        "seq": 10,
+        "hash": "ab" * 32,
+        "created": 1_700_000_100,
+        "coordinator_key": COORDINATOR.public_key.text(),
+    }
     assert COORDINATOR.public_key.verify(canonical_json(documented), b64url_decode(head.signature))
 
 

@@ -141,8 +141,10 @@ async def test_node_metrics_move_with_its_jobs(
     owner = await coordinator.create_account("owner")
     alice = await coordinator.create_account("alice", kudos=100)
     port = free_port()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, metrics_port=port),
-                        console=RecordingConsole())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, metrics_port=port),
+        console=RecordingConsole(),
+    )
     serve_metrics(daemon, port)
     url = f"http://127.0.0.1:{port}/metrics"
     before = await scrape_url(url)

@@ -26,8 +26,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 async def test_init_registers_pins_and_writes_a_private_config(coordinator: RunningCoordinator, tmp_path: Path) -> None:
     folder = tmp_path / "node"
-    argv = ["init", "--config", str(folder / "config.toml"), "--coordinator-url", coordinator.url,
-            "--register", "carol", "--name", "carols-node", "--models", "tiny-sd", "--queue-size", "2"]  # fmt: skip
+    argv = [
+        "init",
+        "--config",
+        str(folder / "config.toml"),
+        "--coordinator-url",
+        coordinator.url,
+        "--register",
+        "carol",
+        "--name",
+        "carols-node",
+        "--models",
+        "tiny-sd",
+        "--queue-size",
+        "2",
+    ]
     assert await asyncio.to_thread(cli.main, argv) == 0
 
     text = (folder / "config.toml").read_text()
@@ -91,8 +104,9 @@ async def test_sigterm_finishes_the_job_in_hand_and_a_second_abandons_it(
     api = Api(coordinator.url, apikey=requester.apikey)
     for signals, code, state in ((1, EXIT_OK, "ok"), (2, EXIT_FORCED, "faulted")):
         gate = Gate()
-        config = node_config(tmp_path / str(signals), coordinator.url, owner.apikey, tiny_model_dir,
-                             name=f"node-{signals}")  # fmt: skip
+        config = node_config(
+            tmp_path / str(signals), coordinator.url, owner.apikey, tiny_model_dir, name=f"node-{signals}"
+        )
         daemon = NodeDaemon(config, console=RecordingConsole(), generator_factory=gate.factory())
         await request_images(api)
         task = asyncio.create_task(cli._run_with_signals(daemon, daemon.console))

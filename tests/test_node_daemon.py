@@ -48,8 +48,9 @@ async def test_txt2img_end_to_end_with_verifiable_provenance(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     api, apikey = await setup(coordinator)
-    config = node_config(tmp_path, coordinator.url, apikey, tiny_model_dir,
-                         coordinator_public_key=coordinator.public_key.text())  # fmt: skip
+    config = node_config(
+        tmp_path, coordinator.url, apikey, tiny_model_dir, coordinator_public_key=coordinator.public_key.text()
+    )
     console = RecordingConsole()
     daemon = NodeDaemon(config, console=console)
     async with running(daemon) as (stop, task):
@@ -63,11 +64,18 @@ async def test_txt2img_end_to_end_with_verifiable_provenance(
     assert generation["worker_key"] == daemon.identity.public_key.text()
     image = await fetch_image(generation["img"])
     assert image[:4] == b"RIFF" and image[8:12] == b"WEBP"
-    result = ResultDocument(job_id=generation["id"], image_sha256=generation["image_sha256"],
-                            seed=generation["seed"], state="ok")  # fmt: skip
-    problems = verify_provenance(image, JobDocument.model_validate(generation["job"]), generation["job_signature"],
-                                 coordinator.public_key, result, generation["signature"],
-                                 PublicKey.from_text(generation["worker_key"]))  # fmt: skip
+    result = ResultDocument(
+        job_id=generation["id"], image_sha256=generation["image_sha256"], seed=generation["seed"], state="ok"
+    )
+    problems = verify_provenance(
+        image,
+        JobDocument.model_validate(generation["job"]),
+        generation["job_signature"],
+        coordinator.public_key,
+        result,
+        generation["signature"],
+        PublicKey.from_text(generation["worker_key"]),
+    )
     assert problems == []
     assert (daemon.jobs_done, daemon.jobs_faulted) == (1, 0)
     assert daemon.kudos_earned > 0
@@ -119,8 +127,11 @@ async def test_stop_finishes_the_job_in_hand(
 ) -> None:
     api, apikey = await setup(coordinator)
     gate = Gate()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, apikey, tiny_model_dir),
-                        console=RecordingConsole(), generator_factory=gate.factory())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path, coordinator.url, apikey, tiny_model_dir),
+        console=RecordingConsole(),
+        generator_factory=gate.factory(),
+    )
     request_id = await request_images(api)
     async with running(daemon) as (stop, task):
         await gate.wait_started()
@@ -139,8 +150,11 @@ async def test_second_stop_gives_unfinished_jobs_back_as_faulted(
 ) -> None:
     api, apikey = await setup(coordinator)
     gate = Gate()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, apikey, tiny_model_dir),
-                        console=RecordingConsole(), generator_factory=gate.factory())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path, coordinator.url, apikey, tiny_model_dir),
+        console=RecordingConsole(),
+        generator_factory=gate.factory(),
+    )
     await request_images(api)
     stop, hard_stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(daemon.run_until(stop, hard_stop))
@@ -161,8 +175,9 @@ async def test_a_job_with_a_forged_coordinator_signature_is_refused(
     api, apikey = await setup(coordinator)
     impostor = Identity.generate().public_key.text()  # the node trusts a different coordinator key
     console = RecordingConsole()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, apikey, tiny_model_dir,
-                                    coordinator_public_key=impostor), console=console)  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path, coordinator.url, apikey, tiny_model_dir, coordinator_public_key=impostor), console=console
+    )
     async with running(daemon):
         await request_images(api)
         await until(lambda: daemon.stats.jobs_refused >= 1 and daemon.stats.jobs_submitted >= 1, what="a refusal")
@@ -178,8 +193,9 @@ async def test_two_nodes_each_get_only_their_models_jobs(
     api, apikey = await setup(coordinator)
     nodes: dict[str, NodeDaemon] = {}
     for model in ("tiny-a", "tiny-b"):
-        config = node_config(tmp_path / model, coordinator.url, apikey, tiny_model_dir, name=f"node-{model}",
-                             models=[model])  # fmt: skip
+        config = node_config(
+            tmp_path / model, coordinator.url, apikey, tiny_model_dir, name=f"node-{model}", models=[model]
+        )
         nodes[model] = NodeDaemon(config, console=RecordingConsole())
     async with running(nodes["tiny-a"]):
         # One at a time: diffusers cannot load two pipelines in one process concurrently.
@@ -198,8 +214,9 @@ async def test_apikey_only_mode_completes_a_job(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     api, apikey = await setup(coordinator)
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, apikey, tiny_model_dir, key_file=""),
-                        console=RecordingConsole())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path, coordinator.url, apikey, tiny_model_dir, key_file=""), console=RecordingConsole()
+    )
     assert daemon.identity is None
     async with running(daemon):
         status = await finished(api, await request_images(api))
@@ -234,11 +251,20 @@ async def test_img2img_uses_the_signed_source_image(
 ) -> None:
     api, apikey = await setup(coordinator)
     console = RecordingConsole()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, apikey, tiny_model_dir,
-                                    coordinator_public_key=coordinator.public_key.text()), console=console)  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(
+            tmp_path, coordinator.url, apikey, tiny_model_dir, coordinator_public_key=coordinator.public_key.text()
+        ),
+        console=console,
+    )
     source = base64.b64encode(tiny_webp((20, 200, 20))).decode()
-    body = {"prompt": "a green field", "models": ["tiny-sd"], "source_image": source, "source_processing": "img2img",
-            "params": {"width": 64, "height": 64, "steps": 4, "denoising_strength": 0.5}}  # fmt: skip
+    body = {
+        "prompt": "a green field",
+        "models": ["tiny-sd"],
+        "source_image": source,
+        "source_processing": "img2img",
+        "params": {"width": 64, "height": 64, "steps": 4, "denoising_strength": 0.5},
+    }
     accepted = await api.post("/v2/generate/async", body)
     assert accepted.status == 202, accepted.body
     async with running(daemon):

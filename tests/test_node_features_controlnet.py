@@ -60,8 +60,10 @@ def controlnet_dir(tiny_extras_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def node(tiny_model_dir: Path, controlnet_dir: Path) -> Generator:
-    specs = {"tiny-sd": tiny_spec(tiny_model_dir),
-             "tiny-sd2": ModelSpec("tiny-sd2", str(tiny_model_dir), "stable_diffusion_2")}  # fmt: skip
+    specs = {
+        "tiny-sd": tiny_spec(tiny_model_dir),
+        "tiny-sd2": ModelSpec("tiny-sd2", str(tiny_model_dir), "stable_diffusion_2"),
+    }
     controlnets = ControlNets(controlnet_dir, CPU)
     return Generator(PipelineCache(Catalog(specs), CPU), CPU, features=Features(controlnets=controlnets))
 
@@ -132,8 +134,12 @@ def test_a_node_declares_its_control_types_the_maps_it_makes_and_its_models_base
 ) -> None:
     bare = declared(build_config({"controlnet_dir": str(tmp_path)}, tmp_path))
     catalog = {"tiny-sd2": {"source": str(tiny_model_dir), "baseline": "stable_diffusion_2"}}
-    served = declared(build_config({"controlnet_dir": str(controlnet_dir), "models": ["tiny-sd2", "stable_diffusion"],
-                                    "catalog": catalog}, tmp_path))  # fmt: skip
+    served = declared(
+        build_config(
+            {"controlnet_dir": str(controlnet_dir), "models": ["tiny-sd2", "stable_diffusion"], "catalog": catalog},
+            tmp_path,
+        )
+    )
     assert bare["allow_controlnet"] is False and bare["control_types"] == [] and bare["model_baselines"] == {}
     assert served["allow_controlnet"] is True and served["control_types"] == sorted(CONTROL_TYPES)
     assert served["annotators"] == ["canny", "scribble"]  # the others only as maps (image_is_control)
@@ -157,13 +163,26 @@ async def test_a_controlnet_job_runs_end_to_end(
     requester = await coordinator.create_account("requester", kudos=1000)
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, image_lossless=True,
-                         controlnet_dir=str(tiny_extras_dir / CONTROLNET_FOLDER))  # fmt: skip
+    config = node_config(
+        tmp_path,
+        coordinator.url,
+        owner.apikey,
+        tiny_model_dir,
+        image_lossless=True,
+        controlnet_dir=str(tiny_extras_dir / CONTROLNET_FOLDER),
+    )
     results = []
     async with running(NodeDaemon(config)):
         for source, extra in ((SQUARE, {}), (BAR, {}), (SQUARE, {"return_control_map": True})):
-            params = {"width": 64, "height": 64, "steps": 3, "seed": "7", "sampler_name": "k_euler",
-                      "control_type": "canny", **extra}  # fmt: skip
+            params = {
+                "width": 64,
+                "height": 64,
+                "steps": 3,
+                "seed": "7",
+                "sampler_name": "k_euler",
+                "control_type": "canny",
+                **extra,
+            }
             body = {"prompt": "a red cat", "models": ["tiny-sd"], "source_image": webp(source), "params": params}
             reply = await api.post("/v2/generate/async", body)
             assert reply.status == 202, reply.body
@@ -184,15 +203,35 @@ async def test_the_real_node_is_sent_only_the_controlnet_jobs_it_can_run(
     requester = await coordinator.create_account("requester", kudos=1000)
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
-    catalog = {"tiny-sd": {"source": str(tiny_model_dir)},
-               "tiny-sd2": {"source": str(tiny_model_dir), "baseline": "stable_diffusion_2"}}  # fmt: skip
-    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, image_lossless=True, catalog=catalog,
-                         models=["tiny-sd", "tiny-sd2"], controlnet_dir=str(controlnet_dir))  # fmt: skip
+    catalog = {
+        "tiny-sd": {"source": str(tiny_model_dir)},
+        "tiny-sd2": {"source": str(tiny_model_dir), "baseline": "stable_diffusion_2"},
+    }
+    config = node_config(
+        tmp_path,
+        coordinator.url,
+        owner.apikey,
+        tiny_model_dir,
+        image_lossless=True,
+        catalog=catalog,
+        models=["tiny-sd", "tiny-sd2"],
+        controlnet_dir=str(controlnet_dir),
+    )
     ids = []
-    for model, control_type, image_is_control in (("tiny-sd", "depth", False), ("tiny-sd2", "canny", False),
-                                                  ("tiny-sd", "depth", True)):  # fmt: skip
-        params = {"width": 64, "height": 64, "steps": 3, "seed": "7", "sampler_name": "k_euler",
-                  "control_type": control_type, "image_is_control": image_is_control}  # fmt: skip
+    for model, control_type, image_is_control in (
+        ("tiny-sd", "depth", False),
+        ("tiny-sd2", "canny", False),
+        ("tiny-sd", "depth", True),
+    ):
+        params = {
+            "width": 64,
+            "height": 64,
+            "steps": 3,
+            "seed": "7",
+            "sampler_name": "k_euler",
+            "control_type": control_type,
+            "image_is_control": image_is_control,
+        }
         body = {"prompt": "a red cat", "models": [model], "source_image": webp(SQUARE), "params": params}
         reply = await api.post("/v2/generate/async", body)
         assert reply.status == 202, reply.body

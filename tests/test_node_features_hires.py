@@ -84,8 +84,15 @@ async def test_hires_fix_reaches_the_node_end_to_end(
     images = []
     async with running(NodeDaemon(config)):
         for hires in (False, True):
-            params = {"width": 128, "height": 128, "steps": 4, "seed": "7", "sampler_name": "k_euler",
-                      "hires_fix": hires, "hires_fix_denoising_strength": 0.5}  # fmt: skip
+            params = {
+                "width": 128,
+                "height": 128,
+                "steps": 4,
+                "seed": "7",
+                "sampler_name": "k_euler",
+                "hires_fix": hires,
+                "hires_fix_denoising_strength": 0.5,
+            }
             body = {"prompt": "a red cat", "models": ["tiny-sd"], "params": params}
             reply = await api.post("/v2/generate/async", body)
             assert reply.status == 202, reply.body

@@ -56,10 +56,20 @@ async def test_an_upscaler_returns_the_scaled_size_end_to_end(
     requester = await coordinator.create_account("requester", kudos=1000)
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir,
-                         post_processor_dir=str(tiny_extras_dir))  # fmt: skip
-    body = {"prompt": "a red cat", "models": ["tiny-sd"], "params": {"width": 64, "height": 64, "steps": 2,
-            "sampler_name": "k_euler", "post_processing": ["RealESRGAN_x4plus"]}}  # fmt: skip
+    config = node_config(
+        tmp_path, coordinator.url, owner.apikey, tiny_model_dir, post_processor_dir=str(tiny_extras_dir)
+    )
+    body = {
+        "prompt": "a red cat",
+        "models": ["tiny-sd"],
+        "params": {
+            "width": 64,
+            "height": 64,
+            "steps": 2,
+            "sampler_name": "k_euler",
+            "post_processing": ["RealESRGAN_x4plus"],
+        },
+    }
     async with running(NodeDaemon(config)):
         reply = await api.post("/v2/generate/async", body)
         assert reply.status == 202, reply.body

@@ -57,8 +57,13 @@ async def fetch_image(img: str) -> Image.Image:
 
 
 async def request(api: Api, **extra: object) -> dict[str, object]:
-    body = {"prompt": "a red cat", "models": ["tiny-sd"], "nsfw": True, **extra,
-            "params": {"width": 64, "height": 64, "steps": 2, "sampler_name": "k_euler"}}  # fmt: skip
+    body = {
+        "prompt": "a red cat",
+        "models": ["tiny-sd"],
+        "nsfw": True,
+        **extra,
+        "params": {"width": 64, "height": 64, "steps": 2, "sampler_name": "k_euler"},
+    }
     reply = await api.post("/v2/generate/async", body)
     assert reply.status == 202, reply.body
     [generation] = (await finished(api, reply.body["id"]))["generations"]
@@ -72,8 +77,15 @@ async def test_censor_nsfw_returns_the_placeholder_marked_censored_end_to_end(
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
     # nsfw on: only the requests that ask for censor_nsfw are checked. Lossless, so pixels compare exactly.
-    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, nsfw=True, image_lossless=True,
-                         safety_checker=str(tiny_extras_dir / SAFETY_FLAG_ALL))  # fmt: skip
+    config = node_config(
+        tmp_path,
+        coordinator.url,
+        owner.apikey,
+        tiny_model_dir,
+        nsfw=True,
+        image_lossless=True,
+        safety_checker=str(tiny_extras_dir / SAFETY_FLAG_ALL),
+    )
     async with running(NodeDaemon(config)):
         censored = await request(api, censor_nsfw=True)
         plain = await request(api, censor_nsfw=False)

@@ -52,10 +52,17 @@ def test_the_command_builds_the_same_small_extras_every_time(
 def test_a_pop_carries_everything_the_node_declares(tmp_path: Path, tiny_extras_dir: Path) -> None:
     """The declarations reach the wire: PopRequest ignores fields it does not know, so a misspelt one
     would silently declare nothing."""
-    config = build_config({"allow_lora": True, "blacklist": ["dragon"], "ti_dir": str(tiny_extras_dir / TI_FOLDER),
-                           "safety_checker": str(tiny_extras_dir / "safety-pass-all"),
-                           "post_processor_dir": str(tiny_extras_dir),
-                           "controlnet_dir": str(tiny_extras_dir / CONTROLNET_FOLDER)}, tmp_path)  # fmt: skip
+    config = build_config(
+        {
+            "allow_lora": True,
+            "blacklist": ["dragon"],
+            "ti_dir": str(tiny_extras_dir / TI_FOLDER),
+            "safety_checker": str(tiny_extras_dir / "safety-pass-all"),
+            "post_processor_dir": str(tiny_extras_dir),
+            "controlnet_dir": str(tiny_extras_dir / CONTROLNET_FOLDER),
+        },
+        tmp_path,
+    )
     popper = Popper(None, config, Console(), None, asyncio.Event(), print)  # type: ignore[arg-type]
     pop = popper.request().model_dump()
     assert {key: pop[key] for key in declared(config)} == declared(config)

@@ -94,8 +94,15 @@ async def test_tis_reach_the_node_end_to_end(
     requester = await coordinator.create_account("requester", kudos=1000)
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir, image_lossless=True,
-                         allow_lora=True, ti_dir=str(tiny_extras_dir / TI_FOLDER))  # fmt: skip
+    config = node_config(
+        tmp_path,
+        coordinator.url,
+        owner.apikey,
+        tiny_model_dir,
+        image_lossless=True,
+        allow_lora=True,
+        ti_dir=str(tiny_extras_dir / TI_FOLDER),
+    )
     images = []
     async with running(NodeDaemon(config)):
         for tis in ([], [{"name": TINY_TI, "inject_ti": "prompt"}]):

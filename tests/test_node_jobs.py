@@ -13,17 +13,32 @@ from protocol.keys import Identity
 from protocol.provenance import JobDocument, ResultDocument, request_digest, sha256_hex, sign_job, verify_result
 
 COORDINATOR = Identity.generate()
-PAYLOAD = {"prompt": "a cat", "ddim_steps": 4, "width": 64, "height": 64, "seed": "10", "sampler_name": "k_euler",
-           "cfg_scale": 7.0, "n_iter": 2}  # fmt: skip
+PAYLOAD = {
+    "prompt": "a cat",
+    "ddim_steps": 4,
+    "width": 64,
+    "height": 64,
+    "seed": "10",
+    "sampler_name": "k_euler",
+    "cfg_scale": 7.0,
+    "n_iter": 2,
+}
 
 
 def signed_pop(ids: list[str], *, model: str = "tiny-sd", source: bytes | None = None) -> PopResponse:
     jobs = []
     for index, job_id in enumerate(ids):
-        doc = JobDocument(job_id=job_id, request_sha256=request_digest("r"), model=model,
-                          payload={**PAYLOAD, "seed": str(100 + index)},
-                          source_image_sha256=sha256_hex(source) if source else None, source_mask_sha256=None,
-                          ttl=150, worker_id="w", issued_at=1)  # fmt: skip
+        doc = JobDocument(
+            job_id=job_id,
+            request_sha256=request_digest("r"),
+            model=model,
+            payload={**PAYLOAD, "seed": str(100 + index)},
+            source_image_sha256=sha256_hex(source) if source else None,
+            source_mask_sha256=None,
+            ttl=150,
+            worker_id="w",
+            issued_at=1,
+        )
         jobs.append({"document": doc.model_dump(), "signature": sign_job(COORDINATOR, doc)})
     return PopResponse(ids=ids, payload=PAYLOAD, model=model, jobs=jobs, r2_uploads=[f"http://up/{i}" for i in ids])
 

@@ -56,8 +56,15 @@ async def prepare(restartable: Restartable, tmp_path: Path, tiny: Path) -> tuple
     requester = await coordinator.create_account("requester", kudos=100)
     owner = await coordinator.create_account("owner")
     api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(tmp_path / "node", coordinator.url, owner.apikey, tiny, max_retry_delay=0.5,
-                         shutdown_grace=0.5, coordinator_public_key=coordinator.public_key.text())  # fmt: skip
+    config = node_config(
+        tmp_path / "node",
+        coordinator.url,
+        owner.apikey,
+        tiny,
+        max_retry_delay=0.5,
+        shutdown_grace=0.5,
+        coordinator_public_key=coordinator.public_key.text(),
+    )
     gate = Gate()
     daemon = NodeDaemon(config, console=RecordingConsole(), generator_factory=gate.factory())
     return api, gate, daemon, await request_images(api)

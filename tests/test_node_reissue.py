@@ -27,10 +27,16 @@ async def test_a_killed_nodes_job_is_reissued_and_paid_to_the_node_that_finishes
     config = node_config(tmp_path / "doomed", coordinator.url, doomed_owner.apikey, tiny_model_dir, name="doomed")
     write_config(config, tmp_path / "doomed" / "config.toml")
     doomed = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "run", "--config", str(tmp_path / "doomed" / "config.toml"),
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "node.cli",
+        "run",
+        "--config",
+        str(tmp_path / "doomed" / "config.toml"),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         job = await _assigned_job(coordinator, request_id, timeout=120)
         assert job["worker_id"] is not None
@@ -57,8 +63,9 @@ async def test_a_killed_nodes_job_is_reissued_and_paid_to_the_node_that_finishes
 async def _assigned_job(coordinator: RunningCoordinator, request_id: str, timeout: float) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        row = await fetch_one(coordinator, "SELECT id, worker_id FROM jobs WHERE request_id = ? AND state = ?",
-                              request_id, "processing")  # fmt: skip
+        row = await fetch_one(
+            coordinator, "SELECT id, worker_id FROM jobs WHERE request_id = ? AND state = ?", request_id, "processing"
+        )
         if row:
             await asyncio.sleep(0.5)  # well into its 400 steps
             return row

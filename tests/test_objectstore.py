@@ -18,9 +18,12 @@ CREDENTIALS = {"access_key": "test-key", "secret_key": "test-secret", "region": 
 async def bucket(s3_endpoint: str) -> str:
     name = f"images-{free_port()}"
     async with get_session().create_client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id="test-key", aws_secret_access_key="test-secret",
-    ) as client:  # fmt: skip
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
+    ) as client:
         await client.create_bucket(Bucket=name)
     return name
 
@@ -96,8 +99,9 @@ async def test_presigned_urls_can_use_a_public_address(s3_endpoint: str, bucket:
 
 
 async def test_an_unreachable_store_is_storage_unavailable() -> None:
-    store = await S3ImageStore("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout=2,
-                               **CREDENTIALS).open()  # fmt: skip
+    store = await S3ImageStore(
+        "bucket", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout=2, **CREDENTIALS
+    ).open()
     try:
         with pytest.raises(StorageUnavailable):
             await store.write("a.webp", b"x")

@@ -89,9 +89,29 @@ def spawn(index: int, root: Path, database: str, images: Path, secrets: list[Pat
     for path in secrets:
         shutil.copy2(path, data_dir / path.name)
     port_file, log = data_dir / "port", data_dir / "log.txt"
-    command = [sys.executable, "-m", "coordinator.cli", "--data-dir", str(data_dir), "--db", database,
-               "--log-level", "info", "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-               "--no-rate-limits", "--concurrency", "100000", "--images", str(images)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "coordinator.cli",
+        "--data-dir",
+        str(data_dir),
+        "--db",
+        database,
+        "--log-level",
+        "info",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--no-rate-limits",
+        "--concurrency",
+        "100000",
+        "--images",
+        str(images),
+    ]
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     return process, port_file
@@ -324,9 +344,18 @@ async def check_ledger(cluster: Cluster, minted_for_requesters: float) -> None:
         balances = await tx.cached_hundredths()
     assert sum(balances.values()) == hundredths(minted_for_requesters)
     audit = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "coordinator.cli", "--data-dir", str(cluster.services.config.data_dir),
-        "--db", cluster.database_url, "audit", cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "coordinator.cli",
+        "--data-dir",
+        str(cluster.services.config.data_dir),
+        "--db",
+        cluster.database_url,
+        "audit",
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     output = (await asyncio.wait_for(audit.communicate(), 60))[0].decode()
     assert audit.returncode == 0 and "ledger OK" in output, output
 
@@ -352,9 +381,11 @@ async def test_a_job_queued_on_one_process_wakes_a_node_waiting_on_another(clust
         after_answer.append(time.perf_counter() - answered)
         assert accepted.status == 202 and popped.body["ids"], (accepted.body, popped.body)
         assert (await worker.submit(popped.body["ids"][0], popped.body["payload"]["seed"])).status == 200
-    print(f"\ncross-process wake-up: POST sent on one process → job popped on another: "
-          f"{', '.join(f'{s * 1000:.0f}' for s in latencies)} ms; "
-          f"of which after the POST was answered: {', '.join(f'{s * 1000:.0f}' for s in after_answer)} ms")
+    print(
+        f"\ncross-process wake-up: POST sent on one process → job popped on another: "
+        f"{', '.join(f'{s * 1000:.0f}' for s in latencies)} ms; "
+        f"of which after the POST was answered: {', '.join(f'{s * 1000:.0f}' for s in after_answer)} ms"
+    )
     assert max(latencies) < 5.0
 
 
@@ -369,8 +400,10 @@ async def test_three_processes_deliver_1000_jobs_each_handed_out_once(cluster: C
     await until(flow.reached, tasks, timeout=120)
     elapsed = time.perf_counter() - started
     await finish(flow, tasks)
-    print(f"\n1000 jobs through {PROCESSES} processes and {len(nodes)} nodes in {elapsed:.1f} s "
-          f"({1000 / elapsed:.0f} jobs/s); per node: {[len(node.popped) for node in nodes]}")  # fmt: skip
+    print(
+        f"\n1000 jobs through {PROCESSES} processes and {len(nodes)} nodes in {elapsed:.1f} s "
+        f"({1000 / elapsed:.0f} jobs/s); per node: {[len(node.popped) for node in nodes]}"
+    )
     assert all(node.popped for node in nodes), "every node got work"
     assert sum(node.replies[503] for node in nodes) == 0
     await check_database(cluster, nodes)
@@ -427,4 +460,3 @@ async def probe_outage(cluster: Cluster, apikey: str, request_id: str) -> None:
             assert (reply.status, reply.rc) == (503, "StorageUnavailable"), reply.body
         heartbeat = await api.get("/v2/status/heartbeat")
         assert heartbeat.status == 200
-

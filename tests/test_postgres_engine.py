@@ -57,8 +57,10 @@ async def blocked_on_a_lock(url: str, timeout: float = 30) -> None:
 
     connection = await asyncpg.connect(url)
     try:
-        query = ("SELECT COUNT(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
-                 "WHERE NOT pg_locks.granted AND pg_stat_activity.datname = current_database()")  # fmt: skip
+        query = (
+            "SELECT COUNT(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
+            "WHERE NOT pg_locks.granted AND pg_stat_activity.datname = current_database()"
+        )
         deadline = asyncio.get_running_loop().time() + timeout
         while not await connection.fetchval(query):
             assert asyncio.get_running_loop().time() < deadline, "nothing waited on a lock"
@@ -68,20 +70,34 @@ async def blocked_on_a_lock(url: str, timeout: float = 30) -> None:
 
 
 def request_record(request_id: str, account_id: int, now: float = 1000.0) -> RequestRecord:
-    return RequestRecord(id=request_id, account_id=account_id, created=now, updated=now, state="active", n=2,
-                         kudos_per_image=1.5, body={"prompt": "a cat"}, tier=1, rank=-5.0 * now)  # fmt: skip
+    return RequestRecord(
+        id=request_id,
+        account_id=account_id,
+        created=now,
+        updated=now,
+        state="active",
+        n=2,
+        kudos_per_image=1.5,
+        body={"prompt": "a cat"},
+        tier=1,
+        rank=-5.0 * now,
+    )
 
 
 def queue_entry(job_id: str, request_id: str, models: list[str], **demands: bool) -> QueueEntry:
-    flags = {name: demands.get(name, False)
-             for name in ("nsfw", "img2img", "painting", "lora", "post_processing", "trusted_only")}  # fmt: skip
-    return QueueEntry(job_id=job_id, request_id=request_id, models=models, tier=1, rank=-5000.0,
-                      pixels=64 * 64, steps=4, **flags)  # fmt: skip
+    flags = {
+        name: demands.get(name, False)
+        for name in ("nsfw", "img2img", "painting", "lora", "post_processing", "trusted_only")
+    }
+    return QueueEntry(
+        job_id=job_id, request_id=request_id, models=models, tier=1, rank=-5000.0, pixels=64 * 64, steps=4, **flags
+    )
 
 
 def caps(models: list[str], **allowed: bool) -> WorkerCaps:
-    flags = {name: allowed.get(name, False)
-             for name in ("nsfw", "img2img", "painting", "lora", "post_processing", "trusted")}  # fmt: skip
+    flags = {
+        name: allowed.get(name, False) for name in ("nsfw", "img2img", "painting", "lora", "post_processing", "trusted")
+    }
     return WorkerCaps(worker_id="w1", models=models, max_pixels=512 * 512, **flags)
 
 
@@ -131,17 +147,36 @@ async def test_accounts_and_ledger_primitives(db: PostgresDatabase) -> None:
 async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) -> None:
     async with db.transaction() as tx:
         owner = await tx.create_account("owner", "hash-o", None, 1.0)
-        worker = Worker(id="w1", name="Node-1", owner_id=owner.id, public_key="ed25519:w1", models=["m1"],
-                        max_pixels=512 * 512, nsfw=False, threads=1, img2img=False, painting=False, lora=False,
-                        post_processing=False, bridge_agent="sim", created=1.0, last_seen=1.0)  # fmt: skip
+        worker = Worker(
+            id="w1",
+            name="Node-1",
+            owner_id=owner.id,
+            public_key="ed25519:w1",
+            models=["m1"],
+            max_pixels=512 * 512,
+            nsfw=False,
+            threads=1,
+            img2img=False,
+            painting=False,
+            lora=False,
+            post_processing=False,
+            bridge_agent="sim",
+            created=1.0,
+            last_seen=1.0,
+        )
         await tx.save_worker(worker)
         worker.max_pixels = 1024
         await tx.save_worker(worker)  # an upsert of the same id
         await tx.insert_request(request_record("r1", owner.id))
         jobs = [JobRecord(id=f"j{i}", request_id="r1", index=i, seed=str(i), state="waiting") for i in range(3)]
         await tx.insert_jobs(jobs)
-        await tx.enqueue([queue_entry("j0", "r1", ["m1", "m2"]), queue_entry("j1", "r1", [], nsfw=True),
-                          queue_entry("j2", "r1", ["m1"])])  # fmt: skip
+        await tx.enqueue(
+            [
+                queue_entry("j0", "r1", ["m1", "m2"]),
+                queue_entry("j1", "r1", [], nsfw=True),
+                queue_entry("j2", "r1", ["m1"]),
+            ]
+        )
         await tx.enqueue([queue_entry("j0", "r1", ["m1"])])  # already queued: ignored
         await tx.record_stats(7, 1, 2.5)
         await tx.record_stats(7, 2, 0.5)
@@ -159,7 +194,10 @@ async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) 
         assert await tx.queue_position(1, -6000.0) == 4  # rows ahead: j0 waits on two models and counts twice
         assert await tx.queued_requests() == 1
         assert sorted((r["model"], r["jobs"], r["pixelsteps"]) for r in await tx.queue_by_model()) == [
-            ("", 1, 4096 * 4), ("m1", 2, 8192 * 4), ("m2", 1, 4096 * 4)]
+            ("", 1, 4096 * 4),
+            ("m1", 2, 8192 * 4),
+            ("m2", 1, 4096 * 4),
+        ]
         assert await tx.queued_pixelsteps() == 3 * 4096 * 4  # j0 waits for two models; it counts once
         assert (await tx.unfinished_jobs("r1")) == 3
         assert len(await tx.waiting_of_request("r1", 10)) == 3

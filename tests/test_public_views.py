@@ -26,8 +26,9 @@ async def test_the_owners_maintenance_replaces_an_automatic_one_and_never_lifts(
             worker.maintenance_msg = "missed 3 job deadlines in a row"
             await tx.save_worker(worker)
     taken = next(w for w in (await Api(coordinator.url).get("/v2/workers")).body if w["name"] == "taken-over")
-    change = await Api(coordinator.url, apikey=owner.apikey).call("PUT", f"/v2/workers/{taken['id']}",
-                                                                  {"maintenance": True})
+    change = await Api(coordinator.url, apikey=owner.apikey).call(
+        "PUT", f"/v2/workers/{taken['id']}", {"maintenance": True}
+    )
     assert change.status == 200
 
     services.clock = lambda: time.time() + MAINTENANCE_CLEAN_SECONDS + 60  # the clean period is over
@@ -55,7 +56,9 @@ async def test_an_account_shows_its_online_workers_contributions(coordinator: Ru
     assert details["worker_count"] == 1 and details["worker_ids"] == [listed[0]["id"]]
     assert details["contributions"] == {"megapixelsteps": round(2 * 512 * 512 * 10 / 1e6, 2), "fulfillments": 2}
     assert (await Api(coordinator.url).get(f"/v2/users/{alice.id}")).body["contributions"] == {
-        "megapixelsteps": 0, "fulfillments": 0}
+        "megapixelsteps": 0,
+        "fulfillments": 0,
+    }
 
 
 async def test_models_are_filtered_by_the_number_of_nodes_serving_them(coordinator: RunningCoordinator) -> None:

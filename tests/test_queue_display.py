@@ -13,9 +13,17 @@ from protocol.generation import RequestCheck
 
 def check(**changes: object) -> RequestCheck:
     fields: dict[str, object] = {
-        "finished": 0, "processing": 1, "restarted": 0, "waiting": 3, "done": False, "faulted": False,
-        "wait_time": 150, "queue_position": 2, "kudos": 0.0, "is_possible": True,
-    }  # fmt: skip
+        "finished": 0,
+        "processing": 1,
+        "restarted": 0,
+        "waiting": 3,
+        "done": False,
+        "faulted": False,
+        "wait_time": 150,
+        "queue_position": 2,
+        "kudos": 0.0,
+        "is_possible": True,
+    }
     return RequestCheck.model_validate({**fields, **changes})
 
 

@@ -16,18 +16,44 @@ from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
 
 
 def worker(name: str, models: list[str], speed: float | None = None) -> Worker:
-    node = Worker(id=name, name=name, owner_id=1, public_key=None, models=models, max_pixels=2**20, nsfw=False,
-                  threads=1, img2img=False, painting=False, lora=False, post_processing=False, bridge_agent="",
-                  created=0.0, last_seen=0.0)  # fmt: skip
+    node = Worker(
+        id=name,
+        name=name,
+        owner_id=1,
+        public_key=None,
+        models=models,
+        max_pixels=2**20,
+        nsfw=False,
+        threads=1,
+        img2img=False,
+        painting=False,
+        lora=False,
+        post_processing=False,
+        bridge_agent="",
+        created=0.0,
+        last_seen=0.0,
+    )
     if speed is not None:
         node.speeds = {model: [speed, 1.0, 3] for model in models}
     return node
 
 
 def waiting(request: str, index: int, models: list[str], megapixelsteps: float) -> WaitingJob:
-    entry = QueueEntry(job_id=f"{request}-{index}", request_id=request, models=models, tier=1, rank=-index,
-                       pixels=1_000_000, steps=round(megapixelsteps), nsfw=False, img2img=False, painting=False,
-                       lora=False, post_processing=False, trusted_only=False)  # fmt: skip
+    entry = QueueEntry(
+        job_id=f"{request}-{index}",
+        request_id=request,
+        models=models,
+        tier=1,
+        rank=-index,
+        pixels=1_000_000,
+        steps=round(megapixelsteps),
+        nsfw=False,
+        img2img=False,
+        painting=False,
+        lora=False,
+        post_processing=False,
+        trusted_only=False,
+    )
     return WaitingJob(entry, (1, -index))
 
 
@@ -35,8 +61,12 @@ def test_simulation_plays_pop_over_heterogeneous_nodes() -> None:
     fast, slow = worker("fast", ["a"], 3.0), worker("slow", ["a", "b"], 1.0)
     nodes = [SimNode(fast, WorkerCaps.of(fast), {}), SimNode(slow, WorkerCaps.of(slow), {})]
     # In pop's order: r1's two jobs, then r2's (model b: only the slow node), then r3.
-    queue = [waiting("r1", 0, ["a"], 3), waiting("r1", 1, ["a"], 3), waiting("r2", 2, ["b"], 3),
-             waiting("r3", 3, ["a"], 3)]  # fmt: skip
+    queue = [
+        waiting("r1", 0, ["a"], 3),
+        waiting("r1", 1, ["a"], 3),
+        waiting("r2", 2, ["b"], 3),
+        waiting("r3", 3, ["a"], 3),
+    ]
     finish, drained = simulate(nodes, {}, queue, now=100.0)
     # As pop hands them out: both free at 100; fast takes r1-0 (→101), slow the next job it can serve, r1-1
     # (→103); fast, free at 101, passes r2 (model b) for r3 (→102); slow, free at 103, takes r2 (→106).

@@ -108,12 +108,14 @@ async def test_wait_time_and_position_follow_the_queue_and_count_down(
     second = await generate(requester(coordinator, bob), job())
     api = Api(coordinator.url)
     assert [(c["wait_time"], c["queue_position"]) for c in [await check(api, first), await check(api, second)]] == [
-        (6, 0), (8, 3)
+        (6, 0),
+        (8, 3),
     ]
     [(job_id, seed)] = await pop_ids(worker)
     clock.now += 1.0  # one second into the first job
     assert [(c["wait_time"], c["queue_position"]) for c in [await check(api, first), await check(api, second)]] == [
-        (5, 0), (7, 2)
+        (5, 0),
+        (7, 2),
     ]
     clock.now += 1.0
     await submit(worker, job_id, seed)
@@ -133,8 +135,10 @@ async def test_unservable_requests_say_why(clocked: tuple[RunningCoordinator, Cl
     assert (await node(coordinator, owner, "n1").pop()).status == 200  # online, serving the tiny model
     unknown = await generate(api, job(models=["nope"]))
     huge = await generate(api, small(width=2048, height=2048, steps=10))
-    for request_id, reason in ((unknown, "No online node serves nope."),
-                               (huge, "No online node accepts images this large.")):
+    for request_id, reason in (
+        (unknown, "No online node serves nope."),
+        (huge, "No online node accepts images this large."),
+    ):
         answer = await check(api, request_id)
         assert (answer["is_possible"], answer["is_possible_reason"], answer["wait_time"]) == (False, reason, 0)
     servable = await check(api, nobody)

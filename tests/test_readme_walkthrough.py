@@ -62,13 +62,16 @@ class Walk:
             ("HOST", "127.0.0.1", "the placeholder for the coordinator's host name"),
             (":7001", f":{self.port}", "a free port, so parallel runs and a real coordinator don't clash"),
             ("--port 7001", f"--port {self.port}", "the same free port"),
-            ("sd-turbo=stabilityai/sd-turbo@stable_diffusion_2", f"sd-turbo={self.tiny_model}@stable_diffusion_1",
-             "the tiny offline model under the README's model name: no hub download here"),
+            (
+                "sd-turbo=stabilityai/sd-turbo@stable_diffusion_2",
+                f"sd-turbo={self.tiny_model}@stable_diffusion_1",
+                "the tiny offline model under the README's model name: no hub download here",
+            ),
             ("--size 512x512 --steps 20", "--size 64x64 --steps 2", "small images for a 2-core CPU"),
             ("images/ID_0.webp", f"images/{self.request_id}_0.webp", "the file `horde generate` saved"),
             # The README says the first 8 characters will do: the walk takes it at its word.
             (" ID", f" {(self.request_id or 'ID')[:8]}", "the request id `horde generate` printed"),
-        ]  # fmt: skip
+        ]
 
     def prepare(self, line: str) -> str:
         for before, after, _ in self.substitutions():
@@ -216,8 +219,9 @@ def commands_of(line: str) -> Iterator[list[str]]:
 
 
 def subcommands(parser: argparse.ArgumentParser) -> set[str]:
-    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
-            for name in action.choices}  # fmt: skip
+    return {
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    }
 
 
 def test_every_documented_command_parses(capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,9 +38,13 @@ async def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def s3_client(endpoint: str) -> Any:
-    return get_session().create_client("s3", endpoint_url=endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-                                       aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-                                       aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    return get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 async def objects(endpoint: str, bucket: str) -> list[str]:
@@ -50,10 +54,15 @@ async def objects(endpoint: str, bucket: str) -> list[str]:
 
 
 @pytest.fixture
-async def s3_coordinator(tmp_path: Path, database_url: str | None, s3_endpoint: str,
-                         bucket: str) -> AsyncIterator[RunningCoordinator]:
-    config = replace(coordinator_config(tmp_path / "coordinator", database_url), images_bucket=f"s3://{bucket}/{PREFIX}",
-                     s3_endpoint_url=s3_endpoint, max_body_bytes=256 * 1024)
+async def s3_coordinator(
+    tmp_path: Path, database_url: str | None, s3_endpoint: str, bucket: str
+) -> AsyncIterator[RunningCoordinator]:
+    config = replace(
+        coordinator_config(tmp_path / "coordinator", database_url),
+        images_bucket=f"s3://{bucket}/{PREFIX}",
+        s3_endpoint_url=s3_endpoint,
+        max_body_bytes=256 * 1024,
+    )
     running = await start_coordinator(config)
     try:
         yield running
@@ -75,8 +84,9 @@ def presigned_for(url: str, endpoint: str, bucket: str, name: str) -> bool:
     return url.startswith(f"{endpoint}/{bucket}/{PREFIX}/{name}?") and "X-Amz-Signature=" in url
 
 
-async def test_results_go_through_presigned_urls(s3_coordinator: RunningCoordinator, s3_endpoint: str,
-                                                 bucket: str) -> None:
+async def test_results_go_through_presigned_urls(
+    s3_coordinator: RunningCoordinator, s3_endpoint: str, bucket: str
+) -> None:
     alice = await s3_coordinator.create_account("alice", kudos=100)
     api = requester(s3_coordinator, alice)
     request_id = await generate(api, small())
@@ -105,15 +115,20 @@ async def test_results_go_through_presigned_urls(s3_coordinator: RunningCoordina
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_the_node_uploads_its_result_to_the_bucket(
-    s3_coordinator: RunningCoordinator, s3_endpoint: str, bucket: str, tiny_model_dir: Path, tmp_path: Path,
+    s3_coordinator: RunningCoordinator,
+    s3_endpoint: str,
+    bucket: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A presigned URL points at the bucket, not the coordinator: the real node PUTs the image there."""
     uploads = record_uploads(monkeypatch)
     api = requester(s3_coordinator, await s3_coordinator.create_account("alice", kudos=100))
     owner = await s3_coordinator.create_account("owner")
-    daemon = NodeDaemon(node_config(tmp_path / "node", s3_coordinator.url, owner.apikey, tiny_model_dir),
-                        console=RecordingConsole())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path / "node", s3_coordinator.url, owner.apikey, tiny_model_dir), console=RecordingConsole()
+    )
     async with running(daemon):
         status = await finished(api, await request_images(api))
     [generation] = status["generations"]
@@ -125,12 +140,14 @@ async def test_the_node_uploads_its_result_to_the_bucket(
     assert generation["img"].split("?", 1)[0].endswith(result)
 
 
-async def test_img2img_source_is_fetched_from_the_bucket(s3_coordinator: RunningCoordinator, s3_endpoint: str,
-                                                         bucket: str) -> None:
+async def test_img2img_source_is_fetched_from_the_bucket(
+    s3_coordinator: RunningCoordinator, s3_endpoint: str, bucket: str
+) -> None:
     alice = await s3_coordinator.create_account("alice", kudos=100)
     source = png(128)
-    request_id = await generate(requester(s3_coordinator, alice),
-                                {**small(), "source_image": b64(source), "source_processing": "img2img"})
+    request_id = await generate(
+        requester(s3_coordinator, alice), {**small(), "source_image": b64(source), "source_processing": "img2img"}
+    )
     owner = await s3_coordinator.create_account("owner")
     worker = node(s3_coordinator, owner, "n1")
     popped = await pop_job(worker)
@@ -148,8 +165,7 @@ async def test_img2img_source_is_fetched_from_the_bucket(s3_coordinator: Running
     assert status_body["done"] is True
 
 
-async def test_uploads_are_checked_at_submit(s3_coordinator: RunningCoordinator, s3_endpoint: str,
-                                             bucket: str) -> None:
+async def test_uploads_are_checked_at_submit(s3_coordinator: RunningCoordinator, s3_endpoint: str, bucket: str) -> None:
     """A presigned PUT takes anything: the submit measures and checks what arrived."""
     alice = await s3_coordinator.create_account("alice", kudos=100)
     await generate(requester(s3_coordinator, alice), small())
@@ -188,8 +204,9 @@ async def test_a_late_upload_misses_the_new_node_and_pruning_empties_the_bucket(
     assert await put_bytes(second.body["r2_upload"], good) == 200
     # The first node's presigned URL still works at the bucket, but names its own object.
     assert await put_bytes(first.body["r2_upload"], stale) == 200
-    reply = await quick.api.post("/v2/generate/submit", {"id": job_id, "generation": "R2", "state": "ok",
-                                                         "seed": seed_of(second)})
+    reply = await quick.api.post(
+        "/v2/generate/submit", {"id": job_id, "generation": "R2", "state": "ok", "seed": seed_of(second)}
+    )
     assert reply.status == 200, reply.body
     [generation] = (await api.get(f"/v2/generate/status/{request_id}")).body["generations"]
     assert await get_bytes(generation["img"]) == (200, good)

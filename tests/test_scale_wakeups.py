@@ -69,8 +69,10 @@ async def end(tasks: dict[str, asyncio.Task[Reply]]) -> None:
 
 async def nodes_of(coordinator: RunningCoordinator, prefix: str, n: int, **kw: Any) -> list[SimWorker]:
     """`n` nodes, each its own owner's (an untrusted account runs at most three)."""
-    return [node(coordinator, await coordinator.create_account(f"{prefix}-owner-{i}"), f"{prefix}-{i}", **kw)
-            for i in range(n)]  # fmt: skip
+    return [
+        node(coordinator, await coordinator.create_account(f"{prefix}-owner-{i}"), f"{prefix}-{i}", **kw)
+        for i in range(n)
+    ]
 
 
 async def first_answered(tasks: dict[str, asyncio.Task[Reply]]) -> str:

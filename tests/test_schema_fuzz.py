@@ -116,14 +116,16 @@ async def seed(coordinator: RunningCoordinator) -> Seeded:
 
 def fuzz_schema(live: LiveCoordinator, apikey: str | None) -> schemathesis.BaseSchema:
     document = requests.get(f"{live.running.url}{DOCUMENT}", timeout=30).json()
-    config = schemathesis.Config.from_dict({
-        "base-url": live.running.url,
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "mode": "all"},
-        "phases": {"stateful": {"enabled": False}},
-        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
-        "request-timeout": 30,
-        "suppress-health-check": ["all"],
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "base-url": live.running.url,
+            "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "mode": "all"},
+            "phases": {"stateful": {"enabled": False}},
+            "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+            "request-timeout": 30,
+            "suppress-health-check": ["all"],
+        }
+    )
     schema = schemathesis.openapi.from_dict(document, config=config)
 
     @schema.hook
@@ -169,14 +171,17 @@ def describe(recorder: Any, case_id: str, check: Any) -> str:
     interaction = recorder.interactions.get(case_id)
     response = interaction.response if interaction is not None else None
     answer = f"{response.status_code} {(response.content or b'')[:200]!r}" if response is not None else "no answer"
-    return f"{recorder.label}: {check.name}: {check.failure_info.failure.title}\n    {check.failure_info.code_sample}" \
-           f"\n    → {answer}"
+    return (
+        f"{recorder.label}: {check.name}: {check.failure_info.failure.title}\n    {check.failure_info.code_sample}"
+        f"\n    → {answer}"
+    )
 
 
 @pytest.mark.parametrize("caller", ["anonymous", "funded apikey"])
 def test_whole_api_answers_without_5xx_and_within_its_schema(live: LiveCoordinator, caller: str) -> None:
-    apikey = live.run(live.running.create_account("fuzz-funded", FUNDED_KUDOS)).apikey if caller != "anonymous" \
-        else None
+    apikey = (
+        live.run(live.running.create_account("fuzz-funded", FUNDED_KUDOS)).apikey if caller != "anonymous" else None
+    )
     cases, found = failures_of(fuzz_schema(live, apikey))
     assert cases > 200  # the run really exercised the API
     assert not found, f"{len(found)} failures:\n" + "\n".join(found[:40])

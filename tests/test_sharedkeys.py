@@ -43,8 +43,13 @@ async def test_a_shared_key_spends_its_owners_kudos_up_to_its_limit(coordinator:
     shown = await Api(coordinator.url).get(f"/v2/sharedkeys/{key}")  # whoever holds the id, no apikey
     assert shown.status == 200, shown.body
     assert {k: shown.body[k] for k in ("id", "username", "name", "kudos", "utilized", "expiry")} == {
-        "id": key, "username": f"{owner.username}#{owner.id}", "name": "for my bot", "kudos": 5, "utilized": 0,
-        "expiry": None}
+        "id": key,
+        "username": f"{owner.username}#{owner.id}",
+        "name": "for my bot",
+        "kudos": 5,
+        "utilized": 0,
+        "expiry": None,
+    }
     holder = Api(coordinator.url, apikey=key)
     # Two images cost 5.8: more than the key's 5, refused before anything is queued or reserved.
     short = await holder.post("/v2/generate/async", small(n=2))

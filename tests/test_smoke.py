@@ -7,8 +7,10 @@ async def test_generate_pop_submit_status(coordinator: RunningCoordinator) -> No
     requester = await coordinator.create_account("alice", kudos=100)
     owner = await coordinator.create_account("bob")
     api = Api(coordinator.url, apikey=requester.apikey)
-    accepted = await api.post("/v2/generate/async", {"prompt": "a cat", "models": ["tiny-sd"],
-                                                     "params": {"width": 64, "height": 64, "steps": 4, "n": 2}})
+    accepted = await api.post(
+        "/v2/generate/async",
+        {"prompt": "a cat", "models": ["tiny-sd"], "params": {"width": 64, "height": 64, "steps": 4, "n": 2}},
+    )
     assert accepted.status == 202, accepted.body
     worker = SimWorker(Api(coordinator.url, apikey=owner.apikey, identity=Identity.generate()), "node-1")
     assert (await worker.serve_one()).status == 200

@@ -28,8 +28,11 @@ def compared_states(tree: ast.AST) -> list[tuple[int, str]]:
             continue
         for side in sides:
             values = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
-            found += [(node.lineno, value.value) for value in values
-                      if isinstance(value, ast.Constant) and isinstance(value.value, str)]  # fmt: skip
+            found += [
+                (node.lineno, value.value)
+                for value in values
+                if isinstance(value, ast.Constant) and isinstance(value.value, str)
+            ]
     return found
 
 

@@ -28,8 +28,9 @@ async def network_at_work(coordinator: RunningCoordinator, tmp_path: Path, tiny_
     owner = await coordinator.create_account("owner")
     alice = await coordinator.create_account("alice", kudos=200)
     api = Api(coordinator.url, apikey=alice.apikey)
-    daemon = NodeDaemon(node_config(tmp_path / "node", coordinator.url, owner.apikey, tiny_model_dir),
-                        console=RecordingConsole())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path / "node", coordinator.url, owner.apikey, tiny_model_dir), console=RecordingConsole()
+    )
     flaky = node(coordinator, owner, "flaky", models=["other-model"])
     async with running(daemon):
         request_id = await request_images(api, n=2, steps=3)
@@ -43,8 +44,12 @@ async def network_at_work(coordinator: RunningCoordinator, tmp_path: Path, tiny_
         assert await asyncio.to_thread(horde, argv) == 0
     images = sorted(out.glob("*.webp"))
     assert len(images) == 2 and len(status["generations"]) == 2
-    return {"request_id": request_id, "image": images[0], "sidecar": images[0].with_suffix(".json"),
-            "node": status["generations"][0]["worker_name"]}  # fmt: skip
+    return {
+        "request_id": request_id,
+        "image": images[0],
+        "sidecar": images[0].with_suffix(".json"),
+        "node": status["generations"][0]["worker_name"],
+    }
 
 
 @pytest.mark.timeout(240)

@@ -68,8 +68,11 @@ async def test_stream_delivers_steps_then_images_of_a_real_job(
     alice = await coordinator.create_account("alice", kudos=100)
     api = Api(coordinator.url, apikey=alice.apikey)
     held = HeldAtFirstStep()
-    daemon = NodeDaemon(node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir),
-                        console=RecordingConsole(), generator_factory=held.factory())  # fmt: skip
+    daemon = NodeDaemon(
+        node_config(tmp_path, coordinator.url, owner.apikey, tiny_model_dir),
+        console=RecordingConsole(),
+        generator_factory=held.factory(),
+    )
     request_id = await request_images(api, n=1, steps=4)
 
     def release_on_progress(event: Event) -> None:

@@ -15,8 +15,13 @@ from tests.api_support import MODEL, node, pop_job, requester, small
 from tests.conftest import RunningCoordinator, TestAccount
 from tests.helpers import Api
 
-WATERCOLOUR = {"name": "Watercolour", "prompt": "{p}, watercolour ###{np}, photo", "models": [MODEL],
-               "params": {"width": 64, "height": 64, "steps": 6, "cfg_scale": 3.5}, "tags": ["paint"]}
+WATERCOLOUR = {
+    "name": "Watercolour",
+    "prompt": "{p}, watercolour ###{np}, photo",
+    "models": [MODEL],
+    "params": {"width": 64, "height": 64, "steps": 6, "cfg_scale": 3.5},
+    "tags": ["paint"],
+}
 
 
 async def new_style(coordinator: RunningCoordinator, owner: TestAccount, **fields: Any) -> str:
@@ -32,8 +37,12 @@ async def test_a_request_naming_a_style_is_made_with_its_template_and_params(
     owner = await coordinator.create_account("painter")
     style_id = await new_style(coordinator, owner)
     anonymous = Api(coordinator.url)
-    body = {"prompt": "a fox ### blurry", "style": "watercolour", "models": ["other-model"],
-            "params": {"width": 512, "height": 512, "steps": 30, "cfg_scale": 9, "n": 2}}
+    body = {
+        "prompt": "a fox ### blurry",
+        "style": "watercolour",
+        "models": ["other-model"],
+        "params": {"width": 512, "height": 512, "steps": 30, "cfg_scale": 9, "n": 2},
+    }
     accepted = await anonymous.post("/v2/generate/async", body)
     assert accepted.status == 202, accepted.body
     assert accepted.body["kudos"] == round(2 * image_kudos(width=64, height=64, steps=6), 2)  # the style's price
@@ -63,8 +72,9 @@ async def test_a_styles_policy_lets_through_only_what_it_lists_and_below_its_cei
     policy = {"override": "listed", "overridable": ["steps"], "ceilings": {"steps": 10, "n": 2}}
     style_id = await new_style(coordinator, owner, parameter_policy=policy)
     anonymous = Api(coordinator.url)
-    accepted = await anonymous.post("/v2/generate/async", {"prompt": "a fox", "style": style_id,
-                                                           "params": {"steps": 8, "cfg_scale": 9}})
+    accepted = await anonymous.post(
+        "/v2/generate/async", {"prompt": "a fox", "style": style_id, "params": {"steps": 8, "cfg_scale": 9}}
+    )
     assert accepted.status == 202, accepted.body
     payload = (await pop_job(node(coordinator, owner, "painter-node"))).body["payload"]
     assert (payload["ddim_steps"], payload["cfg_scale"]) == (8, 3.5)  # steps listed, cfg_scale not
@@ -89,7 +99,8 @@ async def test_styles_are_listed_changed_and_deleted_by_their_creator_only(coord
         reply = await requester(coordinator, stranger).call(method, f"/v2/styles/image/{public_id}", {"info": "x"})
         assert (reply.status, reply.rc) == (403, "NotOwner"), reply.body
     patched = await requester(coordinator, owner).call(
-        "PATCH", f"/v2/styles/image/{public_id}", {"prompt": "{p} in ink ###{np}"})
+        "PATCH", f"/v2/styles/image/{public_id}", {"prompt": "{p} in ink ###{np}"}
+    )
     assert patched.status == 200, patched.body
     shown = (await anonymous.get(f"/v2/styles/image/{public_id}")).body
     assert shown["prompt"] == "{p} in ink ###{np}" and shown["name"] == "Watercolour"  # only what was sent
@@ -124,8 +135,16 @@ def test_the_style_rules_as_pure_functions() -> None:
     assert render_prompt("{p}, ink ###{np}, photo", "a fox", "blur") == "a fox, ink ###blur, photo"
     assert render_prompt("{p}, ink {np}", "a fox", "blur") == "a fox, ink ###blur"  # the template has no ###
     assert render_prompt("{p}, ink {np}", "a fox", None) == "a fox, ink "
-    style = StyleRecord(id="s", name="s", owner_id=1, public=True, created=0, updated=0, prompt="{p}{np}",
-                        params={"steps": 6, "cfg_scale": 3.5})
+    style = StyleRecord(
+        id="s",
+        name="s",
+        owner_id=1,
+        public=True,
+        created=0,
+        updated=0,
+        prompt="{p}{np}",
+        params={"steps": 6, "cfg_scale": 3.5},
+    )
     asked = GenerationParams.model_validate({"steps": 9, "cfg_scale": 9, "n": 2})
     assert merged_params(style, asked) == {"steps": 6, "cfg_scale": 3.5, "n": 2}  # override none: only n
     style.policy = {"override": "listed", "overridable": ["steps"]}

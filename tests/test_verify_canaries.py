@@ -16,8 +16,7 @@ from tests.verify_support import Network, audit_ok, network
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # Ordinary checks never (a new node's rate is 0.5 only for `wants_canary`'s sake; the test never lets the
 # cheater deliver an ordinary job), canaries as often as the upkeep asks.
-CANARIES = VerificationSettings(enabled=True, new_rate=0.5, settled_rate=0.0, suspect_rate=1.0,
-                                canary_interval=3600.0)  # fmt: skip
+CANARIES = VerificationSettings(enabled=True, new_rate=0.5, settled_rate=0.0, suspect_rate=1.0, canary_interval=3600.0)
 
 
 async def trusted_reference(net: Network) -> None:

@@ -57,8 +57,9 @@ async def test_honest_nodes_of_two_classes_are_never_penalised(
 async def test_a_node_cheating_on_one_job_loses_its_whole_window_and_is_suspended(
     tmp_path: Path, database_url: str | None, tiny_model_dir: Path
 ) -> None:
-    settings = VerificationSettings(enabled=True, window=WINDOW, new_rate=1.0, settled_rate=1.0, suspect_rate=1.0,
-                                    failures_to_suspend=2)  # fmt: skip
+    settings = VerificationSettings(
+        enabled=True, window=WINDOW, new_rate=1.0, settled_rate=1.0, suspect_rate=1.0, failures_to_suspend=2
+    )
     async with network(tmp_path, database_url, tiny_model_dir, "seed", settings, on_jobs={1, 2}) as net:
         await generate(net.payer, small(steps=8, seed="10"))
         await net.serve("cheater", "f32")  # job 0: honest, checked, passes
@@ -97,8 +98,7 @@ async def test_a_check_looks_like_any_job_to_its_node(
 
 # Fields whose values differ between any two jobs (ids, digests, URLs naming them, times, the node's own id
 # and signatures); everything else must be equal, and every field present in both.
-PER_JOB = {"id", "ids", "r2_upload", "r2_uploads", "job_id", "request_sha256", "issued_at", "worker_id",
-           "signature"}  # fmt: skip
+PER_JOB = {"id", "ids", "r2_upload", "r2_uploads", "job_id", "request_sha256", "issued_at", "worker_id", "signature"}
 
 
 def assert_alike(a: Any, b: Any, path: str = "") -> None:

@@ -25,12 +25,24 @@ def database_url() -> None:
 
 async def horde(net: Network, home: Path, apikey: str, *args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HORDE_")}
-    env.update(HORDE_CONFIG_DIR=str(home), HORDE_URL=net.coordinator.url, HORDE_API_KEY=apikey,
-               PYTHONPATH=str(ROOT), COLUMNS="200")  # fmt: skip
+    env.update(
+        HORDE_CONFIG_DIR=str(home),
+        HORDE_URL=net.coordinator.url,
+        HORDE_API_KEY=apikey,
+        PYTHONPATH=str(ROOT),
+        COLUMNS="200",
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "client.cli", *args, env=env, cwd=home, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "client.cli",
+        *args,
+        env=env,
+        cwd=home,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(process.communicate(), 120)
     return process.returncode or 0, out.decode(), err.decode()
 
@@ -38,8 +50,26 @@ async def horde(net: Network, home: Path, apikey: str, *args: str) -> tuple[int,
 async def generated(net: Network, home: Path, seed: str, *nodes: str) -> Path:
     """`horde generate` as a process, while the named nodes serve the image and its checks in turn."""
     apikey = net.payer.apikey or ""
-    command = asyncio.ensure_future(horde(net, home, apikey, "generate", "a cat", "--model", "tiny-sd", "--size",
-                                          "64x64", "--steps", "8", "--seed", seed, "--out", str(home), "--json"))
+    command = asyncio.ensure_future(
+        horde(
+            net,
+            home,
+            apikey,
+            "generate",
+            "a cat",
+            "--model",
+            "tiny-sd",
+            "--size",
+            "64x64",
+            "--steps",
+            "8",
+            "--seed",
+            seed,
+            "--out",
+            str(home),
+            "--json",
+        )
+    )
     for name in nodes:
         while (reply := await net.nodes[name].serve_one(wait=1.0)) is None:
             assert not command.done(), command.result()

@@ -32,9 +32,9 @@ class Clock:
 
 
 @asynccontextmanager
-async def escrowed(tmp_path: Path, database_url: str | None, **settings: object) -> AsyncIterator[
-    tuple[RunningCoordinator, Clock]
-]:
+async def escrowed(
+    tmp_path: Path, database_url: str | None, **settings: object
+) -> AsyncIterator[tuple[RunningCoordinator, Clock]]:
     async with custom_coordinator(tmp_path, database_url, verification=NO_CHECKS, **settings) as coordinator:
         clock = Clock()
         coordinator.broker.services.clock = clock

@@ -24,11 +24,19 @@ async def test_a_real_node_declares_its_class_and_sees_its_reward_held(
         first, second = [await coordinator.create_account(f"owner-{n}") for n in (1, 2)]
         consoles = [RecordingConsole(), RecordingConsole()]
         daemons = [
-            NodeDaemon(node_config(tmp_path / "a", coordinator.url, first.apikey, tiny_model_dir, name="node-a",
-                                   dtype="float32"), console=consoles[0]),
-            NodeDaemon(node_config(tmp_path / "b", coordinator.url, second.apikey, tiny_model_dir, name="node-b",
-                                   dtype="bfloat16"), console=consoles[1]),
-        ]  # fmt: skip
+            NodeDaemon(
+                node_config(
+                    tmp_path / "a", coordinator.url, first.apikey, tiny_model_dir, name="node-a", dtype="float32"
+                ),
+                console=consoles[0],
+            ),
+            NodeDaemon(
+                node_config(
+                    tmp_path / "b", coordinator.url, second.apikey, tiny_model_dir, name="node-b", dtype="bfloat16"
+                ),
+                console=consoles[1],
+            ),
+        ]
         await generate(payer, small(steps=4))
         async with running(daemons[0]) as (stop_a, task_a), running(daemons[1]) as (stop_b, task_b):
             # One node makes the image, the other its check: both submit once.

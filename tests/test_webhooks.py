@@ -73,13 +73,15 @@ async def receiver(fail_first: int = 0) -> AsyncIterator[Receiver]:
 @pytest.fixture
 async def open_coordinator(tmp_path: Path, database_url: str | None) -> AsyncIterator[RunningCoordinator]:
     """A coordinator whose operator lets webhooks reach private addresses (the receiver is on loopback)."""
-    async with custom_coordinator(tmp_path, database_url, webhook_private_addresses=True,
-                                  webhook_retry_seconds=30.0) as running:  # fmt: skip
+    async with custom_coordinator(
+        tmp_path, database_url, webhook_private_addresses=True, webhook_retry_seconds=30.0
+    ) as running:
         yield running
 
 
-async def test_each_image_and_the_completion_are_posted_signed(open_coordinator: RunningCoordinator,
-                                                               tmp_path: Path) -> None:  # fmt: skip
+async def test_each_image_and_the_completion_are_posted_signed(
+    open_coordinator: RunningCoordinator, tmp_path: Path
+) -> None:
     coordinator = open_coordinator
     owner = await coordinator.create_account("owner")
     alice = await coordinator.create_account("alice", kudos=100)
@@ -163,8 +165,9 @@ def test_which_addresses_webhooks_may_reach() -> None:
 
 
 async def test_a_failing_receiver_is_retried_for_a_bounded_time(tmp_path: Path, database_url: str | None) -> None:
-    async with custom_coordinator(tmp_path, database_url, webhook_private_addresses=True,
-                                  webhook_retry_seconds=2.0) as coordinator:  # fmt: skip
+    async with custom_coordinator(
+        tmp_path, database_url, webhook_private_addresses=True, webhook_retry_seconds=2.0
+    ) as coordinator:
         alice = await coordinator.create_account("alice", kudos=100)
         abandoned = WEBHOOK_DELIVERIES.labels("abandoned")._value.get()
         async with receiver(fail_first=10**6) as hook:

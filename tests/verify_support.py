@@ -135,9 +135,13 @@ class Network:
 
 @asynccontextmanager
 async def network(
-    tmp_path: Path, database_url: str | None, tiny_model_dir: Path, cheat: str | None = None,
-    settings: VerificationSettings = ALWAYS, **cheater: Any,
-) -> AsyncIterator[Network]:  # fmt: skip
+    tmp_path: Path,
+    database_url: str | None,
+    tiny_model_dir: Path,
+    cheat: str | None = None,
+    settings: VerificationSettings = ALWAYS,
+    **cheater: Any,
+) -> AsyncIterator[Network]:
     """Honest nodes `f32` (float32) and `bf16` (bfloat16), and `cheater` (float32) cheating as told; one owner each."""
     async with custom_coordinator(tmp_path, database_url, verification=settings) as coordinator:
         payer = requester(coordinator, await coordinator.create_account("payer", kudos=1000))
@@ -146,9 +150,10 @@ async def network(
         nodes = {
             "f32": TinyNode.of(node(coordinator, owners["f32"], "f32"), f32, torch.float32),
             "bf16": TinyNode.of(node(coordinator, owners["bf16"], "bf16"), bf16, torch.bfloat16),
-            "cheater": TinyNode.of(node(coordinator, owners["cheater"], "cheater"), f32, torch.float32,
-                                   cheat=cheat, **cheater),
-        }  # fmt: skip
+            "cheater": TinyNode.of(
+                node(coordinator, owners["cheater"], "cheater"), f32, torch.float32, cheat=cheat, **cheater
+            ),
+        }
         yield Network(coordinator, payer, owners, nodes)
 
 

@@ -50,19 +50,35 @@ async def cancel(request: web.Request) -> web.Response:
 
 ENDPOINTS = [
     Endpoint(
-        "POST", "/v2/generate/async", generate_async, "Request images (202), or price them with dry_run (200).",
-        body=GenerationRequest, response=RequestAccepted, status=202, other_responses={200: DryRunResult},
+        "POST",
+        "/v2/generate/async",
+        generate_async,
+        "Request images (202), or price them with dry_run (200).",
+        body=GenerationRequest,
+        response=RequestAccepted,
+        status=202,
+        other_responses={200: DryRunResult},
         example={"prompt": "a lighthouse at dusk ### blurry", "params": {"width": 512, "height": 512, "n": 2}},
     ),
     Endpoint(
-        "GET", "/v2/generate/check/{id}", check, "Progress of a request, without images.",
+        "GET",
+        "/v2/generate/check/{id}",
+        check,
+        "Progress of a request, without images.",
         response=RequestCheck,
-        query={"wait": "seconds (≤30) to hold the answer until the request changes",
-               "finished": "the finished count you already know; wait returns at once if it differs"},
+        query={
+            "wait": "seconds (≤30) to hold the answer until the request changes",
+            "finished": "the finished count you already know; wait returns at once if it differs",
+        },
     ),
-    Endpoint("GET", "/v2/generate/status/{id}", status, "Progress plus the images made so far.",
-             response=RequestStatus),
-    Endpoint("DELETE", "/v2/generate/status/{id}", cancel,
-             "Cancel a request: its id is the capability (no apikey needed, as in AI Horde).",
-             response=RequestStatus),
+    Endpoint(
+        "GET", "/v2/generate/status/{id}", status, "Progress plus the images made so far.", response=RequestStatus
+    ),
+    Endpoint(
+        "DELETE",
+        "/v2/generate/status/{id}",
+        cancel,
+        "Cancel a request: its id is the capability (no apikey needed, as in AI Horde).",
+        response=RequestStatus,
+    ),
 ]

@@ -77,8 +77,12 @@ def strings_in(data: Any) -> list[str]:
     while level:
         found += [value for value in level if isinstance(value, str)]
         found += [key for value in level if isinstance(value, dict) for key in value]
-        level = [child for value in level if isinstance(value, dict | list)
-                 for child in (value.values() if isinstance(value, dict) else value)]
+        level = [
+            child
+            for value in level
+            if isinstance(value, dict | list)
+            for child in (value.values() if isinstance(value, dict) else value)
+        ]
     return found
 
 
@@ -89,8 +93,12 @@ def nests_deeper(data: Any, limit: int) -> bool:
     for _ in range(limit):
         if not level:
             return False
-        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
-                 if isinstance(child, dict | list)]
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, dict | list)
+        ]
     return bool(level)
 
 
@@ -131,9 +139,10 @@ def reply(model: BaseModel | list[Any] | dict[str, Any], status: int = 200, *, o
     if isinstance(model, list):
         data = [
             item.model_dump(mode="json", by_alias=True, exclude=None if ours else extensions.hidden_extensions(item))
-            if isinstance(item, BaseModel) else item
+            if isinstance(item, BaseModel)
+            else item
             for item in model
-        ]  # fmt: skip
+        ]
     return web.json_response(data, status=status)
 
 

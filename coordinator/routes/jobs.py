@@ -52,14 +52,33 @@ async def serve_file(request: web.Request) -> web.Response:
 
 
 ENDPOINTS = [
-    Endpoint("POST", "/v2/generate/pop", pop, "A node asks for work; `wait` long-polls up to 30 s.",
-             body=PopRequest, response=PopResponse, auth="required",
-             example={"name": "my-node", "models": ["tiny-sd"], "max_pixels": 262144, "wait": 20}),
-    Endpoint("POST", "/v2/generate/submit", submit, "A node returns an image (base64 or 'R2' after upload).",
-             body=SubmitRequest, response=SubmitResult, auth="required"),
-    Endpoint("PUT", "/v2/upload/{job_id}", upload, "Upload a result image to a pop's r2_upload URL.",
-             query={"token": "the token from the pop's upload URL"}, auth="none"),
+    Endpoint(
+        "POST",
+        "/v2/generate/pop",
+        pop,
+        "A node asks for work; `wait` long-polls up to 30 s.",
+        body=PopRequest,
+        response=PopResponse,
+        auth="required",
+        example={"name": "my-node", "models": ["tiny-sd"], "max_pixels": 262144, "wait": 20},
+    ),
+    Endpoint(
+        "POST",
+        "/v2/generate/submit",
+        submit,
+        "A node returns an image (base64 or 'R2' after upload).",
+        body=SubmitRequest,
+        response=SubmitResult,
+        auth="required",
+    ),
+    Endpoint(
+        "PUT",
+        "/v2/upload/{job_id}",
+        upload,
+        "Upload a result image to a pop's r2_upload URL.",
+        query={"token": "the token from the pop's upload URL"},
+        auth="none",
+    ),
     Endpoint("GET", "/v2/images/{name}", serve_file, "A generated image.", auth="none"),
-    Endpoint("GET", "/v2/sources/{name}", serve_file, "A request's source image or mask, for its node.",
-             auth="none"),
+    Endpoint("GET", "/v2/sources/{name}", serve_file, "A request's source image or mask, for its node.", auth="none"),
 ]

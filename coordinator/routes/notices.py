@@ -23,11 +23,16 @@ def document_text(name: str) -> str:
 
 def news_items() -> list[Newspiece]:
     """What AI Horde clients show as news: this coordinator has none beyond what it is."""
-    return [Newspiece(
-        date_published="2026-11-29", title="Horde Network", importance="Information", tags=["network"],
-        newspiece="This is a Horde Network coordinator: an AI Horde v2-compatible volunteer image network. "
-                  "Text generation, interrogation and alchemy are not served here.",
-    )]  # fmt: skip
+    return [
+        Newspiece(
+            date_published="2026-11-29",
+            title="Horde Network",
+            importance="Information",
+            tags=["network"],
+            newspiece="This is a Horde Network coordinator: an AI Horde v2-compatible volunteer image network. "
+            "Text generation, interrogation and alchemy are not served here.",
+        )
+    ]
 
 
 async def news(request: web.Request) -> web.Response:
@@ -54,15 +59,33 @@ async def image_model_stats(request: web.Request) -> web.Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/v2/status/news", news, "News for clients to show (a list).", response=Newspiece, many=True,
-             auth="none"),
-    Endpoint("GET", "/v2/status/modes", modes, "Maintenance, invite-only and raid modes.", response=HordeModes,
-             auth="none"),
-    *(Endpoint("GET", f"/v2/documents/{name}", document, f"This coordinator's {name} text.", response=HordeDocument,
-               auth="none", query={"format": "html (default) or markdown"}) for name in DOCUMENTS),
-    Endpoint("GET", "/v2/stats/img/models", image_model_stats, "Images made per model: day, month, total.",
-             response=ImageModelStats, auth="none",
-             query={"model_state": "known (default), custom (none here) or all"}),
+    Endpoint(
+        "GET", "/v2/status/news", news, "News for clients to show (a list).", response=Newspiece, many=True, auth="none"
+    ),
+    Endpoint(
+        "GET", "/v2/status/modes", modes, "Maintenance, invite-only and raid modes.", response=HordeModes, auth="none"
+    ),
+    *(
+        Endpoint(
+            "GET",
+            f"/v2/documents/{name}",
+            document,
+            f"This coordinator's {name} text.",
+            response=HordeDocument,
+            auth="none",
+            query={"format": "html (default) or markdown"},
+        )
+        for name in DOCUMENTS
+    ),
+    Endpoint(
+        "GET",
+        "/v2/stats/img/models",
+        image_model_stats,
+        "Images made per model: day, month, total.",
+        response=ImageModelStats,
+        auth="none",
+        query={"model_state": "known (default), custom (none here) or all"},
+    ),
 ]
 
 
@@ -79,7 +102,6 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 ENDPOINTS += [
-    Endpoint("GET", "/swagger.json", swagger, "This API as Swagger 2.0 (where AI Horde serves its own).",
-             auth="none"),
+    Endpoint("GET", "/swagger.json", swagger, "This API as Swagger 2.0 (where AI Horde serves its own).", auth="none"),
     Endpoint("GET", "/openapi.json", openapi, "This API as OpenAPI 3.1.", auth="none"),
 ]

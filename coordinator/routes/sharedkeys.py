@@ -27,14 +27,38 @@ async def delete(request: web.Request) -> web.Response:
 
 
 ENDPOINTS = [
-    Endpoint("PUT", "/v2/sharedkeys", create,
-             "Create a shared key: an apikey that spends your kudos within its limits (-1: no limit).",
-             body=SharedKeyInput, response=SharedKeyDetails, auth="required",
-             example={"kudos": 500, "expiry": 7, "name": "for my bot", "max_image_pixels": 262144}),
-    Endpoint("GET", "/v2/sharedkeys/{id}", show, "A shared key's settings and the kudos it has been charged.",
-             response=SharedKeyDetails),
-    Endpoint("PATCH", "/v2/sharedkeys/{id}", modify, "Change a shared key's settings (its owner only).",
-             body=SharedKeyInput, response=SharedKeyDetails, auth="required"),
-    Endpoint("DELETE", "/v2/sharedkeys/{id}", delete, "Delete a shared key (its owner only).",
-             response=SimpleResponse, auth="required"),
+    Endpoint(
+        "PUT",
+        "/v2/sharedkeys",
+        create,
+        "Create a shared key: an apikey that spends your kudos within its limits (-1: no limit).",
+        body=SharedKeyInput,
+        response=SharedKeyDetails,
+        auth="required",
+        example={"kudos": 500, "expiry": 7, "name": "for my bot", "max_image_pixels": 262144},
+    ),
+    Endpoint(
+        "GET",
+        "/v2/sharedkeys/{id}",
+        show,
+        "A shared key's settings and the kudos it has been charged.",
+        response=SharedKeyDetails,
+    ),
+    Endpoint(
+        "PATCH",
+        "/v2/sharedkeys/{id}",
+        modify,
+        "Change a shared key's settings (its owner only).",
+        body=SharedKeyInput,
+        response=SharedKeyDetails,
+        auth="required",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v2/sharedkeys/{id}",
+        delete,
+        "Delete a shared key (its owner only).",
+        response=SimpleResponse,
+        auth="required",
+    ),
 ]

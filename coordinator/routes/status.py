@@ -38,15 +38,39 @@ async def totals(request: web.Request) -> web.Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/v2/status/heartbeat", heartbeat, "Is the coordinator up.", response=Heartbeat, auth="none"),
-    Endpoint("GET", "/v2/status/models", models, "Models online nodes serve, with queue and ETA (a list).",
-             response=ModelStatus, many=True, auth="none",
-             query={"type": "image (default) or all; text gives []", "min_count": "only models served by at least "
-                    "this many nodes", "max_count": "only models served by at most this many nodes"}),
-    Endpoint("GET", "/v2/status/models/{model_name}", single_model, "One model's status (a list of 0 or 1).",
-             response=ModelStatus, many=True, auth="none"),
-    Endpoint("GET", "/v2/status/performance", performance, "Queue size and throughput.", response=Performance,
-             auth="none"),
+    Endpoint(
+        "GET",
+        "/v2/status/models",
+        models,
+        "Models online nodes serve, with queue and ETA (a list).",
+        response=ModelStatus,
+        many=True,
+        auth="none",
+        query={
+            "type": "image (default) or all; text gives []",
+            "min_count": "only models served by at least this many nodes",
+            "max_count": "only models served by at most this many nodes",
+        },
+    ),
+    Endpoint(
+        "GET",
+        "/v2/status/models/{model_name}",
+        single_model,
+        "One model's status (a list of 0 or 1).",
+        response=ModelStatus,
+        many=True,
+        auth="none",
+    ),
+    Endpoint(
+        "GET", "/v2/status/performance", performance, "Queue size and throughput.", response=Performance, auth="none"
+    ),
     Endpoint("GET", "/v2/stats/img/totals", totals, "Images made per period.", response=ImageTotals, auth="none"),
-    Endpoint("GET", "/v2/coordinator", coordinator_info, "This coordinator's public key, version and features.",
-             response=CoordinatorInfo, auth="none"),
+    Endpoint(
+        "GET",
+        "/v2/coordinator",
+        coordinator_info,
+        "This coordinator's public key, version and features.",
+        response=CoordinatorInfo,
+        auth="none",
+    ),
 ]

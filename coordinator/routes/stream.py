@@ -23,8 +23,9 @@ async def history(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     events = broker(request).live.events(request.match_info["id"], base_url(request))
     first = await anext(events)  # a missing request is a 404 `{message, rc}`, before any event is sent
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})  # fmt: skip
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     await response.prepare(request)
     await response.write(first.encode() if first else KEEPALIVE)
     async for event in events:

@@ -12,7 +12,12 @@ async def image_checks(request: web.Request) -> web.Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/v2/verdicts/{job_id}", image_checks,
-             "Ours: whether an image (by its job id) was spot-checked, by which nodes, and the signed verdicts.",
-             response=ImageChecks, auth="none"),
-]  # fmt: skip
+    Endpoint(
+        "GET",
+        "/v2/verdicts/{job_id}",
+        image_checks,
+        "Ours: whether an image (by its job id) was spot-checked, by which nodes, and the signed verdicts.",
+        response=ImageChecks,
+        auth="none",
+    ),
+]

@@ -40,13 +40,30 @@ async def delete_worker(request: web.Request) -> web.Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/v2/workers", list_workers, "Known nodes.", response=WorkerDetails, many=True,
-             query={"name": "only the node of this name (any case)",
-                    "type": "image (every node here), text or interrogation (none)"}),
+    Endpoint(
+        "GET",
+        "/v2/workers",
+        list_workers,
+        "Known nodes.",
+        response=WorkerDetails,
+        many=True,
+        query={
+            "name": "only the node of this name (any case)",
+            "type": "image (every node here), text or interrogation (none)",
+        },
+    ),
     Endpoint("GET", "/v2/workers/{id}", get_worker, "One node.", response=WorkerDetails),
-    Endpoint("GET", "/v2/workers/name/{name}", get_worker_by_name, "One node, by name (any case).",
-             response=WorkerDetails),
-    Endpoint("PUT", "/v2/workers/{id}", update_worker, "Change a node (its owner only).", body=WorkerUpdate,
-             auth="required", example={"maintenance": True, "maintenance_msg": "upgrading drivers"}),
+    Endpoint(
+        "GET", "/v2/workers/name/{name}", get_worker_by_name, "One node, by name (any case).", response=WorkerDetails
+    ),
+    Endpoint(
+        "PUT",
+        "/v2/workers/{id}",
+        update_worker,
+        "Change a node (its owner only).",
+        body=WorkerUpdate,
+        auth="required",
+        example={"maintenance": True, "maintenance_msg": "upgrading drivers"},
+    ),
     Endpoint("DELETE", "/v2/workers/{id}", delete_worker, "Remove a node (its owner only).", auth="required"),
 ]

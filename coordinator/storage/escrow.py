@@ -16,9 +16,15 @@ class HeldSum:
 
 
 async def insert_hold(
-    tx: Tx, worker_id: str, owner_id: int, job_id: str | None, amount: float, reference: str, now: float,
+    tx: Tx,
+    worker_id: str,
+    owner_id: int,
+    job_id: str | None,
+    amount: float,
+    reference: str,
+    now: float,
     release_at: float,
-) -> None:  # fmt: skip
+) -> None:
     await tx.driver.execute(
         "INSERT INTO escrow (worker_id, owner_id, job_id, amount, reference, created, release_at, state) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, 'held')",

@@ -100,8 +100,9 @@ class CountingConnection(asyncpg.Connection):
 
 
 # A statement that only reads committed rows: before a transaction's first write it runs outside it.
-PLAIN_READ = re.compile(r"^\s*SELECT\b(?!.*\bFOR\s+(?:UPDATE|NO\s+KEY|SHARE|KEY\s+SHARE)\b)(?!.*pg_advisory)",
-                        re.IGNORECASE | re.DOTALL)  # fmt: skip
+PLAIN_READ = re.compile(
+    r"^\s*SELECT\b(?!.*\bFOR\s+(?:UPDATE|NO\s+KEY|SHARE|KEY\s+SHARE)\b)(?!.*pg_advisory)", re.IGNORECASE | re.DOTALL
+)
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
 
@@ -118,8 +119,9 @@ class PostgresDriver:
       or the commit (storage/batch.py); a transaction whose only writes are one batch sends it alone, with
       no BEGIN and no COMMIT, since one statement is atomic by itself."""
 
-    def __init__(self, connection: asyncpg.Connection, on_lost: Callable[[], None], in_transaction: bool = False
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self, connection: asyncpg.Connection, on_lost: Callable[[], None], in_transaction: bool = False
+    ) -> None:
         self.connection = connection
         self.on_lost = on_lost
         self.begin_pending = in_transaction

@@ -104,10 +104,16 @@ class PostgresDatabase(Database):
 
     async def _open_once(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=POOL_MIN, max_size=POOL_MAX, command_timeout=COMMAND_TIMEOUT,
-            timeout=CONNECT_TIMEOUT, server_settings={"application_name": "horde-coordinator"},
-            connection_class=CountingConnection, init=self._counted, reset=self._keep_session,
-        )  # fmt: skip
+            self.dsn,
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            command_timeout=COMMAND_TIMEOUT,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"application_name": "horde-coordinator"},
+            connection_class=CountingConnection,
+            init=self._counted,
+            reset=self._keep_session,
+        )
         await self._migrate()
 
     async def _counted(self, connection: CountingConnection) -> None:

@@ -30,8 +30,16 @@ class QueueStatements:
 
     async def enqueue(self, entries: list[QueueEntry]) -> None:
         rows = [
-            (e.job_id, e.request_id, model, e.tier, e.rank, *_demand_values(e), int(bool(e.workers)),
-             int(e.worker_blacklist))
+            (
+                e.job_id,
+                e.request_id,
+                model,
+                e.tier,
+                e.rank,
+                *_demand_values(e),
+                int(bool(e.workers)),
+                int(e.worker_blacklist),
+            )
             for e in entries
             for model in (e.models or [""])
         ]
@@ -65,8 +73,10 @@ class QueueStatements:
             parts, args = [], []
             for model in models[start : start + MODELS_PER_STATEMENT]:
                 filters, filter_args = sql_filters(caps, model)  # per model: abilities can hang on its baseline
-                parts.append(f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} "
-                             "ORDER BY tier DESC, rank DESC LIMIT ?) AS m")  # fmt: skip
+                parts.append(
+                    f"SELECT * FROM (SELECT {QUEUE_COLUMNS} FROM queue WHERE model = ? AND {filters} "
+                    "ORDER BY tier DESC, rank DESC LIMIT ?) AS m"
+                )
                 args += [model, *filter_args, per_model]
             rows += await self.driver.fetchall(" UNION ALL ".join(parts), args)
         return rows

@@ -52,4 +52,3 @@ def job_from_row(row: Row) -> JobRecord:
 @functools.cache
 def _field_names(cls: Any) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
-

@@ -23,14 +23,26 @@ class SharedKey:
     max_text_tokens: int = UNLIMITED
 
     def info(self) -> str:
-        return json.dumps({"kudos": self.kudos, "expiry": self.expiry, "name": self.name,
-                           "max_image_pixels": self.max_image_pixels, "max_image_steps": self.max_image_steps,
-                           "max_text_tokens": self.max_text_tokens})  # fmt: skip
+        return json.dumps(
+            {
+                "kudos": self.kudos,
+                "expiry": self.expiry,
+                "name": self.name,
+                "max_image_pixels": self.max_image_pixels,
+                "max_image_steps": self.max_image_steps,
+                "max_text_tokens": self.max_text_tokens,
+            }
+        )
 
 
 def _from_row(row: Row) -> SharedKey:
-    return SharedKey(key_hash=row["key_hash"], owner_id=row["owner_id"], created=row["created"],
-                     utilized=round(float(row["utilized"]), 2), **json.loads(row["info"]))  # fmt: skip
+    return SharedKey(
+        key_hash=row["key_hash"],
+        owner_id=row["owner_id"],
+        created=row["created"],
+        utilized=round(float(row["utilized"]), 2),
+        **json.loads(row["info"]),
+    )
 
 
 async def insert_key(tx: Tx, key: SharedKey) -> None:

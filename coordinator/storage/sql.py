@@ -33,9 +33,11 @@ REQUEST_AND_JOBS = (
     "request_id, idx, worker_id, deadline, requester, charge FROM jobs WHERE request_id = ? ORDER BY idx NULLS FIRST"
 )
 # A job's row and its request's (the request's columns prefixed `r_`), for `Tx.job_and_request`.
-JOB_AND_REQUEST = "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, " + \
-    ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info")) + \
-    " FROM jobs AS j LEFT JOIN requests AS r ON r.id = j.request_id"
+JOB_AND_REQUEST = (
+    "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, "
+    + ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info"))
+    + " FROM jobs AS j LEFT JOIN requests AS r ON r.id = j.request_id"
+)
 
 
 class Tx(QueueStatements, StatsStatements):
@@ -57,9 +59,7 @@ class Tx(QueueStatements, StatsStatements):
             self._ledger_locked = True
 
     # --- accounts -------------------------------------------------------------------
-    async def create_account(
-        self, username: str, apikey_hash: str, public_key: str | None, now: float
-    ) -> Account:
+    async def create_account(self, username: str, apikey_hash: str, public_key: str | None, now: float) -> Account:
         taken = await self.driver.fetchone(
             "SELECT id FROM accounts WHERE lower(username) = lower(?) OR public_key = ?",
             (username, public_key),
@@ -129,21 +129,33 @@ class Tx(QueueStatements, StatsStatements):
             await self.driver.write(ADD_TO_BALANCE, (count, target))
         entry = LedgerEntry.after(
             self._ledger_head or await self.ledger_head(),
-            created=now, kind=kind, source=source, target=target, amount=amount, reference=reference,
-        )  # fmt: skip
+            created=now,
+            kind=kind,
+            source=source,
+            target=target,
+            amount=amount,
+            reference=reference,
+        )
         await self.driver.write(
             "INSERT INTO ledger (seq, created, kind, source, target, amount, reference, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (entry.seq, entry.created, entry.kind, entry.source, entry.target, entry.amount, entry.reference,
-             entry.prev_hash, entry.hash),
+            (
+                entry.seq,
+                entry.created,
+                entry.kind,
+                entry.source,
+                entry.target,
+                entry.amount,
+                entry.reference,
+                entry.prev_hash,
+                entry.hash,
+            ),
         )
         self._ledger_head = (entry.seq, entry.hash)
         return entry
 
     async def ledger_entries(self, after: int, limit: int) -> list[LedgerEntry]:
-        rows = await self.driver.fetchall(
-            "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
+        rows = await self.driver.fetchall("SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
         return [LedgerEntry(**row) for row in rows]
 
     async def account_ledger(self, account_id: int, limit: int) -> list[LedgerEntry]:

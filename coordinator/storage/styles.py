@@ -29,8 +29,17 @@ class StyleRecord:
     policy: dict[str, Any] = field(default_factory=dict)
 
     def extra(self) -> str:
-        return json.dumps({"prompt": self.prompt, "info": self.info, "params": self.params, "nsfw": self.nsfw,
-                           "tags": self.tags, "models": self.models, "policy": self.policy})  # fmt: skip
+        return json.dumps(
+            {
+                "prompt": self.prompt,
+                "info": self.info,
+                "params": self.params,
+                "nsfw": self.nsfw,
+                "tags": self.tags,
+                "models": self.models,
+                "policy": self.policy,
+            }
+        )
 
 
 def _from_row(row: Row) -> StyleRecord:
@@ -45,9 +54,17 @@ async def insert_style(tx: Tx, style: StyleRecord) -> None:
     await tx.driver.execute(
         "INSERT INTO styles (id, name, owner_id, public, use_count, created, updated, info) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (style.id, style.name, style.owner_id, int(style.public), style.use_count, style.created, style.updated,
-         style.extra()),
-    )  # fmt: skip
+        (
+            style.id,
+            style.name,
+            style.owner_id,
+            int(style.public),
+            style.use_count,
+            style.created,
+            style.updated,
+            style.extra(),
+        ),
+    )
 
 
 async def save_style(tx: Tx, style: StyleRecord) -> None:
