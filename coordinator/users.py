@@ -41,8 +41,12 @@ class Users:
         )
 
     async def details(self, account: Account) -> UserDetails:
-        """What AI Horde shows of an account, with its online workers' contributions."""
-        workers = [worker for worker in await self.roster.online() if worker.owner_id == account.id]
+        """What AI Horde shows of an account, with its online workers' contributions. Who is online is the
+        roster's word; their counters are read fresh (the roster's entries change only when a node pops, so
+        the image a node submitted since its last pop would be missing)."""
+        online = {worker.id for worker in await self.roster.online() if worker.owner_id == account.id}
+        async with self.services.database.reader() as tx:
+            workers = [worker for worker in await tx.list_workers(account.id) if worker.id in online] if online else []
         held = await self.bank.held(account.id)
         contributions = ContributionsDetails(
             megapixelsteps=round(sum(w.megapixelsteps for w in workers), 2),

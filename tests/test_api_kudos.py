@@ -249,8 +249,16 @@ async def test_audit_catches_a_cached_balance_the_ledger_does_not_back(coordinat
     honest = await coordinator.broker.bank.audit()
     assert honest.ok and (honest.entries, honest.head_seq) == (3, 3)  # two grants and the transfer
     assert honest.head_hash == (await ledger_rows(coordinator))[-1]["hash"]
-    assert await execute(coordinator, "UPDATE accounts SET kudos = kudos + 500 WHERE id = ?", bob.id) == 1
-    assert await execute(coordinator, "UPDATE accounts SET kudos = kudos - 0.01 WHERE id = ?", alice.id) == 1
+    assert (
+        await execute(
+            coordinator, "UPDATE accounts SET kudos_hundredths = kudos_hundredths + 50000 WHERE id = ?", bob.id
+        )
+        == 1
+    )
+    assert (
+        await execute(coordinator, "UPDATE accounts SET kudos_hundredths = kudos_hundredths - 1 WHERE id = ?", alice.id)
+        == 1
+    )
     report = await coordinator.broker.bank.audit()
     assert not report.ok
     assert sorted(report.problems) == sorted(

@@ -213,8 +213,10 @@ class Tx(QueueStatements, StatsStatements):
         row = await self.driver.fetchone("SELECT COUNT(*) AS n FROM workers WHERE owner_id = ?", (owner_id,))
         return int(row["n"]) if row else 0
 
-    async def list_workers(self) -> list[Worker]:
-        rows = await self.driver.fetchall("SELECT * FROM workers ORDER BY name")
+    async def list_workers(self, owner_id: int | None = None) -> list[Worker]:
+        """Every worker by name, or one account's."""
+        where, args = ("WHERE owner_id = ? ", (owner_id,)) if owner_id is not None else ("", ())
+        rows = await self.driver.fetchall(f"SELECT * FROM workers {where}ORDER BY name", args)
         return [join_record(Worker, row, WORKER_COLUMNS) for row in rows]
 
     async def delete_worker(self, worker_id: str) -> None:
