@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from coordinator import app, cli
+from coordinator import admin, app, cli
 from coordinator.app import open_services
 from coordinator.bank import Bank
 from coordinator.config import CoordinatorConfig
@@ -330,7 +330,7 @@ def test_an_unreachable_database_is_a_one_line_error(
     async def unreachable(config: CoordinatorConfig) -> None:
         raise StorageUnavailable("cannot reach PostgreSQL: connection refused")
 
-    monkeypatch.setattr(cli, "open_services", unreachable)  # admin commands
+    monkeypatch.setattr(admin, "open_services", unreachable)  # admin commands
     monkeypatch.setattr(app, "open_services", unreachable)  # serve
     (tmp_path / "secret.key").write_bytes(b"")  # an existing data dir: admin commands refuse a missing one
     assert cli.main(["--data-dir", str(tmp_path), *command]) == 1
