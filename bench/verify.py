@@ -175,23 +175,7 @@ def simulate(
     firsts, kept = [], []
     within = 0
     for _ in range(nodes):
-        worker = Worker(
-            id="w",
-            name="w",
-            owner_id=1,
-            public_key=None,
-            models=[],
-            max_pixels=0,
-            nsfw=False,
-            threads=1,
-            img2img=False,
-            painting=False,
-            lora=False,
-            post_processing=False,
-            bridge_agent="",
-            created=0,
-            last_seen=0,
-        )
+        worker = blank_worker()
         job = 0
         while job < 10 * JOBS_WINDOW:
             job += 1
@@ -214,9 +198,9 @@ def analytic(detect: float, fraction: float, rate: float, jobs: int = JOBS_WINDO
     return 1 - (1 - rate * fraction * detect) ** jobs
 
 
-def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
-    """Extra inference per image for an honest node: over its first `jobs`, and once it has a record."""
-    worker = Worker(
+def blank_worker() -> Worker:
+    """A node with no record, for the check-rate policy (which reads only its check counters)."""
+    return Worker(
         id="w",
         name="w",
         owner_id=1,
@@ -233,6 +217,11 @@ def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
         created=0,
         last_seen=0,
     )
+
+
+def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
+    """Extra inference per image for an honest node: over its first `jobs`, and once it has a record."""
+    worker = blank_worker()
     total, rng = 0.0, random.Random(3)
     for _ in range(jobs):
         rate = check_rate(worker, settings.new_rate, settings.settled_rate, settings.suspect_rate, settings.record)
