@@ -76,6 +76,8 @@ class _Plan:
     lora_files: list[tuple[LoraSpec, Path]]
     censor: bool
     post_processing: list[str]
+    post_processing_order: str
+    facefixer_strength: float
     hires_strength: float | None
     ti_files: list[tuple[TiSpec, Path]]
     control: str | None
@@ -189,6 +191,8 @@ class Generator:
             lora_files=lora_files,
             censor=censor,
             post_processing=job.post_processing,
+            post_processing_order=job.post_processing_order,
+            facefixer_strength=job.facefixer_strength,
             hires_strength=hires_strength(job, kind),
             ti_files=ti_files(self.features.ti_dir, job.tis),
             control=control,
@@ -251,8 +255,10 @@ class Generator:
         """The image as it leaves the node: post-processed, then censored (AI Horde's way) if flagged."""
         if generated.image is None:
             return generated
-        image = self.features.postprocessors.apply(generated.image, plan.post_processing)
-        generated = GeneratedImage(image, generated.seed, metadata=generated.metadata)
+        image, notes = self.features.postprocessors.apply(
+            generated.image, plan.post_processing, plan.post_processing_order, plan.facefixer_strength
+        )
+        generated = GeneratedImage(image, generated.seed, metadata=[*generated.metadata, *notes])
         if not plan.censor:
             return generated
         assert self.features.safety is not None  # _censors guarantees it

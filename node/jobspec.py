@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from protocol.samplers import POST_PROCESSING_ORDERS
 from protocol.seeds import SEED_SPACE, seed_number
 
 SOURCE_PROCESSINGS: tuple[str, ...] = ("txt2img", "img2img", "inpainting", "outpainting")
@@ -87,6 +88,8 @@ class JobSpec:
     tiling: bool = False
     censor_nsfw: bool = False
     post_processing: list[str] = field(default_factory=list)
+    post_processing_order: str = "facefixers_first"
+    facefixer_strength: float = 0.75
     hires_fix: bool = False
     hires_fix_denoising_strength: float | None = None
     tis: list[TiSpec] = field(default_factory=list)
@@ -127,6 +130,8 @@ class JobSpec:
                 tiling=bool(get("tiling", False)),
                 censor_nsfw=bool(get("use_nsfw_censor", False)),
                 post_processing=[str(name) for name in get("post_processing", [])],
+                post_processing_order=_choice(get("post_processing_order", "facefixers_first"), POST_PROCESSING_ORDERS),
+                facefixer_strength=_fraction(get("facefixer_strength", 0.75)),
                 hires_fix=bool(get("hires_fix", False)),
                 hires_fix_denoising_strength=_optional_float(payload.get("hires_fix_denoising_strength")),
                 tis=[_ti(_Reader(entry)) for entry in get("tis", [])],
@@ -182,6 +187,19 @@ def _payload_seeds(get: _Reader) -> list[int]:
         return [seed_number(seed) for seed in explicit]
     base = seed_number(get.mapping.get("seed"))
     return [(base + i) % SEED_SPACE for i in range(int(get("n_iter", 1)))]
+
+
+def _choice(value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _fraction(value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if not 0 <= number <= 1:
+        raise ValueError(f"{number} is not between 0 and 1")
+    return number
 
 
 def _optional_float(value: object) -> float | None:

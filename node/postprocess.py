@@ -1,26 +1,25 @@
-"""Post-processing with spandrel: AI Horde's upscaler names mapped to weight files the operator has.
+"""Post-processing with spandrel: AI Horde's upscaler and face fixer names mapped to weight files the
+operator has.
 
-The node's post-processor folder holds files named after AI Horde's upscalers (RealESRGAN_x4plus.pth,
-as Real-ESRGAN publishes it, or .safetensors); each file found is an upscaler the node serves.
+The node's post-processor folder holds files named after AI Horde's post-processors (RealESRGAN_x4plus.pth,
+as Real-ESRGAN publishes it, GFPGAN.pth for GFPGAN's GFPGANv1.4.pth, or .safetensors); each file found is
+a post-processor the node serves and declares, and no other is.
 
 spandrel recognises the architecture from the weights alone (ESRGAN/Real-ESRGAN, SRVGG "Compact",
-SwinIR, ...), so `RealESRGAN_x4plus` is whatever RealESRGAN_x4plus.pth-like file the operator points it
-at, loaded the same way whether it is the real one or the tiny random one the tests build. A file whose
-scale is not the name's (protocol.samplers.UPSCALE_FACTORS, the size rule the coordinator checks
-results against) is refused at load, never run.
+SwinIR, GFPGAN, ...), so `RealESRGAN_x4plus` is whatever RealESRGAN_x4plus.pth-like file the operator
+points it at, loaded the same way whether it is the real one or the tiny random one the tests build. A file
+whose scale is not the name's (protocol.samplers.UPSCALE_FACTORS, the size rule the coordinator checks
+results against) is refused at load, never run; so is a face fixer's file of another architecture.
 
-Face fixers are not offered: spandrel's GFPGAN needs faces found and aligned first (facexlib, which
-AI Horde's workers run), and CodeFormer's licence is non-commercial; a node declares only what it runs.
+Face fixers (node/facefix.py): `GFPGAN` on the faces OpenCV's Haar cascades find, served only where OpenCV
+bundles them; `CodeFormers` never (spandrel leaves CodeFormer out for its non-commercial licence).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 import threading
-import types
 from collections.abc import Mapping
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from node.pipelines import MODULE_BUILD_LOCK
-from protocol.samplers import UPSCALE_FACTORS
+from node.facefix import FACE_FIXER_ARCHITECTURES, FaceFixer, cascades_available
+from node.spandrel_loader import PostProcessingError, load_descriptor, weight_file
+from protocol.samplers import FACEFIXERS, UPSCALE_FACTORS
 
-# The formats spandrel reads, in the order a name's file is looked for.
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".ckpt")
-
-
-class PostProcessingError(RuntimeError):
-    """A post-processor's weights are missing, unreadable or not what its name promises."""
+__all__ = ["PostProcessingError", "PostProcessors", "Upscaler", "available", "in_order"]
 
 
 class Upscaler:
@@ -54,13 +49,8 @@ class Upscaler:
                 self._model = self._load()
 
     def _load(self) -> Any:
-        spandrel, path = import_spandrel(), self.path
-        with MODULE_BUILD_LOCK:
-            try:
-                descriptor = spandrel.ModelLoader(device=self.device).load_from_file(path)
-            except Exception as error:
-                raise PostProcessingError(f"{self.name}: cannot load {path}: {error}") from error
-        if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose != "SR":
+        descriptor, path = load_descriptor(self.name, self.path, self.device), self.path
+        if descriptor.purpose != "SR":
             raise PostProcessingError(f"{self.name}: {path} is not an upscaler ({descriptor.architecture.name})")
         if descriptor.scale != self.scale:
             raise PostProcessingError(f"{self.name}: {path} scales by {descriptor.scale}, the name means {self.scale}")
@@ -76,74 +66,60 @@ class Upscaler:
 
 
 class PostProcessors:
-    """The upscalers this node serves, by AI Horde name."""
+    """The upscalers and face fixers this node serves, by AI Horde name."""
 
     def __init__(self, files: Mapping[str, Path], device: torch.device) -> None:
-        self._upscalers = {name: Upscaler(name, path, device) for name, path in files.items()}
+        self._upscalers = {
+            name: Upscaler(name, path, device) for name, path in files.items() if name in UPSCALE_FACTORS
+        }
+        self._fixers = {
+            name: FaceFixer(name, path, device) for name, path in files.items() if name not in UPSCALE_FACTORS
+        }
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._upscalers)
+        return sorted([*self._upscalers, *self._fixers])
 
     def missing(self, names: list[str]) -> list[str]:
-        return [name for name in names if name not in self._upscalers]
+        return [name for name in names if name not in self._upscalers and name not in self._fixers]
 
     def load(self, names: list[str]) -> None:
         for name in names:
-            self._upscalers[name].load()
+            (self._upscalers.get(name) or self._fixers[name]).load()
 
-    def apply(self, image: Image.Image, names: list[str]) -> Image.Image:
-        """The image through each named post-processor, in the order the job lists them."""
-        for name in names:
-            image = self._upscalers[name](image)
-        return image
+    def apply(
+        self, image: Image.Image, names: list[str], order: str = "custom", strength: float = 0.75
+    ) -> tuple[Image.Image, list[dict[str, str]]]:
+        """The image through each named post-processor in the job's order (face fixers at `strength`), and
+        gen_metadata entries saying what the face fixers found."""
+        metadata = []
+        for name in in_order(names, order):
+            if name in self._fixers:
+                image, faces = self._fixers[name](image, strength)
+                # AI Horde's informational entry: the requester sees whether a face was found to fix.
+                metadata.append({"type": "information", "value": "see_ref", "ref": f"{name}: {faces} face(s) fixed"})
+            else:
+                image = self._upscalers[name](image)
+        return image, metadata
+
+
+def in_order(names: list[str], order: str) -> list[str]:
+    """AI Horde's post_processing_order: face fixers before the rest (`facefixers_first`, its default),
+    after them (`upscalers_first`), or exactly as listed (`custom`)."""
+    fixers = [name for name in names if name in FACEFIXERS]
+    others = [name for name in names if name not in fixers]
+    if order == "facefixers_first":
+        return fixers + others
+    if order == "upscalers_first":
+        return others + fixers
+    return list(names)
 
 
 def available(folder: Path) -> dict[str, Path]:
-    """The upscalers in `folder`: files named after AI Horde's upscalers (RealESRGAN_x4plus.pth, ...)."""
+    """The post-processors in `folder`: files named after AI Horde's (RealESRGAN_x4plus.pth, GFPGAN.pth, ...)."""
     if not folder.is_dir() or importlib.util.find_spec("spandrel") is None:
         return {}
-    found: dict[str, Path] = {}
-    for name in UPSCALE_FACTORS:
-        files = [folder / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES]
-        existing = [file for file in files if file.is_file()]
-        if existing:
-            found[name] = existing[0]
-    return found
-
-
-def import_spandrel() -> Any:
-    """spandrel, importable beside a CPU-only torch.
-
-    spandrel imports torchvision for two architectures (LaMa inpainting, RestoreFormer) that the node
-    never loads; PyPI's torchvision wheels are built for CUDA torch and fail beside a CPU build. Where
-    torchvision is absent, a stand-in module gives those two imports names that fail if ever called.
-    """
-    if "spandrel" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        import spandrel
-
-        return spandrel
-    stand_ins = _torchvision_stand_in()
-    sys.modules.update(stand_ins)
-    try:
-        import spandrel
-    finally:
-        # spandrel keeps what it imported; other libraries must go on seeing no torchvision at all.
-        for name in stand_ins:
-            sys.modules.pop(name, None)
-    return spandrel
-
-
-def _torchvision_stand_in() -> dict[str, types.ModuleType]:
-    def unavailable(*_args: object, **_kwargs: object) -> None:
-        raise RuntimeError("this model needs torchvision, which is not installed")
-
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.InterpolationMode = Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")  # type: ignore[attr-defined,misc]
-    functional.rotate = unavailable  # type: ignore[attr-defined]
-    functional.normalize = unavailable  # type: ignore[attr-defined]
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.functional = functional  # type: ignore[attr-defined]
-    root = types.ModuleType("torchvision")
-    root.transforms = transforms  # type: ignore[attr-defined]
-    return {"torchvision": root, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
+    # A face fixer needs faces found first: without OpenCV's cascades the node cannot run one.
+    names = [*UPSCALE_FACTORS, *(FACE_FIXER_ARCHITECTURES if cascades_available() else ())]
+    files = {name: weight_file(folder, name) for name in names}
+    return {name: file for name, file in files.items() if file is not None}

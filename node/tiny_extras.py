@@ -1,5 +1,5 @@
-"""Tiny random-weight companions of the tiny SD pipeline: a safety checker, upscalers, a textual
-inversion and a ControlNet, each in the format its real counterpart ships in, so the node loads them
+"""Tiny random-weight companions of the tiny SD pipeline: a safety checker, upscalers, a face fixer, a
+textual inversion and a ControlNet, each in the format its real counterpart ships in, so the node loads them
 through the same code that loads real weights.
 
 Built seeded, so two builds are identical. `extras.json` lists what was built and is written last: a
@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor
 
 from node.pipelines import MODULE_BUILD_LOCK
-from node.postprocess import import_spandrel
+from node.spandrel_loader import import_spandrel
 from node.tiny_model import TINY_TEXT_WIDTH, tiny_unet
 from protocol.samplers import CONTROL_TYPES
 
@@ -32,6 +32,8 @@ _BUILD_SEED = 20240602
 # Real-ESRGAN's architecture (RRDB blocks; x2 through a pixel unshuffle, as RealESRGAN_x2plus does) at
 # toy width, under the AI Horde names they stand in for.
 TINY_UPSCALERS = {"RealESRGAN_x2plus": 2, "RealESRGAN_x4plus": 4}
+# GFPGAN at full size, the only size spandrel builds it at (87M weights, stored half-precision: 174 MB).
+TINY_FACE_FIXER = "GFPGAN"
 # A two-vector textual inversion for the tiny text encoder (width 32), in CivitAI's SD 1.x file layout.
 TI_FOLDER = "embeddings"
 # ControlNets shaped for the tiny UNet, one per AI Horde control type (canny and scribble first, so their
@@ -59,6 +61,7 @@ def build_tiny_extras(path: Path) -> Path:
             folder = path / CONTROLNET_FOLDER / control_type
             build_tiny_controlnet(folder)
             built[f"controlnet {control_type}"] = str(folder.relative_to(path))
+        built[TINY_FACE_FIXER] = build_tiny_gfpgan(path / f"{TINY_FACE_FIXER}.safetensors").name
     (path / EXTRAS_INDEX).write_text(json.dumps(built, indent=2) + "\n")
     return path
 
@@ -70,6 +73,28 @@ def build_tiny_upscaler(file: Path, scale: int) -> Path:
         in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale, shuffle_factor=2 if scale == 2 else None
     )
     save_file({key: tensor.contiguous() for key, tensor in net.state_dict().items()}, file)
+    return file
+
+
+def build_tiny_gfpgan(file: Path) -> Path:
+    """GFPGANv1Clean's weights (GFPGANv1.4.pth's layout) at random, as spandrel's GFPGAN loader builds it.
+
+    Built last of the seeded ones, so the files built before it keep the weights of earlier builds.
+    """
+    spandrel = import_spandrel()
+    net = spandrel.architectures.GFPGAN.GFPGAN(
+        out_size=512,
+        num_style_feat=512,
+        channel_multiplier=2,
+        decoder_load_path=None,
+        fix_decoder=False,
+        num_mlp=8,
+        input_is_latent=True,
+        different_w=True,
+        narrow=1,
+        sft_half=True,
+    )
+    save_file({key: tensor.half().contiguous() for key, tensor in net.state_dict().items()}, file)
     return file
 
 

@@ -54,8 +54,9 @@ PostProcessor = Literal[
     "strip_background",
 ]
 POST_PROCESSORS: tuple[str, ...] = get_args(PostProcessor)
-# AI Horde's orders; `custom`: exactly as listed (our node always runs its post-processors, upscalers only, so).
+# AI Horde's orders (node/postprocess.py's in_order); `custom`: exactly as listed.
 PostProcessingOrder = Literal["facefixers_first", "upscalers_first", "custom"]
+POST_PROCESSING_ORDERS: tuple[str, ...] = get_args(PostProcessingOrder)
 
 
 def post_processor_mask(names: Sequence[str]) -> int:

@@ -1,5 +1,6 @@
 """Post-processing through spandrel: tiny random Real-ESRGAN-architecture upscalers under AI Horde's
-names, loaded from the node's post-processor folder like real RealESRGAN_x4plus.pth files."""
+names, loaded from the node's post-processor folder like real RealESRGAN_x4plus.pth files (face fixers:
+tests/test_node_features_facefix.py)."""
 
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def test_each_upscaler_scales_by_its_names_factor(cache: PipelineCache, tiny_ext
 def test_a_post_processor_the_node_lacks_is_refused_before_running(
     cache: PipelineCache, tiny_extras_dir: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(JobRejected, match="GFPGAN"):
-        generator(cache, tiny_extras_dir).run(job(post_processing=["GFPGAN"]))
+    with pytest.raises(JobRejected, match="CodeFormers"):
+        generator(cache, tiny_extras_dir).run(job(post_processing=["CodeFormers"]))
     with pytest.raises(JobRejected, match="RealESRGAN_x2plus"):
         generator(cache, tmp_path).run(job(post_processing=["RealESRGAN_x2plus"]))
 
@@ -115,6 +116,6 @@ def test_a_node_declares_the_upscalers_in_its_folder(tmp_path: Path, tiny_extras
     served = declared(build_config({"post_processor_dir": str(tiny_extras_dir)}, tmp_path))
     assert bare["allow_post_processing"] is False and bare["post_processors"] == []
     assert served["allow_post_processing"] is True
-    assert served["post_processors"] == ["RealESRGAN_x2plus", "RealESRGAN_x4plus"]
+    assert served["post_processors"] == ["GFPGAN", "RealESRGAN_x2plus", "RealESRGAN_x4plus"]
     payload = {"prompt": "p", "post_processing": ["RealESRGAN_x4plus"]}
     assert JobSpec.from_payload("m", payload).post_processing == ["RealESRGAN_x4plus"]
