@@ -46,8 +46,8 @@ async def test_a_prompt_reaches_the_node_as_sent_whatever_the_replacement_filter
 
 @pytest.mark.parametrize("fixer", ["GFPGAN", "CodeFormers"])
 async def test_face_fixers_go_only_to_nodes_that_declare_them(coordinator: RunningCoordinator, fixer: str) -> None:
-    """Our node runs no face fixer (docs/api.md says why) and declares only its upscalers; an AI Horde worker
-    (reGen detects and aligns faces with facexlib) takes the job, with its strength."""
+    """A node with upscalers only (ours without GFPGAN's weights; never CodeFormers) does not get the job; one
+    that declares the face fixer (an AI Horde worker, or ours with GFPGAN.pth) takes it, with its strength."""
     alice = await coordinator.create_account("alice", kudos=100)
     owner = await coordinator.create_account("owner")
     params: dict[str, Any] = {"post_processing": [fixer], "facefixer_strength": 0.3}

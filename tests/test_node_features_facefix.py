@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import node.postprocess
 from node.config import build_config
@@ -107,6 +109,14 @@ def test_weights_of_another_architecture_under_gfpgans_name_are_never_run(
     shutil.copy(tiny_extras_dir / "RealESRGAN_x2plus.safetensors", tmp_path / "GFPGAN.safetensors")
     with pytest.raises(PostProcessingError, match="is not a GFPGAN face fixer"):
         FaceFixer("GFPGAN", tmp_path / "GFPGAN.safetensors", CPU).load()
+
+
+def test_gfpgans_own_pth_layout_loads_the_same_way(tiny_extras_dir: Path, tmp_path: Path) -> None:
+    """GFPGANv1.4.pth, as GFPGAN publishes it: a pickle with the weights under `params_ema`."""
+    weights = load_file(tiny_extras_dir / "GFPGAN.safetensors")
+    torch.save({"params_ema": weights}, tmp_path / "GFPGAN.pth")
+    assert available(tmp_path) == {"GFPGAN": tmp_path / "GFPGAN.pth"}
+    FaceFixer("GFPGAN", tmp_path / "GFPGAN.pth", CPU).load()
 
 
 async def test_a_gfpgan_job_runs_end_to_end_on_a_node_that_declares_it(
