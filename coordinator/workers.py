@@ -40,6 +40,8 @@ def details(worker: Worker, online_cutoff: float, suspicion_threshold: int) -> W
         img2img=worker.img2img,
         painting=worker.painting,
         lora=worker.lora,
+        controlnet=worker.controlnet,
+        sdxl_controlnet=worker.sdxl_controlnet,
         owner=str(worker.owner_id),
         public_key=worker.public_key,
         bridge_agent=worker.bridge_agent,

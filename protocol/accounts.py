@@ -147,6 +147,8 @@ class WorkerDetails(BaseModel):
     img2img: bool
     painting: bool
     lora: bool
+    controlnet: bool = False
+    sdxl_controlnet: bool = False
     owner: str | None = None
     public_key: str | None = ours()
     bridge_agent: str = ""

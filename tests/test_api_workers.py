@@ -15,7 +15,7 @@ async def test_workers_list_and_detail(coordinator: RunningCoordinator) -> None:
         "n1",
         models=["tiny-sd", "other"],
         max_pixels=512 * 512,
-        extra={"threads": 2, "nsfw": True, "allow_lora": True},
+        extra={"threads": 2, "nsfw": True, "allow_lora": True, "allow_controlnet": True},
     )
     alice = await coordinator.create_account("alice", kudos=100)
     await generate(requester(coordinator, alice), small())
@@ -25,6 +25,7 @@ async def test_workers_list_and_detail(coordinator: RunningCoordinator) -> None:
     assert listed["name"] == "n1" and listed["online"] is True
     assert listed["models"] == ["tiny-sd", "other"] and listed["max_pixels"] == 512 * 512
     assert listed["threads"] == 2 and listed["nsfw"] is True and listed["lora"] is True
+    assert listed["controlnet"] is True and listed["sdxl_controlnet"] is False
     assert listed["requests_fulfilled"] == 1 and listed["kudos_rewards"] == reward
     assert listed["owner"] == str(owner.id)
     assert listed["public_key"] == worker.api.identity.public_key.text()
