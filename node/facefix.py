@@ -4,8 +4,8 @@ GFPGAN restores one face at a time, from a 512×512 crop aligned as FFHQ's faces
 face filling the middle). AI Horde's workers find and align faces with facexlib's RetinaFace; the node
 uses the frontal-face Haar cascade that OpenCV's 4.x wheels bundle (5.x wheels ship none: no cascade, no
 face fixer declared), levels the crop by the eyes when the eye cascade finds two, restores the face,
-mixes it with the crop by `facefixer_strength` (AI Horde's weight: 0 keeps the crop, 1 is GFPGAN's face)
-and pastes it back through a feathered mask. Pixels outside each face's crop are never touched.
+and pastes it back through a feathered mask, mixed with the image by `facefixer_strength` (AI Horde's
+weight: 0 keeps the image, 1 is GFPGAN's face). Pixels outside each face's crop are never touched.
 
 CodeFormer (AI Horde's `CodeFormers`) is not in spandrel (its licence is non-commercial): never declared.
 """
@@ -32,6 +32,7 @@ FACE_SIZE = 512  # GFPGANv1's input and output
 _CROP_PER_BOX = 2.0
 _CENTRE_SHIFT = 0.1
 _MAX_TILT_DEGREES = 30.0  # eyes tilted further than this are more likely a misdetection than a head
+_EYE_SEARCH_WIDTH = 256
 _FEATHER = FACE_SIZE // 16  # the pasted face fades out over this many crop pixels at its edges
 
 
@@ -53,12 +54,13 @@ class FaceFixer:
         self._model: Any = None
         self._cascades: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
+        self._detecting = threading.Lock()  # a CascadeClassifier keeps the image it scans: one scan at a time
 
     def load(self) -> None:
         with self._lock:
             if self._model is None:
                 self._model = self._load()
-                self._cascades = _load_cascades()
+                self._cascades = cascades()
 
     def _load(self) -> Any:
         descriptor = load_descriptor(self.name, self.path, self.device)
@@ -74,9 +76,10 @@ class FaceFixer:
         assert self._cascades is not None
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
         gray = cv2.cvtColor(pixels.astype(np.uint8), cv2.COLOR_RGB2GRAY)
-        faces = find_faces(gray, *self._cascades) if strength > 0 else []
+        with self._detecting:
+            faces = find_faces(gray, *self._cascades) if strength > 0 else []
         for box, tilt in faces:
-            pixels = self._fix(pixels, _crop_transform(box, tilt), strength)
+            pixels = self._fix(pixels, crop_transform(box, tilt), strength)
         return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)), len(faces)
 
     def _fix(self, pixels: np.ndarray, transform: np.ndarray, strength: float) -> np.ndarray:
@@ -97,26 +100,35 @@ class FaceFixer:
 
 
 def find_faces(gray: np.ndarray, faces: Any, eyes: Any) -> list[tuple[tuple[int, int, int, int], float]]:
-    """Frontal faces as (x, y, w, h) boxes, each with its tilt in degrees (0 unless two eyes are found)."""
+    """Frontal faces as (x, y, w, h) boxes, each with its tilt in degrees (0 unless both eyes are found)."""
     smallest = max(24, min(gray.shape) // 16)
     found = faces.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
-    result = []
-    for x, y, w, h in (tuple(int(v) for v in box) for box in found):
-        upper = gray[y : y + h // 2, x : x + w]
-        pairs = eyes.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=5, minSize=(w // 8, w // 8))
-        result.append(((x, y, w, h), _tilt(pairs)))
-    return result
+    return [(box, _tilt(gray, box, eyes)) for box in (_box(found_box) for found_box in found)]
 
 
-def _tilt(eyes: Any) -> float:
-    if len(eyes) != 2:
+def _box(box: Any) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(value) for value in box)
+    return x, y, w, h
+
+
+def _tilt(gray: np.ndarray, box: tuple[int, int, int, int], eyes: Any) -> float:
+    """The angle of the line from the left eye to the right, found in the face's upper part scaled to a
+    fixed width (the eye cascade misses the eyes of small faces); the largest candidate on each side."""
+    x, y, w, h = box
+    scale = _EYE_SEARCH_WIDTH / w
+    upper = cv2.resize(gray[y : y + h * 5 // 8, x : x + w], None, fx=scale, fy=scale)
+    minimum = _EYE_SEARCH_WIDTH // 12
+    found = [_box(eye) for eye in eyes.detectMultiScale(upper, 1.1, 5, minSize=(minimum, minimum))]
+    left = [eye for eye in found if eye[0] + eye[2] / 2 < _EYE_SEARCH_WIDTH / 2]
+    right = [eye for eye in found if eye not in left]
+    if not left or not right:
         return 0.0
-    (x1, y1, w1, h1), (x2, y2, w2, h2) = sorted(tuple(int(v) for v in eye) for eye in eyes)
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = max(left, key=lambda e: e[2]), max(right, key=lambda e: e[2])
     angle = math.degrees(math.atan2((y2 + h2 / 2) - (y1 + h1 / 2), (x2 + w2 / 2) - (x1 + w1 / 2)))
     return angle if abs(angle) <= _MAX_TILT_DEGREES else 0.0
 
 
-def _crop_transform(box: tuple[int, int, int, int], tilt: float) -> np.ndarray:
+def crop_transform(box: tuple[int, int, int, int], tilt: float) -> np.ndarray:
     """The affine map from image pixels to the 512×512 aligned crop: centred, scaled, rotated level."""
     x, y, w, h = box
     side = _CROP_PER_BOX * max(w, h)
@@ -132,7 +144,7 @@ def _feathered_mask() -> np.ndarray:
     return cv2.GaussianBlur(mask, (0, 0), _FEATHER / 2)
 
 
-def _load_cascades() -> tuple[Any, Any]:
+def cascades() -> tuple[Any, Any]:
     folder = _cascade_folder()
     return (
         cv2.CascadeClassifier(str(folder / "haarcascade_frontalface_default.xml")),

@@ -12,6 +12,7 @@ import io
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 import node.postprocess
 from node.config import build_config
 from node.daemon import NodeDaemon
-from node.facefix import FaceFixer
+from node.facefix import FACE_SIZE, FaceFixer, cascades, crop_transform, find_faces
 from node.features import declared
 from node.jobspec import JobRejected, JobSpec
 from node.postprocess import PostProcessingError, PostProcessors, available, in_order
@@ -76,6 +77,21 @@ def test_gfpgan_restores_the_face_of_a_photo_and_nothing_else(
     ratio = changed(photo(), half)[y : y + h, x : x + w].mean() / difference[y : y + h, x : x + w].mean()
     assert 0.4 < ratio < 0.6
     assert np.array_equal(np.asarray(untouched), np.asarray(photo()))
+
+
+@pytest.mark.parametrize("degrees", [10, -10])
+def test_a_tilted_face_is_cropped_level_by_its_eyes(degrees: int) -> None:
+    faces, eyes = cascades()
+    tilted = cv2.cvtColor(np.asarray(photo().rotate(degrees, resample=Image.BICUBIC)), cv2.COLOR_RGB2GRAY)
+    [(box, tilt)] = find_faces(tilted, faces, eyes)
+    # Her head leans about 3° in the photo itself; turned 10° either way, the eyes' line turns with it.
+    assert abs(tilt - (3 - degrees)) < 5
+    crop = cv2.warpAffine(tilted, crop_transform(box, tilt), (FACE_SIZE, FACE_SIZE))
+    [((x, y, w, h), level)] = [face for face in find_faces(crop, faces, eyes) if face[0][2] > FACE_SIZE / 3]
+    # In the crop GFPGAN gets, the face is level, about half the crop wide, centred across and a little
+    # below the middle (the box reaches from the brows to the chin), as FFHQ's faces are.
+    assert abs(level) < 2 and 0.4 < w / FACE_SIZE < 0.6
+    assert abs(x + w / 2 - FACE_SIZE / 2) < FACE_SIZE / 20 and 0.5 < (y + h / 2) / FACE_SIZE < 0.7
 
 
 def test_an_image_without_a_face_is_left_as_it_is(fixers: PostProcessors) -> None:
