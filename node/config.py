@@ -92,7 +92,8 @@ class NodeConfig(BaseModel):
     )
     post_processor_dir: str = Field(
         "post-processors",
-        description="Folder of upscaler weights named as AI Horde names them (RealESRGAN_x4plus.pth, ...).",
+        description="Folder of upscaler and face fixer weights named as AI Horde names them "
+        "(RealESRGAN_x4plus.pth, GFPGAN.pth, ...).",
     )
     device: str = Field("auto", description='Torch device: "auto", "cuda", "cuda:1", "mps" or "cpu".')
     torch_threads: int = Field(
