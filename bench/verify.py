@@ -20,10 +20,10 @@ an honest node.
     python bench/verify.py --short    # CI: 6 seeds, 6 rounds, 200 simulated nodes
     python bench/verify.py --pairs 10000 --minutes 30   # only the honest pairs, as many as fit the time
 
-`--pairs N` measures only honest pairs (the false-verdict figure): per seed, the float32 image on 1 thread
-against bfloat16 and against float32 on 2 threads (two pairs), at the tiny pipeline's smallest size (64×64),
-until N pairs or `--minutes` run out; it prints how many pairs ran, the false disagreements and the largest
-distance per class.
+`--pairs N` measures only honest pairs (the false-verdict figure): per seed, the image made in four honest
+classes (float32 and bfloat16, each on 1 and on 2 CPU threads) at the tiny pipeline's smallest size (64×64),
+and every two of them compared (six pairs a seed), until N pairs or `--minutes` run out; it prints how many
+pairs ran, the false disagreements and the largest distance per pair of classes.
 """
 
 import argparse
@@ -33,13 +33,16 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
 from coordinator.config import VerificationSettings
+from coordinator.estimates import quicker_than_measured, record_speed
 from coordinator.likeness import agree, distance, fingerprint
 from coordinator.storage.records import Worker
 from coordinator.verification import check_rate
@@ -59,31 +62,45 @@ PAYLOAD = {
 }
 
 
+# The honest classes of the pairs run: (name, dtype, CPU threads); every two of them are compared.
+PAIR_CLASSES = (
+    ("float32", torch.float32, 1),
+    ("bfloat16", torch.bfloat16, 1),
+    ("float32, 2 threads", torch.float32, 2),
+    ("bfloat16, 2 threads", torch.bfloat16, 2),
+)
+
+
 def honest_pairs(pairs: int, minutes: float, tiny: Path) -> dict[str, tuple[int, int, float]]:
-    """Per honest class: (pairs compared, false disagreements, largest distance) against float32 on 1 thread,
-    two pairs per seed, until `pairs` are done or `minutes` have passed."""
-    f32, bf16 = tiny_generator(tiny, torch.float32), tiny_generator(tiny, torch.bfloat16)
+    """Per pair of honest classes: (pairs compared, false disagreements, largest distance), each seed's image
+    made once in every class and every two classes compared (six pairs a seed), until `pairs` are done or
+    `minutes` have passed."""
+    generators = {
+        torch.float32: tiny_generator(tiny, torch.float32),
+        torch.bfloat16: tiny_generator(tiny, torch.bfloat16),
+    }
     dummy = SimWorker(Api("http://unused"), "bench")
-    honest_class, bf16_class = class_of(torch.float32), class_of(torch.bfloat16)
     max_distance = VerificationSettings().max_distance
-    found = {"bfloat16": [0, 0, 0.0], "2 threads": [0, 0, 0.0]}
-    deadline, seed = time.monotonic() + 60 * minutes, 0
-    while 2 * seed < pairs and time.monotonic() < deadline:
+    found: dict[str, list[float]] = {}
+    deadline, seed, done = time.monotonic() + 60 * minutes, 0, 0
+    while done < pairs and time.monotonic() < deadline:
         payload = {**PAYLOAD, "seed": str(500_000 + seed)}
+        made = []
+        for name, dtype, threads in PAIR_CLASSES:
+            torch.set_num_threads(threads)
+            image = fingerprint(TinyNode(dummy, generators[dtype]).make("tiny-sd", payload))
+            made.append((name, image, class_of(dtype)))  # the class names its threads
         torch.set_num_threads(1)
-        reference = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
-        other = fingerprint(TinyNode(dummy, bf16).make("tiny-sd", payload))
-        torch.set_num_threads(2)
-        threads = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
-        torch.set_num_threads(1)
-        for name, image, cls in (("bfloat16", other, bf16_class), ("2 threads", threads, honest_class + "-2")):
-            row = found[name]
-            row[0] += 1
-            row[1] += not agree(reference, image, honest_class, cls, max_distance)
-            row[2] = max(row[2], distance(reference, image))
+        for index, (name_a, image_a, class_a) in enumerate(made):
+            for name_b, image_b, class_b in made[index + 1 :]:
+                row = found.setdefault(f"{name_a} vs {name_b}", [0, 0, 0.0])
+                row[0] += 1
+                row[1] += not agree(image_a, image_b, class_a, class_b, max_distance)
+                row[2] = max(row[2], distance(image_a, image_b))
+                done += 1
         seed += 1
-        if seed % 250 == 0:
-            print(f"  ... {2 * seed} pairs", flush=True)
+        if seed % 100 == 0:
+            print(f"  ... {done} pairs", flush=True)
     return {name: (int(n), int(false), largest) for name, (n, false, largest) in found.items()}
 
 
@@ -96,14 +113,30 @@ def report_pairs(pairs: int, minutes: float, tiny: Path) -> int:
         f"{time.monotonic() - started:.0f} s:"
     )
     for name, (n, wrong, largest) in found.items():
-        print(f"  float32 vs {name:9}: {n} pairs, {wrong} false disagreements, largest distance {largest:.3f}")
+        print(f"  {name:42}: {n} pairs, {wrong} false disagreements, largest distance {largest:.3f}")
     print(f"total: {total} pairs run (of {pairs} asked), {false} false disagreements")
     return 1 if false else 0
 
 
-def measure(tiny: Path, seeds: int) -> tuple[dict[str, float], dict[str, tuple[int, float]]]:
-    """Per cheat: the share of its images the rule tells apart from the honest one. Per honest class:
-    (false disagreements, largest distance) against float32 on 1 thread."""
+@dataclass
+class Measured:
+    """What the tiny pipeline showed: per cheat, the share of its images the likeness rule tells apart from the
+    honest one (`detect`); per honest class, (false disagreements, largest distance) against float32 on 1
+    thread; and the seconds each image took, honest (float32, 1 thread) and per cheat."""
+
+    detect: dict[str, float]
+    honest: dict[str, tuple[int, float]]
+    honest_seconds: list[float]
+    cheat_seconds: dict[str, list[float]]
+
+
+def timed(node: TinyNode, payload: dict[str, Any]) -> tuple[bytes, float]:
+    started = time.perf_counter()
+    image = node.make("tiny-sd", payload)
+    return image, time.perf_counter() - started
+
+
+def measure(tiny: Path, seeds: int) -> Measured:
     f32, bf16 = tiny_generator(tiny, torch.float32), tiny_generator(tiny, torch.bfloat16)
     honest_class, bf16_class = class_of(torch.float32), class_of(torch.bfloat16)
     max_distance = VerificationSettings().max_distance
@@ -112,10 +145,14 @@ def measure(tiny: Path, seeds: int) -> tuple[dict[str, float], dict[str, tuple[i
     caught = dict.fromkeys(CHEATS, 0)
     honest: dict[str, list[float]] = {"bfloat16": [], "2 threads": []}
     false = {"bfloat16": 0, "2 threads": 0}
+    seconds: list[float] = []
+    cheat_seconds: dict[str, list[float]] = {kind: [] for kind in CHEATS}
     for seed in range(seeds):
         payload = {**PAYLOAD, "seed": str(1000 + seed)}
         torch.set_num_threads(1)
-        reference = fingerprint(TinyNode(dummy, f32).make("tiny-sd", payload))
+        image, took = timed(TinyNode(dummy, f32), payload)
+        reference = fingerprint(image)
+        seconds.append(took)
         other = fingerprint(TinyNode(dummy, bf16).make("tiny-sd", payload))
         honest["bfloat16"].append(distance(reference, other))
         false["bfloat16"] += not agree(reference, other, honest_class, bf16_class, max_distance)
@@ -126,10 +163,29 @@ def measure(tiny: Path, seeds: int) -> tuple[dict[str, float], dict[str, tuple[i
         # Two thread counts are two classes (threads are in the class), so the distance rule applies.
         false["2 threads"] += not agree(reference, threads, honest_class, honest_class + "-2", max_distance)
         for kind, node in cheaters.items():
-            answer = fingerprint(node.make("tiny-sd", payload))
-            caught[kind] += not agree(reference, answer, honest_class, honest_class, max_distance)
-    rates = {kind: caught[kind] / seeds for kind in CHEATS}
-    return rates, {name: (false[name], max(values)) for name, values in honest.items()}
+            answer, took = timed(node, payload)
+            cheat_seconds[kind].append(took)
+            caught[kind] += not agree(reference, fingerprint(answer), honest_class, honest_class, max_distance)
+    detect = {kind: caught[kind] / seeds for kind in CHEATS}
+    return Measured(
+        detect, {name: (false[name], max(values)) for name, values in honest.items()}, seconds, cheat_seconds
+    )
+
+
+def quick_shares(measured: Measured, fraction: float) -> tuple[float, dict[str, float]]:
+    """The coordinator's own timing rule (`estimates.quicker_than_measured`) over the measured seconds, as a
+    node delivering them one after another would be judged: the share of honest images it calls quick, and
+    per cheat the share of cheated images it calls quick (each against the honest record up to then)."""
+    worker, now, work = blank_worker(), 0.0, PAYLOAD["width"] * PAYLOAD["height"] * PAYLOAD["ddim_steps"] / 1e6
+    honest_quick, quick = 0, dict.fromkeys(measured.cheat_seconds, 0)
+    for index, seconds in enumerate(measured.honest_seconds):
+        for kind, times in measured.cheat_seconds.items():
+            quick[kind] += quicker_than_measured(worker, "tiny-sd", work, now, now + times[index], fraction)
+        honest_quick += quicker_than_measured(worker, "tiny-sd", work, now, now + seconds, fraction)
+        record_speed(worker, "tiny-sd", work, now, now + seconds)
+        now += seconds
+    count_ = len(measured.honest_seconds)
+    return honest_quick / count_, {kind: found / count_ for kind, found in quick.items()}
 
 
 async def end_to_end(tiny: Path, cheat: str, fraction: float, rounds: int) -> tuple[int | None, float, int, int, int]:
@@ -166,21 +222,31 @@ async def serve_all(net: Network, first: str) -> int:
 
 
 def simulate(
-    detect: float, fraction: float, settings: VerificationSettings, nodes: int, rng: random.Random
+    detect: float,
+    fraction: float,
+    quick: float,
+    settings: VerificationSettings,
+    nodes: int,
+    rng: random.Random,
+    passes: int = 0,
 ) -> tuple[float, float, float]:
-    """A new node cheating on `fraction` of its jobs (each cheat caught with `detect` when checked), under the
-    policy. Returns (median jobs until first caught, mean rewards kept as a share of jobs' rewards before
-    then, share caught within 300 jobs). Rewards are released `window_jobs` jobs after they were earned."""
+    """A node cheating on `fraction` of its jobs (each cheat caught with `detect` when checked, and quick, so
+    checked for sure, with `quick`), under the policy, from a record of `passes` passed checks (0: a new node).
+    Returns (median jobs until first caught, mean rewards kept as a share of jobs' rewards before then, share
+    caught within 300 jobs). Rewards are released `window_jobs` jobs after they were earned."""
     window_jobs = 100  # the window, counted in the node's jobs (an hour at ~100 images an hour)
     firsts, kept = [], []
     within = 0
     for _ in range(nodes):
         worker = blank_worker()
+        worker.checks_passed = worker.passes_since_failure = passes
         job = 0
         while job < 10 * JOBS_WINDOW:
             job += 1
             cheated = rng.random() < fraction
             rate = check_rate(worker, settings.new_rate, settings.settled_rate, settings.suspect_rate, settings.record)
+            if cheated and rng.random() < quick:
+                rate = settings.suspect_rate
             if rng.random() < rate:
                 if cheated and rng.random() < detect:
                     break
@@ -219,15 +285,18 @@ def blank_worker() -> Worker:
     )
 
 
-def overhead(settings: VerificationSettings, jobs: int) -> tuple[float, float]:
-    """Extra inference per image for an honest node: over its first `jobs`, and once it has a record."""
+def overhead(settings: VerificationSettings, jobs: int, honest_quick: float) -> tuple[float, float]:
+    """Extra inference per image for an honest node: over its first `jobs`, and once it has a record; each
+    including the images its own timing calls quick (`honest_quick` of them), checked for sure."""
     worker = blank_worker()
     total, rng = 0.0, random.Random(3)
     for _ in range(jobs):
         rate = check_rate(worker, settings.new_rate, settings.settled_rate, settings.suspect_rate, settings.record)
+        rate += honest_quick * (settings.suspect_rate - rate)
         total += rate
         worker.checks_passed += rng.random() < rate
-    return total / jobs, settings.settled_rate
+    settled = settings.settled_rate + honest_quick * (settings.suspect_rate - settings.settled_rate)
+    return total / jobs, settled
 
 
 def main() -> int:
@@ -241,25 +310,32 @@ def main() -> int:
         return report_pairs(args.pairs, args.minutes, tiny)
     seeds, nodes, rounds = (6, 200, 6) if args.short else (60, 2000, 40)
     settings = VerificationSettings()
-    rates, honest = measure(tiny, seeds)
+    measured = measure(tiny, seeds)
+    honest_quick, quick = quick_shares(measured, settings.quick_fraction)
     print(f"measured on {seeds} seeds (tiny pipeline, 64x64, 8 steps), threshold {settings.max_distance}:")
-    for kind, rate in rates.items():
-        print(f"  per-check detection, {kind:8}: {rate:.3f}")
-    for name, (false, largest) in honest.items():
+    mean = sum(measured.honest_seconds) / seeds
+    print(f"  honest image: {mean * 1000:.0f} ms on average; quick (under {settings.quick_fraction:.2f} of the")
+    print(f"  node's measured time, so checked for sure): {honest_quick:.3f} of honest images")
+    for kind, rate in measured.detect.items():
+        took = sum(measured.cheat_seconds[kind]) / seeds
+        print(f"  {kind:8}: per-check detection {rate:.3f}; {took * 1000:.0f} ms per image, {quick[kind]:.3f} quick")
+    for name, (false, largest) in measured.honest.items():
         print(f"  honest float32 vs {name:9}: {false} false disagreements, largest distance {largest:.3f}")
     rng = random.Random(11)
     print(
         f"policy: new {settings.new_rate} -> settled {settings.settled_rate} over {settings.record} passes, "
-        f"suspect {settings.suspect_rate}"
+        f"suspect {settings.suspect_rate}, quick images {settings.suspect_rate}"
     )
-    print("cheater      f     median jobs to catch  kept share  caught<=300 (sim)  settled-node analytic")
-    for kind, detect in rates.items():
+    print("simulated: a new node, and a settled one (a record of passes first), cheating on f of its jobs")
+    print("cheater      f     median jobs to catch  kept share  caught<=300 new  settled  settled, if never quick")
+    for kind, detect in measured.detect.items():
         for fraction in (1.0, 0.1):
-            median, kept, within = simulate(detect, fraction, settings, nodes, rng)
-            settled = analytic(detect, fraction, settings.settled_rate)
+            median, kept, within = simulate(detect, fraction, quick[kind], settings, nodes, rng)
+            settled = simulate(detect, fraction, quick[kind], settings, nodes, rng, passes=settings.record)[2]
+            padded = analytic(detect, fraction, settings.settled_rate)
             print(
                 f"  {kind:9} {fraction:4.2f}  {median:10d}            {kept:6.3f}       {within:6.3f}"
-                f"             {settled:.3f}"
+                f"      {settled:6.3f}   {padded:.3f}"
             )
     print("end to end (real coordinator, real HTTP, tiny pipeline; new cheater vs honest float32 + bfloat16):")
     print("cheater      f     jobs to first catch  kudos kept  checks  images  verdicts against honest nodes")
@@ -273,12 +349,12 @@ def main() -> int:
             f"  {kind:9} {fraction:4.2f}  {shown:>10}            {kept:8.2f}  {checks:6d}  {made:6d}  {wronged}",
             flush=True,
         )
-    early, settled = overhead(settings, 1000)
+    early, settled = overhead(settings, 1000, honest_quick)
     print(
         f"overhead: {early:.3f} extra inference per image over a new node's first 1000 jobs; {settled:.3f} "
-        "once it has a record (plus a third run per disagreement)"
+        "once it has a record (both with its quick images; plus a third run per disagreement)"
     )
-    false_pairs = sum(false for false, _ in honest.values())
+    false_pairs = sum(false for false, _ in measured.honest.values())
     pairs = 2 * seeds
     print(
         f"false verdicts against honest nodes: {false_pairs} disagreements in {pairs} honest cross-class pairs; "

@@ -67,6 +67,21 @@ def record_speed(worker: Worker, model: str, megapixelsteps: float, assigned_at:
     worker.speeds[model] = [round(work, 6), round(total, 6), int(results) + 1]
 
 
+def quicker_than_measured(
+    worker: Worker, model: str, megapixelsteps: float, assigned_at: float | None, now: float, fraction: float
+) -> bool:
+    """Whether a result came back in under `fraction` of the time the node's measured speed on `model` needs
+    for its work: the free signal that sends a cheaper image (fewer steps, noise, a copy) to a spot check
+    (coordinator/verification.py). Read before the result joins the speed, and only once a result past the
+    first (which pays for loading the model) has been measured; a node running threads in parallel is timed from the job's
+    assignment, an upper bound on its work time, since its previous delivery says nothing of this job."""
+    work, total, results = worker.speeds.get(model, [0.0, 0.0, 0])
+    if results < 2 or work <= 0 or total <= 0 or megapixelsteps <= 0:
+        return False
+    started = job_work_started(worker, assigned_at, now) if worker.threads <= 1 else (assigned_at or now)
+    return now - started < fraction * megapixelsteps * total / work
+
+
 def measured_speed(worker: Worker, model: str | None = None) -> float | None:
     """The node's megapixelsteps per second for `model` (None: over all its models), if measured."""
     rows = [worker.speeds[model]] if model in worker.speeds else [] if model else list(worker.speeds.values())

@@ -13,7 +13,7 @@ from coordinator.auth import Caller, require_account
 from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.escrow import hold
-from coordinator.estimates import job_megapixelsteps, record_speed
+from coordinator.estimates import job_megapixelsteps, quicker_than_measured, record_speed
 from coordinator.events import queue_announced
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.outlook import ServiceLevels
@@ -210,7 +210,7 @@ class ResultIntake:
             async with self.services.database.transaction() as tx:
                 job, request = await self._current(tx, job_id, worker)
                 node = await tx.worker_by("id", worker.id) or worker
-                self._count_work(node, job, now)
+                quick = self._count_work(node, job, now)
                 settlement = await self._settle(tx, job, request, node, body.state, remote, now)
                 self._record_result(job, worker, body, image, name, settlement.reward, now)
                 await tx.save_job(job)
@@ -226,7 +226,7 @@ class ResultIntake:
         self.services.hub.request_changed(request.id)
         await self.services.database.announce("request", request.id)
         try:
-            await self.verifier.delivered(job_id)
+            await self.verifier.delivered(job_id, quick)
         except StorageUnavailable as error:  # the result stands; this image goes unchecked
             log.warning("could not check job %s: %s", job_id, error)
         return settlement.reward
@@ -258,17 +258,21 @@ class ResultIntake:
         job.seed = body.seed
         job.reward, job.finished_at = reward, now
 
-    def _count_work(self, node: Worker, job: JobRecord, now: float) -> None:
+    def _count_work(self, node: Worker, job: JobRecord, now: float) -> bool:
         """The node's counters for one more result, and its suspicion if the result came back faster
-        than any real GPU makes that much work."""
+        than any real GPU makes that much work. Whether it came back quicker than the node's own
+        measured speed allows (a spot check then follows for sure: coordinator/verification.py)."""
         megapixelsteps = job_megapixelsteps(job)
         elapsed = max(now - (job.assigned_at or now), 1e-3)
         if megapixelsteps / elapsed > self.services.config.suspicious_mps_per_second:
             node.suspicion += 1
+        fraction = self.services.config.verification.quick_fraction
+        quick = quicker_than_measured(node, job.model or "", megapixelsteps, job.assigned_at, now, fraction)
         node.requests_fulfilled += 1
         node.megapixelsteps += megapixelsteps
         record_speed(node, job.model or "", megapixelsteps, job.assigned_at, now)
         node.missed_deadlines = 0
+        return quick
 
     async def _settle(
         self, tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, state: str, remote: str, now: float

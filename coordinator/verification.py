@@ -80,8 +80,9 @@ class Verifier:
     def settings(self) -> Any:
         return self.services.config.verification
 
-    async def delivered(self, job_id: str) -> None:
-        """After a result is stored and paid: judge it if it was a check; else maybe check it."""
+    async def delivered(self, job_id: str, quick: bool = False) -> None:
+        """After a result is stored and paid: judge it if it was a check; else maybe check it (for sure when it
+        came back `quick`er than the node's measured speed allows)."""
         if not self.settings.enabled:
             return
         async with self.services.database.reader() as tx:
@@ -100,8 +101,8 @@ class Verifier:
             await self._judge(check)
         elif checkable(job, request) and worker.trusted:
             await remember_reference(self.services, job.id)  # a known answer for canaries
-        elif checkable(job, request) and (copy is not None or _random.random() < self.rate(worker)):
-            await self._issue(job, request, 1, [worker.owner_id], {})
+        elif checkable(job, request) and (copy is not None or _random.random() < self.rate(worker, quick)):
+            await self._issue(job, request, 1, [worker.owner_id], {"quick": True} if quick else {})
 
     async def _cached(self, job: JobRecord, worker: Worker) -> Copy | None:
         """The free check (coordinator/cached.py): the earlier image of another job this one has the pixels of,
@@ -138,9 +139,9 @@ class Verifier:
                 await check_rows.set_check_state(tx, row["job_id"], state)
         return len(lapsed)
 
-    def rate(self, worker: Worker) -> float:
+    def rate(self, worker: Worker, quick: bool = False) -> float:
         s = self.settings
-        return check_rate(worker, s.new_rate, s.settled_rate, s.suspect_rate, s.record)
+        return s.suspect_rate if quick else check_rate(worker, s.new_rate, s.settled_rate, s.suspect_rate, s.record)
 
     async def issue_canary(self, subject: JobRecord, request: RequestRecord, worker: Worker) -> None:
         """A trusted node's image, asked again of `worker` alone (coordinator/canaries.py)."""
