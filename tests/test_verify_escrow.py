@@ -107,3 +107,19 @@ async def test_without_verification_rewards_are_paid_at_once(coordinator: Runnin
     assert reply is not None and reply.status == 200
     assert await held(coordinator, owner.apikey) == (PRICE, 0.0)
     assert [row["kind"] for row in await ledger_rows(coordinator)][-1] == "reward"
+
+
+async def test_an_owners_own_node_paid_from_its_own_funds_holds_nothing(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """A self-paid reward (coordinator/economy.py) moves the owner's own kudos back to it: nothing is held,
+    so it adds no hold or release to the node's public verified record."""
+    async with escrowed(tmp_path, database_url) as (coordinator, _clock):
+        owner = await coordinator.create_account("owner", kudos=100)
+        await generate(requester(coordinator, owner), small())
+        reply = await node(coordinator, owner, "self-served").serve_one()
+        assert reply is not None and reply.status == 200, reply
+        assert reply.body["reward"] == PRICE
+        assert await held(coordinator, owner.apikey) == (100.0, 0.0)
+        assert [row["kind"] for row in await ledger_rows(coordinator)] == ["admin", "spend", "reward"]
+        await audit_ok(coordinator)
