@@ -65,7 +65,7 @@ def funded_images(available: float, price: float, n: int) -> int:
 def spendable(available: float, key_left: float | None) -> float:
     """What a request's images may be funded from: the requester's available balance, and through a shared key
     (coordinator/sharing.py) no more than the key has left (None: the key sets no limit). A shared key's
-    request is its owner's in every other rule (`settle`: its owner's node is paid nothing)."""
+    request is its owner's in every other rule (`settle`: its owner's node is paid only by its owner)."""
     return available if key_left is None else min(available, key_left)
 
 
