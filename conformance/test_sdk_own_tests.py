@@ -84,8 +84,6 @@ def outcomes(junit: Path) -> dict[str, str]:
 
 
 def test_sdk_network_tests_pass_but_the_not_served(live: Live, tmp_path: Path) -> None:
-    if live.engine != "sqlite":
-        pytest.skip("the SDK's own tests run once, on SQLite; the suite's own tests cover PostgreSQL")
     worker = SdkWorker(
         AIHordeAPIManualClient(),
         live.worker_key,
@@ -104,18 +102,13 @@ def test_sdk_network_tests_pass_but_the_not_served(live: Live, tmp_path: Path) -
 ROUNDTRIP = "tests/ai_horde_api/test_ai_worker_roundtrip_api_calls.py"
 
 
-def test_sdk_worker_roundtrip_fails_only_where_documented(live: Live, tmp_path: Path) -> None:
-    """The SDK's `test_basic_image_roundtrip` (the test AI Horde's CI runs against its server) requests and
-    serves with one apikey and asserts the worker's reward is over 0: an account paid for images it made for
-    itself, which is how a farmer mints kudos (issue 11; docs/security.md, "The economy"), so it cannot pass
-    here whatever else it does. It also uploads raw RGB bytes (`Image.tobytes()`), not an image file, which
-    the coordinator refuses first (400 ImageValidationFailed): it fails at the upload, as docs/api.md says.
-    Should it ever pass, this test fails too, so the documented list is kept true."""
-    if live.engine != "sqlite":
-        pytest.skip("the SDK's own tests run once, on SQLite")
+def test_sdk_worker_roundtrip_passes(live: Live, tmp_path: Path) -> None:
+    """The SDK's `test_basic_image_roundtrip`, the test AI Horde's own CI runs against its server: one apikey
+    requests and serves, the worker PUTs raw RGB pixels (`Image.tobytes()`) and asserts its reward is over
+    0. Here the image is funded, so its price moves from the account to itself (coordinator/economy.py:
+    nothing minted), and the raw pixels are stored as a WebP (coordinator/sources.py)."""
     result = run_sdk_tests(live, [ROUNDTRIP], tmp_path / "junit.xml")
     found = outcomes(tmp_path / "junit.xml")
     assert found == {
-        "test_ai_worker_roundtrip_api_calls.py::TestImageWorkerRoundtrip::test_basic_image_roundtrip": "failed"
+        "test_ai_worker_roundtrip_api_calls.py::TestImageWorkerRoundtrip::test_basic_image_roundtrip": "passed"
     }, result.stdout[-3000:]
-    assert "assert 400 == 200" in result.stdout and "/api/v2/upload/" in result.stdout, result.stdout[-3000:]

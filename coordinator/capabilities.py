@@ -211,6 +211,7 @@ def declared(pop: PopRequest) -> dict[str, Any]:
         "model_baselines": {model: family(name) for model, name in pop.model_baselines.items() if model in pop.models},
         "approximate_samplers": {name.lower(): note for name, note in pop.approximate_samplers.items()},
         "hardware": pop.hardware or "",
+        "allow_unsafe_ip": pop.allow_unsafe_ipaddr,
     }
 
 

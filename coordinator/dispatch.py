@@ -97,7 +97,6 @@ class Dispatcher:
         caps = WorkerCaps.of(
             worker, pop.blacklist, require_upfront_kudos=pop.require_upfront_kudos, extra_slow=pop.extra_slow_worker
         )
-        caps.allow_unsafe_ip = pop.allow_unsafe_ipaddr
         if pop.priority_usernames:
             async with self.services.database.reader() as tx:
                 caps.priority = await favoured_requesters(tx, pop.priority_usernames)

@@ -10,8 +10,13 @@ Kudos are never created by a request nobody pays for:
   *volunteer* reward, from an allowance that refills at `volunteer_kudos_per_10_minutes` and holds
   at most that much: the most a node can farm is what it would earn in uptime. A new node's
   allowance starts empty, so sybil nodes bring nothing up front.
-- Nothing at all when the requester owns the node (your own images are free and unpaid), or when an
-  unfunded request came from the address the node submits from (a farmer feeding their own node).
+- An image its requester funded, made by the requester's own node, moves its price from the account to
+  itself (`OWN_NODE`: a spend and a reward of the same amount, net zero): the node is told its reward, as
+  AI Horde tells it, and nothing is minted. Being paid by oneself is not earning: it is not counted in
+  the node's `kudos_rewards`, is never held in escrow (so it adds nothing to the node's verified record),
+  and charges no shared key (coordinator/results.py `_pay`).
+- Nothing at all for an unfunded image made by the requester's own node, or when an unfunded request
+  came from the address the node submits from (a farmer feeding their own node).
 - Nothing at all while the node's suspicion is at or past `suspicion_threshold`: its images are
   delivered, the requester is not charged, nobody is paid, and the node's page says why.
 """
@@ -27,7 +32,12 @@ CHECK = "check"
 @dataclass(frozen=True)
 class Settlement:
     """What one delivered image moves: `charge` from the requester, `reward` to the node's owner.
-    Equal when funded; a volunteer reward (minted) has no charge."""
+    Equal when funded (`OWN_NODE` too: the same account both sides); a volunteer reward (minted) has no charge."""
+
+    @property
+    def self_paid(self) -> bool:
+        """The requester's own node paid from the requester's own funds: a movement, not an earning."""
+        return self.reason == OWN_NODE and self.reward > 0
 
     charge: float
     reward: float
@@ -55,7 +65,7 @@ def funded_images(available: float, price: float, n: int) -> int:
 def spendable(available: float, key_left: float | None) -> float:
     """What a request's images may be funded from: the requester's available balance, and through a shared key
     (coordinator/sharing.py) no more than the key has left (None: the key sets no limit). A shared key's
-    request is its owner's in every other rule (`settle`: its owner's node is paid nothing)."""
+    request is its owner's in every other rule (`settle`: its owner's node is paid only by its owner)."""
     return available if key_left is None else min(available, key_left)
 
 
@@ -84,7 +94,7 @@ def settle(
     if check:
         return Settlement(0.0, price, CHECK)
     if requester_id and requester_id == owner_id:
-        return Settlement(0.0, 0.0, OWN_NODE)
+        return Settlement(charge, charge, OWN_NODE)  # from the account to itself: 0/0 when unfunded
     if charge > 0:
         return Settlement(charge, charge, FUNDED)
     if requester_address and requester_address == node_address:

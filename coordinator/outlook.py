@@ -18,6 +18,7 @@ from coordinator.estimates import (
     overtaking_work,
     unservable_reason,
 )
+from coordinator.preferences import UNSAFE_REFUSED, takes_address
 from coordinator.queueing import AGEING_PER_SECOND, request_entry
 from coordinator.roster import Roster
 from coordinator.services import Services
@@ -141,10 +142,12 @@ class Outlooks:
         if not unfinished:
             return Outlook(0, True, None)
         entry = request_entry("", request)
-        able = await self.roster.able(entry)
+        can = await self.roster.able(entry)
+        # The address rule is the node's own pop word on the request, not a queue column (preferences.py).
+        able = [worker for worker in can if takes_address(request, worker.allow_unsafe_ip)]
         if not able and waiting:
             online = [caps for _, caps in await self.roster.online_caps()]
-            return Outlook(0, False, unservable_reason(entry, online))
+            return Outlook(0, False, UNSAFE_REFUSED if can else unservable_reason(entry, online))
         forecast, now = await self.forecast(), self.services.clock()
         speed = capacity(able, entry.models[0] if entry.models else None, network_speeds(able))
         wait = forecast.wait(request.id, now)

@@ -37,12 +37,23 @@ def is_unsafe(address: str, networks: tuple[str, ...], trusted: bool) -> bool:
     return any(ip in network for network in parse_networks(networks))
 
 
+UNSAFE_REFUSED = (
+    "No online node takes requests from unsafe addresses (allow_unsafe_ipaddr), and this one came from a network "
+    "the operator lists as unsafe."
+)
+
+
+def takes_address(request: RequestRecord, allow_unsafe_ip: bool) -> bool:
+    """Whether a node with this pop word may get the request, by the address it came from."""
+    return allow_unsafe_ip or not request.unsafe_ip
+
+
 def refusal_reason(request: RequestRecord, caps: WorkerCaps) -> str | None:
     """AI Horde's `skipped` key for a request this node turns down by its pop's own word; None: it takes it."""
     body = request.body
     if caps.extra_slow and (body.get("slow_workers") is False or body.get("extra_slow_workers") is False):
         return "performance"
-    if request.unsafe_ip and not caps.allow_unsafe_ip:
+    if not takes_address(request, caps.allow_unsafe_ip):
         return "unsafe_ip"
     prompt = str(body.get("prompt", "")).lower()
     if any(word and word in prompt for word in caps.blacklist):

@@ -2,6 +2,7 @@
 storing it and paying for it in one transaction (image file first, so a committed result
 always has its image)."""
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -18,7 +19,7 @@ from coordinator.events import queue_announced
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.outlook import ServiceLevels
 from coordinator.services import Services
-from coordinator.sources import RESULT_FORMATS, check_image
+from coordinator.sources import RESULT_FORMATS, check_image, encode_pixels, raw_pixels_mode
 from coordinator.storage import StorageUnavailable
 from coordinator.storage.records import JobRecord, RequestRecord, Worker
 from coordinator.storage.sharedkeys import add_utilized
@@ -77,7 +78,8 @@ class ResultIntake:
             raise HordeError(403, RC.UPLOAD_TOKEN_INVALID, "The upload URL is invalid or has expired.")
         if job.state != "processing":
             raise Aborted()
-        check_image(data, "upload", formats=RESULT_FORMATS)
+        if raw_pixels_mode(data, result_size((job.job_document or {}).get("payload", {}))) is None:
+            check_image(data, "upload", formats=RESULT_FORMATS)  # raw pixels are encoded at the submit (`_image`)
         await self.services.images.write(upload_name(job_id, job.worker_id or ""), data)
 
     async def submit(self, caller: Caller, body: SubmitRequest, remote: str = "") -> SubmitResult:
@@ -96,8 +98,13 @@ class ResultIntake:
         if body.state == "faulted":
             await self._fault(job.id, worker, body)
             return SubmitResult(reward=0)
-        reward = await self._store(job.id, worker, body, image, remote)
-        return SubmitResult(reward=reward, held=reward if self.services.config.verification.enabled else 0.0)
+        settlement = await self._store(job.id, worker, body, image, remote)
+        return SubmitResult(reward=settlement.reward, held=settlement.reward if self._escrowed(settlement) else 0.0)
+
+    def _escrowed(self, settlement: Settlement) -> bool:
+        """Whether the reward waits in escrow: with verification on, unless it is the owner's own kudos
+        coming back (`economy.settle`), which no check could owe anyone and no verified record should count."""
+        return self.services.config.verification.enabled and not settlement.self_paid
 
     @staticmethod
     async def _assigned(tx: Tx, caller: Caller, job: JobRecord) -> Worker | None:
@@ -128,8 +135,13 @@ class ResultIntake:
         raise HordeError(403, RC.WRONG_CREDENTIALS, "This job is not assigned to your node.")
 
     async def _image(self, body: SubmitRequest, worker: Worker, job: JobRecord) -> bytes:
+        expected = result_size((job.job_document or {}).get("payload", {}))
         if body.generation == "R2":
             data = await self._uploaded(body.id, worker)
+            # Encoded here, not at the upload: a bucket's presigned PUT never reaches us, and a PUT may be
+            # replaced any number of times; the submit is rate-limited and encodes once.
+            if (mode := raw_pixels_mode(data, expected)) is not None and expected is not None:
+                data = await asyncio.to_thread(encode_pixels, data, mode, expected)
             size = check_image(data, "upload", formats=RESULT_FORMATS)
         else:
             try:
@@ -137,7 +149,6 @@ class ResultIntake:
             except (binascii.Error, ValueError) as error:
                 raise bad_request(RC.IMAGE_VALIDATION_FAILED, "generation is not valid base64.") from error
             size = check_image(data, "generation", formats=RESULT_FORMATS)
-        expected = result_size((job.job_document or {}).get("payload", {}))
         if expected is not None and size != expected:
             # A 1×1 answer to a 1024² job was paid in full (issue 11): the size is the cheapest proof of work
             # the coordinator can check. The node may still submit the right image before its deadline.
@@ -199,7 +210,9 @@ class ResultIntake:
             raise Aborted()
         return job, request
 
-    async def _store(self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None, remote: str) -> float:
+    async def _store(
+        self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None, remote: str
+    ) -> Settlement:
         now = self.services.clock()
         # Each submission writes its own file, so a concurrent repeat can't replace the image the winner
         # recorded (and signed) under the same name; the losers' files are removed.
@@ -229,7 +242,7 @@ class ResultIntake:
             await self.verifier.delivered(job_id, quick)
         except StorageUnavailable as error:  # the result stands; this image goes unchecked
             log.warning("could not check job %s: %s", job_id, error)
-        return settlement.reward
+        return settlement
 
     async def _forget(self, name: str | None) -> None:
         try:
@@ -312,20 +325,23 @@ class ResultIntake:
     ) -> None:
         """Save the node's counters and move the settlement's kudos: a funded image's spend and reward
         share the job's id as reference; a volunteer reward (minted) is marked as such. With verification
-        on, the reward is held in escrow until the node's window closes (coordinator/escrow.py)."""
-        node.kudos_rewards = round(node.kudos_rewards + settlement.reward, 2)
+        on, the reward is held in escrow until the node's window closes (coordinator/escrow.py). A self-paid
+        image (`economy.settle`) is its owner's own kudos coming back: not earned, not escrowed, and no shared
+        key's spending (the owner spent nothing)."""
+        if not settlement.self_paid:
+            node.kudos_rewards = round(node.kudos_rewards + settlement.reward, 2)
         await tx.save_worker_state(node)
         await tx.record_stats(int(now // 60), 1, job_megapixelsteps(job))
         await tx.record_model_stats(int(now // 86400), job.model or "")  # /v2/stats/img/models
         if settlement.charge > 0:
             await tx.move_kudos("spend", request.account_id, None, settlement.charge, job.id, now)
-            if request.sharedkey:  # the key it was funded through counts the charge (coordinator/sharing.py)
+            if request.sharedkey and not settlement.self_paid:  # the key counts the charge (coordinator/sharing.py)
                 await add_utilized(tx, request.sharedkey, settlement.charge)
         if settlement.reward <= 0:
             return
         reference = job.id if settlement.charge > 0 else f"{settlement.reason}:{job.id}"
-        verification = self.services.config.verification
-        if verification.enabled:
-            await hold(tx, node.id, node.owner_id, settlement.reward, reference, job.id, now, verification.window)
+        if self._escrowed(settlement):
+            window = self.services.config.verification.window
+            await hold(tx, node.id, node.owner_id, settlement.reward, reference, job.id, now, window)
         else:
             await tx.move_kudos("reward", None, node.owner_id, settlement.reward, reference, now)

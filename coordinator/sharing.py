@@ -2,7 +2,8 @@
 
 A request sent with a shared key is its owner's request in every rule of the economy
 (coordinator/economy.py): its images are funded from the owner's available balance, a node of the
-owner's is paid nothing for them, and unfunded images earn only the volunteer reward. The key only
+owner's is paid for them only from the owner to itself (and the key is charged nothing: the owner spent
+nothing), and unfunded images earn only the volunteer reward. The key only
 narrows it: what its images may be charged in all (`kudos`, less what was charged and what its
 unfinished images hold), until when (`expiry`), and how large each image may be. A key can do nothing
 but request images (and cancel them): every other call refuses it as an unknown apikey.

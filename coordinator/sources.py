@@ -1,5 +1,9 @@
 """Decoding and checking images that arrive as base64: requesters' sources and nodes' results.
 
+A node's upload may also be raw pixels, exactly the job's width × height × 3 (RGB) or × 4 (RGBA) bytes
+(horde-sdk's own CI worker uploads `Image.tobytes()`): no decoder reads them, they are reshaped to the
+job's size and stored as the coordinator's lossless WebP, so requesters always get an image file.
+
 A requester's source image or mask reaches volunteers' machines, so the coordinator never passes the
 requester's bytes on: it opens them under protocol/images.py's rules (PNG, JPEG or WebP, dimensions
 bounded on the header) and stores its own lossless re-encoding, without EXIF, ICC or XMP. The job
@@ -22,6 +26,7 @@ from protocol.images import MAX_SOURCE_BYTES, MAX_SOURCE_PIXELS, SourceImageErro
 # What a node may send back (AI Horde workers send WebP). Naming them spares Pillow trying each
 # of its ~40 formats in turn, which was most of the cost of checking a result.
 RESULT_FORMATS = ("WEBP", "PNG", "JPEG")
+RAW_MODES = {3: "RGB", 4: "RGBA"}  # bytes per pixel of an upload of raw pixels
 # Lossless WebP at its fastest effort: about PNG's size at its fastest level, encoded in a third of the
 # time (measured: 3072² in 0.35 s against 0.45 s; method 4 halves the size of a photo but takes 2.2 s).
 SOURCE_ENCODING: dict[str, Any] = {"format": "WEBP", "lossless": True, "quality": 0, "method": 0, "exact": True}
@@ -98,3 +103,27 @@ def check_image(
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise bad_request(rc, f"{field} is not a readable image.", {field: "unreadable image"}) from error
     return size
+
+
+def raw_pixels_mode(data: bytes, size: tuple[int, int] | None) -> str | None:
+    """`RGB` or `RGBA` when `data` is exactly `size`'s pixels of that mode and not an image file (a file
+    whose length happens to match stays a file); None otherwise, and always when the size is unknown."""
+    if size is None or size[0] * size[1] <= 0:
+        return None
+    channels, rest = divmod(len(data), size[0] * size[1])
+    if rest or channels not in RAW_MODES:
+        return None
+    try:
+        Image.open(io.BytesIO(data), formats=RESULT_FORMATS).close()  # reads the header only
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return RAW_MODES[channels]
+    return None
+
+
+def encode_pixels(data: bytes, mode: str, size: tuple[int, int]) -> bytes:
+    """Raw pixels (`raw_pixels_mode`) as the coordinator's lossless WebP. Blocking: call it off the event loop;
+    one at a time, as source re-encodings are."""
+    with _REENCODING:
+        buffer = io.BytesIO()
+        Image.frombytes(mode, size, data).save(buffer, **SOURCE_ENCODING)
+        return buffer.getvalue()

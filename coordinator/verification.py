@@ -92,6 +92,10 @@ class Verifier:
             worker = await tx.worker_by("id", job.worker_id) if job and job.worker_id else None
         if job is None or request is None or worker is None:
             return
+        # An image its requester's own node made is never spot-checked: it moves no kudos between accounts
+        # (coordinator/economy.py), so a wrong one cheats nobody of kudos, and a pass would build the node's
+        # record, which lowers its check rate, on work nobody else paid for, with the network paying the checker.
+        self_served = request.account_id == worker.owner_id
         copy = await self._cached(job, worker) if free_checkable(job, request) else None
         if copy is not None and copy.same_owner:
             if check is not None:  # the checking node sent a copy: its image says nothing of the subject's
@@ -101,7 +105,11 @@ class Verifier:
             await self._judge(check)
         elif checkable(job, request) and worker.trusted:
             await remember_reference(self.services, job.id)  # a known answer for canaries
-        elif checkable(job, request) and (copy is not None or _random.random() < self.rate(worker, quick)):
+        elif (
+            checkable(job, request)
+            and not self_served
+            and (copy is not None or _random.random() < self.rate(worker, quick))
+        ):
             await self._issue(job, request, 1, [worker.owner_id], {"quick": True} if quick else {})
 
     async def _cached(self, job: JobRecord, worker: Worker) -> Copy | None:

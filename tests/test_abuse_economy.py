@@ -185,13 +185,23 @@ async def test_a_request_is_funded_up_to_the_balance_and_moves_exactly_the_price
     await audit_ok(coordinator)
 
 
-async def test_requesting_from_your_own_node_is_free_and_unpaid(coordinator: RunningCoordinator) -> None:
-    owner = await coordinator.create_account("owner", kudos=100)
-    await generate(requester(coordinator, owner), small(n=2))
+async def test_your_own_node_is_paid_from_your_own_funds_and_nothing_is_minted(
+    coordinator: RunningCoordinator,
+) -> None:
+    """AI Horde pays a node for its owner's own images (horde-sdk's worker round trip asserts the reward).
+    Here an image its requester funded, made by its own node, moves its price from the account to itself:
+    the node is told its reward, the balance does not change, nothing is minted; an unfunded one earns 0."""
+    owner = await coordinator.create_account("owner", kudos=round(1.5 * PRICE, 2))  # funds one image of three
+    await generate(requester(coordinator, owner), small(n=3))
     replies = await serve_all(node(coordinator, owner, "mine"))
-    assert [reply.body["reward"] for reply in replies] == [0, 0]
-    assert await balance(coordinator, owner) == 100
-    assert [r["kind"] for r in await ledger_rows(coordinator)] == ["admin"]
+    assert sorted(reply.body["reward"] for reply in replies) == [0, 0, PRICE]
+    assert await balance(coordinator, owner) == round(1.5 * PRICE, 2)
+    moved = [(r["kind"], r["source"], r["target"], r["amount"]) for r in await ledger_rows(coordinator)]
+    assert moved[1:] == [("spend", owner.id, None, PRICE), ("reward", None, owner.id, PRICE)]
+    assert await minted(coordinator) == 0
+    # What the node earned from others is what its page shows: its owner paying itself is not earning.
+    listed = (await Api(coordinator.url).get(f"/v2/workers/{await worker_id(coordinator, 'mine')}")).body
+    assert listed["kudos_rewards"] == 0 and listed["requests_fulfilled"] == 3
     await audit_ok(coordinator)
 
 
@@ -360,7 +370,9 @@ def test_the_economy_rules_directly() -> None:
         "allowance": 50.0,
     }
     assert settle(**common, charge=7.61, requester_id=1, withheld=True).reward == 0  # suspicion beats all
-    assert settle(**common, charge=7.61, requester_id=2, withheld=False).reward == 0  # own node: free, unpaid
+    own = settle(**common, charge=7.61, requester_id=2, withheld=False)  # own node, funded: paid to itself
+    assert (own.charge, own.reward, own.minted, own.reason) == (7.61, 7.61, 0, "own node")
+    assert settle(**common, charge=0, requester_id=2, withheld=False).reward == 0  # own node, unfunded: nothing
     funded = settle(**common, charge=7.61, requester_id=1, withheld=False)
     assert (funded.charge, funded.reward, funded.minted) == (7.61, 7.61, 0)  # paid, even from the same address
     assert settle(**common, charge=0, requester_id=1, withheld=False).reward == 0  # unfunded, same address

@@ -355,12 +355,18 @@ async def test_allow_unsafe_ipaddr_keeps_unsafe_addresses_requests_away(
         tmp_path, database_url, trust_forwarded_for=True, unsafe_networks=("10.9.0.0/16",)
     ) as coordinator:
         vpn = {"X-Forwarded-For": "10.9.1.2"}
-        assert (await Api(coordinator.url).post("/v2/generate/async", small("anon"), headers=vpn)).status == 202
+        sent = await Api(coordinator.url).post("/v2/generate/async", small("anon", n=2), headers=vpn)
+        assert sent.status == 202, sent.body
+        check = f"/v2/generate/check/{sent.body['id']}?provenance=1"
         owner = await coordinator.create_account("owner")
         careful = node(coordinator, owner, "careful", extra={"allow_unsafe_ipaddr": False})
         empty = await careful.pop()
-        assert empty.body["ids"] == [] and empty.body["skipped"] == {"unsafe_ip": 1}, empty.body
+        assert empty.body["ids"] == [] and empty.body["skipped"] == {"unsafe_ip": 2}, empty.body
+        # The only node online refuses unsafe addresses: the request says it cannot be served, and why.
+        alone = (await Api(coordinator.url).get(check)).body
+        assert alone["is_possible"] is False and "unsafe addresses" in alone["is_possible_reason"], alone
         assert (await pop_job(node(coordinator, owner, "open"))).body["payload"]["prompt"] == "anon"
+        assert (await Api(coordinator.url).get(check)).body["is_possible"] is True  # one image waits for "open"
         # A trusted account's requests are never from an unsafe IP, as in AI Horde.
         trusted = await coordinator.create_account("trusted")
         async with coordinator.broker.services.database.transaction() as tx:

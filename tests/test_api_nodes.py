@@ -1,11 +1,13 @@
 """The node's API end to end: pop (incl. long-poll and concurrency), uploads, submit and its refusals."""
 
 import asyncio
+import io
 import json
 from collections import Counter
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from coordinator.results import upload_name
 from protocol.provenance import request_digest
@@ -268,6 +270,37 @@ async def test_upload_then_submit_r2(pair: RequesterAndNode) -> None:
     generation = status.body["generations"][0]
     async with aiohttp.ClientSession() as session, session.get(generation["img"]) as response:
         assert await response.read() == image
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+async def test_an_upload_of_raw_pixels_of_the_jobs_size_is_stored_as_an_image(
+    coordinator: RunningCoordinator, mode: str
+) -> None:
+    """horde-sdk's CI worker PUTs `Image.tobytes()` with no content type: exactly width × height × 3 (or × 4)
+    bytes are taken as the job's pixels and stored as a WebP; any other length is refused as before."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    request_id = await generate(requester(coordinator, alice), small())
+    worker = node(coordinator, await coordinator.create_account("owner"), "raw", signed=False)
+    popped = await pop_job(worker)
+    pixels = Image.linear_gradient("L").resize((64, 64)).convert(mode)  # not one colour: the layout must survive
+    if mode == "RGBA":
+        pixels.putalpha(Image.linear_gradient("L").resize((64, 64)).rotate(90))  # translucent: alpha kept
+    raw = pixels.tobytes()
+    url = popped.body["r2_upload"]
+    async with aiohttp.ClientSession() as session:
+        for wrong in (raw[:-1], raw + b"\0", bytes(64 * 64 * 2), bytes(65 * 64 * 3)):
+            async with session.put(url, data=wrong, skip_auto_headers=["content-type"]) as response:
+                assert response.status == 400 and (await response.json())["rc"] == "ImageValidationFailed"
+        async with session.put(url, data=raw, skip_auto_headers=["content-type"]) as response:
+            assert response.status == 200, await response.text()
+    r2 = {"id": popped.body["ids"][0], "generation": "R2", "state": "ok", "seed": seed_of(popped)}
+    submitted = await worker.api.post("/v2/generate/submit", r2)
+    assert submitted.status == 200 and submitted.body["reward"] > 0, submitted.body
+    generation = (await requester(coordinator, alice).get(f"/v2/generate/status/{request_id}")).body["generations"][0]
+    async with aiohttp.ClientSession() as session, session.get(generation["img"]) as response:
+        stored = Image.open(io.BytesIO(await response.read()))
+        assert (stored.format, stored.size, stored.mode) == ("WEBP", (64, 64), mode)
+        assert stored.tobytes() == raw  # lossless: the requester gets exactly the node's pixels
 
 
 async def test_submit_r2_without_upload_is_refused(coordinator: RunningCoordinator) -> None:

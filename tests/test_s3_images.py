@@ -53,6 +53,13 @@ async def objects(endpoint: str, bucket: str) -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
+async def read_object(endpoint: str, bucket: str, key: str) -> bytes:
+    async with s3_client(endpoint) as client:
+        answer = await client.get_object(Bucket=bucket, Key=key)
+        async with answer["Body"] as body:
+            return bytes(await body.read())
+
+
 @pytest.fixture
 async def s3_coordinator(
     tmp_path: Path, database_url: str | None, s3_endpoint: str, bucket: str
@@ -181,8 +188,15 @@ async def test_uploads_are_checked_at_submit(s3_coordinator: RunningCoordinator,
     assert await put_bytes(upload, b"not an image") == 200
     unreadable = await worker.api.post("/v2/generate/submit", r2)
     assert (unreadable.status, unreadable.rc) == (400, "ImageValidationFailed"), unreadable.body
-    assert await put_bytes(upload, tiny_webp()) == 200
+    # Raw pixels of the job's size (horde-sdk's CI worker uploads `Image.tobytes()`): encoded at the submit.
+    raw = Image.new("RGB", (64, 64), (1, 2, 3)).tobytes()
+    assert await put_bytes(upload, raw[:-1]) == 200
+    assert (await worker.api.post("/v2/generate/submit", r2)).rc == "ImageValidationFailed"
+    assert await put_bytes(upload, raw) == 200
     assert (await worker.api.post("/v2/generate/submit", r2)).status == 200
+    [result] = await objects(s3_endpoint, bucket)
+    stored = Image.open(io.BytesIO(await read_object(s3_endpoint, bucket, result)))
+    assert (stored.format, stored.size, stored.tobytes()) == ("WEBP", (64, 64), raw)
 
 
 async def test_a_late_upload_misses_the_new_node_and_pruning_empties_the_bucket(

@@ -1,6 +1,6 @@
 """Shared keys (/v2/sharedkeys) end to end, over real HTTP on both engines: a key spends its owner's
 kudos within its limits and through the economy's rules (issue 11): prices reserved at submit, nothing
-minted, nothing paid to the owner's own node, and the key is good for requesting images only."""
+minted, the owner's own node paid only from the owner to the owner, and the key is good for requesting images only."""
 
 import pytest
 
@@ -77,16 +77,16 @@ async def test_a_shared_key_spends_its_owners_kudos_up_to_its_limit(coordinator:
     assert (plain.status, plain.rc) == (400, "UnsupportedParameter"), plain.body
 
 
-async def test_a_keys_owner_node_is_paid_nothing_and_a_spent_key_is_refused(coordinator: RunningCoordinator) -> None:
+async def test_a_keys_owner_node_pays_itself_and_a_spent_key_is_refused(coordinator: RunningCoordinator) -> None:
     owner = await coordinator.create_account("lender", kudos=100)
     key = await new_key(coordinator, owner, kudos=3)
     holder = Api(coordinator.url, apikey=key)
     await generate(holder, small())
-    # The owner's own node serves the key's request: the owner's own images, free and unpaid (issue 11).
-    assert await serve(node(coordinator, owner, "lenders-node")) == 0
+    # The owner's own node serves the key's request: the owner's images, paid from the owner to the owner (issue 11).
+    assert await serve(node(coordinator, owner, "lenders-node")) == PRICE
     assert await balance(coordinator, owner) == 100
     assert await minted(coordinator) == 0
-    # Nothing was charged, so the key still has 3: one more image, reserved, then nothing left.
+    # The owner spent nothing, so the key is charged nothing and still has 3: one more image, reserved, then none.
     await generate(holder, small())
     empty = await holder.post("/v2/generate/async", small())
     assert (empty.status, empty.rc) == (403, "SharedKeyInsufficientKudos"), empty.body

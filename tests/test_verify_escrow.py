@@ -4,14 +4,23 @@ ledger rows, the audit), and time moves by the coordinator's clock, never by sle
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coordinator.config import VerificationSettings
 from protocol.kudos import image_kudos
-from tests.api_support import balance, custom_coordinator, generate, ledger_rows, node, requester, small
+from tests.api_support import (
+    balance,
+    custom_coordinator,
+    fetch_all,
+    generate,
+    ledger_rows,
+    node,
+    requester,
+    small,
+)
 from tests.conftest import RunningCoordinator
-from tests.helpers import Api
+from tests.helpers import Api, tiny_webp
 
 PRICE = image_kudos(width=64, height=64, steps=4)
 WINDOW = 3600.0
@@ -107,3 +116,31 @@ async def test_without_verification_rewards_are_paid_at_once(coordinator: Runnin
     assert reply is not None and reply.status == 200
     assert await held(coordinator, owner.apikey) == (PRICE, 0.0)
     assert [row["kind"] for row in await ledger_rows(coordinator)][-1] == "reward"
+
+
+async def test_an_owners_own_node_paid_from_its_own_funds_holds_nothing_and_is_not_checked(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """A self-paid reward (coordinator/economy.py) moves the owner's own kudos back to it: nothing is held,
+    so it adds no hold or release to the node's public verified record; and the image is never spot-checked,
+    so it builds no passed checks either. Another owner's image, at the same rate of 1, is checked."""
+    check_all = replace(NO_CHECKS, new_rate=1.0, settled_rate=1.0, suspect_rate=1.0)
+    async with custom_coordinator(tmp_path, database_url, verification=check_all) as coordinator:
+        owner = await coordinator.create_account("owner", kudos=100)
+        mine = node(coordinator, owner, "self-served")
+        await generate(requester(coordinator, owner), small())
+        reply = await mine.serve_one()
+        assert reply is not None and reply.status == 200, reply
+        assert reply.body["reward"] == PRICE
+        assert await held(coordinator, owner.apikey) == (100.0, 0.0)
+        assert [row["kind"] for row in await ledger_rows(coordinator)] == ["admin", "spend", "reward"]
+        assert await fetch_all(coordinator, "SELECT job_id FROM checks") == []
+        # The same node serving someone else: held, and checked.
+        await generate(requester(coordinator, await coordinator.create_account("payer", kudos=100)), small())
+        popped = await mine.pop()
+        job_id, seed = popped.body["ids"][0], popped.body["jobs"][0]["document"]["payload"]["seed"]
+        served = await mine.submit(job_id, seed, image=tiny_webp((1, 2, 3)))  # not the first image's pixels
+        assert served.status == 200 and served.body["reward"] == PRICE, served.body
+        assert await held(coordinator, owner.apikey) == (100.0, PRICE)
+        assert len(await fetch_all(coordinator, "SELECT job_id FROM checks")) == 1
+        await audit_ok(coordinator)

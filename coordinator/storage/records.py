@@ -90,6 +90,7 @@ class Worker:
     sd2_controlnet: bool = False
     sdxl_tis: bool = False
     model_baselines: dict[str, str] = field(default_factory=dict)  # model → family (protocol/baselines.py)
+    allow_unsafe_ip: bool = True  # its pop's allow_unsafe_ipaddr (coordinator/preferences.py)
     # Verified work (coordinator/verification.py): the hardware class it declares, and its record of checks.
     hardware: str = ""
     checks_passed: int = 0
@@ -252,6 +253,7 @@ class WorkerCaps:
             lora=worker.lora,
             post_processing=worker.post_processing,
             trusted=worker.trusted,
+            allow_unsafe_ip=worker.allow_unsafe_ip,
             blacklist=[word.lower() for word in blacklist or []],
             require_upfront_kudos=require_upfront_kudos,
             extra_slow=extra_slow,
