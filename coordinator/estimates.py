@@ -73,8 +73,9 @@ def quicker_than_measured(
     """Whether a result came back in under `fraction` of the time the node's measured speed on `model` needs
     for its work: the free signal that sends a cheaper image (fewer steps, noise, a copy) to a spot check
     (coordinator/verification.py). Read before the result joins the speed, and only once a result past the
-    first (which pays for loading the model) has been measured; a node running threads in parallel is timed from the job's
-    assignment, an upper bound on its work time, since its previous delivery says nothing of this job."""
+    first (which pays for loading the model) has been measured; a node running threads in parallel is timed
+    from the job's assignment, an upper bound on its work time, since its previous delivery says nothing of
+    this job."""
     work, total, results = worker.speeds.get(model, [0.0, 0.0, 0])
     if results < 2 or work <= 0 or total <= 0 or megapixelsteps <= 0:
         return False
