@@ -29,7 +29,9 @@ from typing import Any
 import asyncpg
 
 from coordinator.storage.base import Database, Listener, StorageUnavailable
+from coordinator.storage.callers import ONE_STATEMENT, Credentials, Identities, from_one_statement, one_statement_args
 from coordinator.storage.migrations import migration_scripts
+from coordinator.storage.nonces import prune as record_prune
 from coordinator.storage.pg_driver import (
     UNAVAILABLE,
     CountingConnection,
@@ -210,6 +212,15 @@ class PostgresDatabase(Database):
         # Autocommit statements on a pooled connection: no transaction round trips (Database.first_use).
         async with self._connection() as connection:
             yield PostgresDriver(connection, self._expire_connections)
+
+    async def identities(self, credentials: Credentials, window: float = 300.0) -> Identities:
+        # One statement instead of up to five (storage/callers.py); the prune, once a minute, is one more.
+        async with self._nonce_statements() as driver:
+            if (prune_before := self._prune_due(credentials.now, window)) is not None:
+                await record_prune(driver, prune_before)
+            row = await driver.fetchone(ONE_STATEMENT, one_statement_args(credentials))
+        assert row is not None
+        return from_one_statement(row)
 
     # --- events between processes -------------------------------------------------------------
     async def announce(self, channel: str, payload: str) -> None:
