@@ -274,8 +274,8 @@ class PostgresDatabase(Database):
             connection.add_termination_listener(lambda _connection: lost.set())
             await connection.add_listener(EVENT_CHANNEL, self._on_notification(listener))
             if ready.is_set():
-                # Announcements sent while we were away are lost: wake every waiting node so
-                # each re-checks the queue. (Requesters' long-polls end on their own timeout.)
+                # Announcements sent while we were away are lost: wake every waiting node and
+                # long-polled check, so each looks again (EventHub.jobs_announced).
                 self._deliver(listener, "jobs", "reconnected")
             ready.set()
             log.info("listening for other coordinator processes")

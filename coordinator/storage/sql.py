@@ -219,6 +219,16 @@ class Tx(QueueStatements, StatsStatements):
         rows = await self.driver.fetchall(f"SELECT * FROM workers {where}ORDER BY name", args)
         return [join_record(Worker, row, WORKER_COLUMNS) for row in rows]
 
+    async def maintenance_over_ids(self, now: float) -> list[str]:
+        """The workers whose automatic maintenance has run its clean period (`roster.maintenance_over`), found by
+        the database: upkeep asks every few seconds, and reading every worker was O(nodes) each time."""
+        field = "json_extract(info, '$.{}')" if self.dialect == "sqlite" else "(info::jsonb ->> '{}')"
+        over, until = field.format("maintenance"), field.format("maintenance_until")
+        if self.dialect != "sqlite":
+            over, until = f"{over}::boolean", f"{until}::double precision"
+        rows = await self.driver.fetchall(f"SELECT id FROM workers WHERE {over} AND {until} <= ?", (now,))
+        return [row["id"] for row in rows]
+
     async def delete_worker(self, worker_id: str) -> None:
         await self.driver.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
