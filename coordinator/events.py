@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from coordinator.capabilities import first_unmet
+from coordinator.metrics import LONG_POLLS_PARKED
 from coordinator.queueing import worker_list_allows
 from coordinator.storage.base import Database
 from coordinator.storage.records import QueueEntry, RequestRecord, WorkerCaps
@@ -203,12 +204,17 @@ class EventHub:
     @contextlib.contextmanager
     def parked(self, what: str) -> Iterator[None]:
         """Count a long-poll as parked under `what` while inside."""
+        gauge = LONG_POLLS_PARKED.labels(what.split(":", 1)[0])
         self._parked[what] += 1
+        gauge.inc()
         self._parked_news.set()
         try:
             yield
         finally:
+            gauge.dec()
             self._parked[what] -= 1
+            if not self._parked[what]:  # one key per node and per request checked: none kept past its wait
+                del self._parked[what]
             self._parked_news.set()
 
     async def until_parked(self, what: str, count: int = 1) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 import coordinator.requesting as requesting
 from coordinator.roster import MAINTENANCE_CLEAN_SECONDS
@@ -83,10 +84,13 @@ async def test_a_long_polled_check_reloads_its_request_only_when_woken_for_it(
     check = asyncio.create_task(requester(coordinator, alice).get(f"/v2/generate/check/{request_id}?wait=30"))
     await asyncio.wait_for(really_waiting.wait(), 30)
     assert loads == [request_id]  # three looks at its place, no reload: nothing woke it
+    assert REGISTRY.get_sample_value("horde_long_polls_parked", {"kind": "check"}) == 1  # what bench/scale.py reads
     popped = await pop_job(worker)  # the request changes: its image is being made
     answer = await asyncio.wait_for(check, 30)
     assert answer.body["processing"] == 1 and answer.body["waiting"] == 0, answer.body
     assert loads == [request_id, request_id]
+    assert REGISTRY.get_sample_value("horde_long_polls_parked", {"kind": "check"}) == 0
+    assert f"check:{request_id}" not in coordinator.broker.services.hub._parked  # nothing kept per request
     assert (await worker.submit(popped.body["ids"][0], seed_of(popped), tiny_webp())).status == 200
 
 
