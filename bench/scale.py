@@ -237,7 +237,7 @@ async def until_parked(apis: list[Api], nodes: list[Node], seconds: float) -> in
         # Nearly all: a node whose long-poll just ended is between two pops for a moment.
         if all(count >= want - want // 100 for count, want in zip(counts, expected, strict=True)) or now() > deadline:
             return sum(counts)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)  # a scrape reads the network's state from the database: not too often
 
 
 async def start_cluster(

@@ -9,9 +9,9 @@ from aiohttp import web
 
 from coordinator.errors import HordeError, unauthorized
 from coordinator.storage import Database
-from coordinator.storage.callers import Credentials, Identities
+from coordinator.storage.callers import Credentials, Identities, read_apikey
 from coordinator.storage.records import Account, Worker
-from coordinator.storage.sharedkeys import SharedKey, key_by_hash
+from coordinator.storage.sharedkeys import SharedKey
 from coordinator.tokens import ANONYMOUS_APIKEY, Tokens
 from protocol import httpsig
 from protocol.errors import RC
@@ -63,10 +63,7 @@ class Authenticator:
 
     async def _account_by_apikey(self, digest: str, allow_shared_key: bool) -> tuple[Account, SharedKey | None]:
         async with self.database.reader() as tx:
-            found = Identities(by_apikey=await tx.account_by("apikey_hash", digest))
-            if found.by_apikey is None and allow_shared_key and (shared := await key_by_hash(tx, digest)):
-                found.shared, found.shared_owner = shared, await tx.account_by("id", shared.owner_id)
-        return _apikey_account(found)
+            return _apikey_account(await read_apikey(tx, digest, allow_shared_key))
 
     def origin(self, request: web.Request) -> str:
         """The origin every signature must name: the public URL when configured (required behind a

@@ -148,12 +148,13 @@ class Roster:
         elif caller.worker is not None:
             raise wrong_credentials(f"This key belongs to worker {caller.worker.name}, not to {pop.name}.")
         worker = self._updated(existing, caller, account_id, pop, now)
-        if (
-            existing is None
-            or worker != replace(existing, last_seen=worker.last_seen)
-            or (now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL)
-        ):
+        if existing is None or worker != replace(existing, last_seen=worker.last_seen):
             await self._save(worker, None if existing else account)
+        elif now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL:
+            # Only its last-seen time is due: its name and key are as stored, so there is nothing to check.
+            async with self.services.database.transaction() as tx:
+                await tx.save_worker_state(worker)
+            self._seen(worker)
         else:
             self._seen(worker)
         return worker

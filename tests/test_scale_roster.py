@@ -3,6 +3,7 @@ time, updates that node's entry in the coordinator's view of who is online; it n
 next question about online nodes read every worker from the database again."""
 
 import json
+import sqlite3
 import sys
 from typing import Any
 
@@ -68,3 +69,43 @@ async def test_a_last_seen_update_does_not_reload_the_roster(coordinator: Runnin
     assert (await second.pop()).status == 200
     assert await online_count(api) == 2
     assert loads[0] == read_once
+
+
+async def test_a_pops_last_seen_write_checks_no_name_or_key(
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's re-poll writes only its last-seen time (`save_worker_state`), without the check that its name
+    and key are nobody else's, which a save of a new or changed node makes."""
+    owner = await coordinator.create_account("owner")
+    worker = node(coordinator, owner, "n1")
+    assert (await worker.pop()).status == 200
+    before = await fetch_one(coordinator, "SELECT info FROM workers WHERE name = ?", "n1")
+    assert before is not None
+
+    async def checked_save(*_args: Any) -> None:
+        raise AssertionError("a last-seen write went through save_worker")
+
+    monkeypatch.setattr(Tx, "save_worker", checked_save)
+    services = coordinator.broker.services
+    later = services.clock() + 60
+    monkeypatch.setattr(services, "clock", lambda: later)
+    assert (await worker.pop()).status == 200
+    after = await fetch_one(coordinator, "SELECT info FROM workers WHERE name = ?", "n1")
+    assert after is not None and json.loads(after["info"])["last_seen"] == later
+
+
+def test_worker_lookups_by_name_and_the_name_or_key_check_use_indexes() -> None:
+    """On SQLite `lower(name) = lower(?)` and `name = ? OR public_key = ?` each scanned every worker (the column is
+    COLLATE NOCASE); each pop that saves its node asked it. EXPLAIN shows index searches only."""
+    from coordinator.storage.migrations import migration_scripts
+    from coordinator.storage.sql import NAME_OR_KEY_TAKEN, WORKER_NAME_IS
+
+    database = sqlite3.connect(":memory:")
+    for _version, script in migration_scripts("sqlite"):
+        database.executescript(script)
+    for sql, args in (
+        (NAME_OR_KEY_TAKEN.format(WORKER_NAME_IS["sqlite"]), ("n", "id", "key", "id")),
+        (f"SELECT * FROM workers WHERE {WORKER_NAME_IS['sqlite']}", ("n",)),
+    ):
+        plan = [row[3] for row in database.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+        assert not [step for step in plan if step.startswith("SCAN")], plan

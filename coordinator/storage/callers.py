@@ -42,15 +42,19 @@ class Identities:
         return any(x is not None for x in (self.by_apikey, self.shared_owner, self.worker, self.key_account))
 
 
+async def read_apikey(tx: Tx, apikey_hash: str, shared_allowed: bool) -> Identities:
+    """Whom an apikey names: its account, or (where allowed, and no account has it) a shared key and its owner."""
+    found = Identities(by_apikey=await tx.account_by("apikey_hash", apikey_hash))
+    if found.by_apikey is None and shared_allowed and (shared := await key_by_hash(tx, apikey_hash)) is not None:
+        found.shared, found.shared_owner = shared, await tx.account_by("id", shared.owner_id)
+    return found
+
+
 async def read_identities(tx: Tx, credentials: Credentials) -> Identities:
     """The rows, read one by one (the nonce is the caller's: `Database.identities`)."""
     found = Identities()
     if credentials.apikey_hash is not None:
-        found.by_apikey = await tx.account_by("apikey_hash", credentials.apikey_hash)
-        if found.by_apikey is None and credentials.shared_allowed:
-            found.shared = await key_by_hash(tx, credentials.apikey_hash)
-            if found.shared is not None:
-                found.shared_owner = await tx.account_by("id", found.shared.owner_id)
+        found = await read_apikey(tx, credentials.apikey_hash, credentials.shared_allowed)
     found.worker = await tx.worker_by("public_key", credentials.signer)
     if found.worker is not None:
         owner = found.by_apikey
