@@ -214,16 +214,17 @@ class Roster:
             await self.services.database.announce("worker", worker.id)  # other processes: `changed`
 
     def _seen(self, worker: Worker) -> bool:
-        """A node popped: update its entry; True when more than its last-seen time changed. Its
-        last-seen time alone changes nothing in the lists (the entry they hold is updated in place);
-        what it can do, or its coming online, rebuilds them."""
+        """A node popped: update its entry; True when what the lists are built from changed (what it can
+        do, its name, its maintenance), which rebuilds them, as its coming online does. Anything else (its
+        last-seen time, the counters and speeds its last result moved) is updated in place, in the entry
+        the lists hold: at 10,000 nodes a rebuild after every result was most of a request's time."""
         known = self._known.get(worker.id)
-        news = known is None or replace(known, last_seen=worker.last_seen) != worker
+        news = known is None or listed_as(known) != listed_as(worker)
         if known is None or news:
             self._known[worker.id] = worker
             self._view = None
         else:
-            known.last_seen = worker.last_seen
+            vars(known).update(vars(worker))
         if worker.id not in self._online_ids and self._is_online(worker, self.services.clock()):
             self._online_ids.add(worker.id)
             self._view = None
@@ -287,6 +288,11 @@ class Roster:
         else:
             pairs = view.pairs
         return [worker for worker, caps in pairs if can_serve(caps, entry)]
+
+
+def listed_as(worker: Worker) -> tuple[Any, ...]:
+    """What the online lists are built from: a change here rebuilds them (`Roster._seen`)."""
+    return WorkerCaps.of(worker), worker.name, worker.maintenance, worker.maintenance_until
 
 
 def demand_key(entry: QueueEntry) -> tuple[Any, ...]:

@@ -71,6 +71,25 @@ async def test_a_last_seen_update_does_not_reload_the_roster(coordinator: Runnin
     assert loads[0] == read_once
 
 
+async def test_a_result_does_not_make_the_next_question_rebuild_the_view(coordinator: RunningCoordinator) -> None:
+    """A result moves its node's counters and speed; the node's next pop brings them to the roster, which
+    updates the entry its online view holds instead of dropping the view (a rebuild is O(online nodes))."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    api, worker = requester(coordinator, alice), node(coordinator, await coordinator.create_account("owner"), "n1")
+    roster_ = coordinator.broker.roster
+    assert (await worker.pop()).status == 200
+    for _image in range(2):
+        await generate(api, small())  # asks the online view which nodes can serve it
+        view = roster_._view
+        assert view is not None
+        assert (await worker.serve_one(wait=0)) is not None  # pop, and a result
+        assert (await worker.pop()).status == 200  # brings the node's new counters
+        assert roster_._view is view, "the online view was dropped"
+        stored = await fetch_one(coordinator, "SELECT info FROM workers WHERE name = ?", "n1")
+        assert stored is not None
+        assert view.workers[0].requests_fulfilled == json.loads(stored["info"])["requests_fulfilled"] == _image + 1
+
+
 async def test_a_pops_last_seen_write_checks_no_name_or_key(
     coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
