@@ -217,25 +217,31 @@ def make_nodes(count: int, processes: int) -> list[Node]:
     ]
 
 
-async def parked_pops(api: Api) -> int:
-    """Pops parked in one coordinator now, from its own gauge (coordinator/events.py `EventHub.parked`)."""
+async def parked_pops(api: Api) -> int | None:
+    """Pops parked in one coordinator now, from its own gauge (coordinator/events.py `EventHub.parked`);
+    None from a coordinator without it (older code, run with HORDE_BENCH_SOURCE)."""
     assert api.session is not None
     async with api.session.get(api.base.removesuffix("/api") + "/metrics") as response:
         text = await response.text()
     for line in text.splitlines():
         if line.startswith('horde_long_polls_parked{kind="pop"}'):
             return int(float(line.rsplit(" ", 1)[1]))
-    return 0
+    return 0 if "horde_long_polls_parked" in text else None
 
 
-async def until_parked(apis: list[Api], nodes: list[Node], seconds: float) -> int:
-    """Wait until every node is parked (each process holds its nodes' pops), or `seconds` pass; how many are."""
+async def until_parked(apis: list[Api], nodes: list[Node], settle: float, seconds: float) -> int | None:
+    """Wait until every node is parked (each process holds its nodes' pops), or `seconds` pass; how many are.
+    Without the gauge: `settle` seconds, and None."""
     expected = [sum(1 for node in nodes if node.process == index) for index in range(len(apis))]
-    deadline = now() + seconds
+    started = now()
     while True:
-        counts = [await parked_pops(api) for api in apis]
+        read = [await parked_pops(api) for api in apis]
+        counts = [count for count in read if count is not None]
+        if len(counts) < len(read):
+            await asyncio.sleep(max(0.0, started + settle - now()))
+            return None
         # Nearly all: a node whose long-poll just ended is between two pops for a moment.
-        if all(count >= want - want // 100 for count, want in zip(counts, expected, strict=True)) or now() > deadline:
+        if all(c >= want - want // 100 for c, want in zip(counts, expected, strict=True)) or now() > started + seconds:
             return sum(counts)
         await asyncio.sleep(2.0)  # a scrape reads the network's state from the database: not too often
 
@@ -290,8 +296,8 @@ async def scenario(
             )
             for index, node in enumerate(nodes)
         ]
-        parked_count = await until_parked(apis, nodes, args.settle + PARK_TIMEOUT)
-        if parked_count < count - count // 100:
+        parked_count = await until_parked(apis, nodes, args.settle, args.settle + PARK_TIMEOUT)
+        if parked_count is not None and parked_count < count - count // 100:
             report.problems.append(f"{count} nodes: only {parked_count} were parked {args.settle + PARK_TIMEOUT} s on")
         parked = [c.sample().rss_kb for c in coordinators]
         sent = await requests_at(run, args.rate, args.seconds, requesters, list(range(processes)), MODELS)
