@@ -128,3 +128,40 @@ def test_worker_lookups_by_name_and_the_name_or_key_check_use_indexes() -> None:
     ):
         plan = [row[3] for row in database.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
         assert not [step for step in plan if step.startswith("SCAN")], plan
+
+
+async def test_other_components_changes_reach_the_roster_a_slice_at_a_time(
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its first whole read the roster reads the workers table a slice per sweep (never every worker at
+    once), and so learns what it was not told: a maintenance set in the table, a worker deleted."""
+    monkeypatch.setattr(roster, "ROSTER_SLICE_MIN", 2)
+    slices: list[int] = []
+    original = roster.worker_slice
+
+    async def counted(tx: Tx, after: str, limit: int) -> Any:
+        workers = await original(tx, after, limit)
+        slices.append(len(workers))
+        return workers
+
+    monkeypatch.setattr(roster, "worker_slice", counted)
+    owners = [await coordinator.create_account("owner-1"), await coordinator.create_account("owner-2")]
+    names = [f"n{i}" for i in range(5)]
+    for index, name in enumerate(names):
+        assert (await node(coordinator, owners[index // 3], name).pop()).status == 200
+    the_roster, services = coordinator.broker.roster, coordinator.broker.services
+    assert sorted(w.name for w in await the_roster.online()) == names
+    async with services.database.transaction() as tx:
+        held = await tx.worker_by("name", "n1")
+        gone = await tx.worker_by("name", "n3")
+        assert held is not None and gone is not None
+        held.maintenance = True  # set in the table by someone else: nobody tells this roster
+        await tx.save_worker_state(held)
+        await tx.delete_worker(gone.id)
+    start = services.clock()
+    for step in range(1, 5):  # 5 workers, 2 a slice: three sweeps read them all
+        monkeypatch.setattr(services, "clock", lambda step=step: start + 1.5 * step)
+        online = sorted(w.name for w in await the_roster.online())
+    assert online == ["n0", "n2", "n4"]
+    assert gone.id not in the_roster._known
+    assert slices and max(slices) <= 2 and the_roster.loads == 1
