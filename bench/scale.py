@@ -15,15 +15,24 @@ what a request costs the OTHER process: requests on process 0 for a model only a
 serves, while process 1's nodes stay parked; process 1's CPU in that phase less its CPU over an idle
 phase as long, per request.
 
-    python bench/scale.py                                   # SQLite: 1, 1,000 and 10,000 nodes
-    python bench/scale.py --db postgresql://postgres@127.0.0.1/postgres --processes 1,2 --nodes 1000
+Nodes connect from NODE_ADDRESSES loopback addresses (127.0.2.x), as a network's come from many, and
+start their long-polls spread over `--settle` seconds; a figure is taken once the coordinators' own gauge
+(`horde_long_polls_parked`) says every node is parked.
+
+    python bench/scale.py --pg postgresql://postgres@127.0.0.1:5432/test   # every figure of issue 19
+    python bench/scale.py --nodes 1,10000                   # SQLite only: 1 and 10,000 nodes
+    python bench/scale.py --db postgresql://postgres@127.0.0.1:5432/test --processes 2 --nodes 1000
     python bench/scale.py --short                           # CI: 50 nodes, a few seconds, sanity only
 
-Full mode exits non-zero when a target (TARGETS) is missed; short mode only checks that jobs flow.
+Full mode (the first line) runs SQLite at 1, 1,000 and 10,000 nodes, then PostgreSQL (`--pg`, or
+HORDE_BENCH_POSTGRES_DSN) with 1 and 2 processes of `--pg-nodes` (1,000) nodes each, prints the command
+line that reproduces each row, and exits non-zero when a target (TARGETS) is missed or was not measured
+(no PostgreSQL server given); `--db` runs that engine only; short mode only checks that jobs flow.
 """
 
 import asyncio
 import base64
+import os
 import random
 import resource
 import shutil
@@ -57,6 +66,8 @@ WORKERS_PER_OWNER = 3  # an untrusted account's limit (coordinator/roster.py)
 POP_WAIT = 20.0
 CHECK_FOR = 30.0  # seconds a requester checks its request before giving up on it
 SOLO_NODES = 4
+NODE_ADDRESSES = 64  # loopback addresses the nodes connect from (127.0.2.1 …): ~160 nodes each at 10,000
+PARK_TIMEOUT = 120.0  # seconds past `--settle` for every node to be parked before the run is called failed
 IMAGE = tiny_webp()
 IMAGE_SHA = sha256_hex(IMAGE)
 IMAGE_B64 = base64.b64encode(IMAGE).decode()
@@ -75,6 +86,7 @@ class Node:
     owner: str
     model: str
     process: int
+    address: int = 0  # which of NODE_ADDRESSES it connects from
     identity: Identity = field(default_factory=Identity.generate)
 
     def body(self, wait: float) -> dict[str, Any]:
@@ -92,7 +104,8 @@ class Node:
 class Run:
     """What one scenario's clients saw."""
 
-    apis: list[Api]
+    apis: list[Api]  # per process: the requesters'
+    node_apis: list[list[Api]]  # per process, per address: the nodes'
     keys: dict[str, str]
     generate: list[float] = field(default_factory=list)
     check: list[float] = field(default_factory=list)
@@ -110,16 +123,18 @@ def raise_open_files() -> None:
 
 
 async def pop(run: Run, node: Node, wait: float) -> dict[str, Any] | None:
-    api = run.apis[node.process]
+    api = run.node_apis[node.process][node.address]
     status, answer = await api.call(
         "POST", "/v2/generate/pop", node.body(wait), label="pop", apikey=run.keys[node.owner], identity=node.identity
     )
     return answer if status == 200 else None
 
 
-async def node_loop(run: Run, node: Node, first_wait: float = POP_WAIT) -> None:
+async def node_loop(run: Run, node: Node, first_wait: float = POP_WAIT, start_after: float = 0.0) -> None:
     """Long-poll; submit each job at once; poll again. `first_wait` spreads the nodes' re-polls over
-    POP_WAIT (all started together, they would otherwise all poll again in the same moment)."""
+    POP_WAIT (all started together, they would otherwise all poll again in the same moment), and
+    `start_after` their first pops (10,000 signed pops at one moment are a backlog of many seconds)."""
+    await asyncio.sleep(start_after)
     wait = first_wait
     while not run.stopping:
         answer = await pop(run, node, wait)
@@ -146,7 +161,7 @@ async def submit(run: Run, node: Node, job_id: str, seed: str, request_digest: s
         "signature": sign_result(node.identity, document),
     }
     before = now()
-    status, _ = await run.apis[node.process].call(
+    status, _ = await run.node_apis[node.process][node.address].call(
         "POST", "/v2/generate/submit", body, label="submit", apikey=run.keys[node.owner], identity=node.identity
     )
     if status == 200:
@@ -191,9 +206,44 @@ async def requests_at(
 
 def make_nodes(count: int, processes: int) -> list[Node]:
     return [
-        Node(f"scale-node-{i}", f"owner-{i // WORKERS_PER_OWNER}", MODELS[i % len(MODELS)], i % processes)
+        Node(
+            f"scale-node-{i}",
+            f"owner-{i // WORKERS_PER_OWNER}",
+            MODELS[i % len(MODELS)],
+            i % processes,
+            (i // processes) % NODE_ADDRESSES,
+        )
         for i in range(count)
     ]
+
+
+async def parked_pops(api: Api) -> int | None:
+    """Pops parked in one coordinator now, from its own gauge (coordinator/events.py `EventHub.parked`);
+    None from a coordinator without it (older code, run with HORDE_BENCH_SOURCE)."""
+    assert api.session is not None
+    async with api.session.get(api.base.removesuffix("/api") + "/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith('horde_long_polls_parked{kind="pop"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0 if "horde_long_polls_parked" in text else None
+
+
+async def until_parked(apis: list[Api], nodes: list[Node], settle: float, seconds: float) -> int | None:
+    """Wait until every node is parked (each process holds its nodes' pops), or `seconds` pass; how many are.
+    Without the gauge: `settle` seconds, and None."""
+    expected = [sum(1 for node in nodes if node.process == index) for index in range(len(apis))]
+    started = now()
+    while True:
+        read = [await parked_pops(api) for api in apis]
+        counts = [count for count in read if count is not None]
+        if len(counts) < len(read):
+            await asyncio.sleep(max(0.0, started + settle - now()))
+            return None
+        # Nearly all: a node whose long-poll just ended is between two pops for a moment.
+        if all(c >= want - want // 100 for c, want in zip(counts, expected, strict=True)) or now() > started + seconds:
+            return sum(counts)
+        await asyncio.sleep(2.0)  # a scrape reads the network's state from the database: not too often
 
 
 async def start_cluster(
@@ -224,9 +274,15 @@ async def scenario(
 ) -> dict[str, Any]:
     coordinators, keys = await start_cluster(workdir, db, processes, count, args.profile)
     apis = [Api(c.url, report.errors, timeout=POP_WAIT + 30) for c in coordinators]
-    for api in apis:
+    addresses = min(NODE_ADDRESSES, count)
+    node_apis = [
+        [Api(c.url, report.errors, timeout=POP_WAIT + 30, local_address=f"127.0.2.{i + 1}") for i in range(addresses)]
+        for c in coordinators
+    ]
+    every_api = [*apis, *(api for per_process in node_apis for api in per_process)]
+    for api in every_api:
         await api.__aenter__()
-    run = Run(apis, keys)
+    run = Run(apis, node_apis, keys)
     requesters = [keys[f"requester-{i}"] for i in range(8)]
     nodes = make_nodes(count, processes)
     loops: list[asyncio.Task[None]] = []
@@ -234,14 +290,22 @@ async def scenario(
         await register(run, nodes)
         registered = [c.sample().rss_kb for c in coordinators]
         spread = random.Random(3)
-        loops = [asyncio.create_task(node_loop(run, node, spread.uniform(1.0, POP_WAIT))) for node in nodes]
-        await asyncio.sleep(args.settle)  # every node sends its pop and parks
+        loops = [
+            asyncio.create_task(
+                node_loop(run, node, spread.uniform(1.0, POP_WAIT), start_after=index * args.settle / count)
+            )
+            for index, node in enumerate(nodes)
+        ]
+        parked_count = await until_parked(apis, nodes, args.settle, args.settle + PARK_TIMEOUT)
+        if parked_count is not None and parked_count < count - count // 100:
+            report.problems.append(f"{count} nodes: only {parked_count} were parked {args.settle + PARK_TIMEOUT} s on")
         parked = [c.sample().rss_kb for c in coordinators]
         sent = await requests_at(run, args.rate, args.seconds, requesters, list(range(processes)), MODELS)
         row: dict[str, Any] = {
             "engine": "postgresql" if is_postgres(db) else "sqlite",
             "processes": processes,
             "nodes": count,
+            "parked": parked_count,
             "requests": sent,
             "jobs": run.jobs,
             "rss_bytes_per_parked_node": round(sum(parked) * 1024 / count - sum(registered) * 1024 / count)
@@ -265,7 +329,7 @@ async def scenario(
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        for api in apis:
+        for api in every_api:
             await api.__aexit__()
         for coordinator in coordinators:
             coordinator.stop(grace=None if args.profile else 1.0)
@@ -338,28 +402,55 @@ def check_targets(rows: list[dict[str, Any]], report: Report, short: bool) -> No
                 )
 
 
+def runs(args: Any) -> list[tuple[str | None, int, int]]:
+    """(database URL or None for SQLite, processes, nodes per process) of each row, in order."""
+    counts = [int(n) for n in args.nodes.split(",")]
+    if args.db:
+        processes = [int(p) for p in args.processes.split(",")] if is_postgres(args.db) else [1]
+        return [(args.db, p, n) for p in processes for n in counts]
+    plan: list[tuple[str | None, int, int]] = [(None, 1, n) for n in counts]
+    if args.pg and not args.short:
+        plan += [(args.pg, p, args.pg_nodes) for p in (1, 2)]
+    return plan
+
+
+def command_line(args: Any, db: str | None, processes: int, nodes: str) -> str:
+    """The command that measures these rows again, alone."""
+    engine = f" --db {db} --processes {processes}" if db else ""
+    return (
+        f"python bench/scale.py{engine} --nodes {nodes} --rate {args.rate:g} --seconds {args.seconds:g} "
+        f"--settle {args.settle:g}"
+    )
+
+
 async def main_async(args: Any) -> int:
     raise_open_files()
-    counts = [int(n) for n in args.nodes.split(",")]
-    processes = [int(p) for p in args.processes.split(",")] if is_postgres(args.db) else [1]
+    plan = runs(args)
     report = Report(
         "scale",
         {
-            "nodes": counts,
-            "processes": processes,
+            "runs": [{"engine": "postgresql" if db else "sqlite", "processes": p, "nodes": n} for db, p, n in plan],
             "rate": args.rate,
             "seconds": args.seconds,
+            "settle": args.settle,
             "pop_wait": POP_WAIT,
             "models": len(MODELS),
+            "node_addresses": NODE_ADDRESSES,
             "targets": TARGETS,
         },
     )
     rows = []
-    for process_count in processes:
-        for count in counts:
-            with temporary_dir(args.keep, "horde-bench-scale-") as workdir:
-                async with bench_database(args.db) as db:
-                    rows.append(await scenario(args, report, workdir, db, process_count, count * process_count))
+    for db_url, process_count, count in plan:
+        with temporary_dir(args.keep, "horde-bench-scale-") as workdir:
+            async with bench_database(db_url) as db:
+                row = await scenario(args, report, workdir, db, process_count, count * process_count)
+        row["command"] = command_line(args, db_url, process_count, str(count))
+        rows.append(row)
+    sqlite_counts = ",".join(str(n) for db, _, n in plan if db is None)
+    if sqlite_counts:
+        report.notes.append(f"SQLite rows together (the p99 ratio): {command_line(args, None, 1, sqlite_counts)}")
+    for row in rows:
+        report.notes.append(f"{row['engine']} ×{row['processes']}, {row['nodes']} nodes in all: {row['command']}")
     report.results["rows"] = rows
     report.tables.append(
         table(
@@ -402,6 +493,10 @@ async def main_async(args: Any) -> int:
         )
     )
     check_targets(rows, report, args.short)
+    if not args.short and not args.db and not args.pg:
+        report.problems.append(
+            "PostgreSQL targets not measured: give a server with --pg URL (or HORDE_BENCH_POSTGRES_DSN)"
+        )
     return report.emit(args.json)
 
 
@@ -411,7 +506,13 @@ def main() -> int:
     parser.add_argument("--processes", default="1,2", help="coordinator processes (PostgreSQL only)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long requests arrive")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds for every node to park")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds over which the nodes start to park")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("HORDE_BENCH_POSTGRES_DSN"),
+        help="full mode: also PostgreSQL, 1 and 2 processes, on a fresh database on this server",
+    )
+    parser.add_argument("--pg-nodes", type=int, default=1000, help="nodes per PostgreSQL process (with --pg)")
     parser.add_argument(
         "--profile", choices=("cprofile", "py-spy"), help="profile each coordinator (file beside the data dir)"
     )

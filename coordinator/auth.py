@@ -9,17 +9,19 @@ from aiohttp import web
 
 from coordinator.errors import HordeError, unauthorized
 from coordinator.storage import Database
+from coordinator.storage.callers import Credentials, Identities, read_apikey
 from coordinator.storage.records import Account, Worker
-from coordinator.storage.sharedkeys import SharedKey, key_by_hash
+from coordinator.storage.sharedkeys import SharedKey
 from coordinator.tokens import ANONYMOUS_APIKEY, Tokens
 from protocol import httpsig
 from protocol.errors import RC
 from protocol.keys import PublicKey
 
 # How far a signature's `created` may be from our clock. A signature verifies for up to twice this
-# after it is first seen, so nonces are remembered that long (Database.first_use, signature_nonces).
+# after it is first seen, so nonces are remembered that long (Database.identities, signature_nonces).
 CLOCK_WINDOW = 300
 DEFAULT_PORTS = {"http": 80, "https": 443}
+INVALID_API_KEY = "No user matching sent API Key. Have you remembered to register?"
 
 
 @dataclass
@@ -51,24 +53,17 @@ class Authenticator:
         (an account registering it); `allow_shared_key` accepts a shared key as the apikey (only where
         requesting images: anywhere else it is refused like any unknown apikey)."""
         apikey = request.headers.get("apikey")
-        by_key, shared = None, None
-        if apikey and apikey != ANONYMOUS_APIKEY:
-            by_key, shared = await self._account_by_apikey(apikey, allow_shared_key)
+        digest = self.tokens.apikey_hash(apikey) if apikey and apikey != ANONYMOUS_APIKEY else None
         if httpsig.has_signature(request.headers):
-            caller = await self._signed_caller(request, body, by_key, allow_new_key)
-            caller.sharedkey = shared
-            return caller
-        return Caller(account=by_key, sharedkey=shared)
+            return await self._signed_caller(request, body, digest, allow_new_key, allow_shared_key)
+        if digest is None:
+            return Caller(account=None)
+        account, shared = await self._account_by_apikey(digest, allow_shared_key)
+        return Caller(account=account, sharedkey=shared)
 
-    async def _account_by_apikey(self, apikey: str, allow_shared_key: bool) -> tuple[Account, SharedKey | None]:
-        digest = self.tokens.apikey_hash(apikey)
+    async def _account_by_apikey(self, digest: str, allow_shared_key: bool) -> tuple[Account, SharedKey | None]:
         async with self.database.reader() as tx:
-            account, shared = await tx.account_by("apikey_hash", digest), None
-            if account is None and allow_shared_key and (shared := await key_by_hash(tx, digest)) is not None:
-                account = await tx.account_by("id", shared.owner_id)
-        if account is None:
-            raise unauthorized(RC.INVALID_API_KEY, "No user matching sent API Key. Have you remembered to register?")
-        return account, shared
+            return _apikey_account(await read_apikey(tx, digest, allow_shared_key))
 
     def origin(self, request: web.Request) -> str:
         """The origin every signature must name: the public URL when configured (required behind a
@@ -80,14 +75,24 @@ class Authenticator:
         return self.origin(request) + request.path_qs
 
     async def _signed_caller(
-        self, request: web.Request, body: bytes, by_key: Account | None, allow_new_key: bool
+        self, request: web.Request, body: bytes, digest: str | None, allow_new_key: bool, allow_shared_key: bool
     ) -> Caller:
-        signed = self._verify(request, body)
-        caller = await self._resolve_key(signed.key, by_key, allow_new_key)
-        # Asked of the database: with several coordinator processes, one that accepted a request
-        # must make the others refuse its replay.
-        if not await self.database.first_use(signed.key.text(), signed.nonce, time.time(), CLOCK_WINDOW):
+        try:
+            signed = self._verify(request, body)
+        except HordeError:
+            if digest is not None:  # a wrong apikey is named first, as on an unsigned call
+                await self._account_by_apikey(digest, allow_shared_key)
+            raise
+        # The apikey's account, the key's holder and the replay record, in one question (one round trip on
+        # PostgreSQL). Asked of the database: with several coordinator processes, one that accepted a
+        # request must make the others refuse its replay.
+        credentials = Credentials(digest, allow_shared_key, signed.key.text(), signed.nonce, time.time(), allow_new_key)
+        found = await self.database.identities(credentials, CLOCK_WINDOW)
+        by_key, shared = _apikey_account(found) if digest is not None else (None, None)
+        caller = _resolve_key(signed.key, found, by_key, allow_new_key)
+        if not found.first_use:
             raise unauthorized(httpsig.SignatureReplay.rc, httpsig.SignatureReplay.message)
+        caller.sharedkey = shared
         return caller
 
     def _verify(self, request: web.Request, body: bytes) -> httpsig.SignedRequest:
@@ -126,23 +131,28 @@ class Authenticator:
             return claimed
         return None
 
-    async def _resolve_key(self, key: PublicKey, by_key: Account | None, allow_new_key: bool) -> Caller:
-        # Nodes sign two calls per image (pop, submit), so their keys are looked up first; a node
-        # that also sends its owner's apikey (as most do) needs no second lookup for the owner.
-        async with self.database.reader() as tx:
-            worker = await tx.worker_by("public_key", key.text())
-            if worker is not None:
-                _one_account(by_key, worker.owner_id)
-                owner = by_key or await tx.account_by("id", worker.owner_id)
-                return Caller(account=owner, key=key, worker=worker)
-            account = await tx.account_by("public_key", key.text())
-            if account is not None:
-                _one_account(by_key, account.id)
-                return Caller(account=account, key=key)
-        if by_key is not None or allow_new_key:
-            # A node's first signed request: the apikey names the owner; pop binds the key.
-            return Caller(account=by_key, key=key)
-        raise unauthorized(httpsig.UnknownKey.rc, httpsig.UnknownKey.message)
+
+def _apikey_account(found: Identities) -> tuple[Account, SharedKey | None]:
+    """The account an apikey names (a shared key's: its owner), or the refusal."""
+    if found.by_apikey is not None:
+        return found.by_apikey, None
+    if found.shared is not None and found.shared_owner is not None:
+        return found.shared_owner, found.shared
+    raise unauthorized(RC.INVALID_API_KEY, INVALID_API_KEY)
+
+
+def _resolve_key(key: PublicKey, found: Identities, by_key: Account | None, allow_new_key: bool) -> Caller:
+    # Nodes sign two calls per image (pop, submit), so a node's key is the first holder looked for.
+    if found.worker is not None:
+        _one_account(by_key, found.worker.owner_id)
+        return Caller(account=by_key or found.worker_owner, key=key, worker=found.worker)
+    if found.key_account is not None:
+        _one_account(by_key, found.key_account.id)
+        return Caller(account=found.key_account, key=key)
+    if by_key is not None or allow_new_key:
+        # A node's first signed request: the apikey names the owner; pop binds the key.
+        return Caller(account=by_key, key=key)
+    raise unauthorized(httpsig.UnknownKey.rc, httpsig.UnknownKey.message)
 
 
 def _one_account(by_key: Account | None, key_holder_id: int) -> None:

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from coordinator.capabilities import first_unmet
+from coordinator.metrics import LONG_POLLS_PARKED
 from coordinator.queueing import worker_list_allows
 from coordinator.storage.base import Database
-from coordinator.storage.records import QueueEntry, WorkerCaps
+from coordinator.storage.records import QueueEntry, RequestRecord, WorkerCaps
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; leave room for the envelope.
 MAX_MESSAGE_BYTES = 7000
@@ -85,6 +86,7 @@ class EventHub:
         self._offers: dict[str, Offer] = {}  # by job id: jobs offered and not yet claimed or given up
         self._request_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.request_listeners: list[Callable[[str], None]] = []
+        self.accepted_listeners: list[Callable[[RequestRecord], None]] = []  # told of each request accepted here
         self.wakeups = 0  # nodes woken for a job since start (tests and bench/scale.py count them)
         # Long-polls parked right now, by what they wait for ("pop:<node name>", "check:<request id>"):
         # a test waits on this (`until_parked`) instead of sleeping and hoping its long-poll got there.
@@ -104,7 +106,9 @@ class EventHub:
         try:
             entries = read_jobs_message(message)
         except (ValueError, TypeError, KeyError):
+            # Also what a reconnected LISTEN sends: announcements may have been missed, of requests too.
             self.wake_all_nodes()
+            self.wake_all_requests()
             return
         self.jobs_queued(entries)
 
@@ -157,12 +161,16 @@ class EventHub:
         for waiter in self._job_waiters:
             waiter.woken.set()
 
-    def close(self) -> None:
-        self.closing = True
-        self.wake_all_nodes()
+    def wake_all_requests(self) -> None:
+        """Every waiting check reloads its request (a long-poll reloads only when woken)."""
         for events in self._request_waiters.values():
             for event in events:
                 event.set()
+
+    def close(self) -> None:
+        self.closing = True
+        self.wake_all_nodes()
+        self.wake_all_requests()
 
     @contextlib.contextmanager
     def job_waiter(self, caps: WorkerCaps) -> Iterator[JobWaiter]:
@@ -183,6 +191,10 @@ class EventHub:
             self.settle(waiter.take(), gone=False)
 
     # --- requests --------------------------------------------------------------------------------
+    def request_accepted(self, request: RequestRecord) -> None:
+        for listener in self.accepted_listeners:  # e.g. webhooks.py, which then knows whether it has one
+            listener(request)
+
     def request_changed(self, request_id: str) -> None:
         for listener in self.request_listeners:  # e.g. webhooks.py, told of every change
             listener(request_id)
@@ -192,12 +204,17 @@ class EventHub:
     @contextlib.contextmanager
     def parked(self, what: str) -> Iterator[None]:
         """Count a long-poll as parked under `what` while inside."""
+        gauge = LONG_POLLS_PARKED.labels(what.split(":", 1)[0])
         self._parked[what] += 1
+        gauge.inc()
         self._parked_news.set()
         try:
             yield
         finally:
+            gauge.dec()
             self._parked[what] -= 1
+            if not self._parked[what]:  # one key per node and per request checked: none kept past its wait
+                del self._parked[what]
             self._parked_news.set()
 
     async def until_parked(self, what: str, count: int = 1) -> None:

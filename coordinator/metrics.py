@@ -66,6 +66,7 @@ STATEMENT_LATENCY = Histogram(
     buckets=STATEMENT_BUCKETS,
 )
 STREAMS_OPEN = Gauge("horde_streams_open", "Progress streams (server-sent events) open now.")
+LONG_POLLS_PARKED = Gauge("horde_long_polls_parked", "Long-polls waiting now, by kind (pop, check).", ["kind"])
 WEBHOOK_DELIVERIES = Counter(
     "horde_webhook_deliveries", "Webhook POSTs, by outcome (delivered, retried, abandoned, refused).", ["outcome"]
 )

@@ -115,6 +115,7 @@ class RequestDesk:
             await self._forget_sources(request)
             raise
         self.outlooks.arrived(request, len(jobs))
+        self.services.hub.request_accepted(request)
         await queue_announced(self.services.hub, self.services.database, entries)
         return RequestAccepted(id=request.id, kudos=total, warnings=await self._warnings(entries[0]))
 
@@ -244,18 +245,22 @@ class RequestDesk:
             worth_waiting = wait > 0 and not behind and request.state == "active" and not self.services.hub.closing
             if not worth_waiting:
                 return report
-            return await self._until_news(request_id, changed, wait, report)
+            return await self._until_news((request, jobs), changed, wait, report)
 
     async def _until_news(
-        self, request_id: str, changed: asyncio.Event, wait: float, report: RequestCheck
+        self, loaded: tuple[RequestRecord, list[JobRecord]], changed: asyncio.Event, wait: float, report: RequestCheck
     ) -> RequestCheck:
         """Hold a long-poll until the request changes, or its place or ETA moves otherwise than by the
         clock (looked at every NEWS_POLL_SECONDS: a pop elsewhere moves it without an event), or `wait` ends."""
+        request, jobs = loaded
         started, fresh = time.monotonic(), report
         while (remaining := started + wait - time.monotonic()) > 0:
-            with self.services.hub.parked(f"check:{request_id}"):
+            with self.services.hub.parked(f"check:{request.id}"):
                 woken = await wait_for(changed, min(remaining, NEWS_POLL_SECONDS))
-            request, jobs = await self.load(request_id)
+            if woken:
+                # Only this request's changes wake it (EventHub.request_changed, from every process): without
+                # one, its rows are as loaded and only its place and ETA are looked at again.
+                request, jobs = await self.load(request.id)
             fresh = await self._check(request, jobs)
             if woken or is_news(report, fresh, time.monotonic() - started):
                 return fresh

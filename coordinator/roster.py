@@ -1,6 +1,7 @@
 """The roster of nodes: registration on pop, name and key ownership, the maintenance rules, and a
 short-lived in-memory view of who is online (for `is_possible`, ETAs and `/status/models`)."""
 
+import math
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -13,15 +14,19 @@ from coordinator.events import can_serve
 from coordinator.services import Services
 from coordinator.storage import NameTaken
 from coordinator.storage.records import Account, QueueEntry, Worker, WorkerCaps
+from coordinator.storage.slices import worker_slice
 from protocol.errors import RC
 from protocol.jobs import PopRequest
 
 # What other components change in the workers table (maintenance, counters, deletions) shows here
 # within this long. This process's pops show at once, and so do nodes registered (or changed) by
-# another process's pops, which that process announces. Reading every worker costs O(nodes): a
-# second of CPU per 10,000 on a loaded machine, so not often.
+# another process's pops, which that process announces. Reading every worker costs O(nodes) (a
+# second of CPU per 10,000 on a loaded machine), so it is read whole once, then a slice at a time.
 ROSTER_RELOAD_SECONDS = 30.0
 ROSTER_SWEEP_SECONDS = 1.0  # how often nodes that went quiet leave the online list
+# After the first whole read, the table is read again a slice per sweep, so every worker once per
+# ROSTER_RELOAD_SECONDS: at 10,000 nodes one whole read held the event loop for a second or more.
+ROSTER_SLICE_MIN = 100
 ABLE_CACHED = 4096  # answers of `Roster.able` kept while the online nodes stay the same
 # A pop refreshes `last_seen`; writing it on every pop would cost a write per pop.
 LAST_SEEN_WRITE_INTERVAL = 15.0
@@ -110,14 +115,16 @@ def wrong_credentials(message: str) -> HordeError:
 
 class Roster:
     """Also this process's view of who is online, kept up to date as nodes pop: a pop (a node's
-    last-seen time) updates its one entry, never the list. The workers table is read whole only
-    every ROSTER_RELOAD_SECONDS, for what other processes and other components changed (`loads`
-    counts those reads). Online lists and the per-model index are rebuilt only when who is online,
-    or what one of them can do, changed."""
+    last-seen time) updates its one entry, never the list. The workers table is read whole once
+    (`loads`), then a slice each sweep, so each worker again every ROSTER_RELOAD_SECONDS, for what
+    other processes and other components changed. Online lists and the per-model index are rebuilt
+    only when who is online, or what one of them can do, changed."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.loads = 0  # whole reads of the workers table
+        self.loads = 0  # whole reads of the workers table (one, at the first question)
+        self.slices = 0  # slices of it read since (`_read_slice`)
+        self._slice_after = ""  # the id the next slice starts after
         self._known: dict[str, Worker] = {}  # every worker, as last seen by this process
         self._online_ids: set[str] = set()
         self._view: OnlineView | None = None  # None: membership or capabilities changed since built
@@ -148,12 +155,13 @@ class Roster:
         elif caller.worker is not None:
             raise wrong_credentials(f"This key belongs to worker {caller.worker.name}, not to {pop.name}.")
         worker = self._updated(existing, caller, account_id, pop, now)
-        if (
-            existing is None
-            or worker != replace(existing, last_seen=worker.last_seen)
-            or (now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL)
-        ):
+        if existing is None or worker != replace(existing, last_seen=worker.last_seen):
             await self._save(worker, None if existing else account)
+        elif now - existing.last_seen > LAST_SEEN_WRITE_INTERVAL:
+            # Only its last-seen time is due: its name and key are as stored, so there is nothing to check.
+            async with self.services.database.transaction() as tx:
+                await tx.save_worker_state(worker)
+            self._seen(worker)
         else:
             self._seen(worker)
         return worker
@@ -213,16 +221,17 @@ class Roster:
             await self.services.database.announce("worker", worker.id)  # other processes: `changed`
 
     def _seen(self, worker: Worker) -> bool:
-        """A node popped: update its entry; True when more than its last-seen time changed. Its
-        last-seen time alone changes nothing in the lists (the entry they hold is updated in place);
-        what it can do, or its coming online, rebuilds them."""
+        """A node popped: update its entry; True when what the lists are built from changed (what it can
+        do, its name, its maintenance), which rebuilds them, as its coming online does. Anything else (its
+        last-seen time, the counters and speeds its last result moved) is updated in place, in the entry
+        the lists hold: at 10,000 nodes a rebuild after every result was most of a request's time."""
         known = self._known.get(worker.id)
-        news = known is None or replace(known, last_seen=worker.last_seen) != worker
+        news = known is None or listed_as(known) != listed_as(worker)
         if known is None or news:
             self._known[worker.id] = worker
             self._view = None
         else:
-            known.last_seen = worker.last_seen
+            vars(known).update(vars(worker))
         if worker.id not in self._online_ids and self._is_online(worker, self.services.clock()):
             self._online_ids.add(worker.id)
             self._view = None
@@ -238,18 +247,39 @@ class Roster:
             self._online_ids.discard(worker_id)
             self._view = None
 
+    async def _read_slice(self) -> None:
+        """The next slice of the workers table (`ROSTER_SLICE_MIN`): changed entries are updated, deleted
+        workers dropped; the last-seen time this process knows is kept when later than the stored one."""
+        size = max(ROSTER_SLICE_MIN, math.ceil(len(self._known) * ROSTER_SWEEP_SECONDS / ROSTER_RELOAD_SECONDS))
+        async with self.services.database.reader() as tx:
+            workers = await worker_slice(tx, self._slice_after, size)
+        self.slices += 1
+        upto = workers[-1].id if len(workers) == size else None  # None: this slice reached the end
+        for worker in workers:
+            if (known := self._known.get(worker.id)) is not None:
+                worker.last_seen = max(worker.last_seen, known.last_seen)
+            self._seen(worker)
+        read = {worker.id for worker in workers}
+        for gone in [i for i in self._known if i > self._slice_after and (upto is None or i <= upto) and i not in read]:
+            del self._known[gone]
+            self._online_ids.discard(gone)
+            self._view = None
+        self._slice_after = upto or ""
+
     def _is_online(self, worker: Worker, now: float) -> bool:
         return worker.last_seen >= now - self.services.config.worker_online_seconds and not in_maintenance(worker, now)
 
     async def _current(self) -> "OnlineView":
         now = self.services.clock()
-        if now - self._loaded_at > ROSTER_RELOAD_SECONDS:
+        if now - self._loaded_at > ROSTER_RELOAD_SECONDS and self.loads == 0:
             async with self.services.database.reader() as tx:
                 workers = await tx.list_workers()
             self.loads += 1
             self._known = {worker.id: worker for worker in workers}
             self._loaded_at, self._swept_at, self._view = now, float("-inf"), None
         if now - self._swept_at > ROSTER_SWEEP_SECONDS:  # who went quiet, whose maintenance ended
+            if now - self._loaded_at > ROSTER_SWEEP_SECONDS:
+                await self._read_slice()
             online = {worker.id for worker in self._known.values() if self._is_online(worker, now)}
             if online != self._online_ids:
                 self._online_ids, self._view = online, None
@@ -286,6 +316,11 @@ class Roster:
         else:
             pairs = view.pairs
         return [worker for worker, caps in pairs if can_serve(caps, entry)]
+
+
+def listed_as(worker: Worker) -> tuple[Any, ...]:
+    """What the online lists are built from: a change here rebuilds them (`Roster._seen`)."""
+    return WorkerCaps.of(worker), worker.name, worker.maintenance, worker.maintenance_until
 
 
 def demand_key(entry: QueueEntry) -> tuple[Any, ...]:

@@ -75,7 +75,7 @@ class Upkeep:
         """Lift automatic maintenance whose clean period has passed (pops already ignore it)."""
         now = self.services.clock()
         async with self.services.database.reader() as tx:
-            due = [worker.id for worker in await tx.list_workers() if maintenance_over(worker, now)]
+            due = await tx.maintenance_over_ids(now)
         if not due:
             return 0  # the usual case: no write transaction
         async with self.services.database.transaction() as tx:

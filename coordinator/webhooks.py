@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import socket
+from collections import OrderedDict
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ from coordinator.errors import bad_request
 from coordinator.metrics import WEBHOOK_DELIVERIES
 from coordinator.requesting import SETTLED, RequestDesk
 from coordinator.services import Services
+from coordinator.storage.records import RequestRecord
 from protocol.errors import RC
 from protocol.generation import RequestCheck
 from protocol.httpsig import sign_request
@@ -43,6 +45,7 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 ATTEMPT_SECONDS = 10.0
 RESOLVE_SECONDS = 5.0
+WITHOUT_REMEMBERED = 50_000  # requests known to have no webhook (a few MB at most)
 
 
 class AddressRefused(OSError):
@@ -92,7 +95,12 @@ class Webhooks:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
+        # Requests read and found without a webhook, which a request never gains (its body does not change):
+        # their later changes (its pop, each result) need no read. The oldest are forgotten past the bound.
+        self._without: OrderedDict[str, None] = OrderedDict()
+        self.reads = 0  # requests read to look for a webhook (tests count them)
         services.hub.request_listeners.append(self.request_changed)
+        services.hub.accepted_listeners.append(self.request_accepted)
 
     @property
     def private_ok(self) -> bool:
@@ -121,10 +129,22 @@ class Webhooks:
             ) from None
 
     # --- on changes ----------------------------------------------------------------------------------
+    def request_accepted(self, request: RequestRecord) -> None:
+        """A request accepted in this process: without a webhook, none of its changes needs a read."""
+        if not request.body.get("webhook"):
+            self._remember_without(request.id)
+
+    def _remember_without(self, request_id: str) -> None:
+        self._without[request_id] = None
+        if len(self._without) > WITHOUT_REMEMBERED:
+            self._without.popitem(last=False)
+
     def request_changed(self, request_id: str) -> None:
         """Told of every request change in this process: one task per request at a time, run again
         if the request changed meanwhile."""
         if self.services.hub.closing:
+            return
+        if request_id in self._without:
             return
         if request_id in self._running:
             self._again.add(request_id)
@@ -146,7 +166,10 @@ class Webhooks:
     async def _send_new(self, request_id: str) -> None:
         async with self.services.database.reader() as tx:
             request = await tx.get_request(request_id)
+        self.reads += 1
         if request is None or not request.body.get("webhook"):
+            if request is not None:
+                self._remember_without(request_id)
             return
         claimed = await self._claim(request_id)
         if not claimed:

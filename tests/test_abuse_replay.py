@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from protocol.httpsig import sign_request
+from protocol.httpsig import UnknownKey, sign_request
 from protocol.keys import Identity
 from tests.api_support import balance, custom_coordinator, raw_call
 from tests.conftest import RunningCoordinator, TestAccount, coordinator_config, start_coordinator
@@ -95,6 +95,23 @@ async def test_nonces_are_pruned_past_the_window_but_kept_within_it(coordinator:
     assert await database.first_use("ed25519:k1", "n1", 1599.0, 300) is False  # inside 2 × window
     assert await database.first_use("ed25519:k2", "n1", 1599.0, 300) is True  # nonces are per key
     assert await database.first_use("ed25519:k1", "n1", 1000.0 + 601 + 60, 300) is True  # pruned, forgotten
+
+
+async def test_a_key_nobody_holds_leaves_no_nonce_behind(coordinator: RunningCoordinator) -> None:
+    """The apikey, the key's holder and the nonce are one question to the database (storage/callers.py), but
+    the nonce is recorded only when the credentials name someone: a stranger signing with fresh keys cannot
+    fill the table, and is told its key is unknown however often it sends the same request."""
+    await coordinator.create_account("bob")
+    stranger, body = Identity.generate(), transfer_body()
+    headers = signed_for(stranger, f"{coordinator.url}/api{TRANSFER}", body)
+    for _attempt in range(2):
+        refused = await raw_call(coordinator, "POST", TRANSFER, body, headers)
+        assert (refused.status, refused.body["rc"]) == (401, UnknownKey.rc), refused.body
+    async with coordinator.broker.services.database.reader() as tx:
+        rows = await tx.driver.fetchall(
+            "SELECT nonce FROM signature_nonces WHERE signer = ?", (stranger.public_key.text(),)
+        )
+    assert rows == []
 
 
 # --- case 7: a request signed for another network ----------------------------------------------------

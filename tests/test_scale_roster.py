@@ -3,6 +3,7 @@ time, updates that node's entry in the coordinator's view of who is online; it n
 next question about online nodes read every worker from the database again."""
 
 import json
+import sqlite3
 import sys
 from typing import Any
 
@@ -68,3 +69,99 @@ async def test_a_last_seen_update_does_not_reload_the_roster(coordinator: Runnin
     assert (await second.pop()).status == 200
     assert await online_count(api) == 2
     assert loads[0] == read_once
+
+
+async def test_a_result_does_not_make_the_next_question_rebuild_the_view(coordinator: RunningCoordinator) -> None:
+    """A result moves its node's counters and speed; the node's next pop brings them to the roster, which
+    updates the entry its online view holds instead of dropping the view (a rebuild is O(online nodes))."""
+    alice = await coordinator.create_account("alice", kudos=100)
+    api, worker = requester(coordinator, alice), node(coordinator, await coordinator.create_account("owner"), "n1")
+    roster_ = coordinator.broker.roster
+    assert (await worker.pop()).status == 200
+    for _image in range(2):
+        await generate(api, small())  # asks the online view which nodes can serve it
+        view = roster_._view
+        assert view is not None
+        assert (await worker.serve_one(wait=0)) is not None  # pop, and a result
+        assert (await worker.pop()).status == 200  # brings the node's new counters
+        assert roster_._view is view, "the online view was dropped"
+        stored = await fetch_one(coordinator, "SELECT info FROM workers WHERE name = ?", "n1")
+        assert stored is not None
+        assert view.workers[0].requests_fulfilled == json.loads(stored["info"])["requests_fulfilled"] == _image + 1
+
+
+async def test_a_pops_last_seen_write_checks_no_name_or_key(
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's re-poll writes only its last-seen time (`save_worker_state`), without the check that its name
+    and key are nobody else's, which a save of a new or changed node makes."""
+    owner = await coordinator.create_account("owner")
+    worker = node(coordinator, owner, "n1")
+    assert (await worker.pop()).status == 200
+    before = await fetch_one(coordinator, "SELECT info FROM workers WHERE name = ?", "n1")
+    assert before is not None
+
+    async def checked_save(*_args: Any) -> None:
+        raise AssertionError("a last-seen write went through save_worker")
+
+    monkeypatch.setattr(Tx, "save_worker", checked_save)
+    services = coordinator.broker.services
+    later = services.clock() + 60
+    monkeypatch.setattr(services, "clock", lambda: later)
+    assert (await worker.pop()).status == 200
+    after = await fetch_one(coordinator, "SELECT info FROM workers WHERE name = ?", "n1")
+    assert after is not None and json.loads(after["info"])["last_seen"] == later
+
+
+def test_worker_lookups_by_name_and_the_name_or_key_check_use_indexes() -> None:
+    """On SQLite `lower(name) = lower(?)` and `name = ? OR public_key = ?` each scanned every worker (the column is
+    COLLATE NOCASE); each pop that saves its node asked it. EXPLAIN shows index searches only."""
+    from coordinator.storage.migrations import migration_scripts
+    from coordinator.storage.sql import NAME_OR_KEY_TAKEN, WORKER_NAME_IS
+
+    database = sqlite3.connect(":memory:")
+    for _version, script in migration_scripts("sqlite"):
+        database.executescript(script)
+    for sql, args in (
+        (NAME_OR_KEY_TAKEN.format(WORKER_NAME_IS["sqlite"]), ("n", "id", "key", "id")),
+        (f"SELECT * FROM workers WHERE {WORKER_NAME_IS['sqlite']}", ("n",)),
+    ):
+        plan = [row[3] for row in database.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+        assert not [step for step in plan if step.startswith("SCAN")], plan
+
+
+async def test_other_components_changes_reach_the_roster_a_slice_at_a_time(
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its first whole read the roster reads the workers table a slice per sweep (never every worker at
+    once), and so learns what it was not told: a maintenance set in the table, a worker deleted."""
+    monkeypatch.setattr(roster, "ROSTER_SLICE_MIN", 2)
+    slices: list[int] = []
+    original = roster.worker_slice
+
+    async def counted(tx: Tx, after: str, limit: int) -> Any:
+        workers = await original(tx, after, limit)
+        slices.append(len(workers))
+        return workers
+
+    monkeypatch.setattr(roster, "worker_slice", counted)
+    owners = [await coordinator.create_account("owner-1"), await coordinator.create_account("owner-2")]
+    names = [f"n{i}" for i in range(5)]
+    for index, name in enumerate(names):
+        assert (await node(coordinator, owners[index // 3], name).pop()).status == 200
+    the_roster, services = coordinator.broker.roster, coordinator.broker.services
+    assert sorted(w.name for w in await the_roster.online()) == names
+    async with services.database.transaction() as tx:
+        held = await tx.worker_by("name", "n1")
+        gone = await tx.worker_by("name", "n3")
+        assert held is not None and gone is not None
+        held.maintenance = True  # set in the table by someone else: nobody tells this roster
+        await tx.save_worker_state(held)
+        await tx.delete_worker(gone.id)
+    start = services.clock()
+    for step in range(1, 5):  # 5 workers, 2 a slice: three sweeps read them all
+        monkeypatch.setattr(services, "clock", lambda step=step: start + 1.5 * step)
+        online = sorted(w.name for w in await the_roster.online())
+    assert online == ["n0", "n2", "n4"]
+    assert gone.id not in the_roster._known
+    assert slices and max(slices) <= 2 and the_roster.loads == 1

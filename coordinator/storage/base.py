@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coordinator.storage.nonces import PRUNE_SECONDS, record_nonce
 
 if TYPE_CHECKING:  # sql.py builds on this module; the name is only needed for annotations
+    from coordinator.storage.callers import Credentials, Identities
     from coordinator.storage.sql import Tx
     from protocol.ledger import LedgerEntry
 
@@ -82,11 +83,26 @@ class Database(ABC):
         `window` its `created` time must fall in (a signature verifies for that long after it is
         first seen). Recorded in the database on every engine, so a restart forgets nothing and,
         on PostgreSQL, a request accepted by one process is a replay to every other."""
-        prune_before = None
-        if now - self._nonces_pruned_at > PRUNE_SECONDS:
-            self._nonces_pruned_at, prune_before = now, now - 2 * window
         async with self._nonce_statements() as driver:
-            return await record_nonce(driver, signer, nonce, now, prune_before=prune_before)
+            return await record_nonce(driver, signer, nonce, now, prune_before=self._prune_due(now, window))
+
+    def _prune_due(self, now: float, window: float) -> float | None:
+        """The time before which nonces are forgotten, when it is time to forget them again (else None)."""
+        if now - self._nonces_pruned_at <= PRUNE_SECONDS:
+            return None
+        self._nonces_pruned_at = now
+        return now - 2 * window
+
+    async def identities(self, credentials: Credentials, window: float = 300.0) -> Identities:
+        """Whom a signed request's apikey and key name, and whether its nonce is new (`first_use`), which is
+        recorded only when someone is identified or `credentials.record_unknown` (storage/callers.py)."""
+        from coordinator.storage.callers import read_identities  # callers.py builds on sql.py, which builds on this
+
+        async with self.reader() as tx:
+            found = await read_identities(tx, credentials)
+        if found.identified() or credentials.record_unknown:
+            found.first_use = await self.first_use(credentials.signer, credentials.nonce, credentials.now, window)
+        return found
 
     @asynccontextmanager
     async def _nonce_statements(self) -> AsyncIterator[Driver]:

@@ -16,9 +16,14 @@ PRUNE_SECONDS = 60.0
 async def record_nonce(driver: Driver, signer: str, nonce: str, now: float, *, prune_before: float | None) -> bool:
     """Record the pair; True if it was not there yet. `prune_before`: first forget pairs seen before then."""
     if prune_before is not None:
-        await driver.execute("DELETE FROM signature_nonces WHERE seen < ?", (prune_before,))
+        await prune(driver, prune_before)
     inserted = await driver.execute(
         "INSERT INTO signature_nonces (signer, nonce, seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         (signer, nonce, now),
     )
     return inserted == 1
+
+
+async def prune(driver: Driver, before: float) -> None:
+    """Forget the pairs seen before `before`."""
+    await driver.execute("DELETE FROM signature_nonces WHERE seen < ?", (before,))

@@ -29,7 +29,9 @@ from typing import Any
 import asyncpg
 
 from coordinator.storage.base import Database, Listener, StorageUnavailable
+from coordinator.storage.callers import ONE_STATEMENT, Credentials, Identities, from_one_statement, one_statement_args
 from coordinator.storage.migrations import migration_scripts
+from coordinator.storage.nonces import prune as record_prune
 from coordinator.storage.pg_driver import (
     UNAVAILABLE,
     CountingConnection,
@@ -211,6 +213,15 @@ class PostgresDatabase(Database):
         async with self._connection() as connection:
             yield PostgresDriver(connection, self._expire_connections)
 
+    async def identities(self, credentials: Credentials, window: float = 300.0) -> Identities:
+        # One statement instead of up to five (storage/callers.py); the prune, once a minute, is one more.
+        async with self._nonce_statements() as driver:
+            if (prune_before := self._prune_due(credentials.now, window)) is not None:
+                await record_prune(driver, prune_before)
+            row = await driver.fetchone(ONE_STATEMENT, one_statement_args(credentials))
+        assert row is not None
+        return from_one_statement(row)
+
     # --- events between processes -------------------------------------------------------------
     async def announce(self, channel: str, payload: str) -> None:
         """NOTIFY the other processes. Best effort: the caller's work is already committed,
@@ -263,8 +274,8 @@ class PostgresDatabase(Database):
             connection.add_termination_listener(lambda _connection: lost.set())
             await connection.add_listener(EVENT_CHANNEL, self._on_notification(listener))
             if ready.is_set():
-                # Announcements sent while we were away are lost: wake every waiting node so
-                # each re-checks the queue. (Requesters' long-polls end on their own timeout.)
+                # Announcements sent while we were away are lost: wake every waiting node and
+                # long-polled check, so each looks again (EventHub.jobs_announced).
                 self._deliver(listener, "jobs", "reconnected")
             ready.set()
             log.info("listening for other coordinator processes")

@@ -35,7 +35,7 @@ class SharedKey:
         )
 
 
-def _from_row(row: Row) -> SharedKey:
+def from_row(row: Row) -> SharedKey:
     return SharedKey(
         key_hash=row["key_hash"],
         owner_id=row["owner_id"],
@@ -54,7 +54,7 @@ async def insert_key(tx: Tx, key: SharedKey) -> None:
 
 async def key_by_hash(tx: Tx, key_hash: str) -> SharedKey | None:
     row = await tx.driver.fetchone("SELECT * FROM shared_keys WHERE key_hash = ?", (key_hash,))
-    return _from_row(row) if row else None
+    return from_row(row) if row else None
 
 
 async def count_keys(tx: Tx, owner_id: int) -> int:
