@@ -48,7 +48,7 @@ class VerificationSettings:
     canary_interval: float = 600.0
     # An image back in under this share of the time the node's own measured speed needs for it is checked
     # for sure (at `suspect_rate`): the cheats that save work (noise, fewer steps, a copy) arrive early.
-    quick_fraction: float = 1 / 3
+    quick_fraction: float = 0.4
     failures_to_suspend: int = 2  # failed checks after which the node is suspended until an operator looks
     # Images compared across hardware classes (or where a class is not deterministic): the most their
     # 16×16 greyscale versions may differ on average, out of 255 (calibrated in bench/verify.py).
