@@ -51,11 +51,12 @@ from tests.helpers import Api, SimWorker
 from tests.verify_support import CHEATS, Network, TinyNode, class_of, network, tiny_generator
 
 JOBS_WINDOW = 300  # the target: a node cheating on >= 10% of its images is caught within 300 jobs, >= 99%
+SIZE, STEPS = 64, 8
 PAYLOAD = {
     "prompt": "a lighthouse at dusk",
-    "width": 64,
-    "height": 64,
-    "ddim_steps": 8,
+    "width": SIZE,
+    "height": SIZE,
+    "ddim_steps": STEPS,
     "sampler_name": "k_euler_a",
     "cfg_scale": 7.5,
     "n_iter": 1,
@@ -176,7 +177,7 @@ def quick_shares(measured: Measured, fraction: float) -> tuple[float, dict[str, 
     """The coordinator's own timing rule (`estimates.quicker_than_measured`) over the measured seconds, as a
     node delivering them one after another would be judged: the share of honest images it calls quick, and
     per cheat the share of cheated images it calls quick (each against the honest record up to then)."""
-    worker, now, work = blank_worker(), 0.0, PAYLOAD["width"] * PAYLOAD["height"] * PAYLOAD["ddim_steps"] / 1e6
+    worker, now, work = blank_worker(), 0.0, SIZE * SIZE * STEPS / 1e6  # megapixelsteps
     honest_quick, quick = 0, dict.fromkeys(measured.cheat_seconds, 0)
     for index, seconds in enumerate(measured.honest_seconds):
         for kind, times in measured.cheat_seconds.items():
