@@ -23,9 +23,8 @@ from node.tiny_extras import CONTROLNET_FOLDER, build_tiny_controlnet
 from protocol.samplers import CONTROL_TYPES
 from tests.conftest import RunningCoordinator
 from tests.fixtures_models import tiny_spec
-from tests.helpers import Api
-from tests.node_features_support import CPU, fetch_pixels, tiny_job
-from tests.node_support import finished, node_config, running
+from tests.node_features_support import CPU, fetch_pixels, requester_and_node, tiny_job
+from tests.node_support import finished, running
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -160,16 +159,8 @@ def webp(image: Image.Image) -> str:
 async def test_a_controlnet_job_runs_end_to_end(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tiny_extras_dir: Path, tmp_path: Path
 ) -> None:
-    requester = await coordinator.create_account("requester", kudos=1000)
-    owner = await coordinator.create_account("owner")
-    api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(
-        tmp_path,
-        coordinator.url,
-        owner.apikey,
-        tiny_model_dir,
-        image_lossless=True,
-        controlnet_dir=str(tiny_extras_dir / CONTROLNET_FOLDER),
+    api, config = await requester_and_node(
+        coordinator, tmp_path, tiny_model_dir, controlnet_dir=str(tiny_extras_dir / CONTROLNET_FOLDER)
     )
     results = []
     async with running(NodeDaemon(config)):
@@ -200,19 +191,14 @@ async def test_the_real_node_is_sent_only_the_controlnet_jobs_it_can_run(
     """The real node takes a depth job whose source is the map; never one that asks it to make a depth map,
     nor a ControlNet job on its model whose catalog says SD 2.x (its ControlNets are SD 1.x ones). Those
     were queued first, so a node allowed to take them would have taken them first."""
-    requester = await coordinator.create_account("requester", kudos=1000)
-    owner = await coordinator.create_account("owner")
-    api = Api(coordinator.url, apikey=requester.apikey)
     catalog = {
         "tiny-sd": {"source": str(tiny_model_dir)},
         "tiny-sd2": {"source": str(tiny_model_dir), "baseline": "stable_diffusion_2"},
     }
-    config = node_config(
+    api, config = await requester_and_node(
+        coordinator,
         tmp_path,
-        coordinator.url,
-        owner.apikey,
         tiny_model_dir,
-        image_lossless=True,
         catalog=catalog,
         models=["tiny-sd", "tiny-sd2"],
         controlnet_dir=str(controlnet_dir),

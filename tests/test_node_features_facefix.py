@@ -28,9 +28,8 @@ from node.jobspec import JobRejected, JobSpec
 from node.postprocess import PostProcessingError, PostProcessors, available, in_order
 from node.tiny_extras import CONTROLNET_FOLDER
 from tests.conftest import RunningCoordinator
-from tests.helpers import Api
-from tests.node_features_support import CPU, fetch_pixels
-from tests.node_support import finished, node_config, running
+from tests.node_features_support import CPU, fetch_pixels, requester_and_node
+from tests.node_support import finished, running
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -156,15 +155,10 @@ async def test_a_gfpgan_job_fixes_the_face_end_to_end(
 ) -> None:
     """The tiny model paints no face, so the photo comes back as its own control map (image_is_control,
     return_control_map), through GFPGAN on a real node, over the coordinator's HTTP API."""
-    requester = await coordinator.create_account("requester", kudos=1000)
-    owner = await coordinator.create_account("owner")
-    api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(
+    api, config = await requester_and_node(
+        coordinator,
         tmp_path,
-        coordinator.url,
-        owner.apikey,
         tiny_model_dir,
-        image_lossless=True,
         post_processor_dir=str(tiny_extras_dir),
         controlnet_dir=str(tiny_extras_dir / CONTROLNET_FOLDER),
     )

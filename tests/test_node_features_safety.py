@@ -24,8 +24,8 @@ from node.tiny_extras import SAFETY_FLAG_ALL, SAFETY_PASS_ALL
 from tests.conftest import RunningCoordinator
 from tests.fixtures_models import tiny_spec
 from tests.helpers import Api
-from tests.node_features_support import CPU, tiny_job
-from tests.node_support import finished, node_config, running
+from tests.node_features_support import CPU, requester_and_node, tiny_job
+from tests.node_support import finished, running
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,18 +73,9 @@ async def request(api: Api, **extra: object) -> dict[str, object]:
 async def test_censor_nsfw_returns_the_placeholder_marked_censored_end_to_end(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tiny_extras_dir: Path, tmp_path: Path
 ) -> None:
-    requester = await coordinator.create_account("requester", kudos=1000)
-    owner = await coordinator.create_account("owner")
-    api = Api(coordinator.url, apikey=requester.apikey)
     # nsfw on: only the requests that ask for censor_nsfw are checked. Lossless, so pixels compare exactly.
-    config = node_config(
-        tmp_path,
-        coordinator.url,
-        owner.apikey,
-        tiny_model_dir,
-        nsfw=True,
-        image_lossless=True,
-        safety_checker=str(tiny_extras_dir / SAFETY_FLAG_ALL),
+    api, config = await requester_and_node(
+        coordinator, tmp_path, tiny_model_dir, nsfw=True, safety_checker=str(tiny_extras_dir / SAFETY_FLAG_ALL)
     )
     async with running(NodeDaemon(config)):
         censored = await request(api, censor_nsfw=True)

@@ -19,9 +19,8 @@ from node.pipelines import PipelineCache
 from node.tiny_extras import TI_FOLDER, TINY_TI
 from tests.conftest import RunningCoordinator
 from tests.fixtures_models import tiny_spec
-from tests.helpers import Api
-from tests.node_features_support import CPU, fetch_pixels, tiny_job
-from tests.node_support import finished, node_config, running
+from tests.node_features_support import CPU, fetch_pixels, requester_and_node, tiny_job
+from tests.node_support import finished, running
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,17 +90,8 @@ def test_tis_are_declared_only_with_allow_lora_and_a_folder(tmp_path: Path, tiny
 async def test_tis_reach_the_node_end_to_end(
     coordinator: RunningCoordinator, tiny_model_dir: Path, tiny_extras_dir: Path, tmp_path: Path
 ) -> None:
-    requester = await coordinator.create_account("requester", kudos=1000)
-    owner = await coordinator.create_account("owner")
-    api = Api(coordinator.url, apikey=requester.apikey)
-    config = node_config(
-        tmp_path,
-        coordinator.url,
-        owner.apikey,
-        tiny_model_dir,
-        image_lossless=True,
-        allow_lora=True,
-        ti_dir=str(tiny_extras_dir / TI_FOLDER),
+    api, config = await requester_and_node(
+        coordinator, tmp_path, tiny_model_dir, allow_lora=True, ti_dir=str(tiny_extras_dir / TI_FOLDER)
     )
     images = []
     async with running(NodeDaemon(config)):
