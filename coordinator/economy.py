@@ -34,14 +34,14 @@ class Settlement:
     """What one delivered image moves: `charge` from the requester, `reward` to the node's owner.
     Equal when funded (`OWN_NODE` too: the same account both sides); a volunteer reward (minted) has no charge."""
 
+    charge: float
+    reward: float
+    reason: str
+
     @property
     def self_paid(self) -> bool:
         """The requester's own node paid from the requester's own funds: a movement, not an earning."""
         return self.reason == OWN_NODE and self.reward > 0
-
-    charge: float
-    reward: float
-    reason: str
 
     @property
     def minted(self) -> float:
