@@ -267,23 +267,7 @@ def analytic(detect: float, fraction: float, rate: float, jobs: int = JOBS_WINDO
 
 def blank_worker() -> Worker:
     """A node with no record, for the check-rate policy (which reads only its check counters)."""
-    return Worker(
-        id="w",
-        name="w",
-        owner_id=1,
-        public_key=None,
-        models=[],
-        max_pixels=0,
-        nsfw=False,
-        threads=1,
-        img2img=False,
-        painting=False,
-        lora=False,
-        post_processing=False,
-        bridge_agent="",
-        created=0,
-        last_seen=0,
-    )
+    return Worker.new("w", "w", 1, 0.0)
 
 
 def overhead(settings: VerificationSettings, jobs: int, honest_quick: float) -> tuple[float, float]:

@@ -177,23 +177,7 @@ class Roster:
 
     @staticmethod
     def _updated(existing: Worker | None, caller: Caller, owner_id: int, pop: PopRequest, now: float) -> Worker:
-        base = existing or Worker(
-            id=str(uuid.uuid4()),
-            name=pop.name,
-            owner_id=owner_id,
-            public_key=None,
-            models=[],
-            max_pixels=0,
-            nsfw=False,
-            threads=1,
-            img2img=False,
-            painting=False,
-            lora=False,
-            post_processing=False,
-            bridge_agent="",
-            created=now,
-            last_seen=now,
-        )
+        base = existing or Worker.new(str(uuid.uuid4()), pop.name, owner_id, now)
         return replace(
             base,
             public_key=base.public_key or caller.key_text,

@@ -4,6 +4,7 @@ outages. Needs HORDE_TEST_POSTGRES_DSN; the pure helpers run everywhere."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -147,22 +148,12 @@ async def test_accounts_and_ledger_primitives(db: PostgresDatabase) -> None:
 async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) -> None:
     async with db.transaction() as tx:
         owner = await tx.create_account("owner", "hash-o", None, 1.0)
-        worker = Worker(
-            id="w1",
-            name="Node-1",
-            owner_id=owner.id,
+        worker = replace(
+            Worker.new("w1", "Node-1", owner.id, 1.0),
             public_key="ed25519:w1",
             models=["m1"],
             max_pixels=512 * 512,
-            nsfw=False,
-            threads=1,
-            img2img=False,
-            painting=False,
-            lora=False,
-            post_processing=False,
             bridge_agent="sim",
-            created=1.0,
-            last_seen=1.0,
         )
         await tx.save_worker(worker)
         worker.max_pixels = 1024

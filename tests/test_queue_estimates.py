@@ -1,5 +1,7 @@
 """Issue 15: the pure rules behind wait times (coordinator/estimates.py), on hand-made nodes and queues."""
 
+from dataclasses import replace
+
 import pytest
 
 from coordinator.estimates import (
@@ -16,23 +18,7 @@ from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
 
 
 def worker(name: str, models: list[str], speed: float | None = None) -> Worker:
-    node = Worker(
-        id=name,
-        name=name,
-        owner_id=1,
-        public_key=None,
-        models=models,
-        max_pixels=2**20,
-        nsfw=False,
-        threads=1,
-        img2img=False,
-        painting=False,
-        lora=False,
-        post_processing=False,
-        bridge_agent="",
-        created=0.0,
-        last_seen=0.0,
-    )
+    node = replace(Worker.new(name, name, 1, 0.0), models=models, max_pixels=2**20)
     if speed is not None:
         node.speeds = {model: [speed, 1.0, 3] for model in models}
     return node

@@ -99,6 +99,27 @@ class Worker:
     suspended: str | None = None  # why spot checks suspended it; only an operator lifts it (`trust`)
     last_canary: float = 0.0  # when it was last given a known-answer job (coordinator/canaries.py)
 
+    @classmethod
+    def new(cls, id: str, name: str, owner_id: int, now: float) -> "Worker":
+        """A node as it first registers: it can do nothing until its pops declare what."""
+        return cls(
+            id=id,
+            name=name,
+            owner_id=owner_id,
+            public_key=None,
+            models=[],
+            max_pixels=0,
+            nsfw=False,
+            threads=1,
+            img2img=False,
+            painting=False,
+            lora=False,
+            post_processing=False,
+            bridge_agent="",
+            created=now,
+            last_seen=now,
+        )
+
 
 @dataclass
 class QueueEntry:
