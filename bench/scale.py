@@ -32,6 +32,7 @@ line that reproduces each row, and exits non-zero when a target (TARGETS) is mis
 
 import asyncio
 import base64
+import gc
 import os
 import random
 import resource
@@ -57,6 +58,7 @@ from bench.common import (
     temporary_dir,
     tiny_webp,
 )
+from coordinator.gcpolicy import defer_full_collections
 from protocol.keys import Identity
 from protocol.provenance import ResultDocument, request_digest, sha256_hex, sign_result
 
@@ -425,6 +427,9 @@ def command_line(args: Any, db: str | None, processes: int, nodes: str) -> str:
 
 async def main_async(args: Any) -> int:
     raise_open_files()
+    # The load generator holds as many objects as the coordinator: its own full collections would stop
+    # it for a second at 10,000 nodes and count as the coordinator's latency. One runs between rows.
+    defer_full_collections()
     plan = runs(args)
     report = Report(
         "scale",
@@ -446,6 +451,7 @@ async def main_async(args: Any) -> int:
                 row = await scenario(args, report, workdir, db, process_count, count * process_count)
         row["command"] = command_line(args, db_url, process_count, str(count))
         rows.append(row)
+        gc.collect()
     sqlite_counts = ",".join(str(n) for db, _, n in plan if db is None)
     if sqlite_counts:
         report.notes.append(f"SQLite rows together (the p99 ratio): {command_line(args, None, 1, sqlite_counts)}")
