@@ -80,6 +80,12 @@ DB_ROUND_TRIPS = Counter(
 ENDPOINT: ContextVar[str] = ContextVar("endpoint", default="background")
 
 
+# One child per statement kind, looked up once: a pop runs several statements, each timed.
+_EXECUTE, _EXECUTEMANY, _FETCHONE, _FETCHALL = (
+    STATEMENT_LATENCY.labels(kind) for kind in ("execute", "executemany", "fetchone", "fetchall")
+)
+
+
 class TimedDriver:
     """A storage driver whose statements are timed (wraps either engine's driver)."""
 
@@ -90,19 +96,19 @@ class TimedDriver:
         return getattr(self._driver, name)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        with STATEMENT_LATENCY.labels("execute").time():
+        with _EXECUTE.time():
             return await self._driver.execute(sql, args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with STATEMENT_LATENCY.labels("executemany").time():
+        with _EXECUTEMANY.time():
             await self._driver.executemany(sql, rows)
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        with STATEMENT_LATENCY.labels("fetchone").time():
+        with _FETCHONE.time():
             return await self._driver.fetchone(sql, args)
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        with STATEMENT_LATENCY.labels("fetchall").time():
+        with _FETCHALL.time():
             return await self._driver.fetchall(sql, args)
 
 

@@ -20,9 +20,9 @@ from coordinator.estimates import (
 )
 from coordinator.preferences import UNSAFE_REFUSED, takes_address
 from coordinator.queueing import AGEING_PER_SECOND, request_entry
-from coordinator.roster import Roster
+from coordinator.roster import Roster, demand_key
 from coordinator.services import Services
-from coordinator.storage.records import QueueEntry, RequestRecord
+from coordinator.storage.records import QueueEntry, RequestRecord, Worker
 from protocol.accounts import ModelStatus
 
 # Service levels are measured over the results of the last 30 minutes (at most 2000 per model).
@@ -33,6 +33,11 @@ HELD_JOBS_READ = 20_000
 ARRIVALS_KEPT = 5000
 # A node waiting for work pops at least every 30 s, and its `last_seen` is written every 15 s.
 PLANNING_SEEN_SECONDS = 90.0
+# A request's checks reuse the speed of the nodes able to serve it for `forecast_seconds`, as they reuse
+# the forecast: summing it reads every one of them (1,000 a model at 10,000 online), and checks come
+# several times a second.
+CAPACITIES_KEPT = 4096
+NETWORK_SPEEDS_SECONDS = 30.0
 
 
 @dataclass
@@ -113,6 +118,8 @@ class Outlooks:
         self.forecaster = Forecaster(services.clock, services.config.forecast_seconds)
         self.service_levels = ServiceLevels()
         self.arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_KEPT)
+        self._capacities: dict[tuple[Any, ...], tuple[float, float]] = {}  # key → (when summed, speed)
+        self._network: tuple[float, dict[str, float]] = (float("-inf"), {})  # (when taken, speeds)
 
     async def forecast(self) -> Forecast:
         return await self.forecaster.current(self._build)
@@ -128,14 +135,24 @@ class Outlooks:
         # node that left mid-queue stops making work long before it stops being listed), or holding jobs.
         holding = {job.worker_id for job in held}
         active = [(w, caps) for w, caps in online if w.last_seen >= now - PLANNING_SEEN_SECONDS or w.id in holding]
+        workers = [worker for worker, _ in active]
         return build_forecast(
-            [worker for worker, _ in active],
+            workers,
             [caps for _, caps in active],
             entries_from_rows(rows, lists),
             held,
             complete=len(rows) < FORECAST_ROWS,
             now=now,
+            network=self._network_speeds(workers),
         )
+
+    def _network_speeds(self, workers: list[Worker]) -> dict[str, float]:
+        """`network_speeds` of the online nodes, taken again at most every NETWORK_SPEEDS_SECONDS: a median
+        over every one of them (10 ms at 10,000) for a stand-in that moves slowly."""
+        now = self.services.clock()
+        if not 0 <= now - self._network[0] < NETWORK_SPEEDS_SECONDS:
+            self._network = (now, network_speeds(workers))
+        return self._network[1]
 
     async def request(self, request: RequestRecord, waiting: int, unfinished: int) -> Outlook:
         """The wait for `request`'s unfinished images, or why no online node can serve them."""
@@ -149,7 +166,7 @@ class Outlooks:
             online = [caps for _, caps in await self.roster.online_caps()]
             return Outlook(0, False, UNSAFE_REFUSED if can else unservable_reason(entry, online))
         forecast, now = await self.forecast(), self.services.clock()
-        speed = capacity(able, entry.models[0] if entry.models else None, network_speeds(able))
+        speed = self._capacity(entry, request, able)
         wait = forecast.wait(request.id, now)
         if wait is None:
             params = request.generation.params
@@ -161,6 +178,18 @@ class Outlooks:
             for _ in range(3 if rates else 0):  # their share grows with the wait: a few rounds settle it
                 wait = base + round(overtaking_work(rates, wait) / max(speed, 1e-6))
         return Outlook(wait, True, None)
+
+    def _capacity(self, entry: QueueEntry, request: RequestRecord, able: list[Worker]) -> float:
+        """Megapixelsteps per second of the nodes `able` to serve `entry`, summed at most every
+        `forecast_seconds`."""
+        key, now = (demand_key(entry), request.unsafe_ip), self.services.clock()
+        summed = self._capacities.get(key)
+        if summed is None or not 0 <= now - summed[0] < self.services.config.forecast_seconds:
+            if len(self._capacities) >= CAPACITIES_KEPT:
+                self._capacities.clear()
+            speed = capacity(able, entry.models[0] if entry.models else None, network_speeds(able))
+            summed = self._capacities[key] = (now, speed)
+        return summed[1]
 
     def arrived(self, request: RequestRecord, images: int) -> None:
         """A request was queued (the rate of requests that may pass others, `overtaking_work`)."""

@@ -23,13 +23,20 @@ from protocol.jobs import PopRequest
 # another process's pops, which that process announces. Reading every worker costs O(nodes) (a
 # second of CPU per 10,000 on a loaded machine), so it is read whole once, then a slice at a time.
 ROSTER_RELOAD_SECONDS = 30.0
-ROSTER_SWEEP_SECONDS = 1.0  # how often nodes that went quiet leave the online list
 # After the first whole read, the table is read again a slice per sweep, so every worker once per
-# ROSTER_RELOAD_SECONDS: at 10,000 nodes one whole read held the event loop for a second or more.
-ROSTER_SLICE_MIN = 100
+# ROSTER_RELOAD_SECONDS: at 10,000 nodes one whole read held the event loop for a second or more, and
+# a slice a second (333 rows) for 15 ms; a slice every quarter second holds it for 4.
+ROSTER_SWEEP_SECONDS = 0.25
+ROSTER_SLICE_MIN = 25
+# How often every known node is looked at for what changes with time alone: a node quiet for
+# `worker_online_seconds` leaves the online list, one whose automatic maintenance ran out joins it. What
+# an event changes (a pop, a slice, another process's word) moves a node in or out at once (`_seen`).
+ONLINE_RECHECK_SECONDS = 5.0
 ABLE_CACHED = 4096  # answers of `Roster.able` kept while the online nodes stay the same
-# A pop refreshes `last_seen`; writing it on every pop would cost a write per pop.
-LAST_SEEN_WRITE_INTERVAL = 15.0
+# A pop refreshes `last_seen` here at once; the stored one is written at most this often, not on every
+# re-poll of a parked node (one every 20 s). Other processes read it within ROSTER_RELOAD_SECONDS more:
+# 75 s at most, inside the forecast's 90 s (outlook.PLANNING_SEEN_SECONDS).
+LAST_SEEN_WRITE_INTERVAL = 45.0
 # Far above any request (3072×3072), and within a 32-bit database integer, whatever a node claims.
 MAX_NODE_PIXELS = 2**31 - 1
 # Workers an account may register (AI Horde's numbers): each is stored and listed in /v2/workers,
@@ -130,6 +137,7 @@ class Roster:
         self._view: OnlineView | None = None  # None: membership or capabilities changed since built
         self._loaded_at = float("-inf")
         self._swept_at = float("-inf")
+        self._rechecked_at = float("-inf")
 
     async def register(self, caller: Caller, pop: PopRequest) -> Worker:
         """The worker behind this pop, created or updated from what the pop says it can do."""
@@ -216,8 +224,9 @@ class Roster:
             self._view = None
         else:
             vars(known).update(vars(worker))
-        if worker.id not in self._online_ids and self._is_online(worker, self.services.clock()):
-            self._online_ids.add(worker.id)
+        online = self._is_online(worker, self.services.clock())
+        if online != (worker.id in self._online_ids):
+            (self._online_ids.add if online else self._online_ids.discard)(worker.id)
             self._view = None
         return news
 
@@ -261,13 +270,15 @@ class Roster:
             self.loads += 1
             self._known = {worker.id: worker for worker in workers}
             self._loaded_at, self._swept_at, self._view = now, float("-inf"), None
-        if now - self._swept_at > ROSTER_SWEEP_SECONDS:  # who went quiet, whose maintenance ended
+        if now - self._swept_at > ROSTER_SWEEP_SECONDS:
             if now - self._loaded_at > ROSTER_SWEEP_SECONDS:
                 await self._read_slice()
+            self._swept_at = now
+        if now - self._rechecked_at > ONLINE_RECHECK_SECONDS:  # who went quiet, whose maintenance ran out
             online = {worker.id for worker in self._known.values() if self._is_online(worker, now)}
             if online != self._online_ids:
                 self._online_ids, self._view = online, None
-            self._swept_at = now
+            self._rechecked_at = now
         if self._view is None:
             self._view = OnlineView.of(sorted((self._known[i] for i in self._online_ids), key=lambda w: w.name))
         return self._view

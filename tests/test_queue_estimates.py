@@ -7,14 +7,14 @@ import pytest
 from coordinator.estimates import (
     ARRIVAL_MIN,
     Arrival,
-    SimNode,
+    SimNodes,
     WaitingJob,
     overtaking_rates,
     overtaking_work,
     record_speed,
     simulate,
 )
-from coordinator.storage.records import QueueEntry, Worker, WorkerCaps
+from coordinator.storage.records import JobRecord, QueueEntry, Worker, WorkerCaps
 
 
 def worker(name: str, models: list[str], speed: float | None = None) -> Worker:
@@ -45,7 +45,7 @@ def waiting(request: str, index: int, models: list[str], megapixelsteps: float) 
 
 def test_simulation_plays_pop_over_heterogeneous_nodes() -> None:
     fast, slow = worker("fast", ["a"], 3.0), worker("slow", ["a", "b"], 1.0)
-    nodes = [SimNode(fast, WorkerCaps.of(fast), {}), SimNode(slow, WorkerCaps.of(slow), {})]
+    nodes = SimNodes([fast, slow], [WorkerCaps.of(fast), WorkerCaps.of(slow)], {})
     # In pop's order: r1's two jobs, then r2's (model b: only the slow node), then r3.
     queue = [
         waiting("r1", 0, ["a"], 3),
@@ -82,3 +82,31 @@ def test_later_richer_arrivals_count_only_once_there_is_a_sample() -> None:
     assert expected(0.0, ("b",), arrivals) == 0.0  # another model's
     assert expected(600.0, ("a",), arrivals) == 0.0  # poorer: never passes it
     assert expected(0.0, ("a",), arrivals[:-1]) == 0.0  # too few to trust
+
+
+def test_idle_nodes_are_looked_at_only_while_jobs_wait() -> None:
+    """Nodes holding nothing take their turns without a heap entry, each made a SimNode only when its turn
+    comes: an empty queue looks at none of 1,000 online nodes, one waiting job at the first that serves it."""
+    idle = [worker(f"n{i:04}", ["b" if i < 10 else "a"], 1.0) for i in range(1000)]
+    nodes = SimNodes(idle, [WorkerCaps.of(node) for node in idle], {})
+    assert simulate(nodes, {}, [], now=100.0) == ({}, {})
+    assert len(nodes._made) == 0
+    finish, _ = simulate(nodes, {}, [waiting("r1", 0, ["a"], 3)], now=100.0)
+    assert finish == {"r1": 103.0}
+    assert len(nodes._made) == 11  # ten that serve only b, then the first serving a
+
+
+def test_a_busy_node_free_now_keeps_its_turn_among_idle_ones() -> None:
+    """A node whose held job is overdue is free now, like the idle ones: the turns still go in the nodes'
+    order (index), as they did when every node had a place in the heap."""
+    first, busy, last = worker("first", ["a"], 1.0), worker("busy", ["a"], 2.0), worker("last", ["a"], 4.0)
+    overdue = JobRecord(
+        id="h-0", request_id="h", index=0, seed="1", state="processing", model="a", worker_id=busy.id, assigned_at=1.0
+    )
+    overdue.job_document = {"payload": {"width": 1000, "height": 1000, "ddim_steps": 2}}
+    busy.last_result_at = 0.0  # it began the held job at its assignment, long ago
+    nodes = SimNodes([first, busy, last], [WorkerCaps.of(n) for n in (first, busy, last)], {})
+    queue = [waiting("r0", 0, ["a"], 4), waiting("r1", 1, ["a"], 4), waiting("r2", 2, ["a"], 4)]
+    finish, _ = simulate(nodes, {busy.id: [overdue]}, queue, now=100.0)
+    # first (1 mps) takes r0, busy (2 mps, its held job done long ago) r1, last (4 mps) r2.
+    assert finish == {"h": 100.0, "r0": 104.0, "r1": 102.0, "r2": 101.0}

@@ -159,9 +159,44 @@ async def test_other_components_changes_reach_the_roster_a_slice_at_a_time(
         await tx.save_worker_state(held)
         await tx.delete_worker(gone.id)
     start = services.clock()
-    for step in range(1, 5):  # 5 workers, 2 a slice: three sweeps read them all
-        monkeypatch.setattr(services, "clock", lambda step=step: start + 1.5 * step)
+    # 5 workers, 2 a slice: three sweeps read them all, within ONLINE_RECHECK_SECONDS: what a slice shows
+    # moves a node out of the online list at once, not at the next look at every node.
+    for step in range(1, 5):
+        monkeypatch.setattr(services, "clock", lambda step=step: start + 1.2 * roster.ROSTER_SWEEP_SECONDS * step)
         online = sorted(w.name for w in await the_roster.online())
+    assert services.clock() - start < roster.ONLINE_RECHECK_SECONDS
     assert online == ["n0", "n2", "n4"]
     assert gone.id not in the_roster._known
     assert slices and max(slices) <= 2 and the_roster.loads == 1
+
+
+async def test_checks_sum_the_able_nodes_speed_once_per_forecast(
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check's wait needs the speed of every node able to serve the request (O(nodes of its model)); a
+    request's checks within one `forecast_seconds` reuse one sum, as they reuse one forecast."""
+    from coordinator import outlook
+
+    sums: list[int] = []
+    original = outlook.capacity
+
+    def counted(workers: list[Any], model: str | None, network: dict[str, float]) -> float:
+        sums.append(len(workers))
+        return original(workers, model, network)
+
+    monkeypatch.setattr(outlook, "capacity", counted)
+    services = coordinator.broker.services
+    start = services.clock()
+    monkeypatch.setattr(services, "clock", lambda: start)
+    owner = await coordinator.create_account("owner")
+    for name in ("n1", "n2"):
+        assert (await node(coordinator, owner, name).pop()).status == 200
+    api = requester(coordinator, await coordinator.create_account("alice", kudos=100))
+    request_id = await generate(api, small())
+    for _check in range(5):
+        answer = await api.get(f"/v2/generate/check/{request_id}")
+        assert answer.status == 200 and answer.body["is_possible"] is True
+    assert sums == [2]  # both nodes, summed once
+    monkeypatch.setattr(services, "clock", lambda: start + services.config.forecast_seconds)
+    assert (await api.get(f"/v2/generate/check/{request_id}")).status == 200
+    assert sums == [2, 2]
