@@ -88,12 +88,12 @@ mutate: $(VENV)/.installed
 	$(BIN)/mutmut results
 
 bench-short: $(VENV)/.installed $(TINY_MODEL)/model_index.json
-	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py bench/abuse.py bench/observe.py bench/eta.py bench/node_stop.py bench/verify.py bench/scale.py; do \
+	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py bench/abuse.py bench/observe.py bench/eta.py bench/node_stop.py bench/verify.py bench/scale.py bench/parked_floor.py; do \
 		HORDE_TINY_MODEL_DIR=$(CURDIR)/$(TINY_MODEL) $(BIN)/python $$script --short || exit 1; \
 	done
 
 bench: $(VENV)/.installed $(TINY_MODEL)/model_index.json
-	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py bench/abuse.py bench/observe.py bench/eta.py bench/node_stop.py bench/verify.py bench/scale.py; do \
+	for script in bench/broker.py bench/depth.py bench/latency.py bench/node.py bench/abuse.py bench/observe.py bench/eta.py bench/node_stop.py bench/verify.py bench/scale.py bench/parked_floor.py; do \
 		HORDE_TINY_MODEL_DIR=$(CURDIR)/$(TINY_MODEL) $(BIN)/python $$script || exit 1; \
 	done
 
