@@ -31,7 +31,8 @@ SERVICE_SAMPLES = 2000
 FIRST_IMAGES_REMEMBERED = 20_000
 HELD_JOBS_READ = 20_000
 ARRIVALS_KEPT = 5000
-# A node waiting for work pops at least every 30 s, and its `last_seen` is written every 15 s.
+# A node waiting for work pops at least every 30 s; its stored `last_seen` is written every 45 s and read by
+# other processes within 30 s more (roster.py): 75 s at most.
 PLANNING_SEEN_SECONDS = 90.0
 # A request's checks reuse the speed of the nodes able to serve it for `forecast_seconds`, as they reuse
 # the forecast: summing it reads every one of them (1,000 a model at 10,000 online), and checks come
