@@ -158,6 +158,20 @@ class WaitingJob:
         return self.entry.pixels * self.entry.steps / 1e6
 
 
+class SimNodes:
+    """The simulation's nodes, each made a SimNode when the simulation first reaches it."""
+
+    def __init__(self, workers: list[Worker], caps: list[WorkerCaps], network: dict[str, float]) -> None:
+        self.workers, self.caps, self.network = workers, caps, network
+        self._made: dict[int, SimNode] = {}
+
+    def __getitem__(self, index: int) -> SimNode:
+        node = self._made.get(index)
+        if node is None:
+            node = self._made[index] = SimNode(self.workers[index], self.caps[index], self.network)
+        return node
+
+
 def node_free_at(node: SimNode, held: list[JobRecord], now: float) -> tuple[float, dict[str, float]]:
     """When the node finishes the jobs it holds, and each one's predicted finish: it works through them
     in the order it got them, from when it began (`job_work_started`), at its measured speed."""
@@ -170,7 +184,7 @@ def node_free_at(node: SimNode, held: list[JobRecord], now: float) -> tuple[floa
 
 
 def simulate(
-    nodes: "SimNodes", held: dict[str, list[JobRecord]], waiting: list[WaitingJob], now: float
+    nodes: SimNodes, held: dict[str, list[JobRecord]], waiting: list[WaitingJob], now: float
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Play pop forward: predicted finish per request (its last image) and per model (its queue drained).
 
@@ -229,20 +243,6 @@ def simulate(
 def slot_orders(index: int, worker: Worker) -> range:
     """The order of a node's slots among all nodes' (ties at the same time go to the lower)."""
     return range(index * 64, index * 64 + max(1, min(worker.threads, 64)))
-
-
-class SimNodes:
-    """The simulation's nodes, each made a SimNode when the simulation first reaches it."""
-
-    def __init__(self, workers: list[Worker], caps: list[WorkerCaps], network: dict[str, float]) -> None:
-        self.workers, self.caps, self.network = workers, caps, network
-        self._made: dict[int, SimNode] = {}
-
-    def __getitem__(self, index: int) -> SimNode:
-        node = self._made.get(index)
-        if node is None:
-            node = self._made[index] = SimNode(self.workers[index], self.caps[index], self.network)
-        return node
 
 
 # --- requests still to come ---------------------------------------------------------------
