@@ -14,9 +14,10 @@ the cycles that die young. A full collection still stops the loop as long (1.1 s
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable
+
+from transport.process import resident_bytes
 
 log = logging.getLogger("horde.coordinator.gc")
 
@@ -32,15 +33,6 @@ def defer_full_collections() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, NEVER)
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (Linux); 0 where /proc is not there (then only the time rule runs)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def full_collection_due(rss: int, rss_after_last: int, seconds_since_last: float) -> bool:

@@ -7,7 +7,6 @@ written by the event loop, so a scrape never waits on it or on the inference thr
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -17,6 +16,8 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from transport.process import resident_bytes
+
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
 
@@ -25,17 +26,6 @@ STEP_SECONDS = Histogram(
     "Seconds per denoising step of a finished job (its time over its steps).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-
-
-def resident_bytes() -> float:
-    """This process's resident memory (Linux; elsewhere its peak, which getrusage reports)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return float(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def vram_bytes() -> dict[str, float]:
