@@ -1,5 +1,6 @@
 """Issue 15: the pure rules behind wait times (coordinator/estimates.py), on hand-made nodes and queues."""
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -7,10 +8,9 @@ import pytest
 from coordinator.estimates import (
     ARRIVAL_MIN,
     Arrival,
+    Overtaking,
     SimNodes,
     WaitingJob,
-    overtaking_rates,
-    overtaking_work,
     record_speed,
     simulate,
 )
@@ -74,7 +74,7 @@ def test_later_richer_arrivals_count_only_once_there_is_a_sample() -> None:
     arrivals = [Arrival(at=float(i), priority=500.0, work=2.0, models=("a",)) for i in range(ARRIVAL_MIN)]
 
     def expected(priority: float, models: tuple[str, ...], arrived: list[Arrival], wait: float = 60.0) -> float:
-        return overtaking_work(overtaking_rates(arrived, priority, models, now=30.0, ageing=5.0), wait)
+        return Overtaking(arrived, now=30.0, ageing=5.0).work(priority, models, wait, now=30.0)
 
     # Each passes a 0-kudos request for 100 s (500 / 5), capped by its 60 s wait; 20 arrivals over 30 s.
     assert expected(0.0, ("a",), arrivals) == pytest.approx(20 * 2.0 * 60 / 30)
@@ -82,6 +82,42 @@ def test_later_richer_arrivals_count_only_once_there_is_a_sample() -> None:
     assert expected(0.0, ("b",), arrivals) == 0.0  # another model's
     assert expected(600.0, ("a",), arrivals) == 0.0  # poorer: never passes it
     assert expected(0.0, ("a",), arrivals[:-1]) == 0.0  # too few to trust
+
+
+def by_definition(arrivals: list[Arrival], priority: float, models: tuple[str, ...], wait: float, now: float) -> float:
+    """Overtaking work as the docstring defines it, one arrival at a time: each recent arrival of higher
+    priority on a shared model adds its rate of work × min((k − p) / ageing, wait)."""
+    recent = [a for a in arrivals if now - a.at <= 300.0]
+    span = max(now - min(a.at for a in recent), 30.0)
+    return sum(
+        a.work / span * min((a.priority - priority) / 5.0, wait)
+        for a in recent
+        if a.priority > priority and (not a.models or not models or set(models) & set(a.models))
+    )
+
+
+def test_the_index_answers_as_a_pass_over_every_arrival() -> None:
+    """`Overtaking` reads sums off sorted groups (and looks at arrivals added since one by one); on random
+    arrivals of mixed priorities, models and ages its answers are the definition's, for waits short and long."""
+    chance = random.Random(19)
+    now = 2_000_000_000.0  # priorities of ~10^10, as real timestamps give: sums must stay exact
+    model_sets = [(), ("a",), ("b",), ("a", "b"), ("c",)]
+
+    def arrival(age: float) -> Arrival:
+        at = now - chance.uniform(0, age)
+        return Arrival(at, chance.uniform(0, 3000) + 5.0 * at, chance.uniform(0.1, 50), chance.choice(model_sets))
+
+    # Some indexed ones are older than the window; those added since the index was built are the newest.
+    indexed, added = [arrival(400.0) for _ in range(500)], [arrival(1.0) for _ in range(40)]
+    index = Overtaking(indexed, now, ageing=5.0)
+    for later in added:
+        index.add(later)
+    for _ in range(200):
+        priority = chance.uniform(0, 3000) + 5.0 * (now - chance.uniform(0, 300))
+        models, wait = chance.choice(model_sets), chance.choice([0.0, 1.0, 30.0, 600.0])
+        assert index.work(priority, models, wait, now) == pytest.approx(
+            by_definition(indexed + added, priority, models, wait, now), rel=1e-9, abs=1e-6
+        )
 
 
 def test_idle_nodes_are_looked_at_only_while_jobs_wait() -> None:
