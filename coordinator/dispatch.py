@@ -8,7 +8,7 @@ from typing import Any
 from coordinator.auth import Caller
 from coordinator.capabilities import any_model, row_skip_reason
 from coordinator.errors import HordeError
-from coordinator.events import JobWaiter, queue_announced
+from coordinator.events import JobWaiter, announce_jobs
 from coordinator.lifecycle import excluded, release_job
 from coordinator.metrics import DISPATCH_LATENCY
 from coordinator.preferences import favoured_first, favoured_requesters, refusal_reason, refused_rows
@@ -142,9 +142,9 @@ class Dispatcher:
                 for _job in claimed[1]:
                     DISPATCH_LATENCY.observe(max(waited, 0.0))
                 self.services.hub.claimed(job.id for job in claimed[1])
-                # `processing` changed: checks and streams waiting on the request answer now.
+                # `processing` changed: checks and streams waiting on the request answer now (the other
+                # processes' heard with the commit: `_claim`).
                 self.services.hub.request_changed(claimed[0].id)
-                await self.services.database.announce("request", claimed[0].id)
             return None if claimed is None else (await self._response(*claimed, base_url), *claimed)
 
         work = asyncio.ensure_future(claim_and_answer())
@@ -161,8 +161,8 @@ class Dispatcher:
         async with self.services.database.transaction() as tx:
             await tx.lock_ledger()  # serializes job-state changes across processes, as submit and upkeep do
             entries = [entry for job in jobs if (entry := await release_job(tx, job, request))]
-        if entries:
-            await queue_announced(self.services.hub, self.services.database, entries)
+            announce_jobs(tx, entries)
+        self.services.hub.jobs_queued(entries)
 
     async def _anything_for(self, caps: WorkerCaps) -> bool:
         async with self.services.database.reader() as tx:
@@ -187,14 +187,17 @@ class Dispatcher:
                     if row["job_id"] in tried or not _worker_filter_allows(row, caps, lists):
                         continue
                     tried.add(row["job_id"])
-                    first, request = await tx.job_and_request(row["job_id"])
-                    if first is None or request is None or self._refused(request, caps):
+                    chosen = await tx.job_to_claim(row["job_id"], worker.id)
+                    if chosen is None or self._refused(chosen[1], caps):
                         continue
+                    first, request, held = chosen
                     model = row["model"] or any_model(caps)
+                    ahead = held // max(worker.threads, 1)  # what the node runs before these
                     jobs = await self._claim_batch(
-                        tx, request, first, worker, model, amount, funded_only=caps.require_upfront_kudos
+                        tx, request, first, worker, model, amount, ahead, funded_only=caps.require_upfront_kudos
                     )
                     if jobs:
+                        tx.announce("request", request.id)
                         return (request, jobs), True
                 # Everything fetched was for other nodes; look deeper if a model's list was cut short.
                 fetched = Counter(row["model"] for row in rows)
@@ -221,11 +224,13 @@ class Dispatcher:
         worker: Worker,
         model: str,
         amount: int,
+        ahead: int,
         *,
         funded_only: bool = False,
     ) -> list[JobRecord]:
         """The chosen job plus, when the node asks for more, the next images of the same request, each one
-        the node may take (`_takeable`: checked here, on the few candidates, not in the query)."""
+        the node may take (`_takeable`: checked here, on the few candidates, not in the query). `ahead`: the
+        jobs the node holds, per inference thread, which it runs before these."""
         if first.state != "waiting" or not self._takeable(first, worker, funded_only):
             return []
         batch = [first]
@@ -238,11 +243,10 @@ class Dispatcher:
                 batch.append(following)
         body = request.generation
         sources = await self._signed_source_urls(request)
-        ahead = await tx.jobs_held(worker.id) // max(worker.threads, 1)  # what the node runs before these
         claimed = []
         for position, job in enumerate(batch, start=ahead + 1):
             self._assign(job, request, body, worker, model, sources, min(position, MAX_QUEUE_POSITION))
-            if await tx.claim_job(job):
+            if await tx.claim_job(job, by_itself=len(batch) == 1):
                 claimed.append(job)
             elif not claimed:
                 return []

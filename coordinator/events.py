@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from coordinator.capabilities import first_unmet
 from coordinator.metrics import LONG_POLLS_PARKED
 from coordinator.queueing import worker_list_allows
-from coordinator.storage.base import Database
 from coordinator.storage.records import QueueEntry, RequestRecord, WorkerCaps
+from coordinator.storage.sql import Tx
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; leave room for the envelope.
 MAX_MESSAGE_BYTES = 7000
@@ -236,11 +236,11 @@ class EventHub:
                 del self._request_waiters[request_id]
 
 
-async def queue_announced(hub: EventHub, database: Database, entries: list[QueueEntry]) -> None:
-    """New jobs: offer them to this process's parked nodes, and tell the other processes what they demand."""
-    hub.jobs_queued(entries)
+def announce_jobs(tx: Tx, entries: list[QueueEntry]) -> None:
+    """Tell the other processes what `tx`'s new jobs demand, when it commits; they offer them to their parked
+    nodes as `EventHub.jobs_queued` does to this process's, which the caller calls after the commit."""
     for message in jobs_messages(entries):
-        await database.announce("jobs", message)
+        tx.announce("jobs", message)
 
 
 def jobs_messages(entries: list[QueueEntry]) -> list[str]:

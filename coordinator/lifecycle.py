@@ -90,9 +90,11 @@ async def fault_request(tx: Tx, request: RequestRecord, now: float, reason: str)
     await tx.update_request(request)
 
 
-async def settle_if_complete(tx: Tx, request: RequestRecord, now: float) -> None:
-    """Mark an active request done once none of its images is waiting or being made."""
+async def settle_if_complete(tx: Tx, request: RequestRecord, now: float, others_unfinished: int) -> None:
+    """Mark an active request done once none of its images is waiting or being made: `others_unfinished`,
+    besides the one just settled, as `Tx.settling` counted them (under the ledger's lock, which every change
+    of a job's state but a pop's takes, and a pop leaves an image unfinished)."""
     request.updated = now
-    if request.state == "active" and not await tx.unfinished_jobs(request.id):
+    if request.state == "active" and not others_unfinished:
         request.state = "done"
     await tx.set_request_state(request)

@@ -95,9 +95,9 @@ class TimedDriver:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._driver, name)
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, by_itself: bool = False) -> int:
         with _EXECUTE.time():
-            return await self._driver.execute(sql, args)
+            return await self._driver.execute(sql, args, by_itself=by_itself)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with _EXECUTEMANY.time():

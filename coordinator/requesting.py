@@ -10,7 +10,7 @@ from coordinator.auth import Caller
 from coordinator.capabilities import refusal
 from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
-from coordinator.events import queue_announced, wait_for
+from coordinator.events import announce_jobs, wait_for
 from coordinator.outlook import Outlooks
 from coordinator.preferences import is_unsafe
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
@@ -111,12 +111,13 @@ class RequestDesk:
                 await tx.insert_jobs(jobs)
                 await tx.enqueue(entries)
                 await self.styles.used(tx, style)
+                announce_jobs(tx, entries)
         except BaseException:
             await self._forget_sources(request)
             raise
         self.outlooks.arrived(request, len(jobs))
         self.services.hub.request_accepted(request)
-        await queue_announced(self.services.hub, self.services.database, entries)
+        self.services.hub.jobs_queued(entries)
         return RequestAccepted(id=request.id, kudos=total, warnings=await self._warnings(entries[0]))
 
     @staticmethod
@@ -356,7 +357,7 @@ class RequestDesk:
                         await tx.save_job(job)
                 request.state, request.updated = "cancelled", self.services.clock()
                 await tx.update_request(request)
+                tx.announce("request", request_id)
             jobs = await tx.jobs_of(request_id)
         self.services.hub.request_changed(request_id)
-        await self.services.database.announce("request", request_id)
         return await self._status(request, jobs, base_url)

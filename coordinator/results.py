@@ -15,15 +15,15 @@ from coordinator.economy import Settlement, settle, volunteer_allowance
 from coordinator.errors import HordeError, bad_request, not_found
 from coordinator.escrow import hold
 from coordinator.estimates import job_megapixelsteps, quicker_than_measured, record_speed
-from coordinator.events import queue_announced
+from coordinator.events import announce_jobs
 from coordinator.lifecycle import requeue_or_fault, settle_if_complete
 from coordinator.outlook import ServiceLevels
 from coordinator.services import Services
 from coordinator.sources import RESULT_FORMATS, check_image, encode_pixels, raw_pixels_mode
 from coordinator.storage import StorageUnavailable
-from coordinator.storage.records import JobRecord, RequestRecord, Worker
+from coordinator.storage.records import Account, JobRecord, RequestRecord, Worker
 from coordinator.storage.sharedkeys import add_utilized
-from coordinator.storage.sql import Tx
+from coordinator.storage.sql import Settling, Tx
 from coordinator.verification import Verifier
 from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult
@@ -192,23 +192,24 @@ class ResultIntake:
         now = self.services.clock()
         reason = next((entry.ref or entry.value for entry in body.gen_metadata), "the node reported a fault")
         async with self.services.database.transaction() as tx:
-            job, request = await self._current(tx, job_id, worker)
+            current = await self._current(tx, job_id, worker)
+            job, request = current.job, current.request
             entry = await requeue_or_fault(tx, job, request, self.services.config.max_job_faults, now, reason)
-        if entry is not None:
-            await queue_announced(self.services.hub, self.services.database, [entry])
+            announce_jobs(tx, [entry] if entry else [])
+            tx.announce("request", request.id)
+        self.services.hub.jobs_queued([entry] if entry else [])
         self.services.hub.request_changed(request.id)
-        await self.services.database.announce("request", request.id)
 
-    async def _current(self, tx: Tx, job_id: str, worker: Worker) -> tuple[JobRecord, RequestRecord]:
-        """The job and request as they are now, inside the transaction; still ours or aborted."""
+    async def _current(self, tx: Tx, job_id: str, worker: Worker) -> Settling:
+        """The job, its request, node and payer as they are now, inside the transaction; still ours or aborted."""
         # Results and reissues of a job must not interleave: at PostgreSQL's READ COMMITTED two of them
         # could both read "processing" and both pay. The ledger's lock (SQLite's write lock already)
         # makes each wait for the other's commit, and then read what it wrote.
         await tx.lock_ledger()
-        job, request = await tx.job_and_request(job_id)
-        if job is None or request is None or job.state != "processing" or job.worker_id != worker.id:
+        current = await tx.settling(job_id)
+        if current is None or current.job.state != "processing" or current.job.worker_id != worker.id:
             raise Aborted()
-        return job, request
+        return current
 
     async def _store(
         self, job_id: str, worker: Worker, body: SubmitRequest, image: bytes | None, remote: str
@@ -221,14 +222,15 @@ class ResultIntake:
             await self.services.images.write(name, image)
         try:
             async with self.services.database.transaction() as tx:
-                job, request = await self._current(tx, job_id, worker)
-                node = await tx.worker_by("id", worker.id) or worker
+                current = await self._current(tx, job_id, worker)
+                job, request, node = current.job, current.request, current.node or worker
                 quick = self._count_work(node, job, now)
-                settlement = await self._settle(tx, job, request, node, body.state, remote, now)
+                settlement = self._settle(job, request, node, current.payer, body.state, remote, now)
                 self._record_result(job, worker, body, image, name, settlement.reward, now)
                 await tx.save_job(job)
                 await self._pay(tx, job, request, node, settlement, now)
-                await settle_if_complete(tx, request, now)
+                await settle_if_complete(tx, request, now, others_unfinished=current.unfinished - 1)
+                tx.announce("request", request.id)
         except BaseException:
             await self._forget(name)
             raise
@@ -237,7 +239,6 @@ class ResultIntake:
             await self._forget(upload_name(job_id, worker.id))
         self.service_levels.record(request, job.model or "", now)
         self.services.hub.request_changed(request.id)
-        await self.services.database.announce("request", request.id)
         try:
             await self.verifier.delivered(job_id, quick)
         except StorageUnavailable as error:  # the result stands; this image goes unchecked
@@ -287,8 +288,15 @@ class ResultIntake:
         node.missed_deadlines = 0
         return quick
 
-    async def _settle(
-        self, tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, state: str, remote: str, now: float
+    def _settle(
+        self,
+        job: JobRecord,
+        request: RequestRecord,
+        node: Worker,
+        payer: Account | None,
+        state: str,
+        remote: str,
+        now: float,
     ) -> Settlement:
         """Who pays whom for this result (`economy.settle`), and the node's volunteer allowance after it."""
         if state not in PAID_STATES:
@@ -298,7 +306,7 @@ class ResultIntake:
         allowance = volunteer_allowance(node.volunteer_credit, node.volunteer_at or node.created, now, per_period)
         settlement = settle(
             price=request.kudos_per_image,
-            charge=await self._payable(tx, job, request),
+            charge=self._payable(job, payer),
             requester_id=request.account_id,
             requester_address=request.remote,
             owner_id=node.owner_id,
@@ -311,14 +319,13 @@ class ResultIntake:
         return settlement
 
     @staticmethod
-    async def _payable(tx: Tx, job: JobRecord, request: RequestRecord) -> float:
+    def _payable(job: JobRecord, payer: Account | None) -> float:
         """The price reserved for this image at submit, if the requester still holds it. Reservations keep
         transfers from spending it, so only an operator's negative grant can have taken it: the image is
         then unfunded rather than the requester overdrawn (the ledger's lock is held, see `_current`)."""
         if job.charge <= 0:
             return 0.0
-        account = await tx.account_by("id", request.account_id)
-        return job.charge if account is not None and hundredths(account.kudos) >= hundredths(job.charge) else 0.0
+        return job.charge if payer is not None and hundredths(payer.kudos) >= hundredths(job.charge) else 0.0
 
     async def _pay(
         self, tx: Tx, job: JobRecord, request: RequestRecord, node: Worker, settlement: Settlement, now: float

@@ -7,7 +7,7 @@ import logging
 
 from coordinator.canaries import Canaries
 from coordinator.escrow import hold, release_due
-from coordinator.events import queue_announced
+from coordinator.events import announce_jobs
 from coordinator.lifecycle import TIME_LIMIT_EXCEEDED, fault_request, requeue_or_fault
 from coordinator.results import upload_name
 from coordinator.roster import count_missed_deadline, lift_maintenance, maintenance_over
@@ -68,7 +68,8 @@ class Upkeep:
                 touched.add(request.id)
                 if worker is not None and count_missed_deadline(worker, assigned_at, now, misses):
                     await tx.save_worker_state(worker)
-        await self._announce(requeued, touched)
+            self._announce(tx, requeued, touched)
+        self._wake(requeued, touched)
         return len(touched)
 
     async def end_maintenance(self) -> int:
@@ -97,7 +98,8 @@ class Upkeep:
                     continue
                 await fault_request(tx, request, now, "expired: no node picked it up in time")
                 touched.add(request.id)
-        await self._announce([], touched)
+            self._announce(tx, [], touched)
+        self._wake([], touched)
 
     async def pay_uptime(self) -> None:
         per_period = self.services.config.uptime_kudos_per_10_minutes
@@ -160,9 +162,15 @@ class Upkeep:
                 break
         return len(requests)
 
-    async def _announce(self, requeued: list[QueueEntry], touched: set[str]) -> None:
-        if requeued:
-            await queue_announced(self.services.hub, self.services.database, requeued)
+    @staticmethod
+    def _announce(tx: Tx, requeued: list[QueueEntry], touched: set[str]) -> None:
+        """What the other processes hear when `tx` commits."""
+        announce_jobs(tx, requeued)
+        for request_id in touched:
+            tx.announce("request", request_id)
+
+    def _wake(self, requeued: list[QueueEntry], touched: set[str]) -> None:
+        """This process's parked nodes and waiting checks, after the commit."""
+        self.services.hub.jobs_queued(requeued)
         for request_id in touched:
             self.services.hub.request_changed(request_id)
-            await self.services.database.announce("request", request_id)

@@ -25,6 +25,7 @@ from typing import Any
 from coordinator.cached import Copy, copied_from, free_checkable
 from coordinator.canaries import remember_reference
 from coordinator.escrow import VERIFIER, extend, forfeit, system_account
+from coordinator.events import announce_jobs
 from coordinator.likeness import Fingerprint, agree, distance, fingerprint
 from coordinator.queueing import queue_entry
 from coordinator.services import Services
@@ -181,8 +182,8 @@ class Verifier:
             for judged in (subject.id, info.get("first_check")):
                 if judged:
                     await extend(tx, judged, now + self.settings.window)
+            announce_jobs(tx, [entry])
         self.services.hub.jobs_queued([entry])
-        await self.services.database.announce("jobs", check_request.id)
 
     @staticmethod
     def _check_request(

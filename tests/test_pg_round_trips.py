@@ -27,18 +27,23 @@ CHECK, STATUS, SUBMIT = "/api/v2/generate/check/{id}", "/api/v2/generate/status/
 # The most round trips each call of the cycle may take. Before issue 19: pop (empty) 10, generate 15, check
 # (waiting) 9, pop (job) 21, submit 33, check (done) 3, status 3. A signed call's apikey, key and nonce were three
 # round trips until they became one statement (storage/callers.py): pop (empty) 5, pop (job) 11, submit 16; and
-# webhooks.py read the request at each change to learn it has none: pop (job) 9, submit 14.
+# webhooks.py read the request at each change to learn it has none: pop (job) 9, submit 14. A NOTIFY was a round
+# trip of its own after the COMMIT until it went in the COMMIT's message (`Tx.announce`): generate 6, pop (job) 8,
+# submit 13; and a result read its node, its payer, the request's unfinished images and the ledger's head one at
+# a time until `Tx.settling` read them with the job: submit 12; and a pop read the jobs its node holds apart from
+# the job it chose, and sent BEGIN before a claim that is the whole transaction: pop (job) 7.
 PINNED = {
     "pop (empty)": 3,  # apikey, node key and nonce as one; the queue; the queue's head to explain `skipped`
-    "generate": 6,  # apikey; BEGIN + ledger lock; cap and balance; request, jobs and queue rows as one; COMMIT; NOTIFY
+    "generate": 5,  # apikey; BEGIN + ledger lock; cap and balance; request, jobs and queue rows as one; COMMIT + NOTIFY
     "check (waiting)": 4,  # request and jobs; the queue ahead; the forecast (the new request made it stale): 2
-    # apikey, node key and nonce as one; the queue; job and request; jobs held; BEGIN; the claim (queue rows and job
-    # as one); COMMIT; NOTIFY (webhooks.py knows the request has no webhook: it was accepted here)
-    "pop (job)": 8,
-    # apikey, node key and nonce as one; the job; BEGIN + lock; job and request; node; payer; job, node, stats and
-    # the charge as one; the ledger's head; both entries and the reward as one; unfinished images; request state;
-    # COMMIT; NOTIFY
-    "submit": 13,
+    # apikey, node key and nonce as one; the queue; job, request and the jobs the node holds as one; the claim
+    # (queue rows and job as one statement, which commits by itself); NOTIFY (webhooks.py knows the request has
+    # no webhook: it was accepted here)
+    "pop (job)": 5,
+    # apikey, node key and nonce as one; the job; BEGIN + lock; job, request, node, payer, unfinished images and
+    # the ledger's head as one; job, node, stats and the charge as one; both entries, the reward and the request's
+    # state as one; COMMIT + NOTIFY
+    "submit": 7,
     "check (done)": 1,  # request and jobs
     "status": 1,
 }

@@ -190,12 +190,17 @@ async def test_workers_requests_jobs_and_queue_primitives(db: PostgresDatabase) 
             ("m2", 1, 4096 * 4),
         ]
         assert await tx.queued_pixelsteps() == 3 * 4096 * 4  # j0 waits for two models; it counts once
-        assert (await tx.unfinished_jobs("r1")) == 3
         assert len(await tx.waiting_of_request("r1", 10)) == 3
         first = await tx.get_job("j0")
         first.state, first.worker_id, first.deadline = "processing", "w1", 50.0
         assert await tx.claim_job(first) is True
         assert await tx.claim_job(first) is False  # no longer waiting
+        await tx.lock_ledger()
+        current = await tx.settling("j0")  # what a result for it settles against, in one statement
+        assert current is not None and current.node is not None
+        assert (current.job.state, current.node.id, current.unfinished) == ("processing", "w1", 3)
+        assert current.payer is not None and current.payer.id == current.request.account_id
+        assert tx._ledger_head == await tx.ledger_head()  # the head it read is the one the next entry follows
         first.gen_metadata, first.faults = [{"type": "censorship"}], 1
         await tx.save_job(first)
         assert (await tx.get_job("j0")).gen_metadata == [{"type": "censorship"}]
@@ -312,6 +317,42 @@ async def test_announcements_reach_other_processes_but_not_the_sender(pg_url: st
         await b.announce("request", "request-2")
         assert await inbox_a.next() == ("request", "request-2")
         assert inbox_a.events == [("request", "request-2")]  # its own "jobs" never came back
+    finally:
+        await a.close()
+        await b.close()
+
+
+@needs_postgres
+async def test_a_transactions_announcements_go_with_its_commit_and_only_if_it_commits(pg_url: str) -> None:
+    """`Tx.announce` costs no round trip of its own (it rides in the COMMIT's message), reaches the other
+    processes exactly as written, and is never heard from a transaction that rolled back."""
+    a, b = await opened(pg_url), await opened(pg_url)
+    try:
+        inbox = Inbox()
+        await b.listen(inbox)
+        with pytest.raises(RuntimeError):
+            async with a.transaction() as tx:
+                await tx.create_account("rolled-back", "hash-r", None, 1.0)
+                tx.announce("request", "never")
+                raise RuntimeError("the transaction fails")
+        with pytest.raises(RuntimeError):
+            async with a.transaction() as tx:  # nothing written yet: no BEGIN was sent
+                tx.announce("request", "never either")
+                raise RuntimeError("the transaction fails")
+
+        async def trips_of_a_write(name: str, announcement: str | None) -> int:
+            before = sum(a.round_trips.values())
+            async with a.transaction() as tx:
+                await tx.create_account(name, f"hash-{name}", None, 1.0)
+                if announcement is not None:
+                    tx.announce("jobs", announcement)
+            return sum(a.round_trips.values()) - before
+
+        tricky = "it's \\ a \"payload\" with $$ quotes'); COMMIT; SELECT ('"
+        silent, announced = await trips_of_a_write("silent", None), await trips_of_a_write("heard", tricky)
+        assert announced == silent, "the announcement cost a round trip of its own"
+        assert await inbox.next() == ("jobs", tricky)
+        assert inbox.events == [("jobs", tricky)], "a rolled-back transaction's announcement was heard"
     finally:
         await a.close()
         await b.close()

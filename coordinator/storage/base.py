@@ -34,7 +34,10 @@ Row = dict[str, Any]
 class Driver(Protocol):
     """The few calls the SQL primitives need; `?` placeholders in every statement."""
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, by_itself: bool = False) -> int:
+        """A statement's row count. `by_itself`: when nothing was written in this transaction yet, the statement
+        (with the writes held for it) may commit on its own, at once: the caller needs it atomic with nothing
+        before or after it (PostgreSQL then sends no BEGIN; SQLite's transaction is one lock either way)."""
 
     async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
         """A write whose row count nobody reads: within a transaction it may be sent later, with the
@@ -45,6 +48,10 @@ class Driver(Protocol):
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None: ...
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+    def announce(self, channel: str, payload: str) -> None:
+        """Tell the other coordinator processes when this transaction commits, and only if it does
+        (PostgreSQL sends it with the COMMIT: no round trip of its own; one process: nothing to tell)."""
 
 
 Listener = Callable[[str, str], Awaitable[None] | None]

@@ -17,6 +17,7 @@ batched at all.
 """
 
 import re
+from functools import lru_cache
 from typing import Any
 
 # The statement's verb and table; anything else is not batched.
@@ -27,6 +28,7 @@ ONE_ROW = re.compile(r"^(\s*INSERT\s+INTO\s+\w+\s*\([^)]*\)\s*VALUES\s*)(\([^)]*
 MAX_STATEMENT_CHARS = 12_000
 
 
+@lru_cache(maxsize=2048)  # statements are the code's few texts; every write asks, several times
 def _kind(sql: str) -> tuple[str, bool] | None:
     """(table, plain insert) of a batchable write, else None."""
     match = WRITE.match(sql)

@@ -2,6 +2,7 @@
 allow, and every round trip counted (storage/postgres.py holds the pool, the migrations and the events)."""
 
 import contextlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from coordinator.storage.base import NameTaken, Row, StorageUnavailable
 from coordinator.storage.batch import WriteBatch, rows_as_one
 
 NAME_TABLES = ("accounts", "workers")  # a unique violation there is a taken name
+EVENT_CHANNEL = "horde_events"  # the one NOTIFY channel between coordinator processes
 
 # Errors that mean "the server is not there right now", not "this statement is wrong".
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -57,6 +59,24 @@ def affected(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+def event_message(origin: str, channel: str, payload: str) -> str:
+    """An announcement to the other processes, tagged with its sender's `origin` so it skips its own echo."""
+    return json.dumps({"origin": origin, "channel": channel, "payload": payload})
+
+
+def notify_statement(message: str) -> str:
+    """NOTIFY of `message` with the message as a literal: it goes in a script with COMMIT, and a script takes
+    no parameters. (`json.dumps` wrote it in ASCII; an escape string reads the same under any setting.)"""
+    literal = message.replace("\\", "\\\\").replace("'", "''")
+    return f"SELECT pg_notify('{EVENT_CHANNEL}', E'{literal}')"
+
+
+@lru_cache(maxsize=256)  # endpoints are the routes' templates (metrics.route_name): a bounded set
+def _round_trips_of(endpoint: str) -> Any:
+    """The metric's child for `endpoint`, looked up once (`labels` costs a lock and a dict each time)."""
+    return DB_ROUND_TRIPS.labels(endpoint)
+
+
 class RoundTrips(Counter[str]):
     """Round trips to the server, by the route that made them (`metrics.ENDPOINT`): this database's
     own tally (tests read it) and the process's `horde_db_round_trips` metric (benchmarks scrape it)."""
@@ -64,7 +84,7 @@ class RoundTrips(Counter[str]):
     def add(self) -> None:
         endpoint = ENDPOINT.get()
         self[endpoint] += 1
-        DB_ROUND_TRIPS.labels(endpoint).inc()
+        _round_trips_of(endpoint).inc()
 
 
 class CountingConnection(asyncpg.Connection):
@@ -106,6 +126,11 @@ PLAIN_READ = re.compile(
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
 
+@lru_cache(maxsize=2048)  # statements are the code's few texts, and every one is asked about
+def is_plain_read(sql: str) -> bool:
+    return PLAIN_READ.match(sql) is not None
+
+
 class PostgresDriver:
     """The Driver interface over one asyncpg connection, with as few round trips as its answers allow.
 
@@ -117,32 +142,41 @@ class PostgresDriver:
     - writes nobody needs an answer from (`write`, and `executemany`'s rows) wait in a `WriteBatch` and go
       as one statement with the next write that needs its row count, or on their own before the next read
       or the commit (storage/batch.py); a transaction whose only writes are one batch sends it alone, with
-      no BEGIN and no COMMIT, since one statement is atomic by itself."""
+      no BEGIN and no COMMIT, since one statement is atomic by itself; so does a write its caller says commits
+      `by_itself` (a pop's claim of one job), with the writes held for it;
+    - announcements (`announce`) go in one message with the COMMIT, so the other processes hear of the change
+      when it is committed, never before and never if it is not, at no round trip of their own."""
 
     def __init__(
-        self, connection: asyncpg.Connection, on_lost: Callable[[], None], in_transaction: bool = False
+        self,
+        connection: asyncpg.Connection,
+        on_lost: Callable[[], None],
+        in_transaction: bool = False,
+        origin: str = "",
     ) -> None:
         self.connection = connection
         self.on_lost = on_lost
         self.begin_pending = in_transaction
         self.began = False
         self.batch = WriteBatch() if in_transaction else None
+        self.origin = origin
+        self.notices: list[str] = []
 
-    async def _enter(self, sql: str, together: bool = False) -> bool:
-        """Before `sql`: BEGIN if it is due; with `together`, BEGIN and `sql` (no parameters) go in one
-        message. True when `sql` has so been sent."""
-        if not self.begin_pending or PLAIN_READ.match(sql):
+    async def _enter(self, sql: str, together: bool = False, by_itself: bool = False) -> bool:
+        """Before `sql`: BEGIN if it is due (not for a statement that commits `by_itself`, `Driver.execute`);
+        with `together`, BEGIN and `sql` (no parameters) go in one message. True when `sql` has so been sent."""
+        if not self.begin_pending or by_itself or is_plain_read(sql):
             return False
         self.begin_pending, self.began = False, True
         await self.connection.execute(f"{BEGIN}; {sql}" if together else BEGIN)
         return together
 
-    async def _send_batch(self) -> int:
+    async def _send_batch(self, by_itself: bool = False) -> int:
         """The held writes as one statement; the last write's row count."""
         assert self.batch is not None
         statement, args = self.batch.statement()
         self.batch.clear()
-        await self._enter(statement)
+        await self._enter(statement, by_itself=by_itself)
         row = await self.connection.fetchrow(numbered(statement), *args)
         return int(row[-1]) if row is not None else 0
 
@@ -160,17 +194,18 @@ class PostgresDriver:
         else:
             await self.execute(sql, args)
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, by_itself: bool = False) -> int:
+        by_itself = by_itself and not self.began  # else it is part of what began
         if self.batch:
             if self.batch.takes(sql):  # the held writes go with this one, in one round trip
                 self.batch.add(sql, list(args))
                 with self.errors():
-                    return await self._send_batch()
+                    return await self._send_batch(by_itself)
             await self.flush()
         with self.errors():
             # A parameterless SELECT (the ledger's lock) goes with BEGIN: a script answers no row count, which
             # only a write's caller reads.
-            if await self._enter(sql, together=not args and sql.lstrip()[:6].upper() == "SELECT"):
+            if await self._enter(sql, not args and sql.lstrip()[:6].upper() == "SELECT", by_itself):
                 return 0
             return affected(await self.connection.execute(numbered(sql), *args))
 
@@ -199,17 +234,26 @@ class PostgresDriver:
             records = await self.connection.fetch(numbered(sql), *args)
         return [dict(record) for record in records]
 
+    def announce(self, channel: str, payload: str) -> None:
+        if self.batch is None:
+            raise RuntimeError("announce belongs in a transaction: it is sent with the COMMIT")
+        self.notices.append(notify_statement(event_message(self.origin, channel, payload)))
+
     async def finish(self, commit: bool) -> None:
-        """Send what is held and COMMIT, or drop it and ROLLBACK (each only if BEGIN was sent)."""
+        """Send what is held and COMMIT with the announcements, or drop both and ROLLBACK (each only if BEGIN
+        was sent; without BEGIN the announcements go alone)."""
         if self.batch and commit:
             if self.begin_pending:
                 self.begin_pending = False  # the held writes are the whole transaction: one statement is atomic
             await self._send_batch()
         if self.batch is not None:
             self.batch.clear()
+        notices, self.notices = (self.notices if commit else []), []
         if self.began:
             self.began = False
-            await self.connection.execute("COMMIT" if commit else "ROLLBACK")
+            await self.connection.execute("; ".join([*notices, "COMMIT"]) if commit else "ROLLBACK")
+        elif notices:
+            await self.connection.execute("; ".join(notices))
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:

@@ -33,11 +33,13 @@ from coordinator.storage.callers import ONE_STATEMENT, Credentials, Identities, 
 from coordinator.storage.migrations import migration_scripts
 from coordinator.storage.nonces import prune as record_prune
 from coordinator.storage.pg_driver import (
+    EVENT_CHANNEL,
     UNAVAILABLE,
     CountingConnection,
     PostgresDriver,
     RoundTrips,
     affected,
+    event_message,
     is_unavailable,
     numbered,
 )
@@ -53,7 +55,6 @@ CONNECT_TIMEOUT = 5.0
 STARTUP_WAIT = 30.0  # seconds `open` waits for a server that is not up yet
 # Arbitrary constants naming our advisory locks; 7301 (the ledger) is taken in sql.py.
 MIGRATION_LOCK = 7300
-EVENT_CHANNEL = "horde_events"
 LISTEN_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnection attempts
 LISTEN_PING_SECONDS = 15.0  # how often an idle LISTEN connection proves it is alive
 
@@ -189,7 +190,7 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._connection() as connection:
-            driver = PostgresDriver(connection, self._expire_connections, in_transaction=True)
+            driver = PostgresDriver(connection, self._expire_connections, in_transaction=True, origin=self.origin)
             try:
                 yield Tx(driver, self.dialect)
                 with driver.errors():
@@ -226,7 +227,7 @@ class PostgresDatabase(Database):
     async def announce(self, channel: str, payload: str) -> None:
         """NOTIFY the other processes. Best effort: the caller's work is already committed,
         and a node that misses a wake-up still finds the job on its next pop."""
-        message = json.dumps({"origin": self.origin, "channel": channel, "payload": payload})
+        message = event_message(self.origin, channel, payload)
         try:
             async with self._connection() as connection:
                 await connection.execute("SELECT pg_notify($1, $2)", EVENT_CHANNEL, message)

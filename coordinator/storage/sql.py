@@ -4,6 +4,7 @@ PostgreSQL driver rewrites them. Rules (who may do what, prices, retries) live i
 broker; this module only reads and writes rows.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from coordinator.metrics import TimedDriver
@@ -38,12 +39,48 @@ WORKER_NAME_IS = {"sqlite": "name = ?", "postgresql": "lower(name) = lower(?)"}
 NAME_OR_KEY_TAKEN = (
     "SELECT id FROM workers WHERE {} AND id <> ? UNION ALL SELECT id FROM workers WHERE public_key = ? AND id <> ?"
 )
-# A job's row and its request's (the request's columns prefixed `r_`), for `Tx.job_and_request`.
-JOB_AND_REQUEST = (
-    "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, "
-    + ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info"))
-    + " FROM jobs AS j LEFT JOIN requests AS r ON r.id = j.request_id"
+# A job's row and its request's (the request's columns prefixed `r_`), for `Tx.job_to_claim` and `Tx.settling`.
+JOB_AND_REQUEST = "j.id, j.request_id, j.idx, j.state, j.worker_id, j.deadline, j.requester, j.charge, j.info, " + (
+    ", ".join(f"r.{column} AS r_{column}" for column in (*REQUEST_COLUMNS, "info"))
 )
+JOB_WITH_REQUEST = "jobs AS j LEFT JOIN requests AS r ON r.id = j.request_id"
+# ... with how many jobs the node holds already.
+JOB_TO_CLAIM = (
+    f"SELECT {JOB_AND_REQUEST}, (SELECT COUNT(*) FROM jobs WHERE state = 'processing' AND worker_id = ?) AS held"
+    f" FROM {JOB_WITH_REQUEST} WHERE j.id = ?"
+)
+ACCOUNT_READ = ("id", "username", "public_key", "kudos_hundredths", "trusted", "created", "moderator")
+# ... with the node it is assigned to (`w_`), the requester's account (`a_`), how many of the request's images
+# are unfinished, and the ledger's head.
+LEDGER_HEAD = "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1"
+SETTLING = (
+    f"SELECT {JOB_AND_REQUEST}, "
+    + ", ".join(f"w.{column} AS w_{column}" for column in (*WORKER_COLUMNS, "info"))
+    + ", "
+    + ", ".join(f"a.{column} AS a_{column}" for column in ACCOUNT_READ)
+    + ", (SELECT COUNT(*) FROM jobs WHERE request_id = j.request_id AND state IN ('waiting', 'processing'))"
+    + " AS unfinished, head.seq AS ledger_seq, head.hash AS ledger_hash"
+    + f" FROM {JOB_WITH_REQUEST} LEFT JOIN workers AS w ON w.id = j.worker_id"
+    + f" LEFT JOIN accounts AS a ON a.id = r.account_id LEFT JOIN ({LEDGER_HEAD}) AS head ON TRUE WHERE j.id = ?"
+)
+
+
+@dataclass
+class Settling:
+    """A job a result settles, read in one statement: its request, its node, the requester's account, and the
+    request's images still waiting or being made (this one among them)."""
+
+    job: JobRecord
+    request: RequestRecord
+    node: Worker | None
+    payer: Account | None
+    unfinished: int
+
+
+def _prefixed(row: Row, prefix: str) -> Row | None:
+    """The columns of `row` named `prefix…`, unprefixed; None when the joined row was missing."""
+    part = {key[len(prefix) :]: value for key, value in row.items() if key.startswith(prefix)}
+    return part if part["id"] is not None else None
 
 
 class Tx(QueueStatements, StatsStatements):
@@ -56,6 +93,10 @@ class Tx(QueueStatements, StatsStatements):
         # node and charges the requester) needs no second read, since the lock is held until commit.
         self._ledger_head: tuple[int, str] | None = None
         self._ledger_locked = False
+
+    def announce(self, channel: str, payload: str) -> None:
+        """Tell the other coordinator processes once this transaction commits (`Driver.announce`)."""
+        self.driver.announce(channel, payload)
 
     async def lock_ledger(self) -> None:
         """Serialize ledger appends across processes (SQLite's write lock already does). Held until
@@ -105,7 +146,7 @@ class Tx(QueueStatements, StatsStatements):
 
     # --- ledger ---------------------------------------------------------------------
     async def ledger_head(self) -> tuple[int, str]:
-        row = await self.driver.fetchone("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+        row = await self.driver.fetchone(LEDGER_HEAD)
         return (row["seq"], row["hash"]) if row else (0, GENESIS_HASH)
 
     async def move_kudos(
@@ -282,8 +323,9 @@ class Tx(QueueStatements, StatsStatements):
             (job.state, job.worker_id, job.deadline, info, job.id),
         )
 
-    async def claim_job(self, job: JobRecord) -> bool:
-        """Move a waiting job to its worker; False when another pop got there first."""
+    async def claim_job(self, job: JobRecord, by_itself: bool = False) -> bool:
+        """Move a waiting job to its worker; False when another pop got there first. `by_itself`: the claim is
+        the whole transaction (one job, nothing written before it), so it needs no BEGIN (`Driver.execute`)."""
         _values, info = split_record(job, JOB_COLUMNS)
         # Queue rows before the job row: cancelling and faulting also go queue → jobs, so on
         # PostgreSQL the two wait for each other instead of deadlocking. A job that is not
@@ -292,17 +334,42 @@ class Tx(QueueStatements, StatsStatements):
         claimed = await self.driver.execute(
             "UPDATE jobs SET state = ?, worker_id = ?, deadline = ?, info = ? WHERE id = ? AND state = 'waiting'",
             (job.state, job.worker_id, job.deadline, info, job.id),
+            by_itself=by_itself,
         )
         return claimed == 1
 
-    async def job_and_request(self, job_id: str) -> tuple[JobRecord | None, RequestRecord | None]:
-        """A job and its request in one statement (a pop choosing it, a result settling it)."""
-        row = await self.driver.fetchone(f"SELECT {JOB_AND_REQUEST} WHERE j.id = ?", (job_id,))
-        if row is None:
-            return None, None
-        request = {column: row[f"r_{column}"] for column in (*REQUEST_COLUMNS, "info")}
+    async def job_to_claim(self, job_id: str, worker_id: str) -> tuple[JobRecord, RequestRecord, int] | None:
+        """A job a pop chose, its request, and how many jobs the node holds already (given to it, not yet
+        delivered, faulted or reissued), in one statement; None without job or request."""
+        row = await self.driver.fetchone(JOB_TO_CLAIM, (worker_id, job_id))
+        request = _prefixed(row, "r_") if row is not None else None
+        if row is None or request is None:
+            return None
+        held = int(row.pop("held"))
         job = job_from_row({key: value for key, value in row.items() if not key.startswith("r_")})
-        return job, join_record(RequestRecord, request, REQUEST_COLUMNS) if request["id"] is not None else None
+        return job, join_record(RequestRecord, request, REQUEST_COLUMNS), held
+
+    async def settling(self, job_id: str) -> Settling | None:
+        """A job with all a result settles against, in one statement (`Settling`); None without job or request.
+        Under the ledger's lock (`lock_ledger` first), so the ledger's head it read is this transaction's to
+        append to (`move_kudos` reads it no more)."""
+        assert self._ledger_locked or self.dialect == "sqlite", "the ledger's head is ours only under its lock"
+        row = await self.driver.fetchone(SETTLING, (job_id,))
+        request = _prefixed(row, "r_") if row is not None else None
+        if row is None or request is None:
+            return None
+        seq, head = row.pop("ledger_seq"), row.pop("ledger_hash")
+        self._ledger_head = self._ledger_head or ((seq, head) if seq is not None else (0, GENESIS_HASH))
+        node, payer = _prefixed(row, "w_"), _prefixed(row, "a_")
+        job_columns = {key: value for key, value in row.items() if not key.startswith(("r_", "w_", "a_"))}
+        del job_columns["unfinished"]
+        return Settling(
+            job=job_from_row(job_columns),
+            request=join_record(RequestRecord, request, REQUEST_COLUMNS),
+            node=join_record(Worker, node, WORKER_COLUMNS) if node is not None else None,
+            payer=account_from_row(payer) if payer is not None else None,
+            unfinished=int(row["unfinished"]),
+        )
 
     async def request_and_jobs(self, request_id: str) -> tuple[RequestRecord | None, list[JobRecord]]:
         """A request and its jobs in index order, in one statement (a check or a status)."""
@@ -319,13 +386,6 @@ class Tx(QueueStatements, StatsStatements):
     async def jobs_of(self, request_id: str) -> list[JobRecord]:
         rows = await self.driver.fetchall("SELECT * FROM jobs WHERE request_id = ? ORDER BY idx", (request_id,))
         return [job_from_row(row) for row in rows]
-
-    async def unfinished_jobs(self, request_id: str) -> int:
-        row = await self.driver.fetchone(
-            "SELECT COUNT(*) AS n FROM jobs WHERE request_id = ? AND state IN ('waiting', 'processing')",
-            (request_id,),
-        )
-        return row["n"] if row else 0
 
     async def requester_load(self, requester: str) -> tuple[int, float]:
         """A requester's unfinished images and the kudos reserved for them (the funded ones' prices).
@@ -357,13 +417,6 @@ class Tx(QueueStatements, StatsStatements):
         marks = ",".join("?" * len(job_ids))
         rows = await self.driver.fetchall(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY idx", job_ids)
         return [job_from_row(row) for row in rows]
-
-    async def jobs_held(self, worker_id: str) -> int:
-        """How many jobs the node has in hand: given to it, not yet delivered, faulted or reissued."""
-        row = await self.driver.fetchone(
-            "SELECT COUNT(*) AS n FROM jobs WHERE state = 'processing' AND worker_id = ?", (worker_id,)
-        )
-        return int(row["n"]) if row else 0
 
     async def jobs_in_progress(self, limit: int) -> list[JobRecord]:
         """Jobs nodes hold now (the partial index `jobs_in_flight`), for the wait forecast."""

@@ -46,7 +46,7 @@ class LoopDriver:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, by_itself: bool = False) -> int:
         return self.connection.execute(sql, args).rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -61,6 +61,9 @@ class LoopDriver:
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return [dict(row) for row in self.connection.execute(sql, args).fetchall()]
+
+    def announce(self, channel: str, payload: str) -> None:
+        return None  # one process: nobody else to tell
 
 
 def connect(path: Path, *pragmas: str, same_thread: bool = True) -> sqlite3.Connection:
