@@ -9,15 +9,14 @@ from typing import Any
 from coordinator.capabilities import row_demands
 from coordinator.estimates import (
     FORECAST_ROWS,
-    Arrival,
     Forecast,
     Forecaster,
-    Overtaking,
     build_forecast,
     capacity,
     network_speeds,
     unservable_reason,
 )
+from coordinator.overtaking import Arrival, Overtaking
 from coordinator.preferences import UNSAFE_REFUSED, takes_address
 from coordinator.queueing import AGEING_PER_SECOND, request_entry
 from coordinator.roster import Roster, demand_key

@@ -21,9 +21,10 @@ from coordinator.outlook import ServiceLevels
 from coordinator.services import Services
 from coordinator.sources import RESULT_FORMATS, check_image, encode_pixels, raw_pixels_mode
 from coordinator.storage import StorageUnavailable
+from coordinator.storage.handover import Settling
 from coordinator.storage.records import Account, JobRecord, RequestRecord, Worker
 from coordinator.storage.sharedkeys import add_utilized
-from coordinator.storage.sql import Settling, Tx
+from coordinator.storage.sql import Tx
 from coordinator.verification import Verifier
 from protocol.errors import RC
 from protocol.jobs import SubmitRequest, SubmitResult

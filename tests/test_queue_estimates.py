@@ -6,14 +6,12 @@ from dataclasses import replace
 import pytest
 
 from coordinator.estimates import (
-    ARRIVAL_MIN,
-    Arrival,
-    Overtaking,
     SimNodes,
     WaitingJob,
     record_speed,
     simulate,
 )
+from coordinator.overtaking import ARRIVAL_MIN, Arrival, Overtaking
 from coordinator.storage.records import JobRecord, QueueEntry, Worker, WorkerCaps
 
 
