@@ -30,6 +30,7 @@ ACCOUNT_READ = ("id", "username", "public_key", "kudos_hundredths", "trusted", "
 # ... with the node it is assigned to (`w_`), the requester's account (`a_`), how many of the request's images
 # are unfinished, and the ledger's head.
 LEDGER_HEAD = "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1"
+JOINED = ("r_", "w_", "a_")  # the prefixes of the joined rows' columns; a job's own have none
 SETTLING = (
     f"SELECT {JOB_AND_REQUEST}, "
     + ", ".join(f"w.{column} AS w_{column}" for column in (*WORKER_COLUMNS, "info"))
@@ -54,10 +55,20 @@ class Settling:
     unfinished: int
 
 
+def ledger_head_of(seq: int | None, hash_: str | None) -> tuple[int, str]:
+    """The ledger's head as `LEDGER_HEAD` read it; an empty ledger's is the genesis."""
+    return (seq, hash_) if seq is not None and hash_ is not None else (0, GENESIS_HASH)
+
+
 def _prefixed(row: Row, prefix: str) -> Row | None:
     """The columns of `row` named `prefix…`, unprefixed; None when the joined row was missing."""
     part = {key[len(prefix) :]: value for key, value in row.items() if key.startswith(prefix)}
     return part if part["id"] is not None else None
+
+
+def _job_of(row: Row) -> JobRecord:
+    """The job from a row of `JOB_AND_REQUEST` and its joins (their own extra columns taken out first)."""
+    return job_from_row({key: value for key, value in row.items() if not key.startswith(JOINED)})
 
 
 class HandoverStatements:
@@ -89,8 +100,7 @@ class HandoverStatements:
         if row is None or request is None:
             return None
         held = int(row.pop("held"))
-        job = job_from_row({key: value for key, value in row.items() if not key.startswith("r_")})
-        return job, join_record(RequestRecord, request, REQUEST_COLUMNS), held
+        return _job_of(row), join_record(RequestRecord, request, REQUEST_COLUMNS), held
 
     async def settling(self, job_id: str) -> Settling | None:
         """A job with all a result settles against, in one statement (`Settling`); None without job or request.
@@ -101,15 +111,13 @@ class HandoverStatements:
         request = _prefixed(row, "r_") if row is not None else None
         if row is None or request is None:
             return None
-        seq, head = row.pop("ledger_seq"), row.pop("ledger_hash")
-        self._ledger_head = self._ledger_head or ((seq, head) if seq is not None else (0, GENESIS_HASH))
+        self._ledger_head = self._ledger_head or ledger_head_of(row.pop("ledger_seq"), row.pop("ledger_hash"))
+        unfinished = int(row.pop("unfinished"))
         node, payer = _prefixed(row, "w_"), _prefixed(row, "a_")
-        job_columns = {key: value for key, value in row.items() if not key.startswith(("r_", "w_", "a_"))}
-        del job_columns["unfinished"]
         return Settling(
-            job=job_from_row(job_columns),
+            job=_job_of(row),
             request=join_record(RequestRecord, request, REQUEST_COLUMNS),
             node=join_record(Worker, node, WORKER_COLUMNS) if node is not None else None,
             payer=account_from_row(payer) if payer is not None else None,
-            unfinished=int(row["unfinished"]),
+            unfinished=unfinished,
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from coordinator.metrics import TimedDriver
 from coordinator.storage.base import Driver, NameTaken, NotEnoughKudos, Row
-from coordinator.storage.handover import LEDGER_HEAD, HandoverStatements
+from coordinator.storage.handover import LEDGER_HEAD, HandoverStatements, ledger_head_of
 from coordinator.storage.queue import QueueStatements
 from coordinator.storage.records import Account, JobRecord, RequestRecord, Worker
 from coordinator.storage.rows import (
@@ -21,7 +21,7 @@ from coordinator.storage.rows import (
     split_record,
 )
 from coordinator.storage.stats import StatsStatements
-from protocol.ledger import GENESIS_HASH, Kind, LedgerEntry, from_hundredths, hundredths, round_kudos
+from protocol.ledger import Kind, LedgerEntry, from_hundredths, hundredths, round_kudos
 
 # Add a count of hundredths (the first parameter, negative to take) to one account's cached balance.
 ADD_TO_BALANCE = "UPDATE accounts SET kudos_hundredths = kudos_hundredths + ? WHERE id = ?"
@@ -104,8 +104,8 @@ class Tx(QueueStatements, HandoverStatements, StatsStatements):
 
     # --- ledger ---------------------------------------------------------------------
     async def ledger_head(self) -> tuple[int, str]:
-        row = await self.driver.fetchone(LEDGER_HEAD)
-        return (row["seq"], row["hash"]) if row else (0, GENESIS_HASH)
+        row = await self.driver.fetchone(LEDGER_HEAD) or {}
+        return ledger_head_of(row.get("seq"), row.get("hash"))
 
     async def move_kudos(
         self,
