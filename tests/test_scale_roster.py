@@ -130,6 +130,23 @@ def test_worker_lookups_by_name_and_the_name_or_key_check_use_indexes() -> None:
         assert not [step for step in plan if step.startswith("SCAN")], plan
 
 
+async def test_upkeeps_question_for_maintenance_run_out_reads_an_index(coordinator: RunningCoordinator) -> None:
+    """Upkeep asks every round which workers' automatic maintenance ran out: at 10,000 nodes a scan of every
+    worker's JSON held the loop 30-50 ms each time. Each engine's plan reads the partial index instead."""
+    from coordinator.storage.sql import MAINTENANCE_OVER
+
+    database = coordinator.broker.services.database
+    question = MAINTENANCE_OVER[database.dialect]
+    async with database.transaction() as tx:
+        if database.dialect == "sqlite":
+            plan = [row["detail"] for row in await tx.driver.fetchall(f"EXPLAIN QUERY PLAN {question}", (0.0,))]
+        else:  # an empty table: PostgreSQL would scan it; ask whether the index can answer at all
+            await tx.driver.execute("SET LOCAL enable_seqscan = off")
+            plan = [row["QUERY PLAN"] for row in await tx.driver.fetchall(f"EXPLAIN {question}", (0.0,))]
+    assert any("workers_maintenance_until" in step for step in plan), plan
+    assert not any(step.startswith(("SCAN", "Seq Scan")) for step in plan), plan
+
+
 async def test_other_components_changes_reach_the_roster_a_slice_at_a_time(
     coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,14 @@ WORKER_NAME_IS = {"sqlite": "name = ?", "postgresql": "lower(name) = lower(?)"}
 NAME_OR_KEY_TAKEN = (
     "SELECT id FROM workers WHERE {} AND id <> ? UNION ALL SELECT id FROM workers WHERE public_key = ? AND id <> ?"
 )
+# Workers whose automatic maintenance has run out, each engine's way, in the words of its partial index
+# `workers_maintenance_until` (migration 016): the query must name the index's condition to read it.
+MAINTENANCE_OVER = {
+    "sqlite": "SELECT id FROM workers WHERE json_extract(info, '$.maintenance') "
+    "AND json_extract(info, '$.maintenance_until') <= ?",
+    "postgresql": "SELECT id FROM workers WHERE (info::jsonb ->> 'maintenance')::boolean "
+    "AND (info::jsonb ->> 'maintenance_until')::double precision <= ?",
+}
 
 
 class Tx(QueueStatements, HandoverStatements, StatsStatements):
@@ -227,11 +235,7 @@ class Tx(QueueStatements, HandoverStatements, StatsStatements):
     async def maintenance_over_ids(self, now: float) -> list[str]:
         """The workers whose automatic maintenance has run its clean period (`roster.maintenance_over`), found by
         the database: upkeep asks every few seconds, and reading every worker was O(nodes) each time."""
-        field = "json_extract(info, '$.{}')" if self.dialect == "sqlite" else "(info::jsonb ->> '{}')"
-        over, until = field.format("maintenance"), field.format("maintenance_until")
-        if self.dialect != "sqlite":
-            over, until = f"{over}::boolean", f"{until}::double precision"
-        rows = await self.driver.fetchall(f"SELECT id FROM workers WHERE {over} AND {until} <= ?", (now,))
+        rows = await self.driver.fetchall(MAINTENANCE_OVER[self.dialect], (now,))
         return [row["id"] for row in rows]
 
     async def delete_worker(self, worker_id: str) -> None:
