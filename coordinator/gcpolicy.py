@@ -1,14 +1,26 @@
 """When the coordinator process runs Python's cycle collector.
 
 With 10,000 nodes long-polling, a coordinator holds about a million container objects: each parked pop
-is an aiohttp request with its task, coroutines and timers, and each node has its roster entries.
-CPython's automatic full collection walks all of them with the event loop stopped, for 1–1.5 s every few
-seconds at 500 pops a second (bench/scale.py), and finds next to nothing to free (26 objects in 26 full
-collections): the request path frees what it makes by reference counting. So `serve` takes full
-collections off the automatic schedule and runs them itself, rarely: when the process has doubled since
-the last one (what is left uncollected meanwhile is the rare cycle that outlived young collections), or
-FULL_COLLECTION_MAX_SECONDS after it. Young collections keep their thresholds: they are short, and free
-the cycles that die young. A full collection still stops the loop as long (1.1 s at 10,000 parked nodes).
+is an aiohttp request with its task, coroutines and timers, and each node has its roster entries. The
+request path frees what it makes by reference counting; the cycle collector is for the rare cycle. On its
+automatic schedule CPython walked those live objects again and again, with the event loop stopped:
+
+- its full collection walked all of them, for 1–1.5 s every few seconds at 500 pops a second
+  (bench/scale.py), and found next to nothing to free (26 objects in 26 full collections);
+- its second generation held 40,000–85,000 parked pops' objects, all alive: 30–110 ms a collection,
+  several times a minute.
+
+So `serve` takes full collections off the automatic schedule and runs them itself, rarely: when the process
+has doubled since the last one (what is left uncollected meanwhile is the cycle that outlived a young
+collection), or FULL_COLLECTION_MAX_SECONDS after it. A full collection still stops the loop as long (1.1 s
+at 10,000 parked nodes), but it comes once per doubling, not every few seconds. Young collections keep their
+automatic schedule and free the cycles that die young; what survives one is frozen at once
+(`freeze_survivors`), so no young collection walks it again, and only full collections (which unfreeze
+everything first) look at it.
+
+(Young collections on a timer instead, every 20 ms, were tried: they walk whatever is alive at each tick
+whatever the load, and at 500 pops a second that fed on itself, a slower loop holding more objects alive
+at each tick, until requests took 200–400 ms.)
 """
 
 import asyncio
@@ -29,10 +41,26 @@ NEVER = 2**31 - 1  # as gc's third threshold: no automatic full collection
 
 def defer_full_collections() -> None:
     """Leave full collections to `run_full_collections`; what start-up built (modules, the app) is frozen,
-    so no collection walks it again."""
+    and so is what survives each young collection from now on, so no young collection walks it again."""
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, NEVER)
+    if freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(freeze_survivors)
+
+
+def freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """After a young collection, what it left alive joins the frozen objects."""
+    if phase == "stop" and info["generation"] < 2:
+        gc.freeze()
+
+
+def full_collection() -> int:
+    """Every object, frozen ones included (they are most of them); the survivors are frozen again."""
+    gc.unfreeze()
+    freed = gc.collect()
+    gc.freeze()
+    return freed
 
 
 def full_collection_due(rss: int, rss_after_last: int, seconds_since_last: float) -> bool:
@@ -49,7 +77,7 @@ async def run_full_collections(
         if not full_collection_due(rss(), rss_after, time.monotonic() - collected_at):
             continue
         started = time.perf_counter()
-        freed = gc.collect()
+        freed = full_collection()
         rss_after, collected_at = rss(), time.monotonic()
         log.info(
             "full garbage collection: %d objects freed in %.0f ms",
