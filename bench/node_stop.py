@@ -21,8 +21,9 @@ if str(SOURCE) not in sys.path:
     sys.path.insert(0, str(SOURCE))
 
 from bench.common import Coordinator, Report, base_parser, summary, table, temporary_dir  # noqa: E402
+from protocol.jobs import MAX_LONG_POLL_SECONDS  # noqa: E402
 
-POP_WAIT = 30  # the longest long-poll a node may ask for: the worst case for a stop that waits on it
+POP_WAIT = int(MAX_LONG_POLL_SECONDS)  # the longest long-poll a node may ask for: the worst case for a stop
 SHORT_LIMIT_SECONDS = 5.0
 
 

@@ -32,7 +32,6 @@ line that reproduces each row, and exits non-zero when a target (TARGETS) is mis
 
 import asyncio
 import base64
-import gc
 import os
 import random
 import resource
@@ -58,14 +57,15 @@ from bench.common import (
     temporary_dir,
     tiny_webp,
 )
-from coordinator.gcpolicy import defer_full_collections
+from coordinator.gcpolicy import defer_full_collections, full_collection
+from node.config import NodeConfig
 from protocol.keys import Identity
 from protocol.provenance import ResultDocument, request_digest, sha256_hex, sign_result
 
 MODELS = [f"scale-{i}" for i in range(10)]
 SOLO_MODEL = "scale-solo"  # served by one node of process 0 only (the other-process phase)
 WORKERS_PER_OWNER = 3  # an untrusted account's limit (coordinator/roster.py)
-POP_WAIT = 20.0
+POP_WAIT = NodeConfig.model_fields["pop_wait"].default  # what `horde-node` asks for
 CHECK_FOR = 30.0  # seconds a requester checks its request before giving up on it
 SOLO_NODES = 4
 NODE_ADDRESSES = 64  # loopback addresses the nodes connect from (127.0.2.1 …): ~160 nodes each at 10,000
@@ -302,6 +302,10 @@ async def scenario(
         if parked_count is not None and parked_count < count - count // 100:
             report.problems.append(f"{count} nodes: only {parked_count} were parked {args.settle + PARK_TIMEOUT} s on")
         parked = [c.sample().rss_kb for c in coordinators]
+        # Steady state before the measure: memory stops growing once every node is parked, and the full
+        # collection that growth may call for (coordinator/gcpolicy.py: when memory has doubled, looked at
+        # every 5 s) runs now, not in the measure: it comes once per doubling, never again at a steady size.
+        await asyncio.sleep(args.settle)
         sent = await requests_at(run, args.rate, args.seconds, requesters, list(range(processes)), MODELS)
         row: dict[str, Any] = {
             "engine": "postgresql" if is_postgres(db) else "sqlite",
@@ -428,7 +432,8 @@ def command_line(args: Any, db: str | None, processes: int, nodes: str) -> str:
 async def main_async(args: Any) -> int:
     raise_open_files()
     # The load generator holds as many objects as the coordinator: its own full collections would stop
-    # it for a second at 10,000 nodes and count as the coordinator's latency. One runs between rows.
+    # it for a second at 10,000 nodes and count as the coordinator's latency. It defers them as the
+    # coordinator does (coordinator/gcpolicy.py), and runs one between rows.
     defer_full_collections()
     plan = runs(args)
     report = Report(
@@ -451,7 +456,7 @@ async def main_async(args: Any) -> int:
                 row = await scenario(args, report, workdir, db, process_count, count * process_count)
         row["command"] = command_line(args, db_url, process_count, str(count))
         rows.append(row)
-        gc.collect()
+        full_collection()
     sqlite_counts = ",".join(str(n) for db, _, n in plan if db is None)
     if sqlite_counts:
         report.notes.append(f"SQLite rows together (the p99 ratio): {command_line(args, None, 1, sqlite_counts)}")
@@ -512,7 +517,12 @@ def main() -> int:
     parser.add_argument("--processes", default="1,2", help="coordinator processes (PostgreSQL only)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long requests arrive")
-    parser.add_argument("--settle", type=float, default=20.0, help="seconds over which the nodes start to park")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=20.0,
+        help="seconds over which the nodes start to park, and parked before the measure",
+    )
     parser.add_argument(
         "--pg",
         default=os.environ.get("HORDE_BENCH_POSTGRES_DSN"),

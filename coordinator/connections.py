@@ -41,7 +41,7 @@ from protocol.errors import RC
 # a PostgreSQL pool, log files.
 FD_RESERVE = 256
 MIN_TOTAL = 64
-# The handlers that may hold a request open for up to 30 s (MAX_LONG_POLL_SECONDS).
+# The handlers that may hold a request open for up to a minute (MAX_LONG_POLL_SECONDS).
 LONG_POLL_HANDLERS = frozenset({jobs.pop, generate.check, stream.stream})  # a stream holds its slot throughout
 
 

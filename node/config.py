@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from protocol.jobs import MAX_LONG_POLL_SECONDS
 from protocol.keys import Identity
 from transport.keyfiles import load_or_create_identity
 
@@ -109,7 +110,9 @@ class NodeConfig(BaseModel):
     image_lossless: bool = Field(False, description="Encode WebP losslessly.")
     spool_dir: str = Field("spool", description="Finished results wait here until the coordinator has them.")
     # Faults and pacing
-    pop_wait: float = Field(20.0, ge=0, le=30, description="Long-poll seconds per pop.")
+    pop_wait: float = Field(
+        50.0, ge=0, le=MAX_LONG_POLL_SECONDS, description="Long-poll seconds per pop (a re-poll costs the coordinator)."
+    )
     step_timeout: float = Field(120.0, gt=0, description="Abort a job whose steps stall this many seconds.")
     max_consecutive_faults: int = Field(3, ge=1, description="Faults in a row before popping pauses.")
     fault_pause: float = Field(300.0, ge=0, description="Seconds popping pauses after too many faults.")

@@ -26,7 +26,11 @@ FEATURES_MAX = 32
 FeatureName = Annotated[str, Field(min_length=1, max_length=32)]
 
 LENIENT = ConfigDict(extra="ignore", populate_by_name=True)
-MAX_LONG_POLL_SECONDS = 30.0
+# The longest a pop or a check may be held (`wait`). Each re-poll of a parked node costs the coordinator
+# ~1.4 ms (a signature, its nonce, the node's registration): at 10,000 nodes re-polling every 20 s that was
+# 70% of a core, and the requests queued behind it (bench/scale.py, bench/README.md). Common proxies
+# allow 60 s or more without a byte (nginx's default proxy_read_timeout; deploy/nginx's is 90 s).
+MAX_LONG_POLL_SECONDS = 60.0
 # Bounds of a pop (docs/security.md, "Bounds on every input"). The models a node serves are stored
 # with it and shown in /v2/workers, so they bound that answer (≈ 55 KB a worker at most).
 POP_MODELS_MAX = 500  # AI Horde's model reference holds a few hundred image models

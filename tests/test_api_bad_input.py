@@ -7,6 +7,7 @@ import aiohttp
 import pytest
 
 from coordinator.config import RateLimit
+from protocol.jobs import MAX_LONG_POLL_SECONDS
 from tests.api_support import (
     RequesterAndNode,
     b64,
@@ -173,7 +174,7 @@ BAD_POPS: list[tuple[Any, str]] = [
     ({"name": ""}, "ValidationError"),
     ({"name": "n", "max_pixels": 10}, "ValidationError"),
     ({"name": "n", "amount": 21}, "ValidationError"),
-    ({"name": "n", "wait": 31}, "ValidationError"),
+    ({"name": "n", "wait": MAX_LONG_POLL_SECONDS + 1}, "ValidationError"),
     ({"name": "n", "models": "tiny-sd"}, "ValidationError"),
     ({"name": "n", "threads": 0}, "ValidationError"),
 ]
@@ -229,7 +230,7 @@ async def test_bad_query_values_and_ids(coordinator: RunningCoordinator) -> None
     request_id = await generate(api, small())
     for path, status, rc in (
         (f"/v2/generate/check/{request_id}?wait=abc", 400, "ValidationError"),
-        (f"/v2/generate/check/{request_id}?wait=31", 400, "ValidationError"),
+        (f"/v2/generate/check/{request_id}?wait={MAX_LONG_POLL_SECONDS + 1}", 400, "ValidationError"),
         (f"/v2/generate/check/{request_id}?wait=-1", 400, "ValidationError"),
         (f"/v2/generate/check/{request_id}?wait=nan", 400, "ValidationError"),
         ("/v2/ledger?after=abc", 400, "ValidationError"),
