@@ -1,8 +1,8 @@
 """Many nodes online at once: N nodes long-polling together while requests arrive at a steady rate.
 
-Every node is a raw HTTP client with its own signing key: it long-polls `/generate/pop` (`wait`), and
-submits a signed result at once for every job it gets, then polls again; so all N are parked in the
-coordinator whenever they have nothing to do. Each node serves one of MODELS; each request (n=1, 64×64)
+Every node is a raw HTTP client with its own signing key: it long-polls `/generate/pop` (`wait`: what
+`horde-node` asks for, 50 s, or `--pop-wait`), and submits a signed result at once for every job it gets,
+then polls again; so all N are parked in the coordinator whenever they have nothing to do. Each node serves one of MODELS; each request (n=1, 64×64)
 asks for one of them at random, so a job can be served by about N/len(MODELS) of the parked nodes.
 Requesters check each request (no wait) until it is done.
 
@@ -16,8 +16,9 @@ serves, while process 1's nodes stay parked; process 1's CPU in that phase less 
 phase as long, per request.
 
 Nodes connect from NODE_ADDRESSES loopback addresses (127.0.2.x), as a network's come from many, and
-start their long-polls spread over `--settle` seconds; a figure is taken once the coordinators' own gauge
-(`horde_long_polls_parked`) says every node is parked.
+start their long-polls spread over `--settle` seconds; the measure starts `--settle` seconds after the
+coordinators' own gauge (`horde_long_polls_parked`) says every node is parked (memory stops growing then,
+and a full collection that growth calls for runs before the measure: coordinator/gcpolicy.py).
 
     python bench/scale.py --pg postgresql://postgres@127.0.0.1:5432/test   # every figure of issue 19
     python bench/scale.py --nodes 1,10000                   # SQLite only: 1 and 10,000 nodes
@@ -65,7 +66,7 @@ from protocol.provenance import ResultDocument, request_digest, sha256_hex, sign
 MODELS = [f"scale-{i}" for i in range(10)]
 SOLO_MODEL = "scale-solo"  # served by one node of process 0 only (the other-process phase)
 WORKERS_PER_OWNER = 3  # an untrusted account's limit (coordinator/roster.py)
-POP_WAIT = NodeConfig.model_fields["pop_wait"].default  # what `horde-node` asks for
+POP_WAIT = NodeConfig.model_fields["pop_wait"].default  # what `horde-node` asks for (`--pop-wait`)
 CHECK_FOR = 30.0  # seconds a requester checks its request before giving up on it
 SOLO_NODES = 4
 NODE_ADDRESSES = 64  # loopback addresses the nodes connect from (127.0.2.1 …): ~160 nodes each at 10,000
@@ -109,6 +110,7 @@ class Run:
     apis: list[Api]  # per process: the requesters'
     node_apis: list[list[Api]]  # per process, per address: the nodes'
     keys: dict[str, str]
+    pop_wait: float = POP_WAIT
     generate: list[float] = field(default_factory=list)
     check: list[float] = field(default_factory=list)
     submit: list[float] = field(default_factory=list)
@@ -132,15 +134,15 @@ async def pop(run: Run, node: Node, wait: float) -> dict[str, Any] | None:
     return answer if status == 200 else None
 
 
-async def node_loop(run: Run, node: Node, first_wait: float = POP_WAIT, start_after: float = 0.0) -> None:
+async def node_loop(run: Run, node: Node, first_wait: float | None = None, start_after: float = 0.0) -> None:
     """Long-poll; submit each job at once; poll again. `first_wait` spreads the nodes' re-polls over
-    POP_WAIT (all started together, they would otherwise all poll again in the same moment), and
+    `run.pop_wait` (all started together, they would otherwise all poll again in the same moment), and
     `start_after` their first pops (10,000 signed pops at one moment are a backlog of many seconds)."""
     await asyncio.sleep(start_after)
-    wait = first_wait
+    wait = run.pop_wait if first_wait is None else first_wait
     while not run.stopping:
         answer = await pop(run, node, wait)
-        wait = POP_WAIT
+        wait = run.pop_wait
         if answer is None:
             await asyncio.sleep(1.0)  # an error: counted by Api; do not spin
             continue
@@ -275,16 +277,19 @@ async def scenario(
     args: Any, report: Report, workdir: Path, db: str | None, processes: int, count: int
 ) -> dict[str, Any]:
     coordinators, keys = await start_cluster(workdir, db, processes, count, args.profile)
-    apis = [Api(c.url, report.errors, timeout=POP_WAIT + 30) for c in coordinators]
+    apis = [Api(c.url, report.errors, timeout=args.pop_wait + 30) for c in coordinators]
     addresses = min(NODE_ADDRESSES, count)
     node_apis = [
-        [Api(c.url, report.errors, timeout=POP_WAIT + 30, local_address=f"127.0.2.{i + 1}") for i in range(addresses)]
+        [
+            Api(c.url, report.errors, timeout=args.pop_wait + 30, local_address=f"127.0.2.{i + 1}")
+            for i in range(addresses)
+        ]
         for c in coordinators
     ]
     every_api = [*apis, *(api for per_process in node_apis for api in per_process)]
     for api in every_api:
         await api.__aenter__()
-    run = Run(apis, node_apis, keys)
+    run = Run(apis, node_apis, keys, args.pop_wait)
     requesters = [keys[f"requester-{i}"] for i in range(8)]
     nodes = make_nodes(count, processes)
     loops: list[asyncio.Task[None]] = []
@@ -294,7 +299,7 @@ async def scenario(
         spread = random.Random(3)
         loops = [
             asyncio.create_task(
-                node_loop(run, node, spread.uniform(1.0, POP_WAIT), start_after=index * args.settle / count)
+                node_loop(run, node, spread.uniform(1.0, args.pop_wait), start_after=index * args.settle / count)
             )
             for index, node in enumerate(nodes)
         ]
@@ -425,7 +430,7 @@ def command_line(args: Any, db: str | None, processes: int, nodes: str) -> str:
     engine = f" --db {db} --processes {processes}" if db else ""
     return (
         f"python bench/scale.py{engine} --nodes {nodes} --rate {args.rate:g} --seconds {args.seconds:g} "
-        f"--settle {args.settle:g}"
+        f"--settle {args.settle:g} --pop-wait {args.pop_wait:g}"
     )
 
 
@@ -443,7 +448,7 @@ async def main_async(args: Any) -> int:
             "rate": args.rate,
             "seconds": args.seconds,
             "settle": args.settle,
-            "pop_wait": POP_WAIT,
+            "pop_wait": args.pop_wait,
             "models": len(MODELS),
             "node_addresses": NODE_ADDRESSES,
             "targets": TARGETS,
@@ -516,6 +521,7 @@ def main() -> int:
     parser.add_argument("--nodes", default="1,1000,10000", help="nodes per process, comma-separated")
     parser.add_argument("--processes", default="1,2", help="coordinator processes (PostgreSQL only)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    parser.add_argument("--pop-wait", type=float, default=POP_WAIT, help="each node's long-poll, seconds")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long requests arrive")
     parser.add_argument(
         "--settle",
