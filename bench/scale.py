@@ -2,8 +2,9 @@
 
 Every node is a raw HTTP client with its own signing key: it long-polls `/generate/pop` (`wait`: what
 `horde-node` asks for, 50 s, or `--pop-wait`), and submits a signed result at once for every job it gets,
-then polls again; so all N are parked in the coordinator whenever they have nothing to do. Each node serves one of MODELS; each request (n=1, 64×64)
-asks for one of them at random, so a job can be served by about N/len(MODELS) of the parked nodes.
+then polls again; so all N are parked in the coordinator whenever they have nothing to do. Each node
+serves one of MODELS; each request (n=1, 64×64) asks for one of them at random, so a job can be served by
+about N/len(MODELS) of the parked nodes.
 Requesters check each request (no wait) until it is done.
 
 Reported: generate, check and submit p50/p99; "pop" is the time from a request's 202 to a node's pop
@@ -58,7 +59,7 @@ from bench.common import (
     temporary_dir,
     tiny_webp,
 )
-from coordinator.gcpolicy import defer_full_collections, full_collection
+from coordinator.gcpolicy import defer_full_collections, full_collection, run_collections
 from node.config import NodeConfig
 from protocol.keys import Identity
 from protocol.provenance import ResultDocument, request_digest, sha256_hex, sign_result
@@ -436,10 +437,18 @@ def command_line(args: Any, db: str | None, processes: int, nodes: str) -> str:
 
 async def main_async(args: Any) -> int:
     raise_open_files()
-    # The load generator holds as many objects as the coordinator: its own full collections would stop
-    # it for a second at 10,000 nodes and count as the coordinator's latency. It defers them as the
-    # coordinator does (coordinator/gcpolicy.py), and runs one between rows.
+    # The load generator holds as many objects as the coordinator, and collects as it does
+    # (coordinator/gcpolicy.py), or its own pauses would count as the coordinator's latency; its full
+    # collections run only between rows (`measure`).
     defer_full_collections()
+    collecting = asyncio.create_task(run_collections(full=False))
+    try:
+        return await measure(args)
+    finally:
+        collecting.cancel()
+
+
+async def measure(args: Any) -> int:
     plan = runs(args)
     report = Report(
         "scale",

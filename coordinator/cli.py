@@ -29,7 +29,7 @@ from coordinator.app import create_app
 from coordinator.config import ConnectionLimits, CoordinatorConfig
 from coordinator.connections import GuardedRunner, raise_open_files_limit
 from coordinator.errors import HordeError
-from coordinator.gcpolicy import defer_full_collections, run_full_collections
+from coordinator.gcpolicy import defer_full_collections, run_collections
 from coordinator.images import parse_s3_url
 from coordinator.logs import configure_logging
 from coordinator.storage import StorageUnavailable
@@ -258,7 +258,7 @@ async def serve(config: CoordinatorConfig, host: str, port: int, port_file: str 
     site = web.SockSite(runner, sock)
     await site.start()
     defer_full_collections()  # after start-up, which it freezes (coordinator/gcpolicy.py)
-    collections = asyncio.create_task(run_full_collections())
+    collections = asyncio.create_task(run_collections())
     bound = sock.getsockname()[1]
     if port_file:
         await asyncio.to_thread(Path(port_file).write_text, str(bound))

@@ -13,14 +13,14 @@ automatic schedule CPython walked those live objects again and again, with the e
 So `serve` takes full collections off the automatic schedule and runs them itself, rarely: when the process
 has doubled since the last one (what is left uncollected meanwhile is the cycle that outlived a young
 collection), or FULL_COLLECTION_MAX_SECONDS after it. A full collection still stops the loop as long (1.1 s
-at 10,000 parked nodes), but it comes once per doubling, not every few seconds. Young collections keep their
-automatic schedule and free the cycles that die young; what survives one is frozen at once
-(`freeze_survivors`), so no young collection walks it again, and only full collections (which unfreeze
-everything first) look at it.
+at 10,000 parked nodes), but it comes once per doubling, not every few seconds.
 
-(Young collections on a timer instead, every 20 ms, were tried: they walk whatever is alive at each tick
-whatever the load, and at 500 pops a second that fed on itself, a slower loop holding more objects alive
-at each tick, until requests took 200–400 ms.)
+Young collections free the cycles that die young; what survives one is frozen at once (`freeze_survivors`),
+so no young collection walks it again, and only full collections (which unfreeze everything first) look at
+it. They run on CPython's schedule, and also whenever YOUNG_COLLECTION_MAX_SECONDS passed without one:
+CPython counts allocations less deallocations, and once the network is steady every parked pop that
+answers frees as many old objects as a new one makes, so the count stood still while the young generation
+grew to tens of thousands of objects, 30–80 ms a collection.
 """
 
 import asyncio
@@ -33,6 +33,7 @@ from transport.process import resident_bytes
 
 log = logging.getLogger("horde.coordinator.gc")
 
+YOUNG_COLLECTION_MAX_SECONDS = 0.1
 FULL_COLLECTION_CHECK_SECONDS = 5.0
 FULL_COLLECTION_MAX_SECONDS = 3600.0
 FULL_COLLECTION_GROWTH = 2.0  # resident memory over that after the last full collection
@@ -40,7 +41,7 @@ NEVER = 2**31 - 1  # as gc's third threshold: no automatic full collection
 
 
 def defer_full_collections() -> None:
-    """Leave full collections to `run_full_collections`; what start-up built (modules, the app) is frozen,
+    """Leave full collections to `run_collections`; what start-up built (modules, the app) is frozen,
     and so is what survives each young collection from now on, so no young collection walks it again."""
     gc.freeze()
     young, middle, _ = gc.get_threshold()
@@ -51,8 +52,13 @@ def defer_full_collections() -> None:
 
 def freeze_survivors(phase: str, info: dict[str, int]) -> None:
     """After a young collection, what it left alive joins the frozen objects."""
+    global young_collected_at
     if phase == "stop" and info["generation"] < 2:
         gc.freeze()
+        young_collected_at = time.monotonic()
+
+
+young_collected_at = 0.0  # when the last young collection ended (`freeze_survivors`), on time.monotonic()
 
 
 def full_collection() -> int:
@@ -67,14 +73,24 @@ def full_collection_due(rss: int, rss_after_last: int, seconds_since_last: float
     return rss > rss_after_last * FULL_COLLECTION_GROWTH or seconds_since_last >= FULL_COLLECTION_MAX_SECONDS
 
 
-async def run_full_collections(
-    check_seconds: float = FULL_COLLECTION_CHECK_SECONDS, rss: Callable[[], int] = resident_bytes
+async def run_collections(
+    check_seconds: float = FULL_COLLECTION_CHECK_SECONDS,
+    rss: Callable[[], int] = resident_bytes,
+    young_seconds: float = YOUNG_COLLECTION_MAX_SECONDS,
+    full: bool = True,
 ) -> None:
-    """Forever: a full collection whenever `full_collection_due`, looked at every `check_seconds`."""
+    """Forever: a young collection when `young_seconds` passed without one, and (`full`) a full collection
+    whenever `full_collection_due`, looked at every `check_seconds`."""
     rss_after, collected_at = rss(), time.monotonic()
+    checked_at = collected_at
     while True:
-        await asyncio.sleep(check_seconds)
-        if not full_collection_due(rss(), rss_after, time.monotonic() - collected_at):
+        await asyncio.sleep(young_seconds)
+        if time.monotonic() - young_collected_at > young_seconds:
+            gc.collect(0)
+        if not full or time.monotonic() - checked_at < check_seconds:
+            continue
+        checked_at = time.monotonic()
+        if not full_collection_due(rss(), rss_after, checked_at - collected_at):
             continue
         started = time.perf_counter()
         freed = full_collection()
