@@ -10,6 +10,7 @@ from aiohttp import web
 from coordinator.broker import Broker
 from coordinator.config import CoordinatorConfig
 from coordinator.connections import CONNECTIONS, guard_for, request_limits
+from coordinator.events import WITHOUT_WEBHOOK
 from coordinator.images import open_images
 from coordinator.metrics import METRICS, Metrics, request_metrics
 from coordinator.middleware import horde_errors
@@ -90,6 +91,8 @@ def _relay(broker: Broker) -> Callable[[str, str], Awaitable[None] | None]:
             broker.services.hub.request_changed(payload)
         elif channel == "worker":
             return broker.roster.changed(payload)
+        elif channel == WITHOUT_WEBHOOK:
+            broker.webhooks.remember_without(payload)
         elif channel == PROGRESS_CHANNEL:
             broker.live.relayed(payload)
         return None

@@ -236,6 +236,22 @@ class EventHub:
                 del self._request_waiters[request_id]
 
 
+# Announced with a request accepted without a webhook: the other processes then know it needs none, as this
+# one does (`EventHub.request_accepted`); else each read the request at its first change to find out.
+WITHOUT_WEBHOOK = "without-webhook"
+
+
+def has_webhook(request: RequestRecord) -> bool:
+    return bool(request.body.get("webhook"))
+
+
+def announce_accepted(tx: Tx, request: RequestRecord) -> None:
+    """Tell the other processes, when `tx` commits, what its new request's changes will need of them. Before
+    its jobs' announcement, so a process woken for one of them has heard it (announcements keep their order)."""
+    if not has_webhook(request):
+        tx.announce(WITHOUT_WEBHOOK, request.id)
+
+
 def announce_jobs(tx: Tx, entries: list[QueueEntry]) -> None:
     """Tell the other processes what `tx`'s new jobs demand, when it commits; they offer them to their parked
     nodes as `EventHub.jobs_queued` does to this process's, which the caller calls after the commit."""

@@ -10,7 +10,7 @@ from coordinator.auth import Caller
 from coordinator.capabilities import refusal
 from coordinator.economy import funded_images, requester_key
 from coordinator.errors import HordeError, bad_request, forbidden, not_found
-from coordinator.events import announce_jobs, wait_for
+from coordinator.events import announce_accepted, announce_jobs, wait_for
 from coordinator.outlook import Outlooks
 from coordinator.preferences import is_unsafe
 from coordinator.queueing import image_seeds, priority_rank, priority_tier, queue_entry
@@ -111,6 +111,7 @@ class RequestDesk:
                 await tx.insert_jobs(jobs)
                 await tx.enqueue(entries)
                 await self.styles.used(tx, style)
+                announce_accepted(tx, request)
                 announce_jobs(tx, entries)
         except BaseException:
             await self._forget_sources(request)

@@ -31,6 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from coordinator.errors import bad_request
+from coordinator.events import has_webhook
 from coordinator.metrics import WEBHOOK_DELIVERIES
 from coordinator.requesting import SETTLED, RequestDesk
 from coordinator.services import Services
@@ -131,10 +132,11 @@ class Webhooks:
     # --- on changes ----------------------------------------------------------------------------------
     def request_accepted(self, request: RequestRecord) -> None:
         """A request accepted in this process: without a webhook, none of its changes needs a read."""
-        if not request.body.get("webhook"):
-            self._remember_without(request.id)
+        if not has_webhook(request):
+            self.remember_without(request.id)
 
-    def _remember_without(self, request_id: str) -> None:
+    def remember_without(self, request_id: str) -> None:
+        """A request without a webhook (accepted here, or announced by the process that accepted it)."""
         self._without[request_id] = None
         if len(self._without) > WITHOUT_REMEMBERED:
             self._without.popitem(last=False)
@@ -169,7 +171,7 @@ class Webhooks:
         self.reads += 1
         if request is None or not request.body.get("webhook"):
             if request is not None:
-                self._remember_without(request_id)
+                self.remember_without(request_id)
             return
         claimed = await self._claim(request_id)
         if not claimed:
