@@ -50,15 +50,15 @@ def defer_full_collections() -> None:
         gc.callbacks.append(freeze_survivors)
 
 
+young_collected_at = 0.0  # when the last young collection ended (`freeze_survivors`), on time.monotonic()
+
+
 def freeze_survivors(phase: str, info: dict[str, int]) -> None:
     """After a young collection, what it left alive joins the frozen objects."""
     global young_collected_at
     if phase == "stop" and info["generation"] < 2:
         gc.freeze()
         young_collected_at = time.monotonic()
-
-
-young_collected_at = 0.0  # when the last young collection ended (`freeze_survivors`), on time.monotonic()
 
 
 def full_collection() -> int:
