@@ -286,13 +286,15 @@ class Roster:
         """Look at the share of the known nodes that the time since the last look calls for, in id order
         from where that one ended, so that each is looked at once per ONLINE_RECHECK_SECONDS."""
         ids = self._sorted_ids()
+        if not ids:
+            return
         elapsed = now - self._rechecked_at
         if elapsed >= ONLINE_RECHECK_SECONDS:
             share, self._rechecked_at = len(ids), now
         else:  # the time a share stands for is counted off, so the rest carries over to the next look
             share = int(len(ids) * elapsed / ONLINE_RECHECK_SECONDS)
-            self._rechecked_at += share * ONLINE_RECHECK_SECONDS / max(len(ids), 1)
-        start = self._recheck_from % max(len(ids), 1)
+            self._rechecked_at += share * ONLINE_RECHECK_SECONDS / len(ids)
+        start = self._recheck_from % len(ids)
         for worker_id in [*ids[start : start + share], *ids[: max(0, start + share - len(ids))]]:
             self._place(self._known[worker_id], now)
         self._recheck_from = start + share

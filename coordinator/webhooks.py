@@ -169,7 +169,7 @@ class Webhooks:
         async with self.services.database.reader() as tx:
             request = await tx.get_request(request_id)
         self.reads += 1
-        if request is None or not request.body.get("webhook"):
+        if request is None or not has_webhook(request):
             if request is not None:
                 self.remember_without(request_id)
             return
